@@ -1,0 +1,62 @@
+# The seed's commands, on Pulumi. STACK defaults to dev; prod targets name their stack.
+# State lives in ./.pulumi (a file backend, no Pulumi account) unless PULUMI_BACKEND_URL says otherwise.
+# Secrets in a file backend are encrypted with a passphrase: export PULUMI_CONFIG_PASSPHRASE(_FILE) first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     ?= $(VENV)/bin/python
+PULUMI ?= pulumi
+STACK  ?= dev
+PROD   ?= prod
+export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi
+
+# `pulumi stack output` of a stack, e.g. $(call output,containerName,prod)
+output = $$($(PULUMI) stack output $(1) --stack $(2))
+
+.PHONY: venv test init preview up down prod prod-stop verify health status-prod logs-prod
+
+# A stamp, not .venv/bin/python: that is a symlink, and make would touch the interpreter it points to.
+INSTALLED := $(VENV)/.installed
+
+$(INSTALLED): requirements.txt requirements-dev.txt app/requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(INSTALLED) ## create .venv with everything the program and the tests need
+
+test: $(INSTALLED) ## run every test (Pulumi mocks, the API against real Redis, the container on a real Docker engine)
+	$(PY) -m pytest tests
+
+init: ## create STACK in the backend if it does not exist (then set its secrets, see README)
+	$(PULUMI) stack select --create $(STACK)
+
+preview: $(INSTALLED) ## show what `up` would change on STACK
+	$(PULUMI) preview --stack $(STACK)
+
+up: $(INSTALLED) ## deploy the dev stack (local Valkey container, needs Docker only)
+	$(PULUMI) stack select --create dev
+	$(PULUMI) up --stack dev --yes
+
+down: ## destroy the dev stack
+	$(PULUMI) destroy --stack dev --yes
+
+prod: $(INSTALLED) ## deploy prod (Aiven for Valkey); shows the plan and asks before changing anything
+	$(PULUMI) up --stack $(PROD)
+
+prod-stop: ## stop the prod API container; the managed Valkey is untouched (`make prod` starts it again)
+	docker stop $(call output,containerName,$(PROD))
+
+verify: $(INSTALLED) ## check the deployed STACK against its settings (restart policy, healthcheck, limits, health)
+	$(PY) scripts/verify.py --stack $(STACK)
+
+health: ## GET /health of STACK: prints the body, fails when it is not 200
+	curl -sS --fail-with-body $(call output,healthUrl,$(STACK)); echo
+
+status-prod: ## container state, health and restart policy of prod
+	@name=$(call output,containerName,$(PROD)); \
+	docker ps --all --filter "name=^/$$name$$" --format 'table {{.Names}}\t{{.Status}}\t{{.Image}}'; \
+	docker inspect --format 'health={{.State.Health.Status}} restart={{.HostConfig.RestartPolicy.Name}} restarts={{.RestartCount}}' "$$name"
+
+logs-prod: ## follow the prod API logs
+	docker logs --follow --tail 100 $(call output,containerName,$(PROD))

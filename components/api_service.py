@@ -1,0 +1,131 @@
+"""The API container: the restart policy, healthcheck, limits and secrets that fixed the seed's outages."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_docker as docker
+
+from components.settings import StackSettings
+
+CONTAINER_PORT = 3003
+
+
+@dataclass(frozen=True)
+class ApiServiceArgs:
+    """Inputs of `ApiService`."""
+
+    settings: StackSettings
+    image_id: pulumi.Input[str]
+    valkey_url: pulumi.Output[str]
+    network_name: Optional[pulumi.Input[str]] = None  # None = host network
+
+    def __post_init__(self) -> None:
+        if (self.network_name is None) != self.settings.uses_host_network:
+            raise ValueError("ApiServiceArgs.network_name must be given exactly when networkMode is bridge")
+
+
+def _secret_env(name: str, value: pulumi.Output[str]) -> pulumi.Output[str]:
+    return pulumi.Output.secret(value).apply(lambda v: f"{name}={v}")
+
+
+def environment(args: ApiServiceArgs) -> list[pulumi.Input[str]]:
+    """The container contract of docs/architecture.md: plain settings in clear, secrets as secret Outputs."""
+    s = args.settings
+    listen_host, listen_port = (s.api_host_address, s.api_port) if s.uses_host_network else ("0.0.0.0", CONTAINER_PORT)
+    envs: list[pulumi.Input[str]] = [
+        f"APP_ENV={s.app_env}",
+        f"HOST={listen_host}",
+        f"PORT={listen_port}",
+        f"LOG_LEVEL={s.log_level}",
+        f"NOVITA_BASE_URL={s.novita_base_url}",
+        f"FAULT_INJECTION={'true' if s.fault_injection else 'false'}",
+        f"HEALTHCHECK_TIMEOUT_SECONDS={s.healthcheck.probe_timeout_seconds}",
+        f"HEALTHCHECK_KILL_AFTER={s.healthcheck.kill_after}",
+        _secret_env("REDIS_URL", args.valkey_url),
+        _secret_env("NOVITA_API_KEY", s.secrets.novita_api_key),
+    ]
+    if s.secrets.api_keys is not None:
+        envs.append(_secret_env("API_KEYS", s.secrets.api_keys))
+    return envs
+
+
+def hardening(settings: StackSettings) -> dict:
+    """Container arguments that shrink what a compromised API process can do (issue 6 item 3)."""
+    h = settings.hardening
+    if not h.enabled:
+        return {}
+    return {
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={h.tmpfs_size_mb}m"},
+        "security_opts": ["no-new-privileges:true"],
+        "capabilities": docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+        "user": h.user,
+        # pulumi-docker 5.2 has no pids_limit; RLIMIT_NPROC bounds the processes and threads of the non-root user.
+        "ulimits": [docker.ContainerUlimitArgs(name="nproc", soft=h.pids_limit, hard=h.pids_limit)],
+    }
+
+
+class ApiService(pulumi.ComponentResource):
+    """Runs the API image as one named container; `pulumi up` fails if it never turns healthy."""
+
+    container_name: pulumi.Output[str]
+    api_url: pulumi.Output[str]
+    health_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ApiServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("novita-gpu-api:index:ApiService", name, None, opts)
+        s = args.settings
+        hc = s.healthcheck
+        network: dict = (
+            {"network_mode": "host"}
+            if s.uses_host_network
+            else {
+                "networks_advanced": [docker.ContainerNetworksAdvancedArgs(name=args.network_name)],
+                # Published on one address only (loopback by default): a reverse proxy or an SSH tunnel fronts it.
+                "ports": [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.api_port, ip=s.api_host_address)],
+            }
+        )
+        container = docker.Container(
+            f"{name}-container",
+            name=s.container_name,
+            image=args.image_id,
+            restart=s.restart_policy,
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=list(hc.tests),
+                interval=hc.interval,
+                timeout=hc.timeout,
+                retries=hc.retries,
+                start_period=hc.start_period,
+                start_interval=hc.start_interval,
+            ),
+            memory=s.memory_mb,
+            memory_swap=s.memory_swap_mb,
+            cpus=s.cpus,
+            envs=environment(args),
+            log_driver="json-file",
+            log_opts={"max-size": s.log_max_size, "max-file": str(s.log_max_file)},
+            init=True,
+            stop_signal="SIGTERM",
+            stop_timeout=s.stop_grace_seconds,
+            destroy_grace_seconds=s.stop_grace_seconds,
+            must_run=True,
+            wait=True,
+            wait_timeout=hc.wait_timeout_seconds,
+            **network,
+            **hardening(s),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
+                replace_on_changes=["healthcheck", "init"],
+                # Fixed name and port: the old container must go before the new one can start.
+                delete_before_replace=True,
+            ),
+        )
+        self.container_name = container.name
+        self.api_url = pulumi.Output.from_input(f"http://{s.api_host_address}:{s.api_port}")
+        self.health_url = self.api_url.apply(lambda url: f"{url}/health")
+        self.register_outputs(
+            {"container_name": self.container_name, "api_url": self.api_url, "health_url": self.health_url}
+        )

@@ -1,0 +1,133 @@
+"""The Valkey the API queues and caches on: Aiven for Valkey (prod) or a local container (dev, tests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aiven as aiven
+import pulumi_docker as docker
+
+from components.settings import AivenValkeySettings, LocalValkeySettings
+
+# The local Valkey's own healthcheck: short, because `pulumi up` waits for it before starting the API.
+LOCAL_HEALTHCHECK = {"interval": "5s", "timeout": "3s", "retries": 5, "start_period": "10s"}
+LOCAL_WAIT_TIMEOUT_SECONDS = 60
+# The alias the API reaches the local Valkey by on the private network.
+LOCAL_NETWORK_ALIAS = "valkey"
+
+
+@dataclass(frozen=True)
+class ValkeyArgs:
+    """Inputs of `Valkey`. Exactly one of `local` / `aiven` is used, chosen by `mode`."""
+
+    mode: str
+    local: LocalValkeySettings
+    aiven: AivenValkeySettings
+    production: bool
+    aiven_token: Optional[pulumi.Output[str]] = None
+    network_name: Optional[pulumi.Input[str]] = None  # the private network; None = host network
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("local", "aiven"):
+            raise ValueError(f"ValkeyArgs.mode must be 'local' or 'aiven', not {self.mode!r}")
+        if self.mode == "aiven" and self.aiven_token is None:
+            raise ValueError("ValkeyArgs.aiven_token is required in aiven mode")
+        if self.mode == "aiven" and not self.aiven.project:
+            raise ValueError("ValkeyArgs.aiven.project is required in aiven mode")
+
+
+def api_url(service_uri: str) -> str:
+    """The URL the API's client accepts: Aiven shows `valkeys://`, which redis-py knows as `rediss://`."""
+    if service_uri.startswith("valkeys://"):
+        return "rediss://" + service_uri.removeprefix("valkeys://")
+    if service_uri.startswith("valkey://"):
+        return "redis://" + service_uri.removeprefix("valkey://")
+    return service_uri
+
+
+class Valkey(pulumi.ComponentResource):
+    """A Valkey reachable by the API. Same outputs in both modes: host, port, tls and a secret `url`."""
+
+    host: pulumi.Output[str]
+    port: pulumi.Output[int]
+    tls: pulumi.Output[bool]
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ValkeyArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("novita-gpu-api:index:Valkey", name, None, opts)
+        if args.mode == "aiven":
+            self._aiven(name, args)
+        else:
+            self._local(name, args)
+        self.register_outputs({"host": self.host, "port": self.port, "tls": self.tls, "url": self.url})
+
+    def _aiven(self, name: str, args: ValkeyArgs) -> None:
+        cfg = args.aiven
+        provider = aiven.Provider(f"{name}-aiven", api_token=args.aiven_token, opts=pulumi.ResourceOptions(parent=self))
+        service = aiven.Valkey(
+            f"{name}-service",
+            project=cfg.project,
+            cloud_name=cfg.cloud,
+            plan=cfg.plan,
+            service_name=cfg.service_name,
+            maintenance_window_dow=cfg.maintenance_dow,
+            maintenance_window_time=cfg.maintenance_time,
+            termination_protection=args.production,
+            valkey_user_config=aiven.ValkeyValkeyUserConfigArgs(
+                valkey_ssl=True,
+                valkey_persistence="rdb",
+                valkey_maxmemory_policy="noeviction",
+                ip_filter_strings=list(cfg.ip_allow_list),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=args.production),
+        )
+        self.host = service.service_host
+        self.port = service.service_port
+        self.tls = pulumi.Output.from_input(True)
+        # The SDK marks service_uri secret only through additional_secret_outputs; wrap it so it stays secret
+        # everywhere it flows (and so the mocks, which ignore that option, can check it).
+        self.url = pulumi.Output.secret(service.service_uri.apply(api_url))
+
+    def _local(self, name: str, args: ValkeyArgs) -> None:
+        cfg = args.local
+        child = pulumi.ResourceOptions(parent=self)
+        image: pulumi.Input[str] = cfg.image
+        if cfg.pull_image:
+            image = docker.RemoteImage(f"{name}-image", name=cfg.image, keep_locally=True, opts=child).image_id
+        volume = docker.Volume(f"{name}-data", name=cfg.volume_name, opts=child)
+        on_host_network = args.network_name is None
+        # On the host network Valkey listens on loopback only; on the private network every peer may connect
+        # (protected mode would refuse them, since this dev Valkey has no password).
+        bind = "127.0.0.1" if on_host_network else "0.0.0.0"
+        container = docker.Container(
+            f"{name}-container",
+            name=cfg.container_name,
+            image=image,
+            command=[
+                cfg.server_binary, "--port", str(cfg.port), "--bind", bind, "--protected-mode", "no",
+                "--dir", "/data", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
+            ],
+            restart="unless-stopped",
+            network_mode="host" if on_host_network else "bridge",
+            networks_advanced=None if on_host_network else [
+                docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[LOCAL_NETWORK_ALIAS])
+            ],
+            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/data")],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=["CMD", cfg.cli_binary, "-p", str(cfg.port), "ping"], **LOCAL_HEALTHCHECK
+            ),
+            read_only=True,
+            tmpfs={"/tmp": "rw,noexec,nosuid,size=16m"},
+            security_opts=["no-new-privileges:true"],
+            wait=True,
+            wait_timeout=LOCAL_WAIT_TIMEOUT_SECONDS,
+            opts=pulumi.ResourceOptions(
+                parent=self, delete_before_replace=True, replace_on_changes=["healthcheck"]
+            ),
+        )
+        host = "127.0.0.1" if on_host_network else LOCAL_NETWORK_ALIAS
+        self.host = container.id.apply(lambda _: host)  # known once the container exists, so the API waits for it
+        self.port = pulumi.Output.from_input(cfg.port)
+        self.tls = pulumi.Output.from_input(False)
+        self.url = pulumi.Output.secret(self.host.apply(lambda h: f"redis://{h}:{cfg.port}/0"))

@@ -1,0 +1,138 @@
+"""StackSettings: canonical values, the config schema in Pulumi.yaml, the stack files, and every config error."""
+from __future__ import annotations
+
+import pulumi
+import pytest
+import yaml
+
+from components.settings import KEYS, PROJECT, StackConfigError, canonical_cpus, go_duration, parse_duration_ms
+from tests.infra.harness import REPO_ROOT, ProgramRun, stack_file
+
+
+@pulumi.runtime.test
+def test_durations_are_written_the_way_docker_reads_them_back() -> None:
+    written = {text: go_duration(parse_duration_ms(text)) for text in ("30s", "10s", "60s", "120s", "90s", "2m", "1m30s", "500ms", "1h", "1.5s", "0")}
+    assert written == {
+        "30s": "30s", "10s": "10s", "60s": "1m0s", "120s": "2m0s", "90s": "1m30s", "2m": "2m0s",
+        "1m30s": "1m30s", "500ms": "500ms", "1h": "1h0m0s", "1.5s": "1.5s", "0": "0s",
+    }
+
+
+@pulumi.runtime.test
+def test_cpus_are_written_the_way_the_provider_reads_them_back() -> None:
+    assert [canonical_cpus(text) for text in ("0.5", "0.50", "1", "2", "1.25", ".5")] == ["0.5", "0.5", "1.0", "2.0", "1.25", "0.5"]
+    for bad in ("0", "-1", "abc", "1e-12", "nan"):
+        with pytest.raises(ValueError):
+            canonical_cpus(bad)
+
+
+@pulumi.runtime.test
+def test_pulumi_yaml_declares_every_key_the_program_reads_with_the_same_default() -> None:
+    project = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == PROJECT
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+    declared = project["config"]
+    assert set(declared) == set(KEYS)
+    for key, spec in KEYS.items():
+        entry = declared[key]
+        assert entry["type"] == spec.type, key
+        assert entry["description"], key
+        if spec.default is None:
+            assert entry.get("secret") is True and "default" not in entry, key
+        else:
+            assert entry["default"] == spec.default and not entry.get("secret"), key
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pulumi.runtime.test
+def test_stack_files_hold_no_secret(stack: str) -> None:
+    config = yaml.safe_load(stack_file(stack).read_text())["config"]
+    for key, spec in KEYS.items():
+        value = config.get(f"{PROJECT}:{key}")
+        if spec.secret and value is not None:
+            assert isinstance(value, dict) and "secure" in value, f"{key} in plain text in Pulumi.{stack}.yaml"
+    assert all(key.startswith(f"{PROJECT}:") for key in config)
+
+
+def _accepted_by_the_cli(declared_type: str, value: object) -> bool:
+    """The Pulumi CLI's check of a stack value against the project's declared type (ValidateConfigValue)."""
+    if declared_type == "string":
+        return isinstance(value, str)
+    if declared_type == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.lstrip("-").isdigit())
+    if declared_type == "boolean":
+        return isinstance(value, bool) or value in ("true", "false")
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pulumi.runtime.test
+def test_stack_file_keys_are_declared_with_matching_types(stack: str) -> None:
+    declared = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["config"]
+    for full_key, value in yaml.safe_load(stack_file(stack).read_text())["config"].items():
+        key = full_key.removeprefix(f"{PROJECT}:")
+        assert key in declared, f"{full_key} is not declared in Pulumi.yaml (the CLI refuses the stack)"
+        if not (isinstance(value, dict) and "secure" in value):
+            assert _accepted_by_the_cli(declared[key]["type"], value), f"{full_key}: {value!r} is not a {declared[key]['type']}"
+
+
+# (stack, overrides, secrets, key named, words the message must contain)
+CONFIG_ERRORS = [
+    ("dev", {"valkeyMode": "redis"}, {}, "valkeyMode", "local, aiven"),
+    ("dev", {"restartPolicy": "sometimes"}, {}, "restartPolicy", "no, on-failure, always, unless-stopped"),
+    ("prod", {"restartPolicy": "unless-stopped"}, {}, "restartPolicy", "production requires 'always'"),
+    ("prod", {"restartPolicy": "on-failure"}, {}, "restartPolicy", "production requires 'always'"),
+    ("dev", {"healthcheckTimeout": "30s"}, {}, "healthcheckTimeout", "shorter than healthcheckInterval"),
+    ("dev", {"healthcheckTimeout": "45s"}, {}, "healthcheckTimeout", "shorter than healthcheckInterval"),
+    ("dev", {"healthcheckInterval": "30 seconds"}, {}, "healthcheckInterval", "not a duration"),
+    ("dev", {"healthcheckRetries": "0"}, {}, "healthcheckRetries", "at least 1"),
+    ("dev", {"memoryMb": "127"}, {}, "memoryMb", "at least 128 MB"),
+    ("dev", {"memoryMb": "lots"}, {}, "memoryMb", "not a whole number"),
+    ("dev", {"cpus": "0"}, {}, "cpus", "positive number of CPUs"),
+    ("dev", {"cpus": "-0.5"}, {}, "cpus", "positive number of CPUs"),
+    ("dev", {"apiPort": "0"}, {}, "apiPort", "between 1 and 65535"),
+    ("dev", {"apiPort": "65536"}, {}, "apiPort", "between 1 and 65535"),
+    ("dev", {"valkeyPort": "70000"}, {}, "valkeyPort", "between 1 and 65535"),
+    ("dev", {"networkMode": "overlay"}, {}, "networkMode", "bridge, host"),
+    ("dev", {}, {"novitaApiKey": None}, "novitaApiKey", "missing required secret"),
+    ("prod", {}, {"apiKeys": None}, "apiKeys", "missing required secret"),
+    ("prod", {}, {"aivenToken": None}, "aivenToken", "missing required secret"),
+    ("dev", {"novitaApiKey": "plain-key"}, {"novitaApiKey": None}, "novitaApiKey", "plain text"),
+    ("prod", {"faultInjection": "true"}, {}, "faultInjection", "refused when appEnv is production"),
+    ("prod", {"valkeyIpAllowList": '["0.0.0.0/0"]'}, {}, "valkeyIpAllowList", "0.0.0.0/0 is refused in production"),
+    ("prod", {"valkeyIpAllowList": "[]"}, {}, "valkeyIpAllowList", "at least one CIDR"),
+    ("prod", {"valkeyIpAllowList": '["10.0.0.300/32"]'}, {}, "valkeyIpAllowList", "not a CIDR"),
+    ("prod", {"aivenProject": None}, {}, "aivenProject", "must not be empty"),
+    ("prod", {"aivenMaintenanceDow": "someday"}, {}, "aivenMaintenanceDow", "monday"),
+    ("dev", {"imagePush": "true"}, {}, "registryServer", "required when imagePush is true"),
+    ("dev", {"containerUser": "0"}, {}, "containerUser", "non-root"),
+    ("dev", {"appEnv": "staging"}, {}, "appEnv", "development, production"),
+]
+
+
+@pytest.mark.parametrize("stack, overrides, secrets, key, words", CONFIG_ERRORS, ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(CONFIG_ERRORS)])
+@pulumi.runtime.test
+async def test_bad_config_fails_naming_the_key_before_any_resource(stack, overrides, secrets, key, words) -> None:
+    run = ProgramRun.for_stack(stack, overrides, secrets)
+    with pytest.raises(StackConfigError) as raised:
+        await run.run()
+    assert raised.value.key == key
+    message = str(raised.value)
+    assert f"{PROJECT}:{key}" in message and words in message
+    assert isinstance(raised.value, pulumi.RunError)  # printed by the CLI without a stack trace
+    assert [r.type for r in run.monitor.registrations if r.type != "pulumi:pulumi:Stack"] == []
+
+
+@pulumi.runtime.test
+async def test_bad_secret_error_does_not_echo_the_value() -> None:
+    run = ProgramRun.for_stack("dev", {"novitaApiKey": "plain-key-visible"}, {"novitaApiKey": None})
+    with pytest.raises(StackConfigError) as raised:
+        await run.run()
+    assert "plain-key-visible" not in str(raised.value)
+
+
+@pulumi.runtime.test
+async def test_prod_may_open_aiven_to_everyone_only_when_forced() -> None:
+    run = await ProgramRun.for_stack("prod", {"valkeyIpAllowList": '["0.0.0.0/0"]', "valkeyAllowAnyIp": "true"}).run()
+    user_config = run.one("aiven:index/valkey:Valkey").inputs["valkeyUserConfig"]
+    assert user_config["ipFilterStrings"] == ["0.0.0.0/0"]
