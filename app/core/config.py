@@ -1,0 +1,234 @@
+"""Every setting of the service, read from the environment in this one place (docs/architecture.md).
+
+`load_settings()` turns any missing or malformed variable into one `ConfigError` whose message names the variable
+and never repeats its value, so a start-up failure is readable in `docker logs` without leaking a secret.
+"""
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_NOVITA_BASE_URL = "https://api.novita.ai/gpu-instance/openapi/v1"
+# Aiven shows `valkeys://` (TLS) or `valkey://`; redis-py only understands the redis schemes.
+_REDIS_SCHEME_REWRITES = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
+_API_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MIN_API_KEY_LENGTH = 16
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable service; the message names each bad variable, no values."""
+
+
+class Settings(BaseSettings):
+    """Typed configuration of the API process; field `foo_bar` is read from the environment variable `FOO_BAR`."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, validate_default=True)
+
+    app_env: Literal["development", "production"] = "development"
+    host: str = "0.0.0.0"
+    port: int = Field(3003, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    pid_file: Path = Path("/tmp/app.pid")
+    docs_enabled: bool | None = None  # default: on in development, off in production
+    max_request_body_bytes: int = Field(1_048_576, gt=0)
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+
+    # Valkey: either one URL, or the seed's host/port/password/tls quadruple.
+    redis_url: SecretStr | None = None
+    redis_host: str | None = None
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_password: SecretStr | None = None
+    redis_tls: bool = False
+    redis_ca_cert: Path | None = None
+    redis_connect_timeout_seconds: float = Field(5.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(10.0, gt=0)
+    # Aiven closes connections idle for 300 s; checking well before that avoids using a dead socket.
+    redis_health_check_interval_seconds: int = Field(30, gt=0, lt=300)
+    redis_command_retries: int = Field(2, ge=0)
+    redis_startup_retry_max_delay_seconds: float = Field(5.0, gt=0)
+    redis_monitor_interval_seconds: float = Field(2.0, gt=0)
+
+    # Novita client.
+    novita_api_key: SecretStr
+    novita_base_url: str = DEFAULT_NOVITA_BASE_URL
+    novita_timeout_seconds: float = Field(15.0, gt=0)
+    novita_max_attempts: int = Field(4, ge=1)
+    novita_rate_limit_per_second: float = Field(5.0, gt=0)
+    novita_breaker_failure_threshold: int = Field(5, ge=1)
+    novita_breaker_reset_seconds: float = Field(30.0, gt=0)
+    novita_health_timeout_seconds: float = Field(2.0, gt=0)
+
+    # Clients of this API: `name:key,name:key`.
+    api_keys: SecretStr | None = None
+    fault_injection: bool = False
+
+    # Job queue.
+    job_max_attempts: int = Field(5, ge=1)
+    job_visibility_timeout_seconds: float = Field(60.0, gt=0)
+    job_read_block_seconds: float = Field(2.0, gt=0)
+    job_reclaim_interval_seconds: float = Field(5.0, gt=0)
+    job_scheduler_interval_seconds: float = Field(0.5, gt=0)
+    job_retry_base_seconds: float = Field(2.0, gt=0)
+    job_retry_max_seconds: float = Field(300.0, gt=0)
+    job_concurrency: int = Field(4, ge=1)
+    job_retention_seconds: int = Field(7 * 86400, gt=0)
+
+    # Cache and instance lifecycle (used by app/products and app/instances).
+    cache_lock_seconds: float = Field(5.0, gt=0)
+    cache_ttl_products_seconds: int = Field(60, gt=0)
+    cache_ttl_clusters_seconds: int = Field(300, gt=0)
+    cache_ttl_instances_seconds: int = Field(10, gt=0)
+    instance_poll_interval_seconds: float = Field(5.0, gt=0)
+    instance_provisioning_timeout_seconds: float = Field(1800.0, gt=0)
+    idempotency_ttl_seconds: int = Field(86400, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("app_env", mode="before")
+    @classmethod
+    def _lower_app_env(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = urlsplit(value.get_secret_value().strip())
+        if parts.scheme not in _REDIS_SCHEME_REWRITES:
+            raise ValueError("must start with redis://, rediss:// or valkeys://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        return value
+
+    @field_validator("redis_ca_cert")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("is not a readable file")
+        return value
+
+    @field_validator("novita_base_url")
+    @classmethod
+    def _check_novita_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("novita_api_key")
+    @classmethod
+    def _check_novita_key(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        _parse_api_keys(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.redis_url is None and not self.redis_host:
+            raise ValueError("REDIS_URL: is required (or REDIS_HOST with REDIS_PORT/REDIS_PASSWORD/REDIS_TLS)")
+        if self.app_env == "production" and self.api_keys is None:
+            raise ValueError("API_KEYS: is required when APP_ENV=production")
+        if self.app_env == "production" and self.fault_injection:
+            raise ValueError("FAULT_INJECTION: is refused when APP_ENV=production")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        """Whether the service runs with production safeguards (no live Novita call in /health, docs off)."""
+        return self.app_env == "production"
+
+    @property
+    def openapi_docs_enabled(self) -> bool:
+        """Whether /docs and /openapi.json are served."""
+        return self.docs_enabled if self.docs_enabled is not None else not self.is_production
+
+    @property
+    def redis_connection_url(self) -> str:
+        """The URL redis-py can open (a secret: never log it)."""
+        if self.redis_url is not None:
+            url = self.redis_url.get_secret_value().strip()
+            scheme, rest = url.split("://", 1)
+            return f"{_REDIS_SCHEME_REWRITES[scheme]}://{rest}"
+        scheme = "rediss" if self.redis_tls else "redis"
+        auth = f":{quote(self.redis_password.get_secret_value(), safe='')}@" if self.redis_password else ""
+        return f"{scheme}://{auth}{self.redis_host}:{self.redis_port}"
+
+    @property
+    def redis_uses_tls(self) -> bool:
+        """Whether the Valkey connection is encrypted."""
+        return self.redis_connection_url.startswith("rediss://")
+
+    @cached_property
+    def client_api_keys(self) -> dict[str, SecretStr]:
+        """Client API keys by name; empty when none are configured (development only)."""
+        if self.api_keys is None:
+            return {}
+        return _parse_api_keys(self.api_keys.get_secret_value())
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redaction filter."""
+        secrets = [self.novita_api_key.get_secret_value(), self.redis_connection_url]
+        if self.redis_password is not None:
+            secrets.append(self.redis_password.get_secret_value())
+        if self.redis_url is not None:
+            secrets.append(self.redis_url.get_secret_value())
+            password = urlsplit(self.redis_url.get_secret_value()).password
+            if password:
+                secrets.append(password)
+        secrets.extend(key.get_secret_value() for key in self.client_api_keys.values())
+        return [secret for secret in secrets if secret]
+
+
+def _parse_api_keys(raw: str) -> dict[str, SecretStr]:
+    """Parse `name:key,name:key`; errors name the entry by position, never by its key."""
+    keys: dict[str, SecretStr] = {}
+    seen_values: set[str] = set()
+    for position, entry in enumerate(raw.split(","), start=1):
+        name, separator, key = entry.strip().partition(":")
+        if not separator or not _API_KEY_NAME.match(name):
+            raise ValueError(f"entry {position} must be name:key with a name of letters, digits, '_', '.', '-'")
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"key of '{name}' must be at least {MIN_API_KEY_LENGTH} characters")
+        if name in keys or key in seen_values:
+            raise ValueError(f"'{name}' is listed twice or shares its key with another name")
+        keys[name] = SecretStr(key)
+        seen_values.add(key)
+    return keys
+
+
+def load_settings() -> Settings:
+    """Read the environment; raise `ConfigError` with one line naming every bad variable."""
+    try:
+        return Settings()  # type: ignore[call-arg]  # values come from the environment
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line listing `VARIABLE: problem` for each error; pydantic's input values are deliberately left out."""
+    problems = []
+    for detail in error.errors(include_input=False, include_url=False):
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        if detail["type"] == "missing":
+            message = "is required"
+        location = [str(part) for part in detail["loc"]]
+        problems.append(f"{location[0].upper()}: {message}" if location else message)
+    return "invalid configuration: " + "; ".join(problems)

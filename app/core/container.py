@@ -1,0 +1,86 @@
+"""The app's long-lived objects, built once per app and reached from routes through `get_container`."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from app.core.cache import Cache
+from app.core.config import Settings
+from app.core.logging import SecretRedactor
+from app.core.metrics import Metrics
+from app.core.redis import RedisManager
+from app.instances.service import InstanceService
+from app.instances.store import InstanceStore
+from app.jobs.queue import JobQueue
+from app.jobs.worker import Worker
+from app.novita.client import NovitaClient
+
+
+@dataclass
+class Lifecycle:
+    """Start-up progress that health endpoints report."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    ready_once: bool = False  # Valkey answered and the worker started, at least once since the process began
+    shutting_down: bool = False
+
+    @property
+    def uptime_seconds(self) -> float:
+        """Seconds since the app was built."""
+        return time.monotonic() - self.started_at
+
+
+@dataclass
+class AppContainer:
+    """Everything a request or a job handler needs; one per app."""
+
+    settings: Settings
+    metrics: Metrics
+    redis: RedisManager
+    novita: NovitaClient
+    queue: JobQueue
+    cache: Cache
+    instances: InstanceService
+    worker: Worker
+    lifecycle: Lifecycle
+    redact: SecretRedactor  # for any text that leaves the process (health reasons), besides the log filter
+
+    @classmethod
+    def build(cls, settings: Settings) -> AppContainer:
+        """Wire the objects together; nothing connects yet."""
+        metrics = Metrics()
+        redis = RedisManager(settings)
+        novita = NovitaClient(
+            settings.novita_base_url,
+            settings.novita_api_key.get_secret_value(),
+            timeout_seconds=settings.novita_timeout_seconds,
+            max_attempts=settings.novita_max_attempts,
+            rate_limit_per_second=settings.novita_rate_limit_per_second,
+            breaker_failure_threshold=settings.novita_breaker_failure_threshold,
+            breaker_reset_seconds=settings.novita_breaker_reset_seconds,
+        )
+        queue = JobQueue(redis)
+        cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
+        instances = InstanceService(
+            settings=settings, store=InstanceStore(redis), queue=queue, novita=novita, cache=cache
+        )
+        return cls(
+            settings=settings,
+            metrics=metrics,
+            redis=redis,
+            novita=novita,
+            queue=queue,
+            cache=cache,
+            instances=instances,
+            worker=Worker(queue, settings, metrics),
+            lifecycle=Lifecycle(),
+            redact=SecretRedactor(settings.secret_values()),
+        )
+
+
+def get_container(request: Request) -> AppContainer:
+    """FastAPI dependency: the container of the app serving this request."""
+    container: AppContainer = request.app.state.container
+    return container

@@ -1,0 +1,126 @@
+"""Health endpoints (no auth), with the semantics of docs/architecture.md.
+
+- `/livez`: the event loop answers; never touches a dependency (the container probe's target).
+- `/readyz`: Valkey answers and the job consumer runs; 503 with the reason otherwise.
+- `/health`: the seed's format plus version, uptime and queue counts; 503 when a required service (Valkey, the job
+  queue) is down, 200 "degraded" when only Novita is. In production it makes no live Novita call.
+- `/metrics`: Prometheus.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY, generate_latest
+from redis.exceptions import RedisError
+
+from app import __version__
+from app.core.container import AppContainer, get_container
+from app.core.metrics import CONTENT_TYPE_LATEST
+from app.jobs.queue import QueueStats
+
+router = APIRouter(tags=["health"])
+
+Container = Annotated[AppContainer, Depends(get_container)]
+ServiceState = Literal["up", "down"]
+
+# Bound on each dependency check, so a hung Valkey cannot hang the health endpoints.
+_CHECK_TIMEOUT_SECONDS = 1.0
+
+
+@router.get("/livez")
+async def livez(container: Container) -> dict[str, Any]:
+    """200 while the process serves requests; `readyOnce` tells the container probe whether start-up ever finished."""
+    return {"status": "ok", "readyOnce": container.lifecycle.ready_once}
+
+
+@router.get("/readyz")
+async def readyz(container: Container) -> JSONResponse:
+    """200 when this replica can do its work, else 503 with the reason."""
+    reason = await _not_ready_reason(container)
+    if reason is None:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not ready", "reason": container.redact(reason)}, status_code=503)
+
+
+@router.get("/health")
+async def health(container: Container) -> JSONResponse:
+    """The seed's health document; 503 when Valkey or the job queue is down."""
+    redis_up = await container.redis.ping(_CHECK_TIMEOUT_SECONDS)
+    stats = await _queue_stats(container) if redis_up else None
+    services: dict[str, ServiceState] = {
+        "novitaApi": await _novita_state(container),
+        "jobQueue": _up(redis_up and container.worker.running),
+        "cache": _up(redis_up),
+        "redis": _up(redis_up),
+    }
+    if services["redis"] == "down" or services["jobQueue"] == "down":
+        status, code = "unhealthy", 503
+    elif "down" in services.values():
+        status, code = "degraded", 200
+    else:
+        status, code = "healthy", 200
+    body = {
+        "status": status,
+        "services": services,
+        "version": __version__,
+        "uptimeSeconds": round(container.lifecycle.uptime_seconds, 1),
+        "queue": None if stats is None else _stats_body(stats),
+    }
+    return JSONResponse(body, status_code=code)
+
+
+@router.get("/metrics")
+async def metrics(container: Container) -> Response:
+    """Prometheus text format: this app's metrics plus the process-wide registry (Novita client, process)."""
+    measured = container.metrics
+    measured.valkey_up.set(1 if container.redis.is_up else 0)
+    stats = await _queue_stats(container) if container.redis.is_up else None
+    if stats is not None:
+        measured.queue_depth.set(stats.depth)
+        measured.queue_pending.set(stats.pending)
+        measured.queue_scheduled.set(stats.scheduled)
+        measured.queue_dead.set(stats.dead)
+    return Response(generate_latest(REGISTRY) + measured.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _not_ready_reason(container: AppContainer) -> str | None:
+    if container.lifecycle.shutting_down:
+        return "shutting down"
+    if not await container.redis.ping(_CHECK_TIMEOUT_SECONDS):
+        prefix = "Valkey unreachable" if container.lifecycle.ready_once else "starting: Valkey not reachable yet"
+        return f"{prefix} ({container.redis.last_error})"
+    if not container.worker.running:
+        return "job queue consumer not running" if container.lifecycle.ready_once else "starting: worker not started"
+    return None
+
+
+async def _queue_stats(container: AppContainer) -> QueueStats | None:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
+            return await container.queue.depth()
+    except (RedisError, OSError, TimeoutError) as error:
+        container.redis.record_failure(error)
+        return None
+
+
+async def _novita_state(container: AppContainer) -> ServiceState:
+    """Production: what recent calls and the breaker saw. Development: one cheap live call, briefly bounded."""
+    if container.settings.is_production:
+        return _up(container.novita.status().breaker_state != "open")
+    try:
+        async with asyncio.timeout(container.settings.novita_health_timeout_seconds):
+            await container.novita.list_clusters()
+    except Exception:  # any failure (typed Novita error, timeout) means: not usable right now
+        return "down"
+    return "up"
+
+
+def _up(condition: bool) -> ServiceState:
+    return "up" if condition else "down"
+
+
+def _stats_body(stats: QueueStats) -> dict[str, int]:
+    return {"depth": stats.depth, "pending": stats.pending, "scheduled": stats.scheduled, "dead": stats.dead}

@@ -1,0 +1,224 @@
+"""A durable job queue on Valkey Streams: what a job is, how it is accepted, scheduled and dead-lettered.
+
+Layout (every key under `ngpu:`):
+- `ngpu:job:<id>`        hash: the job record (state, attempts, last error, payload, result).
+- `ngpu:jobs:stream`     stream of `{job: <id>}` entries, read by the consumer group `workers`; an entry stays in the
+                         group's pending list until a worker records the outcome, so a worker that dies mid-job does
+                         not lose it (another worker claims it after the visibility timeout).
+- `ngpu:jobs:scheduled`  sorted set id -> due time: delayed jobs, retries with backoff and `RetryLater` polls. A Lua
+                         script moves due ids to the stream atomically, so several replicas never double-promote.
+- `ngpu:jobs:dead`       sorted set id -> time: jobs that exhausted their attempts, listable.
+- `ngpu:job-lock:<id>`   per-job lock so one job never runs twice at the same time across replicas.
+The worker that executes jobs is in `app/jobs/worker.py`.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.core.errors import ServiceUnavailable
+from app.core.redis import RedisManager
+
+KEY_PREFIX = "ngpu:"
+STREAM_KEY = f"{KEY_PREFIX}jobs:stream"
+SCHEDULED_KEY = f"{KEY_PREFIX}jobs:scheduled"
+DEAD_KEY = f"{KEY_PREFIX}jobs:dead"
+JOB_KEY_PREFIX = f"{KEY_PREFIX}job:"
+LOCK_KEY_PREFIX = f"{KEY_PREFIX}job-lock:"
+CONSUMER_GROUP = "workers"
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "dead"})
+
+# Create the job record and make it deliverable in one atomic step: either both exist or neither does.
+_ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if tonumber(ARGV[2]) > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+else
+  redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+end
+return 1
+"""
+
+# Move due scheduled jobs to the stream; ZREM and XADD in one script, so each id is promoted exactly once.
+_PROMOTE_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  local job_key = ARGV[3] .. id
+  if redis.call('EXISTS', job_key) == 1 then
+    redis.call('HSET', job_key, 'state', 'queued', 'updated_at', ARGV[1])
+    redis.call('XADD', KEYS[2], '*', 'job', id)
+  end
+end
+return #due
+"""
+
+
+def job_key(job_id: str) -> str:
+    """Key of a job's record."""
+    return f"{JOB_KEY_PREFIX}{job_id}"
+
+
+@dataclass
+class Job:
+    """One unit of background work and its current state."""
+
+    id: str
+    kind: str
+    payload: dict[str, Any]
+    state: str  # queued | scheduled | running | succeeded | failed | dead
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> Job:
+        """Build from the stored hash."""
+        return cls(
+            id=record["id"],
+            kind=record["kind"],
+            payload=json.loads(record.get("payload") or "{}"),
+            state=record["state"],
+            attempts=int(record.get("attempts") or 0),
+            last_error=record.get("last_error") or None,
+            created_at=float(record.get("created_at") or 0),
+            updated_at=float(record.get("updated_at") or 0),
+            result=json.loads(record["result"]) if record.get("result") else None,
+        )
+
+    def to_record(self) -> dict[str, str]:
+        """The hash stored in Valkey."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "payload": json.dumps(self.payload),
+            "state": self.state,
+            "attempts": str(self.attempts),
+            "last_error": self.last_error or "",
+            "created_at": repr(self.created_at),
+            "updated_at": repr(self.updated_at),
+            "result": json.dumps(self.result) if self.result is not None else "",
+        }
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counts for health and metrics."""
+
+    depth: int  # in the stream, not yet delivered to a worker
+    pending: int  # delivered, not yet acknowledged (running, or held by a worker that died)
+    scheduled: int  # waiting for their due time
+    dead: int  # exhausted their attempts
+
+
+class RetryLater(Exception):
+    """Raised by a handler to run the job again after `delay_seconds` (a polling step, not a failure).
+
+    The attempt is not counted; the handler bounds how often it asks (e.g. by its own deadline).
+    """
+
+    def __init__(self, delay_seconds: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {delay_seconds} s")
+        self.delay_seconds = delay_seconds
+        self.reason = reason
+
+
+class JobFailed(Exception):
+    """Raised by a handler when retrying cannot help (e.g. the request is invalid): the job ends `failed` at once."""
+
+
+@dataclass
+class JobContext:
+    """What a handler receives."""
+
+    job: Job
+    queue: JobQueue
+
+
+Handler = Callable[[JobContext], Awaitable[dict[str, Any] | None]]
+
+
+class JobQueue:
+    """Accepts, reads back and lists jobs; see the module docstring for the layout."""
+
+    def __init__(self, redis: RedisManager) -> None:
+        self._redis = redis
+
+    @property
+    def redis(self) -> RedisManager:
+        """The Valkey connection (for the worker)."""
+        return self._redis
+
+    async def enqueue(
+        self, kind: str, payload: dict[str, Any], *, delay_seconds: float = 0.0, job_id: str | None = None
+    ) -> Job:
+        """Store a job durably and return it; with `job_id`, an existing job of that id is returned unchanged.
+
+        Returns only after Valkey acknowledged the write. Raises `ServiceUnavailable` when Valkey is down: nothing is
+        accepted that was not written.
+        """
+        now = time.time()
+        job = Job(
+            id=job_id or uuid.uuid4().hex,
+            kind=kind,
+            payload=payload,
+            state="scheduled" if delay_seconds > 0 else "queued",
+            created_at=now,
+            updated_at=now,
+        )
+        due_at = now + delay_seconds if delay_seconds > 0 else 0.0
+        fields = [item for pair in job.to_record().items() for item in pair]
+        try:
+            created = await self._redis.client.eval(
+                _ENQUEUE_SCRIPT, 3, job_key(job.id), STREAM_KEY, SCHEDULED_KEY, job.id, repr(due_at), *fields
+            )
+            if not created:
+                existing = await self.get(job.id)
+                if existing is not None:
+                    return existing
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            self._redis.record_failure(error)
+            raise ServiceUnavailable("job queue unavailable (Valkey unreachable); the job was not accepted") from None
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job's current record, or None."""
+        record = await self._redis.client.hgetall(job_key(job_id))
+        return Job.from_record(record) if record else None
+
+    async def dead_letters(self, limit: int = 100) -> list[Job]:
+        """Dead jobs, most recent first."""
+        ids = await self._redis.client.zrevrange(DEAD_KEY, 0, max(0, limit - 1))
+        jobs = [await self.get(job_id) for job_id in ids]
+        return [job for job in jobs if job is not None]
+
+    async def depth(self) -> QueueStats:
+        """Current counts; acknowledged entries are deleted, so the stream holds only waiting and pending ones."""
+        async with self._redis.client.pipeline(transaction=False) as pipe:
+            pipe.xlen(STREAM_KEY)
+            pipe.zcard(SCHEDULED_KEY)
+            pipe.zcard(DEAD_KEY)
+            length, scheduled, dead = await pipe.execute()
+        pending = 0
+        if length:
+            groups = await self._redis.client.xinfo_groups(STREAM_KEY)
+            pending = sum(int(group["pending"]) for group in groups if group["name"] == CONSUMER_GROUP)
+        return QueueStats(depth=max(0, int(length) - pending), pending=pending, scheduled=int(scheduled), dead=int(dead))
+
+    async def promote_due(self, limit: int = 100) -> int:
+        """Move scheduled jobs whose time has come into the stream; returns how many moved."""
+        moved = await self._redis.client.eval(
+            _PROMOTE_SCRIPT, 2, SCHEDULED_KEY, STREAM_KEY, repr(time.time()), str(limit), JOB_KEY_PREFIX
+        )
+        return int(moved)

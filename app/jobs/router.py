@@ -1,0 +1,69 @@
+"""HTTP API of jobs: state of one job, and the dead letters."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from app.core.auth import require_api_key
+from app.core.container import AppContainer, get_container
+from app.core.errors import NotFound
+from app.jobs.queue import Job
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+Container = Annotated[AppContainer, Depends(get_container)]
+
+
+class JobView(BaseModel):
+    """A job as clients see it; the payload is left out because it may carry secrets (instance envs)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+    id: str
+    kind: str
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    result: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        """View of a stored job."""
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            state=job.state,
+            attempts=job.attempts,
+            last_error=job.last_error,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            result=job.result,
+        )
+
+
+class DeadLetterList(BaseModel):
+    """Answer of `GET /api/jobs/dead-letters`, most recent first."""
+
+    items: list[JobView]
+
+
+@router.get("/dead-letters", response_model=DeadLetterList)
+async def list_dead_letters(
+    container: Container, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> DeadLetterList:
+    """Jobs that exhausted their attempts."""
+    return DeadLetterList(items=[JobView.of(job) for job in await container.queue.dead_letters(limit)])
+
+
+@router.get("/{job_id}", response_model=JobView)
+async def get_job(container: Container, job_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]) -> JobView:
+    """State, attempts and last error of a job."""
+    job = await container.queue.get(job_id)
+    if job is None:
+        raise NotFound(f"no job with id '{job_id}'")
+    return JobView.of(job)

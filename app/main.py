@@ -1,0 +1,114 @@
+"""The FastAPI app: `create_app()` wires settings, middleware, routers and job handlers; the lifespan runs the worker.
+
+Run with `python -m app` (preferred: one-line config errors) or `uvicorn app.main:create_app --factory`.
+Start-up serves `/livez` at once and connects to Valkey in the background; the job worker starts, and the app
+becomes ready, when Valkey first answers. Shutdown (SIGTERM, handled by uvicorn) stops taking jobs, gives running
+ones `SHUTDOWN_GRACE_SECONDS`, and leaves unfinished ones unacknowledged for another worker to reclaim.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.core.config import ConfigError, Settings, load_settings
+from app.core.container import AppContainer
+from app.core.errors import install_exception_handlers
+from app.core.faults import router as faults_router
+from app.core.logging import configure_logging
+from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.health.router import router as health_router
+from app.instances.handlers import register_handlers
+from app.instances.router import router as instances_router
+from app.jobs.router import router as jobs_router
+from app.products.router import router as products_router
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; without `settings` they are read from the environment, exiting with code 2 if invalid."""
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as error:
+            print(str(error), file=sys.stderr)
+            raise SystemExit(2) from None
+    configure_logging(settings.log_level, settings.secret_values())
+    container = AppContainer.build(settings)
+    docs = settings.openapi_docs_enabled
+    app = FastAPI(
+        title="Novita GPU instance API",
+        version=__version__,
+        lifespan=_lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+    app.state.container = container
+    install_exception_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # outermost: sees every answer
+    for router in (health_router, jobs_router, instances_router, products_router):
+        app.include_router(router)
+    if not settings.client_api_keys:
+        logger.warning("API_KEYS is not set: the API is open to anyone who can reach it (development only)")
+    if settings.fault_injection:
+        logger.warning("FAULT_INJECTION is on: /debug endpoints are served")
+        app.include_router(faults_router)
+    register_handlers(container.worker, container)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    container: AppContainer = app.state.container
+    settings = container.settings
+    _write_pid_file(settings.pid_file)
+    logger.info(
+        "starting",
+        extra={"version": __version__, "appEnv": settings.app_env, "valkeyTls": container.redis.uses_tls},
+    )
+    readiness = asyncio.create_task(_become_ready(container), name="become-ready")
+    try:
+        yield
+    finally:
+        container.lifecycle.shutting_down = True
+        logger.info("shutting down: draining the job worker")
+        readiness.cancel()
+        await asyncio.wait({readiness}, timeout=2.0)
+        await container.worker.stop(settings.shutdown_grace_seconds)
+        await container.novita.aclose()
+        await container.redis.close()
+        _remove_pid_file(settings.pid_file)
+        logger.info("stopped")
+
+
+async def _become_ready(container: AppContainer) -> None:
+    """Wait for Valkey, start the worker, then keep watching Valkey so health follows it."""
+    await container.redis.wait_until_connected()
+    await container.worker.start()
+    container.lifecycle.ready_once = True
+    logger.info("ready", extra={"startupSeconds": round(container.lifecycle.uptime_seconds, 2)})
+    await container.redis.monitor(container.settings.redis_monitor_interval_seconds)
+
+
+def _write_pid_file(path: Path) -> None:
+    """The container probe kills this pid when the app is wedged; failing to write it must not stop the app."""
+    try:
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as error:
+        logger.error("cannot write the pid file; the container probe cannot restart a wedged app",
+                     extra={"path": str(path), "error": str(error)})
+
+
+def _remove_pid_file(path: Path) -> None:
+    with suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()

@@ -1,0 +1,168 @@
+"""The API served over real HTTP (uvicorn in a background thread) against the real redis-server and the fake Novita.
+
+Fixtures:
+- `api_server_factory` (function): `start(**setting_overrides) -> ApiServer`; every server it started is shut down
+  gracefully at the end of the test. Use it for several replicas or non-default settings.
+- `api_server` (function): one ready server with the test settings of `make_test_settings()`.
+Both flush the shared redis-server and reset the fake Novita first, so each test starts from empty state.
+"""
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from app.core.config import Settings
+from app.core.container import AppContainer
+from app.main import create_app
+from tests.fakes.fixtures import FakeNovitaHandle
+from tests.fixtures_redis import RedisServer
+
+_READY_TIMEOUT_SECONDS = 15.0
+
+# Short timings so retries, reclaims and polls happen in fractions of a second.
+FAST_TIMINGS: dict[str, Any] = {
+    "shutdown_grace_seconds": 2.0,
+    "redis_connect_timeout_seconds": 1.0,
+    "redis_socket_timeout_seconds": 2.0,
+    "redis_startup_retry_max_delay_seconds": 0.3,
+    "redis_monitor_interval_seconds": 0.2,
+    "job_read_block_seconds": 0.2,
+    "job_visibility_timeout_seconds": 2.0,
+    "job_reclaim_interval_seconds": 0.2,
+    "job_scheduler_interval_seconds": 0.05,
+    "job_retry_base_seconds": 0.05,
+    "job_retry_max_seconds": 0.5,
+    "job_concurrency": 2,
+}
+
+
+def fast_settings(redis_url: str, **overrides: Any) -> Settings:
+    """Settings for tests below the HTTP layer (queue, cache, Valkey): `FAST_TIMINGS`, a never-used Novita key."""
+    return Settings(redis_url=redis_url, novita_api_key="unused-below-http", **{**FAST_TIMINGS, **overrides})
+
+
+def make_test_settings(redis_url: str, novita: FakeNovitaHandle, pid_file: Path, **overrides: Any) -> Settings:
+    """Settings for an app under test: the fake Novita, a fresh client key, `FAST_TIMINGS`, then `overrides`."""
+    values: dict[str, Any] = {
+        **FAST_TIMINGS,
+        "app_env": "development",
+        "redis_url": redis_url,
+        "novita_api_key": novita.api_key,
+        "novita_base_url": novita.base_url,
+        "novita_timeout_seconds": 2.0,
+        "novita_max_attempts": 2,
+        "novita_rate_limit_per_second": 1000.0,
+        "api_keys": "tests:" + secrets.token_hex(16),
+        "pid_file": pid_file,
+        "log_level": "INFO",
+        "instance_poll_interval_seconds": 0.2,
+        "instance_provisioning_timeout_seconds": 30.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ApiServer:
+    """A running app: `base_url`, `api_key`, its `container` (queue, redis, worker...) and a ready `client()`."""
+
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.container: AppContainer = app.state.container
+        keys = [key.get_secret_value() for key in settings.client_api_keys.values()]
+        self.api_key = keys[0] if keys else ""  # no keys: a development server open to all
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5)
+        )
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [listener]}, name="api-server", daemon=True
+        )
+
+    def start(self) -> None:
+        """Serve in a background thread; returns once uvicorn listens (not necessarily ready)."""
+        self._thread.start()
+        deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.01)
+
+    def client(self, *, authenticated: bool = True, timeout: float = 10.0) -> httpx.Client:
+        """An HTTP client to this server, sending the API key unless `authenticated=False`."""
+        headers = {"X-API-Key": self.api_key} if authenticated and self.api_key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def wait_until(self, path: str, status: int, timeout: float = _READY_TIMEOUT_SECONDS) -> httpx.Response:
+        """Poll `path` until it answers `status`; fails the test with the last answer otherwise."""
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=3.0) as client:
+            while True:
+                try:
+                    response = client.get(path)
+                    if response.status_code == status:
+                        return response
+                    last = f"{response.status_code} {response.text}"
+                except httpx.HTTPError as error:
+                    last = repr(error)
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{path} did not answer {status} within {timeout} s; last answer: {last}")
+                time.sleep(0.05)
+
+    def wait_ready(self, timeout: float = _READY_TIMEOUT_SECONDS) -> None:
+        """Wait for /readyz 200."""
+        self.wait_until("/readyz", 200, timeout)
+
+    def stop(self) -> None:
+        """Graceful shutdown, as on SIGTERM: uvicorn stops, the lifespan drains the worker."""
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            raise RuntimeError("the API server did not shut down within 30 s")
+
+
+StartServer = Callable[..., ApiServer]
+
+
+@pytest.fixture
+def api_server_factory(
+    redis_server: RedisServer, fake_novita: FakeNovitaHandle, tmp_path: Path
+) -> Iterator[StartServer]:
+    """`start(wait_ready=True, redis_url=None, **setting_overrides)`: serve one more app; all stop after the test."""
+    redis_server.start()  # a previous test may have left it stopped
+    redis_server.flushall()
+    fake_novita.reset()
+    servers: list[ApiServer] = []
+
+    def start(*, wait_ready: bool = True, redis_url: str | None = None, **overrides: Any) -> ApiServer:
+        pid_file = tmp_path / f"app-{len(servers)}.pid"
+        settings = make_test_settings(redis_url or redis_server.url, fake_novita, pid_file, **overrides)
+        server = ApiServer(create_app(settings), settings)
+        servers.append(server)
+        server.start()
+        if wait_ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
+@pytest.fixture
+def api_server(api_server_factory: StartServer) -> ApiServer:
+    """One ready API server on the shared redis-server and fake Novita."""
+    return api_server_factory()

@@ -1,0 +1,181 @@
+"""Health endpoints over real HTTP: formats, Valkey outages and recovery, readiness at start, production mode."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.core.config import Settings
+from app.core.redis import RedisManager
+from app.jobs.queue import JobQueue
+from tests.app.conftest import ApiServer, StartServer, fast_settings
+from tests.fakes.fixtures import FakeNovitaHandle
+from tests.fixtures_redis import RedisServer
+
+SEED_SERVICES = {"novitaApi", "jobQueue", "cache", "redis"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+
+
+def test_health_documents_have_the_agreed_format(api_server: ApiServer) -> None:
+    with api_server.client(authenticated=False) as client:  # health needs no key
+        livez, readyz, health = client.get("/livez"), client.get("/readyz"), client.get("/health")
+        metrics = client.get("/metrics")
+
+    assert livez.status_code == 200 and livez.json() == {"status": "ok", "readyOnce": True}
+    assert readyz.status_code == 200 and readyz.json() == {"status": "ready"}
+    assert health.status_code == 200
+    body = health.json()
+    assert set(body) == {"status", "services", "version", "uptimeSeconds", "queue"}
+    assert body["status"] == "healthy"
+    assert body["services"] == {name: "up" for name in SEED_SERVICES}
+    assert body["version"] == "0.1.0" and body["uptimeSeconds"] >= 0
+    assert body["queue"] == {"depth": 0, "pending": 0, "scheduled": 0, "dead": 0}
+
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    for name in ("job_queue_depth", "job_queue_pending", "job_queue_dead_letters", "http_requests_total",
+                 "valkey_up 1.0", "novita_calls"):
+        assert name in metrics.text
+
+
+def test_valkey_outage_makes_health_503_and_the_app_recovers_by_itself(
+    api_server: ApiServer, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    try:
+        health = api_server.wait_until("/health", 503, timeout=10)
+        body = health.json()
+        assert body["status"] == "unhealthy"
+        assert body["services"]["redis"] == "down" and body["services"]["jobQueue"] == "down"
+        assert body["services"]["cache"] == "down" and body["queue"] is None
+        readyz = api_server.wait_until("/readyz", 503, timeout=10)
+        assert readyz.json()["status"] == "not ready" and "Valkey unreachable" in readyz.json()["reason"]
+        with api_server.client() as client:
+            livez = client.get("/livez")  # the process itself is fine: the container must not be restarted
+            accepted = client.get("/api/jobs/anything")
+        assert livez.status_code == 200 and livez.json()["readyOnce"] is True
+        assert accepted.status_code == 503 and accepted.headers["content-type"] == "application/problem+json"
+    finally:
+        redis_server.start()
+
+    health = api_server.wait_until("/health", 200, timeout=15)  # no restart of the app
+    assert health.json()["status"] == "healthy"
+    api_server.wait_until("/readyz", 200, timeout=5)
+
+
+def test_not_ready_until_valkey_answers_at_start(
+    api_server_factory: StartServer, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    try:
+        server = api_server_factory(wait_ready=False)
+        livez = server.wait_until("/livez", 200, timeout=5)  # served at once, before Valkey
+        assert livez.json() == {"status": "ok", "readyOnce": False}
+        readyz = server.wait_until("/readyz", 503, timeout=5)
+        assert readyz.json()["reason"].startswith("starting: Valkey not reachable yet")
+        assert server.wait_until("/health", 503, timeout=5).json()["status"] == "unhealthy"
+        assert int(server.settings.pid_file.read_text()) == os.getpid()  # for the container probe
+    finally:
+        redis_server.start()
+    server.wait_ready(timeout=15)
+    with server.client() as client:
+        assert client.get("/livez").json() == {"status": "ok", "readyOnce": True}
+
+
+def test_shutdown_before_valkey_ever_answered_is_prompt(api_server_factory: StartServer) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"redis://127.0.0.1:{probe.getsockname()[1]}"
+    server = api_server_factory(wait_ready=False, redis_url=nowhere)
+    assert server.wait_until("/readyz", 503, timeout=5).json()["reason"].startswith("starting:")
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5
+
+
+def test_production_health_makes_no_live_novita_call(
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
+) -> None:
+    server = api_server_factory(app_env="production")
+    fake_novita.reset()
+    with server.client(authenticated=False) as client:
+        health = client.get("/health")
+    assert health.status_code == 200 and health.json()["services"]["novitaApi"] == "up"
+    assert fake_novita.calls() == {}
+
+
+def test_development_health_reports_novita_down_as_degraded(
+    api_server: ApiServer, fake_novita: FakeNovitaHandle
+) -> None:
+    fake_novita.add_faults({"path": "/clusters", "kind": "server_error", "status": 503, "count": None})
+    with api_server.client() as client:
+        health = client.get("/health")
+    assert health.status_code == 200  # Novita is not required for the API to accept work
+    assert health.json()["status"] == "degraded" and health.json()["services"]["novitaApi"] == "down"
+    assert health.json()["services"]["redis"] == "up"
+
+
+def test_python_m_app_serves_writes_its_pid_and_drains_on_sigterm(
+    redis_server: RedisServer, fake_novita: FakeNovitaHandle, tmp_path: Path
+) -> None:
+    """The real entry point: one command, the pid file for the container probe, a clean SIGTERM shutdown."""
+    redis_server.start()
+    redis_server.flushall()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pid_file = tmp_path / "app.pid"
+    environment = {key: value for key, value in os.environ.items() if key.upper() not in _SETTING_NAMES}
+    environment.update({
+        "REDIS_URL": redis_server.url, "NOVITA_API_KEY": fake_novita.api_key, "NOVITA_BASE_URL": fake_novita.base_url,
+        "API_KEYS": "ci:0123456789abcdef0123", "HOST": "127.0.0.1", "PORT": str(port), "PID_FILE": str(pid_file),
+        "JOB_READ_BLOCK_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "2",
+    })
+    process = subprocess.Popen([sys.executable, "-m", "app"], env=environment, cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "python -m app did not become ready"
+            time.sleep(0.1)
+        assert int(pid_file.read_text()) == process.pid
+        job_id = asyncio.run(_enqueue_unknown_job(redis_server.url))  # the worker reads it (and retries it)
+        with redis_server.client() as raw:
+            while not raw.xinfo_consumers("ngpu:jobs:stream", "workers"):
+                assert time.monotonic() < deadline, "the worker never read the job"
+                time.sleep(0.05)
+
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    messages = [json.loads(line)["message"] for line in output.splitlines() if line.startswith("{")]
+    assert messages.index("job worker stopped") < messages.index("stopped")  # the lifespan drained the worker
+    assert not pid_file.exists()
+    with redis_server.client() as raw:  # it left the consumer group tidy: nothing pending, no stale consumer
+        assert raw.xinfo_consumers("ngpu:jobs:stream", "workers") == []
+        assert raw.hget(f"ngpu:job:{job_id}", "last_error") == "LookupError: no handler registered for job kind 'test.unknown'"
+    assert fake_novita.api_key not in output
+
+
+async def _enqueue_unknown_job(redis_url: str) -> str:
+    manager = RedisManager(fast_settings(redis_url))
+    try:
+        return (await JobQueue(manager).enqueue("test.unknown", {})).id
+    finally:
+        await manager.close()
