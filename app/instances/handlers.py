@@ -1,0 +1,425 @@
+"""Job handlers of the instances: create (with cluster fallback), start, stop, restart, delete.
+
+Each job has two phases and may run any number of times (at-least-once delivery, a worker killed mid-job):
+1. issue the action on Novita, unless it is already in effect or this job already issued it;
+2. watch Novita until the instance settles, one short step at a time (`RetryLater(poll_interval)`), until the
+   provisioning timeout counted from the job's creation.
+
+The job id the API returned therefore tracks the whole operation: it succeeds when the instance reached the target.
+Outcomes the instance cannot recover from by retrying (no capacity anywhere, a Novita `statusError`, a timeout, a
+request Novita rejects) are written to the record as `failed` with the reason, and end the job as failed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from pydantic import ValidationError
+
+from app.core.config import Settings
+from app.instances.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
+from app.instances.service import ACTION_JOBS, CREATE_JOB, Action, InstanceService
+from app.instances.store import InstanceStore, RecordNotFound
+from app.jobs.queue import JobContext, JobFailed, RetryLater
+from app.novita.client import NovitaClient
+from app.novita.errors import (
+    NovitaBadRequest,
+    NovitaError,
+    NovitaInsufficientResource,
+    NovitaNotFound,
+    NovitaStateConflict,
+)
+from app.novita.models import CreateInstanceRequest as NovitaCreateRequest
+from app.novita.models import EnvVar as NovitaEnvVar
+from app.novita.models import Instance
+from app.products.service import ProductService
+
+if TYPE_CHECKING:
+    from app.core.container import AppContainer
+    from app.jobs.worker import Worker
+
+logger = logging.getLogger(__name__)
+RecordChange = Callable[[InstanceRecord], None]
+
+# Novita statuses that end each operation successfully.
+_SETTLED_STATUSES: dict[str, frozenset[str]] = {
+    "create": frozenset({"running", "exited"}),
+    "start": frozenset({"running"}),
+    "stop": frozenset({"exited"}),
+    "restart": frozenset({"running"}),
+    "delete": frozenset({"removed"}),
+}
+# Novita statuses in which an action is already in effect, so issuing it again is unnecessary.
+_ALREADY_IN_EFFECT: dict[Action, frozenset[str]] = {
+    "start": frozenset({"toStart", "starting", "running"}),
+    "stop": frozenset({"toStop", "stopping", "exited"}),
+    "restart": frozenset({"toRestart", "restarting"}),  # "running" does not tell: issue it (once per job)
+    "delete": frozenset({"toRemove", "removing", "removed"}),
+}
+
+
+@dataclass
+class _Outcome:
+    """What a finished job reports as its result."""
+
+    instance_id: str
+    state: str
+    novita_status: str | None
+    detail: str = ""
+
+    def as_result(self) -> dict[str, Any]:
+        return {"instanceId": self.instance_id, "state": self.state, "novitaStatus": self.novita_status,
+                "detail": self.detail}
+
+
+class InstanceJobHandlers:
+    """The handlers, sharing the store, the Novita client and the product catalogue."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: InstanceStore,
+        novita: NovitaClient,
+        products: ProductService,
+        instances: InstanceService,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._novita = novita
+        self._products = products
+        self._instances = instances
+
+    def register(self, worker: Worker) -> None:
+        """Register every instance job kind with the worker."""
+        worker.register(CREATE_JOB, self.create)
+        for action, kind in ACTION_JOBS.items():
+            worker.register(kind, self._action_handler(action))
+
+    # -- create ----------------------------------------------------------------------------------------------------
+
+    async def create(self, ctx: JobContext) -> dict[str, Any] | None:
+        """Create the instance on Novita (exactly once), then watch it until it runs."""
+        record = await self._record_for(ctx)
+        if record is None:
+            return None
+        if record.novita_instance_id is None and not _deletion_requested(record):
+            record = await self._create_upstream(ctx, record)
+        if record.novita_instance_id is None:
+            return _Outcome(record.id, record.state, None, "deleted before it was created").as_result()
+        return await self._settle(ctx, record, "create")
+
+    async def _create_upstream(self, ctx: JobContext, record: InstanceRecord) -> InstanceRecord:
+        # A previous run may have created it and died before recording the id: the unique name tells.
+        existing = await self._novita.find_instance_by_name(record.upstream_name)
+        if existing is not None:
+            return await self._record_created(ctx, record.id, existing.id, existing.cluster_id, "found_existing")
+
+        spec_data = await self._store.get_spec(record.id)
+        if spec_data is None:
+            current = await self._store.get(record.id)
+            if current is not None and _deletion_requested(current):
+                return current  # a delete finished first and dropped the spec
+            await self._fail(ctx, record.id, "the create request was lost before the instance was created")
+        spec = CreateInstanceRequest.model_validate(spec_data)
+        template_defaults = await self._template_defaults(ctx, record.id, spec)
+
+        clusters: list[str | None] = list(spec.cluster_ids) or [None]
+        tried: list[str] = []
+        for cluster_id in clusters:
+            where = cluster_id or "any cluster"
+            product_id = spec.product_id or await self._cheapest_product_id(spec, cluster_id)
+            if product_id is None:
+                tried.append(f"{where}: no available '{spec.product_name}'")
+                await self._add_event(record.id, "no_product", where, ctx.job.id)
+                continue
+            try:
+                request = self._novita_request(record, spec, template_defaults, product_id, cluster_id)
+            except ValidationError as error:
+                await self._fail(ctx, record.id, f"cannot build the Novita request: {_first_error(error)}")
+            try:
+                novita_id = await self._novita.create_instance(request)
+            except NovitaInsufficientResource as error:
+                tried.append(f"{where}: {error.message}")
+                await self._add_event(record.id, "insufficient_resource", where, ctx.job.id)
+                continue
+            except NovitaBadRequest as error:
+                await self._fail(ctx, record.id, f"Novita rejected the create: {error}")
+            return await self._record_created(ctx, record.id, novita_id, cluster_id, "created", product_id)
+        await self._fail(ctx, record.id, "no capacity: " + "; ".join(tried))
+
+    async def _cheapest_product_id(self, spec: CreateInstanceRequest, cluster_id: str | None) -> str | None:
+        assert spec.product_name is not None  # the request model requires a name when no id is given
+        product = await self._products.cheapest_available(
+            spec.product_name, cluster_id, spec.billing_mode, spec.gpu_num
+        )
+        return product.id if product else None
+
+    async def _template_defaults(
+        self, ctx: JobContext, record_id: str, spec: CreateInstanceRequest
+    ) -> dict[str, Any]:
+        """Image, ports, envs, command and registry auth of the template, as defaults for the request's own."""
+        if spec.template_id is None:
+            return {}
+        try:
+            template = await self._novita.get_template(spec.template_id)
+        except NovitaNotFound:
+            await self._fail(ctx, record_id, f"template {spec.template_id!r} does not exist on Novita")
+        return {
+            "image_url": template.image or None,
+            "image_auth_id": template.image_auth or None,
+            "ports": template.ports_spec() or None,
+            "envs": {env.key: env.value for env in template.envs},
+            "command": template.start_command or None,
+        }
+
+    def _novita_request(
+        self,
+        record: InstanceRecord,
+        spec: CreateInstanceRequest,
+        template: dict[str, Any],
+        product_id: str,
+        cluster_id: str | None,
+    ) -> NovitaCreateRequest:
+        envs = {**template.get("envs", {}), **{env.key: env.value for env in spec.envs}}
+        ports = ",".join(f"{p.port}/{p.type}" for p in spec.ports) or template.get("ports")
+        return NovitaCreateRequest(
+            name=record.upstream_name,
+            product_id=product_id,
+            gpu_num=spec.gpu_num,
+            rootfs_size=spec.rootfs_size,
+            image_url=spec.image_url or template.get("image_url") or "",
+            image_auth_id=spec.image_auth_id or template.get("image_auth_id"),
+            ports=ports,
+            envs=[NovitaEnvVar(key=k, value=v) for k, v in envs.items()] or None,
+            command=spec.command or template.get("command"),
+            cluster_id=cluster_id,
+            billing_mode=spec.billing_mode,
+            month=spec.months,
+        )
+
+    async def _record_created(
+        self,
+        ctx: JobContext,
+        record_id: str,
+        novita_id: str,
+        cluster_id: str | None,
+        how: str,
+        product_id: str | None = None,
+    ) -> InstanceRecord:
+        def remember(record: InstanceRecord) -> None:
+            record.novita_instance_id = novita_id
+            record.cluster_id = cluster_id or record.cluster_id
+            record.product_id = product_id or record.product_id
+            if record.state == InstanceState.PENDING:
+                record.state = InstanceState.PROVISIONING
+            record.updated_at = time.time()
+            record.add_event(how, f"novita id {novita_id} in {cluster_id or 'a cluster of Novita’s choice'}",
+                             ctx.job.id)
+
+        record = await self._store.update(record_id, remember)
+        await self._store.drop_spec(record_id)
+        await self._instances.invalidate_cached_lists()
+        if _deletion_requested(record):
+            # A delete was accepted while this create ran and found nothing to delete: finish its work here.
+            await self._delete_upstream(novita_id)
+        return record
+
+    # -- start, stop, restart, delete ------------------------------------------------------------------------------
+
+    def _action_handler(self, action: Action) -> Callable[[JobContext], Awaitable[dict[str, Any] | None]]:
+        async def handle(ctx: JobContext) -> dict[str, Any] | None:
+            return await self._run_action(ctx, action)
+
+        handle.__name__ = f"{action}_instance"
+        return handle
+
+    async def _run_action(self, ctx: JobContext, action: Action) -> dict[str, Any] | None:
+        record = await self._record_for(ctx)
+        if record is None:
+            return None
+        if record.novita_instance_id is None and action == "delete":
+            record = await self._adopt_by_name(ctx, record)
+            if record.novita_instance_id is None:
+                record = await self._store.update(record.id, _mark_deleted("never created on Novita", ctx.job.id))
+                await self._store.drop_spec(record.id)
+                await self._instances.invalidate_cached_lists()
+                return _Outcome(record.id, record.state, None, "never created on Novita").as_result()
+        if record.novita_instance_id is None:
+            await self._fail(ctx, record.id, f"cannot {action}: the instance was never created on Novita")
+        if not record.has_event(f"{action}_issued", ctx.job.id):
+            await self._issue(ctx, record, action)
+        return await self._settle(ctx, record, action)
+
+    async def _adopt_by_name(self, ctx: JobContext, record: InstanceRecord) -> InstanceRecord:
+        """Before deleting a record without a Novita id, check whether a create made it anyway."""
+        existing = await self._novita.find_instance_by_name(record.upstream_name)
+        if existing is None:
+            return record
+        return await self._store.update(record.id, _remember_id(existing.id, ctx.job.id))
+
+    async def _issue(self, ctx: JobContext, record: InstanceRecord, action: Action) -> None:
+        novita_id = record.novita_instance_id
+        assert novita_id is not None
+        try:
+            live = await self._novita.get_instance(novita_id)
+        except NovitaNotFound:
+            live = None
+        if live is None or live.status in _ALREADY_IN_EFFECT[action]:
+            detail = "already in effect" if live is not None else "not found on Novita"
+        else:
+            try:
+                await self._call_action(action, novita_id)
+                detail = f"from {live.status}"
+            except NovitaNotFound:
+                detail = "not found on Novita"
+            except NovitaStateConflict as error:
+                await self._fail(ctx, record.id, f"Novita refused to {action} in status {live.status}: {error}",
+                                 keep_state=True)
+            except NovitaBadRequest as error:
+                await self._fail(ctx, record.id, f"Novita refused to {action}: {error}", keep_state=True)
+        await self._add_event(record.id, f"{action}_issued", detail, ctx.job.id)
+        await self._instances.invalidate_cached_lists()
+
+    async def _call_action(self, action: Action, novita_id: str) -> None:
+        if action == "start":
+            await self._novita.start_instance(novita_id)
+        elif action == "stop":
+            await self._novita.stop_instance(novita_id)
+        elif action == "restart":
+            await self._novita.restart_instance(novita_id)
+        else:
+            await self._delete_upstream(novita_id)
+
+    async def _delete_upstream(self, novita_id: str) -> None:
+        try:
+            await self._novita.delete_instance(novita_id)
+        except NovitaNotFound:
+            pass  # already gone: what a delete wants
+
+    # -- watching --------------------------------------------------------------------------------------------------
+
+    async def _settle(self, ctx: JobContext, record: InstanceRecord, operation: str) -> dict[str, Any]:
+        """One polling step: record Novita's status; finish when settled, else come back in a poll interval."""
+        assert record.novita_instance_id is not None
+        deadline = ctx.job.created_at + self._settings.instance_provisioning_timeout_seconds
+        try:
+            live: Instance | None = await self._novita.get_instance(record.novita_instance_id)
+        except NovitaNotFound:
+            live = None
+        except NovitaError as error:
+            if time.time() < deadline:
+                raise RetryLater(self._settings.instance_poll_interval_seconds, f"Novita unavailable: {error}")
+            await self._timeout(ctx, record, operation, f"Novita unavailable: {error}")
+
+        status = live.status if live is not None else "removed"
+        error_text = _status_error(live)
+        previous = (record.novita_status, record.status_error)
+        record = await self._store.update(record.id, _apply_live(status, error_text))
+        if previous != (record.novita_status, record.status_error):
+            await self._instances.invalidate_cached_lists()
+        if status in _SETTLED_STATUSES[operation]:
+            return _Outcome(record.id, record.state, status, f"{operation} finished").as_result()
+        if status == "removed":
+            await self._fail(ctx, record.id, f"the instance disappeared from Novita during {operation}",
+                             keep_state=True)
+        if error_text and operation in ("create", "start", "restart"):
+            await self._fail(ctx, record.id, f"Novita reports an error: {error_text}", keep_state=True)
+        if time.time() >= deadline:
+            await self._timeout(ctx, record, operation, f"still {status}")
+        raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
+
+    async def _timeout(self, ctx: JobContext, record: InstanceRecord, operation: str, detail: str) -> NoReturn:
+        timeout = self._settings.instance_provisioning_timeout_seconds
+        await self._fail(ctx, record.id, f"{operation} did not finish within {timeout:g} s ({detail})")
+
+    # -- record helpers --------------------------------------------------------------------------------------------
+
+    async def _record_for(self, ctx: JobContext) -> InstanceRecord | None:
+        instance_id = str(ctx.job.payload.get("instance_id", ""))
+        record = await self._store.get(instance_id)
+        if record is None:
+            logger.warning("job for an unknown instance record; nothing to do",
+                           extra={"job_id": ctx.job.id, "instance_id": instance_id})
+        return record
+
+    async def _add_event(self, record_id: str, action: str, detail: str, job_id: str) -> None:
+        def add(record: InstanceRecord) -> None:
+            record.add_event(action, detail, job_id)
+            record.updated_at = time.time()
+
+        await self._store.update(record_id, add)
+
+    async def _fail(self, ctx: JobContext, record_id: str, reason: str, *, keep_state: bool = False) -> NoReturn:
+        """Record a failure the job cannot fix by retrying, and end the job as failed (always raises).
+
+        `keep_state` keeps the instance's state (e.g. a refused stop of a running instance leaves it running);
+        otherwise the instance is marked `failed`.
+        """
+        def mark(record: InstanceRecord) -> None:
+            if not keep_state:
+                record.state = InstanceState.FAILED
+                record.status_error = reason
+            elif record.state in (InstanceState.STARTING, InstanceState.STOPPING, InstanceState.RESTARTING,
+                                  InstanceState.DELETING) and record.novita_status is not None:
+                record.apply_novita(record.novita_status, record.status_error)  # undo the requested state
+            record.updated_at = time.time()
+            record.add_event("failed", reason, ctx.job.id)
+
+        try:
+            await self._store.update(record_id, mark)
+        except RecordNotFound:
+            pass
+        await self._instances.invalidate_cached_lists()
+        raise JobFailed(reason)
+
+
+def _deletion_requested(record: InstanceRecord) -> bool:
+    return record.state in (InstanceState.DELETING, InstanceState.DELETED)
+
+
+def _status_error(live: Instance | None) -> str | None:
+    if live is None or not live.failed or live.status_error is None:
+        return None
+    return live.status_error.message or live.status_error.state
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors(include_input=False, include_url=False)[0]
+    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+
+
+def _apply_live(status: str, error_text: str | None) -> RecordChange:
+    def apply(record: InstanceRecord) -> None:
+        record.apply_novita(status, error_text)
+        record.updated_at = time.time()
+
+    return apply
+
+
+def _remember_id(novita_id: str, job_id: str) -> RecordChange:
+    def remember(record: InstanceRecord) -> None:
+        record.novita_instance_id = novita_id
+        record.add_event("found_existing", f"novita id {novita_id}", job_id)
+
+    return remember
+
+
+def _mark_deleted(detail: str, job_id: str) -> RecordChange:
+    def mark(record: InstanceRecord) -> None:
+        record.state = InstanceState.DELETED
+        record.updated_at = time.time()
+        record.add_event("deleted", detail, job_id)
+
+    return mark
+
+
+def register_handlers(worker: Worker, container: AppContainer) -> None:
+    """Register the instance job handlers on `worker`, built from the app container."""
+    products = ProductService(container.settings, container.novita, container.cache)
+    handlers = InstanceJobHandlers(
+        container.settings, container.instances.store, container.novita, products, container.instances
+    )
+    handlers.register(worker)

@@ -1,0 +1,100 @@
+"""HTTP API of instances: thin, every rule lives in `InstanceService`."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+
+from app.core.auth import require_api_key
+from app.core.container import AppContainer, get_container
+from app.instances.schemas import AcceptedResponse, CreateInstanceRequest, InstancePage, InstanceState, InstanceView
+from app.instances.service import Action, InstanceService
+
+router = APIRouter(prefix="/api/instances", tags=["instances"], dependencies=[Depends(require_api_key)])
+
+InstanceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+_ERRORS = {
+    404: {"description": "no instance with this id"},
+    409: {"description": "the instance's current state does not allow this action"},
+    503: {"description": "Valkey is unavailable: nothing was accepted"},
+}
+
+
+def get_instance_service(container: Annotated[AppContainer, Depends(get_container)]) -> InstanceService:
+    """The instance service of the running app."""
+    return container.instances
+
+
+Service = Annotated[InstanceService, Depends(get_instance_service)]
+
+
+def _accepted(response: Response, accepted: AcceptedResponse) -> AcceptedResponse:
+    response.headers["Location"] = f"/api/jobs/{accepted.job_id}"
+    return accepted
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=AcceptedResponse,
+    responses={422: {"description": "invalid body, or an Idempotency-Key reused with a different body"}, **_ERRORS},
+)
+async def create_instance(
+    body: CreateInstanceRequest,
+    service: Service,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> AcceptedResponse:
+    """Queue the creation of an instance; 202 once the job is durably written.
+
+    With an `Idempotency-Key` header, repeating the request returns the same instance and job and creates nothing
+    twice; reusing the key with a different body is a 422.
+    """
+    return _accepted(response, await service.create(body, idempotency_key))
+
+
+@router.get("", response_model=InstancePage)
+async def list_instances(
+    service: Service,
+    state: Annotated[InstanceState | None, Query(alias="status", description="our state, e.g. running")] = None,
+    name: Annotated[str | None, Query(max_length=255, description="case-insensitive substring")] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
+) -> InstancePage:
+    """Our instances merged with Novita's list, newest first; instances made outside this service are included."""
+    return await service.list_instances(state=state, name=name, page=page, page_size=page_size)
+
+
+@router.get("/{instance_id}", response_model=InstanceView, responses={404: _ERRORS[404]})
+async def get_instance(instance_id: InstanceId, service: Service) -> InstanceView:
+    """One instance, with Novita's live status when Novita answers."""
+    return await service.get(instance_id)
+
+
+async def _action(instance_id: str, action: Action, service: InstanceService, response: Response) -> AcceptedResponse:
+    return _accepted(response, await service.request_action(instance_id, action))
+
+
+@router.post("/{instance_id}/start", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+async def start_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+    """Queue a start of a stopped instance."""
+    return await _action(instance_id, "start", service, response)
+
+
+@router.post("/{instance_id}/stop", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+async def stop_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+    """Queue a stop of a running instance."""
+    return await _action(instance_id, "stop", service, response)
+
+
+@router.post("/{instance_id}/restart", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+async def restart_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+    """Queue a restart of a running instance."""
+    return await _action(instance_id, "restart", service, response)
+
+
+@router.delete("/{instance_id}", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+async def delete_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+    """Queue the deletion of an instance (its data on Novita is lost)."""
+    return await _action(instance_id, "delete", service, response)

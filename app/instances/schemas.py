@@ -1,0 +1,308 @@
+"""Shapes of the instances API: the create request, the stored record, the views we return, and our states.
+
+Our states are a small documented vocabulary over Novita's eighteen v1 statuses (reference section 1.6).
+Novita has no `failed` status: failure is a non-empty `statusError`, which we map to `failed` whatever the status says.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class InstanceState(StrEnum):
+    """Our state of an instance (what the API returns in `state`)."""
+
+    PENDING = "pending"  # accepted and queued; nothing exists on Novita yet
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    RESTARTING = "restarting"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    UPDATING = "updating"
+    FROZEN = "frozen"
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # a Novita status this service does not know yet
+
+
+NOVITA_STATUS_TO_STATE: dict[str, InstanceState] = {
+    # Novita v1 status -> our state.  A non-empty `statusError` overrides all of these with `failed`.
+    "toCreate": InstanceState.PROVISIONING,
+    "creating": InstanceState.PROVISIONING,
+    "pulling": InstanceState.PROVISIONING,  # billing starts here
+    "running": InstanceState.RUNNING,
+    "toStart": InstanceState.STARTING,
+    "starting": InstanceState.STARTING,
+    "toStop": InstanceState.STOPPING,
+    "stopping": InstanceState.STOPPING,
+    "exited": InstanceState.STOPPED,  # GPU billing off; storage still billed; data kept at most 7 days
+    "toRestart": InstanceState.RESTARTING,
+    "restarting": InstanceState.RESTARTING,
+    "toRemove": InstanceState.DELETING,
+    "removing": InstanceState.DELETING,
+    "removed": InstanceState.DELETED,
+    "toReset": InstanceState.UPDATING,
+    "resetting": InstanceState.UPDATING,
+    "migrating": InstanceState.UPDATING,
+    "freezing": InstanceState.FROZEN,
+}
+
+
+def state_from_novita(status: str | None, status_error: str | None) -> InstanceState:
+    """Our state for a Novita status and its error text (`statusError.message`, empty when none)."""
+    if status_error:
+        return InstanceState.FAILED
+    if status is None:
+        return InstanceState.UNKNOWN
+    return NOVITA_STATUS_TO_STATE.get(status, InstanceState.UNKNOWN)
+
+
+BillingMode = Literal["onDemand", "spot", "monthly"]
+
+# Letters, digits and hyphens only (what Novita accepts in names), starting with a letter or digit.  The limit leaves
+# room for the "-<record id>" suffix of the upstream name.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"
+RESERVED_PORTS = frozenset({2222, 2223, 2224})  # Novita's SSH and tool ports
+MAX_PORTS = 15  # Novita: ports + tools together at most 15
+
+
+class ApiModel(BaseModel):
+    """A model the API shows: camelCase on the wire (like the rest of the API), snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True)
+
+
+class _StrictModel(BaseModel):
+    """Strict request model: camelCase, no coercion ("2" is not 2), unknown fields are an error, not dropped."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, strict=True, extra="forbid", str_strip_whitespace=True
+    )
+
+
+class PortSpec(_StrictModel):
+    """One exposed port of the container."""
+
+    port: int = Field(ge=1, le=65535)
+    type: Literal["tcp", "http"] = "http"
+
+    @field_validator("port")
+    @classmethod
+    def _not_reserved(cls, port: int) -> int:
+        if port in RESERVED_PORTS:
+            raise ValueError(f"port {port} is reserved by Novita (2222-2224)")
+        return port
+
+
+class EnvVar(_StrictModel):
+    """One environment variable.  `secret` values are sent to Novita but never stored in records nor returned."""
+
+    key: str = Field(min_length=1, max_length=511, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    value: str = Field(default="", max_length=4095)
+    secret: bool = False
+
+
+_CROSS_CHECKED = {"image_url": "imageUrl", "product_id": "productId", "months": "months"}
+
+
+class CreateInstanceRequest(_StrictModel):
+    """Body of `POST /api/instances`."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits and hyphens, 1-63 characters")
+    product_name: str | None = Field(default=None, min_length=1, max_length=255,
+                                     description="GPU product by name, e.g. 'RTX 4090 24GB' (cheapest available)")
+    product_id: str | None = Field(default=None, min_length=1, max_length=255,
+                                   description="GPU product by id (exactly one of productName, productId)")
+    gpu_num: int = Field(default=1, ge=1, le=8)
+    rootfs_size: int = Field(default=60, ge=10, le=6144, description="GB")
+    template_id: str | None = Field(default=None, min_length=1, max_length=255,
+                                    description="Novita template: its image, ports, envs and command are defaults")
+    image_url: str | None = Field(default=None, min_length=1, max_length=500, pattern=r"^\S+$",
+                                  description="required unless templateId is given")
+    image_auth_id: str | None = Field(default=None, min_length=1, max_length=255,
+                                      description="id of a registry auth saved on Novita")
+    ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
+    envs: list[EnvVar] = Field(default_factory=list, max_length=100)
+    command: str | None = Field(default=None, max_length=2047)
+    cluster_ids: list[str] = Field(default_factory=list, max_length=16,
+                                   description="clusters in order of preference; the next is tried when one has "
+                                               "no capacity; empty = any cluster")
+    billing_mode: BillingMode = "onDemand"
+    months: int | None = Field(default=None, ge=1, le=36,
+                               description="required with, and only with, billingMode 'monthly'")
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_or_template(cls, image_url: str | None, info: ValidationInfo) -> str | None:
+        if image_url is None and info.data.get("template_id") is None and "template_id" in info.data:
+            raise ValueError("imageUrl is required unless templateId is given")
+        return image_url
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_ports(cls, ports: list[PortSpec]) -> list[PortSpec]:
+        numbers = [p.port for p in ports]
+        if len(numbers) != len(set(numbers)):
+            raise ValueError("each port may appear only once")
+        return ports
+
+    @field_validator("envs")
+    @classmethod
+    def _unique_env_keys(cls, envs: list[EnvVar]) -> list[EnvVar]:
+        keys = [e.key for e in envs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("each env key may appear only once")
+        return envs
+
+    @field_validator("cluster_ids")
+    @classmethod
+    def _clean_clusters(cls, cluster_ids: list[str]) -> list[str]:
+        if any(not c or len(c) > 255 for c in cluster_ids):
+            raise ValueError("cluster ids must be 1-255 characters")
+        if len(cluster_ids) != len(set(cluster_ids)):
+            raise ValueError("each cluster may appear only once")
+        return cluster_ids
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cross_checked_fields_present(cls, data: Any) -> Any:
+        """Give the cross-checked optional fields an explicit null, so their validators always run and a 422 names
+        the field by its wire name (a validated default would be reported under its Python name)."""
+        if not isinstance(data, dict):
+            return data
+        missing = {alias: None for name, alias in _CROSS_CHECKED.items() if name not in data and alias not in data}
+        return {**data, **missing}
+
+    # Cross-field rules sit on the later field so that a 422 names a field, not the whole body.
+    @field_validator("product_id")
+    @classmethod
+    def _exactly_one_product(cls, product_id: str | None, info: ValidationInfo) -> str | None:
+        if "product_name" in info.data and (info.data["product_name"] is None) == (product_id is None):
+            raise ValueError("give exactly one of productName or productId")
+        return product_id
+
+    @field_validator("months")
+    @classmethod
+    def _months_only_for_monthly(cls, months: int | None, info: ValidationInfo) -> int | None:
+        if "billing_mode" in info.data and (info.data["billing_mode"] == "monthly") != (months is not None):
+            raise ValueError("months is required with billingMode 'monthly' and allowed only with it")
+        return months
+
+    def fingerprint(self) -> str:
+        """A digest of the request's meaning, to tell a replay (same Idempotency-Key) from a different request."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class InstanceEvent(ApiModel):
+    """One automatic action taken on an instance (kept short: the latest `MAX_EVENTS`)."""
+
+    at: float
+    action: str
+    detail: str = ""
+    job_id: str | None = None
+
+
+MAX_EVENTS = 20
+
+
+class InstanceRecord(BaseModel):
+    """What we store per instance.  Never holds a secret: env values and registry credentials are not kept here."""
+
+    id: str
+    name: str
+    upstream_name: str  # unique on Novita, derived from `id`: how we find it again after an ambiguous create
+    novita_instance_id: str | None = None
+    state: InstanceState = InstanceState.PENDING
+    novita_status: str | None = None
+    status_error: str | None = None
+    product_id: str | None = None
+    product_name: str | None = None
+    gpu_num: int
+    rootfs_size: int
+    image_url: str | None = None
+    template_id: str | None = None
+    cluster_preference: list[str] = Field(default_factory=list)
+    cluster_id: str | None = None
+    billing_mode: BillingMode
+    ports: list[PortSpec] = Field(default_factory=list)
+    env_keys: list[str] = Field(default_factory=list)
+    endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: float
+    updated_at: float
+    last_job_id: str | None = None
+    events: list[InstanceEvent] = Field(default_factory=list)
+
+    def add_event(self, action: str, detail: str = "", job_id: str | None = None) -> None:
+        """Append an automatic action to the history, keeping only the latest ones."""
+        self.events.append(InstanceEvent(at=time.time(), action=action, detail=detail, job_id=job_id))
+        del self.events[:-MAX_EVENTS]
+
+    def has_event(self, action: str, job_id: str) -> bool:
+        """Whether this job already recorded `action` (lets a retried job skip a step it already did)."""
+        return any(e.action == action and e.job_id == job_id for e in self.events)
+
+    def apply_novita(self, status: str | None, status_error: str | None) -> None:
+        """Take Novita's view of the instance as ours."""
+        self.novita_status = status
+        self.status_error = status_error or None
+        self.state = state_from_novita(status, status_error)
+
+
+class InstanceView(ApiModel):
+    """An instance as the API returns it: our record, or an instance found on Novita that we did not create."""
+
+    id: str | None = Field(description="our record id; null for an instance created outside this service")
+    managed: bool
+    name: str
+    upstream_name: str | None = None
+    novita_instance_id: str | None = None
+    state: InstanceState
+    novita_status: str | None = None
+    status_error: str | None = None
+    product_id: str | None = None
+    product_name: str | None = None
+    gpu_num: int | None = None
+    rootfs_size: int | None = None
+    cluster_id: str | None = None
+    cluster_preference: list[str] = Field(default_factory=list)
+    billing_mode: str | None = None
+    image_url: str | None = None
+    template_id: str | None = None
+    ports: list[PortSpec] = Field(default_factory=list)
+    env_keys: list[str] = Field(default_factory=list)
+    endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: float | None = None
+    updated_at: float | None = None
+    last_job_id: str | None = None
+    events: list[InstanceEvent] = Field(default_factory=list)
+
+    @classmethod
+    def from_record(cls, record: InstanceRecord) -> InstanceView:
+        """The view of one of our records."""
+        return cls(managed=True, **record.model_dump())
+
+
+class AcceptedResponse(ApiModel):
+    """The 202 answer: the record as it is now and the job that will carry out the request."""
+
+    instance: InstanceView
+    job_id: str
+
+
+class InstancePage(ApiModel):
+    """One page of `GET /api/instances`."""
+
+    items: list[InstanceView]
+    total: int
+    page: int
+    page_size: int
+    novita_synced: bool = Field(description="false when Novita could not be reached and only local records are shown")

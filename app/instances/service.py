@@ -1,0 +1,291 @@
+"""Rules of the instances API: accept creates and actions durably (with idempotency), list and show instances.
+
+The slow work happens in job handlers (`app.instances.handlers`); this module only decides whether a request is valid,
+writes the record, and queues the job.  A request is "accepted" (202) only once its job is written to Valkey.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any, Literal
+
+from app.core.cache import Cache
+from app.core.config import Settings
+from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.instances.schemas import (
+    AcceptedResponse,
+    CreateInstanceRequest,
+    InstancePage,
+    InstanceRecord,
+    InstanceState,
+    InstanceView,
+    state_from_novita,
+)
+from app.instances.store import InstanceStore
+from app.jobs.queue import JobQueue
+from app.novita.client import NovitaClient
+from app.novita.errors import NovitaError, NovitaNotFound
+from app.novita.models import Instance
+
+Action = Literal["start", "stop", "restart", "delete"]
+
+CREATE_JOB = "instance.create"
+ACTION_JOBS: dict[Action, str] = {
+    "start": "instance.start",
+    "stop": "instance.stop",
+    "restart": "instance.restart",
+    "delete": "instance.delete",
+}
+
+# From which of our states each action may be requested (anything else is 409).  The state a request moves the record
+# to at once makes a second identical request a 409 too, until Novita reports the outcome.
+_S = InstanceState
+ACTION_ALLOWED_FROM: dict[Action, frozenset[InstanceState]] = {
+    "start": frozenset({_S.STOPPED}),
+    "stop": frozenset({_S.RUNNING, _S.STARTING, _S.RESTARTING, _S.FAILED}),
+    "restart": frozenset({_S.RUNNING, _S.FAILED}),
+    "delete": frozenset(set(InstanceState) - {_S.DELETING, _S.DELETED}),
+}
+ACTION_TRANSITIONAL_STATE: dict[Action, InstanceState] = {
+    "start": _S.STARTING,
+    "stop": _S.STOPPING,
+    "restart": _S.RESTARTING,
+    "delete": _S.DELETING,
+}
+
+# The cached merged view depends on Novita's list; every mutation drops it.
+NOVITA_INSTANCES_CACHE_KEY = "instances:novita-list"
+
+_ENV_VALUES: dict[str, Any] = {"envs": {"__all__": {"value"}}}
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+
+
+def new_record_id() -> str:
+    """A record id: 16 lowercase hex characters (also the suffix that makes the upstream name unique)."""
+    return secrets.token_hex(8)
+
+
+def new_job_id() -> str:
+    """A job id chosen before enqueueing, so an idempotency key can name it before the job exists."""
+    return secrets.token_hex(12)
+
+
+def upstream_name(name: str, record_id: str) -> str:
+    """The instance's name on Novita: unique, and findable from our record alone after an ambiguous create."""
+    return f"{name}-{record_id}"
+
+
+def create_spec(request: CreateInstanceRequest) -> dict[str, Any]:
+    """What the create job needs beyond the record (env values included: kept until Novita has the instance)."""
+    return request.model_dump(mode="json")
+
+
+class InstanceService:
+    """API-side operations on instances."""
+
+    def __init__(
+        self, settings: Settings, store: InstanceStore, queue: JobQueue, novita: NovitaClient, cache: Cache
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._queue = queue
+        self._novita = novita
+        self._cache = cache
+
+    @property
+    def store(self) -> InstanceStore:
+        """The record store (shared with the job handlers)."""
+        return self._store
+
+    async def create(self, request: CreateInstanceRequest, idempotency_key: str | None) -> AcceptedResponse:
+        """Record the instance and queue its create job; with an idempotency key, a replay returns the first result.
+
+        A replay whose first attempt stopped half-way (e.g. Valkey failed after the key was claimed) finishes the
+        acceptance with the same ids, so retrying with the same key is always safe.
+        """
+        record_id, job_id = new_record_id(), new_job_id()
+        replay = False
+        if idempotency_key is not None:
+            if not _IDEMPOTENCY_KEY.match(idempotency_key):
+                raise ValidationFailed(
+                    "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+                    field="header.Idempotency-Key",
+                )
+            claim = {"fingerprint": request.fingerprint(), "instance_id": record_id, "job_id": job_id}
+            existing = await self._store.claim_idempotency_key(
+                idempotency_key, claim, self._settings.idempotency_ttl_seconds
+            )
+            if existing is not None:
+                if existing["fingerprint"] != claim["fingerprint"]:
+                    raise ValidationFailed(
+                        "this Idempotency-Key was already used with a different request body",
+                        field="header.Idempotency-Key",
+                    )
+                record_id, job_id, replay = existing["instance_id"], existing["job_id"], True
+
+        now = time.time()
+        record = InstanceRecord(
+            id=record_id,
+            name=request.name,
+            upstream_name=upstream_name(request.name, record_id),
+            product_id=request.product_id,
+            product_name=request.product_name,
+            gpu_num=request.gpu_num,
+            rootfs_size=request.rootfs_size,
+            image_url=request.image_url,
+            template_id=request.template_id,
+            cluster_preference=request.cluster_ids,
+            billing_mode=request.billing_mode,
+            ports=request.ports,
+            env_keys=[env.key for env in request.envs],
+            created_at=now,
+            updated_at=now,
+            last_job_id=job_id,
+        )
+        record.add_event("create_requested", job_id=job_id)
+        await self._store.create(record, create_spec(request))  # a no-op on a replay: the record exists
+        if replay:
+            record = await self._store.get(record_id) or record
+        # Enqueue is the last write: once it succeeded the request is accepted, and nothing after it may fail.
+        await self._queue.enqueue(CREATE_JOB, {"instance_id": record_id}, job_id=job_id)  # existing id: no-op
+        await self.invalidate_cached_lists()
+        return AcceptedResponse(instance=InstanceView.from_record(record), job_id=job_id)
+
+    async def request_action(self, instance_id: str, action: Action) -> AcceptedResponse:
+        """Queue start/stop/restart/delete: 404 for an unknown id, 409 when the current state forbids it."""
+        record = await self._get_record(instance_id)
+        if record.state not in ACTION_ALLOWED_FROM[action]:
+            allowed = ", ".join(sorted(ACTION_ALLOWED_FROM[action]))
+            raise Conflict(f"cannot {action} an instance that is {record.state.value} (allowed from: {allowed})")
+        job_id = new_job_id()
+        # Job first: if Valkey fails before the record update, the job still runs and sets the state itself.
+        await self._queue.enqueue(ACTION_JOBS[action], {"instance_id": instance_id}, job_id=job_id)
+
+        def mark_requested(current: InstanceRecord) -> None:
+            current.state = ACTION_TRANSITIONAL_STATE[action]
+            current.last_job_id = job_id
+            current.updated_at = time.time()
+            current.add_event(f"{action}_requested", job_id=job_id)
+
+        updated = await self._store.update(instance_id, mark_requested)
+        await self.invalidate_cached_lists()
+        return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
+
+    async def get(self, instance_id: str) -> InstanceView:
+        """Our record with Novita's live status laid over it (the record alone when Novita cannot be reached)."""
+        record = await self._get_record(instance_id)
+        view = InstanceView.from_record(record)
+        if record.novita_instance_id is None or record.state == InstanceState.DELETED:
+            return view
+        try:
+            live = await self._novita.get_instance(record.novita_instance_id)
+        except NovitaNotFound:
+            return view.model_copy(update={"state": InstanceState.DELETED, "novita_status": "removed"})
+        except NovitaError:
+            return view
+        return _overlay(view, live)
+
+    async def list_instances(
+        self, *, state: InstanceState | None, name: str | None, page: int, page_size: int
+    ) -> InstancePage:
+        """Our records merged with Novita's list (instances made elsewhere appear with `managed: false`)."""
+        records = await self._store.list_all()
+        novita_synced = True
+        try:
+            live_by_id = {i.id: i for i in await self._novita_instances()}
+        except NovitaError:
+            live_by_id, novita_synced = {}, False
+
+        views: list[InstanceView] = []
+        for record in records:
+            view = InstanceView.from_record(record)
+            live = live_by_id.pop(record.novita_instance_id, None) if record.novita_instance_id else None
+            views.append(_overlay(view, live) if live is not None else view)
+        views.extend(_external_view(live) for live in live_by_id.values())
+
+        needle = name.casefold() if name else None
+        matching = [
+            v for v in views
+            if (state is None or v.state == state) and (needle is None or needle in v.name.casefold())
+        ]
+        start = (page - 1) * page_size
+        return InstancePage(
+            items=matching[start:start + page_size],
+            total=len(matching),
+            page=page,
+            page_size=page_size,
+            novita_synced=novita_synced,
+        )
+
+    async def invalidate_cached_lists(self) -> None:
+        """Forget the cached Novita instance list (called on every mutation, by the API and by job handlers)."""
+        await self._cache.invalidate(keys=[NOVITA_INSTANCES_CACHE_KEY])
+
+    async def _novita_instances(self) -> list[Instance]:
+        async def load() -> list[dict[str, Any]]:
+            # Env values may be secrets: they never reach the cache (nor any answer: views show env keys only).
+            return [i.model_dump(by_alias=True, exclude=_ENV_VALUES) for i in await self._novita.list_instances()]
+
+        raw = await self._cache.get_or_load(
+            NOVITA_INSTANCES_CACHE_KEY, self._settings.cache_ttl_instances_seconds, load
+        )
+        return [Instance.model_validate(item) for item in raw]
+
+    async def _get_record(self, instance_id: str) -> InstanceRecord:
+        record = await self._store.get(instance_id)
+        if record is None:
+            raise NotFound(f"no instance with id {instance_id!r}")
+        return record
+
+
+def _status_error_text(live: Instance) -> str | None:
+    if not live.failed or live.status_error is None:
+        return None
+    return live.status_error.message or live.status_error.state
+
+
+def _endpoints(live: Instance) -> list[dict[str, Any]]:
+    return [m.model_dump() for m in live.port_mappings if m.endpoint]
+
+
+def _overlay(view: InstanceView, live: Instance) -> InstanceView:
+    """`view` with Novita's current status, cluster and endpoints.
+
+    A failure we decided (provisioning timeout, no capacity) stays visible while Novita reports no error itself.
+    """
+    error = _status_error_text(live)
+    if view.state == InstanceState.FAILED and error is None:
+        state, error = InstanceState.FAILED, view.status_error
+    else:
+        state = state_from_novita(live.status, error)
+    return view.model_copy(update={
+        "state": state,
+        "novita_status": live.status,
+        "status_error": error,
+        "cluster_id": live.cluster_id or view.cluster_id,
+        "endpoints": _endpoints(live) or view.endpoints,
+    })
+
+
+def _external_view(live: Instance) -> InstanceView:
+    """An instance on the Novita account that this service did not create."""
+    error = _status_error_text(live)
+    return InstanceView(
+        id=None,
+        managed=False,
+        name=live.name,
+        novita_instance_id=live.id,
+        state=state_from_novita(live.status, error),
+        novita_status=live.status,
+        status_error=error,
+        product_id=live.product_id,
+        product_name=live.product_name,
+        gpu_num=live.gpu_num,
+        rootfs_size=live.rootfs_size,
+        cluster_id=live.cluster_id,
+        billing_mode=live.billing_mode,
+        image_url=live.image_url,
+        env_keys=[env.key for env in live.envs],
+        endpoints=_endpoints(live),
+    )

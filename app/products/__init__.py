@@ -1,0 +1,1 @@
+"""GPU products and regions from Novita, cached (service), and their HTTP API (router)."""

@@ -1,0 +1,61 @@
+"""HTTP API of GPU products and regions (Novita clusters)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from app.core.auth import require_api_key
+from app.core.container import AppContainer, get_container
+from app.instances.schemas import ApiModel
+from app.products.service import BillingMode, ProductService, ProductView, RegionView
+
+router = APIRouter(prefix="/api", tags=["products"], dependencies=[Depends(require_api_key)])
+
+
+class ProductList(ApiModel):
+    """Answer of `GET /api/products`: available products first, cheapest first."""
+
+    items: list[ProductView]
+
+
+class RegionList(ApiModel):
+    """Answer of `GET /api/regions`."""
+
+    items: list[RegionView]
+
+
+def get_product_service(container: Annotated[AppContainer, Depends(get_container)]) -> ProductService:
+    """A product service over the app's Novita client and cache."""
+    return ProductService(container.settings, container.novita, container.cache)
+
+
+Service = Annotated[ProductService, Depends(get_product_service)]
+
+
+@router.get("/products", response_model=ProductList)
+async def list_products(
+    service: Service,
+    gpu_name: Annotated[
+        str | None, Query(alias="gpuName", min_length=1, max_length=255, description="substring, any case")
+    ] = None,
+    region: Annotated[
+        str | None, Query(min_length=1, max_length=255, description="a cluster id from /api/regions")
+    ] = None,
+    billing_mode: Annotated[BillingMode, Query(alias="billingMode")] = "onDemand",
+    gpu_num: Annotated[
+        int | None, Query(alias="gpuNum", ge=1, le=8, description="only products with this many GPUs free")
+    ] = None,
+) -> ProductList:
+    """GPU products with their price in `billingMode`; products that can be deployed now come first."""
+    return ProductList(
+        items=await service.list_products(
+            gpu_name=gpu_name, cluster_id=region, billing_mode=billing_mode, gpu_num=gpu_num
+        )
+    )
+
+
+@router.get("/regions", response_model=RegionList)
+async def list_regions(service: Service) -> RegionList:
+    """Novita's clusters and the GPU types they offer."""
+    return RegionList(items=await service.list_regions())
