@@ -34,8 +34,10 @@ init: ## create STACK in the backend if it does not exist (then set its secrets,
 preview: $(INSTALLED) ## show what `up` would change on STACK
 	$(PULUMI) preview --stack $(STACK)
 
-up: $(INSTALLED) ## deploy the dev stack (local Valkey container, needs Docker only)
+up: $(INSTALLED) ## deploy the dev stack (local Valkey container, needs Docker only); NOVITA_API_KEY=... sets its secret
 	$(PULUMI) stack select --create dev
+	@if [ -n "$$NOVITA_API_KEY" ]; then \
+		printf '%s' "$$NOVITA_API_KEY" | $(PULUMI) config set --stack dev --secret novitaApiKey; fi
 	$(PULUMI) up --stack dev --yes
 
 down: ## destroy the dev stack
@@ -47,8 +49,8 @@ prod: $(INSTALLED) ## deploy prod (Aiven for Valkey); shows the plan and asks be
 prod-stop: ## stop the prod API container; the managed Valkey is untouched (`make prod` starts it again)
 	docker stop $(call output,containerName,$(PROD))
 
-verify: $(INSTALLED) ## check the deployed STACK against its settings (restart policy, healthcheck, limits, health)
-	$(PY) scripts/verify.py --stack $(STACK)
+verify: $(INSTALLED) ## the seed's checklist against the deployed STACK; CRASH_TEST=1 adds a real crash (root)
+	$(PY) scripts/verify.py --stack $(STACK) $(if $(CRASH_TEST),--crash-test)
 
 health: ## GET /health of STACK: prints the body, fails when it is not 200
 	curl -sS --fail-with-body $(call output,healthUrl,$(STACK)); echo

@@ -172,9 +172,10 @@ class HealthcheckSettings:
     tests: tuple[str, ...] = ("CMD", "python", "-m", "app.healthcheck")
 
     @property
-    def probe_timeout_seconds(self) -> int:
-        """HTTP timeout of the in-container probe: half the Docker timeout, so the probe answers before Docker gives up."""
-        return max(1, self.timeout_ms // 2000)
+    def probe_timeout_seconds(self) -> float:
+        """HTTP timeout of the in-container probe: half the Docker timeout, so the probe records a failure (and can
+        count towards the kill) before Docker gives up on it."""
+        return self.timeout_ms / 2000
 
     @property
     def kill_after(self) -> int:

@@ -1,6 +1,7 @@
 """Mocks-suite plumbing: every test here must be a `@pulumi.runtime.test`, and the provider schemas must exist."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -37,3 +38,9 @@ def schemas_dir() -> Path:
             pytrace=False,
         )
     return path
+
+
+def pytest_unconfigure() -> None:
+    """Each mocks run leaves Pulumi's `register_resource_outputs` RPC tasks pending on its finished event loop; at exit
+    asyncio would log "Task was destroyed but it is pending!" for each, after pytest's summary. They hold nothing."""
+    logging.getLogger("asyncio").disabled = True

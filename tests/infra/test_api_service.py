@@ -99,7 +99,7 @@ async def test_environment_follows_the_container_contract(stack: str) -> None:
         "LOG_LEVEL": "INFO",
         "NOVITA_BASE_URL": "https://api.novita.ai/gpu-instance/openapi/v1",
         "FAULT_INJECTION": "false",
-        "HEALTHCHECK_TIMEOUT_SECONDS": "5",
+        "HEALTHCHECK_TIMEOUT_SECONDS": "5.0",
         "HEALTHCHECK_KILL_AFTER": "5",
         "REDIS_URL": EXPECTED[stack]["REDIS_URL"],
         "NOVITA_API_KEY": TEST_SECRETS["novitaApiKey"],
@@ -221,6 +221,7 @@ async def test_dev_without_client_keys_and_with_fault_injection() -> None:
 
 @pulumi.runtime.test
 async def test_probe_timeout_and_kill_threshold_follow_the_healthcheck() -> None:
-    run = await ProgramRun.for_stack("dev", {"healthcheckTimeout": "4s", "healthcheckInterval": "5s", "healthcheckRetries": "3"}).run()
+    run = await ProgramRun.for_stack("dev", {"healthcheckTimeout": "1s", "healthcheckInterval": "5s", "healthcheckRetries": "3"}).run()
     env = env_map(api_container(run))
-    assert (env["HEALTHCHECK_TIMEOUT_SECONDS"], env["HEALTHCHECK_KILL_AFTER"]) == ("2", "3")
+    # Half of a 1 s Docker timeout: the probe must give up first, or Docker kills it and no failure is counted.
+    assert (env["HEALTHCHECK_TIMEOUT_SECONDS"], env["HEALTHCHECK_KILL_AFTER"]) == ("0.5", "3")
