@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.core.config import ConfigError, Settings, load_settings
@@ -24,6 +25,7 @@ from app.core.errors import install_exception_handlers
 from app.core.faults import router as faults_router
 from app.core.logging import configure_logging
 from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.core.openapi import install_openapi
 from app.health.router import router as health_router
 from app.instances.handlers import register_handlers
 from app.instances.router import router as instances_router
@@ -53,7 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.container = container
     install_exception_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    if settings.cors_origins:  # no CORS headers at all unless origins are configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        )
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # outermost: sees every answer
     for router in (health_router, jobs_router, instances_router, products_router):
         app.include_router(router)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+from urllib.parse import quote
 
 import pulumi
 import pulumi_aiven as aiven
@@ -15,6 +16,22 @@ LOCAL_HEALTHCHECK = {"interval": "5s", "timeout": "3s", "retries": 5, "start_per
 LOCAL_WAIT_TIMEOUT_SECONDS = 60
 # The alias the API reaches the local Valkey by on the private network.
 LOCAL_NETWORK_ALIAS = "valkey"
+
+# What the API's least-privilege ACL user (`valkeyAppUser`) may touch: its own keys only (every key the API writes
+# starts with `ngpu:`), and only the commands it sends (app/core, app/jobs, app/instances, app/lifecycle, including
+# those inside its Lua scripts). tests/app/test_hardening_valkey_acl.py runs the API against a real server with
+# exactly these rules, so a command the API starts using without being listed here fails that test.
+APP_KEY_PATTERNS = ("ngpu:*",)
+APP_COMMANDS = (
+    "hello", "ping",
+    "multi", "exec", "discard", "watch", "unwatch",
+    "get", "set", "mget", "del", "unlink", "exists", "expire", "pexpire", "incrby", "scan",
+    "hset", "hget", "hmget", "hgetall", "hincrby",
+    "zadd", "zrem", "zcard", "zscore", "zrangebyscore", "zrevrange",
+    "xadd", "xack", "xdel", "xlen", "xreadgroup", "xautoclaim", "xclaim",
+    "xgroup|create", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
+    "eval", "evalsha",
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,18 @@ class ValkeyArgs:
             raise ValueError("ValkeyArgs.aiven_token is required in aiven mode")
         if self.mode == "aiven" and not self.aiven.project:
             raise ValueError("ValkeyArgs.aiven.project is required in aiven mode")
+
+
+def require_tls(url: str) -> str:
+    """`url` if it is a TLS URL; Aiven mode never lets the API talk to Valkey in clear text."""
+    if not url.startswith("rediss://"):
+        raise ValueError("the Aiven Valkey URL is not a TLS (rediss://) URL; valkey_ssl must stay on")
+    return url
+
+
+def app_user_url(host: str, port: int, username: str, password: str) -> str:
+    """The TLS URL of the API's ACL user (user and password URL-encoded)."""
+    return f"rediss://{quote(username, safe='')}:{quote(password, safe='')}@{host}:{port}"
 
 
 def api_url(service_uri: str) -> str:
@@ -85,9 +114,26 @@ class Valkey(pulumi.ComponentResource):
         self.host = service.service_host
         self.port = service.service_port
         self.tls = pulumi.Output.from_input(True)
+        if cfg.app_user:
+            user = aiven.ValkeyUser(
+                f"{name}-app-user",
+                project=cfg.project,
+                service_name=service.service_name,
+                username=cfg.app_user,
+                # No password input: Aiven generates one; it only ever flows as a secret, into the URL below.
+                valkey_acl_categories=["-@all"],
+                valkey_acl_commands=[f"+{command}" for command in APP_COMMANDS],
+                valkey_acl_keys=list(APP_KEY_PATTERNS),
+                opts=pulumi.ResourceOptions(parent=self, provider=provider, additional_secret_outputs=["password"]),
+            )
+            url = pulumi.Output.all(self.host, self.port, user.username, user.password).apply(
+                lambda parts: app_user_url(*parts)
+            )
+        else:
+            url = service.service_uri.apply(api_url)
         # The SDK marks service_uri secret only through additional_secret_outputs; wrap it so it stays secret
         # everywhere it flows (and so the mocks, which ignore that option, can check it).
-        self.url = pulumi.Output.secret(service.service_uri.apply(api_url))
+        self.url = pulumi.Output.secret(url.apply(require_tls))
 
     def _local(self, name: str, args: ValkeyArgs) -> None:
         cfg = args.local

@@ -1,10 +1,14 @@
-"""API-key authentication for every route except health: `X-API-Key: <key>` or `Authorization: Bearer <key>`."""
+"""API-key authentication for every route except health: `X-API-Key: <key>` or `Authorization: Bearer <key>`.
+
+An authenticated request then counts against its key's rate limit (app/core/ratelimit.py).
+"""
 from __future__ import annotations
 
 import hmac
 import logging
 
 from fastapi import Request
+from pydantic import SecretStr
 
 from app.core.errors import Unauthorized
 
@@ -25,14 +29,22 @@ def presented_key(request: Request) -> str | None:
 
 
 async def require_api_key(request: Request) -> str:
-    """FastAPI dependency: the name of the client's key (also on `request.state.api_key_name`), or 401.
+    """FastAPI dependency: the name of the client's key (also on `request.state.api_key_name`), or 401; 429 when
+    that key used up its rate limit.
 
     Every configured key is compared in constant time, and all of them always, so timing reveals neither a key nor
     which one matched. Without configured keys (development only; production refuses to start) access is open.
     """
-    keys = request.app.state.container.settings.client_api_keys
+    container = request.app.state.container
+    name = _authenticate(request, container.settings.client_api_keys)
+    request.state.api_key_name = name
+    await container.rate_limiter.enforce(name)
+    return name
+
+
+def _authenticate(request: Request, keys: dict[str, SecretStr]) -> str:
+    """The name of the key the request presents, or `Unauthorized`."""
     if not keys:
-        request.state.api_key_name = ANONYMOUS
         return ANONYMOUS
     presented = presented_key(request)
     if presented is None:
@@ -43,5 +55,4 @@ async def require_api_key(request: Request) -> str:
             matched = name
     if matched is None:
         raise Unauthorized("invalid API key")
-    request.state.api_key_name = matched
     return matched

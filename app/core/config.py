@@ -66,11 +66,16 @@ class Settings(BaseSettings):
 
     # Clients of this API: `name:key,name:key`.
     api_keys: SecretStr | None = None
+    # Per key name, shared by every replica through Valkey; 0 turns the limit off (app/core/ratelimit.py).
+    rate_limit_requests: int = Field(600, ge=0)
+    rate_limit_window_seconds: int = Field(60, ge=1, le=3600)
+    # Browser origins allowed to call the API, comma-separated; empty (the default) serves no CORS headers at all.
+    cors_allow_origins: str = ""
     fault_injection: bool = False
 
     # Job queue.
     job_max_attempts: int = Field(5, ge=1)
-    job_visibility_timeout_seconds: float = Field(60.0, gt=0)
+    job_visibility_timeout_seconds: float = Field(20.0, gt=0)  # the heartbeat keeps longer jobs claimed
     job_read_block_seconds: float = Field(2.0, gt=0)
     job_reclaim_interval_seconds: float = Field(5.0, gt=0)
     job_scheduler_interval_seconds: float = Field(0.5, gt=0)
@@ -117,6 +122,15 @@ class Settings(BaseSettings):
             raise ValueError("is not a readable file")
         return value
 
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str) -> str:
+        for origin in _split_list(value):
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path):
+                raise ValueError(f"'{origin}' is not an origin like https://app.example.com (or *)")
+        return value
+
     @field_validator("novita_base_url")
     @classmethod
     def _check_novita_url(cls, value: str) -> str:
@@ -161,6 +175,11 @@ class Settings(BaseSettings):
         return self.docs_enabled if self.docs_enabled is not None else not self.is_production
 
     @property
+    def cors_origins(self) -> list[str]:
+        """Origins allowed by CORS; empty means no CORS middleware."""
+        return _split_list(self.cors_allow_origins)
+
+    @property
     def redis_connection_url(self) -> str:
         """The URL redis-py can open (a secret: never log it)."""
         if self.redis_url is not None:
@@ -195,6 +214,11 @@ class Settings(BaseSettings):
                 secrets.append(password)
         secrets.extend(key.get_secret_value() for key in self.client_api_keys.values())
         return [secret for secret in secrets if secret]
+
+
+def _split_list(raw: str) -> list[str]:
+    """`a, b,,c` -> `["a", "b", "c"]`."""
+    return [item.strip() for item in raw.split(",") if item.strip()]
 
 
 def _parse_api_keys(raw: str) -> dict[str, SecretStr]:

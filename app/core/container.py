@@ -10,6 +10,7 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.logging import SecretRedactor
 from app.core.metrics import Metrics
+from app.core.ratelimit import RateLimiter
 from app.core.redis import RedisManager
 from app.instances.service import InstanceService
 from app.instances.store import InstanceStore
@@ -42,6 +43,7 @@ class AppContainer:
     novita: NovitaClient
     queue: JobQueue
     cache: Cache
+    rate_limiter: RateLimiter
     instances: InstanceService
     worker: Worker
     lifecycle: Lifecycle
@@ -73,6 +75,9 @@ class AppContainer:
             novita=novita,
             queue=queue,
             cache=cache,
+            rate_limiter=RateLimiter(
+                redis, metrics, limit=settings.rate_limit_requests, window_seconds=settings.rate_limit_window_seconds
+            ),
             instances=instances,
             worker=Worker(queue, settings, metrics),
             lifecycle=Lifecycle(),

@@ -6,6 +6,7 @@ maps them all, so no route builds an error body by hand and bad input never beco
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -141,18 +142,25 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """Build one problem+json answer; every error body of the API comes from here."""
+    redact = _redactor(request)
     body: dict[str, Any] = {
         "type": f"/problems/{code}",
         "title": title,
         "status": status,
-        "detail": detail,
-        "instance": request.url.path,
+        "detail": redact(detail),
+        "instance": redact(request.url.path),  # a client may put its key in the path; echo it masked
     }
     request_id = request_id_var.get()
     if request_id:
         body["requestId"] = request_id
     body.update(extra or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _redactor(request: Request) -> Callable[[str], str]:
+    """The app's secret redactor; a no-op before the container exists (nothing secret is known then)."""
+    container = getattr(request.app.state, "container", None) if "app" in request.scope else None
+    return container.redact if container is not None else str
 
 
 def app_error_to_problem(request: Request, error: AppError) -> JSONResponse:
@@ -224,7 +232,7 @@ def install_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not Found", 405: "Method Not Allowed"}.get(error.status_code, "HTTP Error")
+        title = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(error.status_code, "HTTP Error")
         return problem_response(
             request,
             status=error.status_code,

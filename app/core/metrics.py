@@ -37,6 +37,12 @@ class Metrics:
             "cache_requests_total", "Cache lookups by outcome (hit, miss, bypass)", ["outcome"], registry=r
         )
         self.valkey_up = Gauge("valkey_up", "1 when the last Valkey check succeeded", registry=r)
+        self.rate_limit_decisions = Counter(
+            "rate_limit_decisions_total",
+            "Per-key rate limit checks by outcome (allowed, limited, failed_open when Valkey could not count)",
+            ["outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

@@ -40,6 +40,7 @@ TEST_SECRETS = {
 }
 MOCK_VALKEY_PASSWORD = "mock-valkey-password-77e0"
 MOCK_VALKEY_PORT = 13345
+MOCK_VALKEY_USER_PASSWORD = "mock/app+user:pass@77"  # URL-reserved characters on purpose
 
 _SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
@@ -120,6 +121,8 @@ class ProgramMocks(pulumi.runtime.Mocks):
                 servicePassword=MOCK_VALKEY_PASSWORD,
                 serviceUri=f"valkeys://default:{MOCK_VALKEY_PASSWORD}@{host}:{MOCK_VALKEY_PORT}",
             )
+        elif args.typ == "aiven:index/valkeyUser:ValkeyUser":
+            outputs.update(password=MOCK_VALKEY_USER_PASSWORD, type="normal")
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:

@@ -20,6 +20,7 @@ VARIANTS = {
         {"registryPassword": "test-registry-pass"},
     ),
     "dev-unhardened": ("dev", {"containerHardening": "false"}, {}),
+    "prod-valkey-app-user": ("prod", {"valkeyAppUser": "ngpu-api"}, {}),
 }
 
 

@@ -1,13 +1,16 @@
 """The Valkey component: Aiven for Valkey in prod, a local container in dev, the same outputs in both."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pulumi
 import pytest
 
-from components.valkey import api_url
-from tests.infra.harness import MOCK_VALKEY_PASSWORD, TEST_SECRETS, ProgramRun
+from components.valkey import APP_COMMANDS, api_url, app_user_url, require_tls
+from tests.infra.harness import MOCK_VALKEY_PASSWORD, MOCK_VALKEY_USER_PASSWORD, TEST_SECRETS, ProgramRun
 
 AIVEN_VALKEY = "aiven:index/valkey:Valkey"
+VALKEY_USER = "aiven:index/valkeyUser:ValkeyUser"
 CONTAINER = "docker:index/container:Container"
 AIVEN_HOST = "novita-gpu-api-valkey-novita-gpu-api.aivencloud.com"
 
@@ -125,3 +128,51 @@ async def test_the_api_gets_the_component_url(stack: str) -> None:
     run = await ProgramRun.for_stack(stack).run()
     envs = run.one(CONTAINER, "api-container").inputs["envs"]
     assert f"REDIS_URL={run.outputs['valkeyUrl'].value}" in envs
+
+
+@pulumi.runtime.test
+async def test_the_optional_app_user_is_limited_to_the_api_keys_and_commands() -> None:
+    run = await ProgramRun.for_stack("prod", {"valkeyAppUser": "ngpu-api"}).run()
+    user = run.one(VALKEY_USER)
+    assert user.inputs == {
+        "project": "novita-gpu-api",
+        "serviceName": "novita-gpu-api-valkey",
+        "username": "ngpu-api",
+        "valkeyAclCategories": ["-@all"],
+        "valkeyAclCommands": [f"+{command}" for command in APP_COMMANDS],
+        "valkeyAclKeys": ["ngpu:*"],
+    }  # no password input: Aiven generates it
+    assert not any(c in APP_COMMANDS for c in ("keys", "flushall", "flushdb", "config", "acl", "debug", "shutdown"))
+    provider = run.one("pulumi:providers:aiven")
+    assert user.provider.startswith(provider.urn + "::")
+    assert run.by_urn(user.parent).type == "novita-gpu-api:index:Valkey"
+
+
+@pulumi.runtime.test
+async def test_the_app_user_password_reaches_the_api_only_as_a_secret_tls_url() -> None:
+    run = await ProgramRun.for_stack("prod", {"valkeyAppUser": "ngpu-api"}).run()
+    expected = f"rediss://ngpu-api:{quote(MOCK_VALKEY_USER_PASSWORD, safe='')}@{AIVEN_HOST}:13345"
+    assert run.outputs["valkeyUrl"].secret and run.outputs["valkeyUrl"].value == expected
+    container = run.one(CONTAINER, "api-container")
+    envs = container.inputs["envs"]
+    index = envs.index(f"REDIS_URL={expected}")
+    assert container.is_secret(f"envs[{index}]")
+    assert not any(MOCK_VALKEY_PASSWORD in env for env in envs)  # the admin password is not used
+    for name, output in run.outputs.items():
+        if name != "valkeyUrl":
+            assert MOCK_VALKEY_USER_PASSWORD not in str(output.value), name
+
+
+@pulumi.runtime.test
+async def test_without_the_app_user_no_user_is_created() -> None:
+    run = await ProgramRun.for_stack("prod").run()
+    assert run.all(VALKEY_USER) == []
+
+
+@pulumi.runtime.test
+def test_aiven_urls_must_be_tls() -> None:
+    assert require_tls("rediss://default:pw@h:1") == "rediss://default:pw@h:1"
+    for clear in ("redis://default:pw@h:1", api_url("valkey://default:pw@h:1")):
+        with pytest.raises(ValueError, match="not a TLS"):
+            require_tls(clear)
+    assert app_user_url("h", 1, "u", "p@ss/w:rd") == "rediss://u:p%40ss%2Fw%3Ard@h:1"
