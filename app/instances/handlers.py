@@ -30,7 +30,9 @@ from app.novita.errors import (
     NovitaError,
     NovitaInsufficientResource,
     NovitaNotFound,
+    NovitaRateLimited,
     NovitaStateConflict,
+    NovitaUnavailable,
 )
 from app.novita.models import CreateInstanceRequest as NovitaCreateRequest
 from app.novita.models import EnvVar as NovitaEnvVar
@@ -106,7 +108,10 @@ class InstanceJobHandlers:
         if record is None:
             return None
         if record.novita_instance_id is None and not _deletion_requested(record):
-            record = await self._create_upstream(ctx, record)
+            try:
+                record = await self._create_upstream(ctx, record)
+            except _NOVITA_OUTAGE as error:  # safe to come back: a create starts with a lookup by name
+                await self._wait_for_novita(ctx, record, "create", error)
         if record.novita_instance_id is None:
             return _Outcome(record.id, record.state, None, "deleted before it was created").as_result()
         return await self._settle(ctx, record, "create")
@@ -240,17 +245,20 @@ class InstanceJobHandlers:
         record = await self._record_for(ctx)
         if record is None:
             return None
-        if record.novita_instance_id is None and action == "delete":
-            record = await self._adopt_by_name(ctx, record)
+        try:
+            if record.novita_instance_id is None and action == "delete":
+                record = await self._adopt_by_name(ctx, record)
+                if record.novita_instance_id is None:
+                    record = await self._store.update(record.id, _mark_deleted("never created on Novita", ctx.job.id))
+                    await self._store.drop_spec(record.id)
+                    await self._instances.invalidate_cached_lists()
+                    return _Outcome(record.id, record.state, None, "never created on Novita").as_result()
             if record.novita_instance_id is None:
-                record = await self._store.update(record.id, _mark_deleted("never created on Novita", ctx.job.id))
-                await self._store.drop_spec(record.id)
-                await self._instances.invalidate_cached_lists()
-                return _Outcome(record.id, record.state, None, "never created on Novita").as_result()
-        if record.novita_instance_id is None:
-            await self._fail(ctx, record.id, f"cannot {action}: the instance was never created on Novita")
-        if not record.has_event(f"{action}_issued", ctx.job.id):
-            await self._issue(ctx, record, action)
+                await self._fail(ctx, record.id, f"cannot {action}: the instance was never created on Novita")
+            if not record.has_event(f"{action}_issued", ctx.job.id):
+                await self._issue(ctx, record, action)
+        except _NOVITA_OUTAGE as error:  # safe to come back: every step checks what is already in effect
+            await self._wait_for_novita(ctx, record, action, error)
         return await self._settle(ctx, record, action)
 
     async def _adopt_by_name(self, ctx: JobContext, record: InstanceRecord) -> InstanceRecord:
@@ -304,15 +312,12 @@ class InstanceJobHandlers:
     async def _settle(self, ctx: JobContext, record: InstanceRecord, operation: str) -> dict[str, Any]:
         """One polling step: record Novita's status; finish when settled, else come back in a poll interval."""
         assert record.novita_instance_id is not None
-        deadline = ctx.job.created_at + self._settings.instance_provisioning_timeout_seconds
         try:
             live: Instance | None = await self._novita.get_instance(record.novita_instance_id)
         except NovitaNotFound:
             live = None
         except NovitaError as error:
-            if time.time() < deadline:
-                raise RetryLater(self._settings.instance_poll_interval_seconds, f"Novita unavailable: {error}")
-            await self._timeout(ctx, record, operation, f"Novita unavailable: {error}")
+            await self._wait_for_novita(ctx, record, operation, error)
 
         status = live.status if live is not None else "removed"
         error_text = _status_error(live)
@@ -327,9 +332,21 @@ class InstanceJobHandlers:
                              keep_state=True)
         if error_text and operation in ("create", "start", "restart"):
             await self._fail(ctx, record.id, f"Novita reports an error: {error_text}", keep_state=True)
-        if time.time() >= deadline:
+        if time.time() >= self._deadline(ctx):
             await self._timeout(ctx, record, operation, f"still {status}")
         raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
+
+    def _deadline(self, ctx: JobContext) -> float:
+        return ctx.job.created_at + self._settings.instance_provisioning_timeout_seconds
+
+    async def _wait_for_novita(self, ctx: JobContext, record: InstanceRecord, operation: str,
+                               error: NovitaError) -> NoReturn:
+        """Novita is down or throttling us: come back later, until the operation's deadline, rather than spend the
+        job's retry attempts (an outage longer than their backoff would dead-letter an accepted operation)."""
+        if time.time() < self._deadline(ctx):
+            delay = max(self._settings.instance_poll_interval_seconds, getattr(error, "retry_after", None) or 0.0)
+            raise RetryLater(delay, f"Novita unavailable: {error}")
+        await self._timeout(ctx, record, operation, f"Novita unavailable: {error}")
 
     async def _timeout(self, ctx: JobContext, record: InstanceRecord, operation: str, detail: str) -> NoReturn:
         timeout = self._settings.instance_provisioning_timeout_seconds
@@ -374,6 +391,10 @@ class InstanceJobHandlers:
             pass
         await self._instances.invalidate_cached_lists()
         raise JobFailed(reason)
+
+
+# Upstream failures that time cures; the client has already retried them with backoff.
+_NOVITA_OUTAGE = (NovitaUnavailable, NovitaRateLimited)
 
 
 def _deletion_requested(record: InstanceRecord) -> bool:

@@ -1,6 +1,8 @@
 """The instances API end to end over real HTTP: real redis-server, fake Novita, the app's own worker."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -123,6 +125,23 @@ def test_lost_create_response_makes_exactly_one_instance(
     assert len(fake_novita.instances(name=instance["upstreamName"])) == 1
     assert len(fake_novita.instances()) == 1
     assert fake_novita.call_count("POST", CREATE_PATH) == 1  # found by name instead of created again
+
+
+def test_novita_outage_longer_than_the_job_retries_delays_the_create_but_loses_nothing(
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
+) -> None:
+    # Two job attempts with sub-second backoff would be spent (and the create dead-lettered) within the outage.
+    server = api_server_factory(job_max_attempts=2, novita_breaker_reset_seconds=0.3)
+    fake_novita.add_faults({"path": "*", "kind": "server_error", "status": 503, "count": None})
+    with server.client() as client:
+        accepted = create_instance(client, name="outage")
+        time.sleep(3.0)
+        assert client.get(f"/api/jobs/{accepted['jobId']}").json()["state"] not in ("dead", "failed")
+        fake_novita.clear_faults()
+        job = wait_for_job(client, accepted["jobId"])
+
+    assert job["state"] == "succeeded", job
+    assert len(fake_novita.instances()) == 1
 
 
 def test_status_error_marks_the_instance_failed(client: httpx.Client) -> None:
