@@ -13,7 +13,7 @@ export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi
 # `pulumi stack output` of a stack, e.g. $(call output,containerName,prod)
 output = $$($(PULUMI) stack output $(1) --stack $(2))
 
-.PHONY: venv test init preview up down prod prod-stop verify health status-prod logs-prod
+.PHONY: venv test faults init preview up down prod prod-stop verify health status-prod logs-prod
 
 # A stamp, not .venv/bin/python: that is a symlink, and make would touch the interpreter it points to.
 INSTALLED := $(VENV)/.installed
@@ -27,6 +27,9 @@ venv: $(INSTALLED) ## create .venv with everything the program and the tests nee
 
 test: $(INSTALLED) ## run every test (Pulumi mocks, the API against real Redis, the container on a real Docker engine)
 	$(PY) -m pytest tests
+
+faults: $(INSTALLED) ## the fault campaign (kill -9 under load, Valkey outage, Novita faults, 3 replicas) -> docs/reliability.md
+	$(PY) -m faults
 
 init: ## create STACK in the backend if it does not exist (then set its secrets, see README)
 	$(PULUMI) stack select --create $(STACK)
