@@ -13,7 +13,7 @@ export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi
 # `pulumi stack output` of a stack, e.g. $(call output,containerName,prod)
 output = $$($(PULUMI) stack output $(1) --stack $(2))
 
-.PHONY: venv test faults init preview up down prod prod-stop verify health status-prod logs-prod
+.PHONY: venv test faults bench init preview up down prod prod-stop verify health status-prod logs-prod
 
 # A stamp, not .venv/bin/python: that is a symlink, and make would touch the interpreter it points to.
 INSTALLED := $(VENV)/.installed
@@ -30,6 +30,10 @@ test: $(INSTALLED) ## run every test (Pulumi mocks, the API against real Redis, 
 
 faults: $(INSTALLED) ## the fault campaign (kill -9 under load, Valkey outage, Novita faults, 3 replicas) -> docs/reliability.md
 	$(PY) -m faults
+
+bench: $(INSTALLED) ## the benchmarks (needs Debian's wrk) -> docs/performance.md; `$(PY) -m bench --quick` for a smoke run
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	$(PY) -m bench
 
 init: ## create STACK in the backend if it does not exist (then set its secrets, see README)
 	$(PULUMI) stack select --create $(STACK)

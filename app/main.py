@@ -26,6 +26,7 @@ from app.core.faults import router as faults_router
 from app.core.logging import configure_logging
 from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.core.openapi import install_openapi
+from app.health.liveness import LivenessEndpoint
 from app.health.router import router as health_router
 from app.instances.handlers import register_handlers
 from app.instances.router import router as instances_router
@@ -65,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["Location", "Retry-After", "X-Request-ID"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # outermost: sees every answer
+    app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # sees every answer but /livez
+    app.add_middleware(LivenessEndpoint, lifecycle=container.lifecycle)  # outermost: liveness depends on nothing
     for router in (health_router, jobs_router, instances_router, products_router):
         app.include_router(router)
     if not settings.client_api_keys:

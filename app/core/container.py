@@ -85,7 +85,7 @@ class AppContainer:
         )
 
 
-def get_container(request: Request) -> AppContainer:
-    """FastAPI dependency: the container of the app serving this request."""
+async def get_container(request: Request) -> AppContainer:
+    """FastAPI dependency: the container of the app serving this request (async: no threadpool hop per request)."""
     container: AppContainer = request.app.state.container
     return container

@@ -1,6 +1,6 @@
 """Health endpoints (no auth), with the semantics of docs/architecture.md.
 
-- `/livez`: the event loop answers; never touches a dependency (the container probe's target).
+- `/livez`: the event loop answers; served by `app.health.liveness` before routing (the container probe's target).
 - `/readyz`: Valkey answers and the job consumer runs; 503 with the reason otherwise.
 - `/health`: the seed's format plus version, uptime and queue counts; 503 when a required service (Valkey, the job
   queue) is down, 200 "degraded" when only Novita is. In production it makes no live Novita call.
@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
@@ -28,12 +28,6 @@ ServiceState = Literal["up", "down"]
 
 # Bound on each dependency check, so a hung Valkey cannot hang the health endpoints.
 _CHECK_TIMEOUT_SECONDS = 1.0
-
-
-@router.get("/livez")
-async def livez(container: Container) -> dict[str, Any]:
-    """200 while the process serves requests; `readyOnce` tells the container probe whether start-up ever finished."""
-    return {"status": "ok", "readyOnce": container.lifecycle.ready_once}
 
 
 @router.get("/readyz")

@@ -21,7 +21,7 @@ _ERRORS = {
 }
 
 
-def get_instance_service(container: Annotated[AppContainer, Depends(get_container)]) -> InstanceService:
+async def get_instance_service(container: Annotated[AppContainer, Depends(get_container)]) -> InstanceService:
     """The instance service of the running app."""
     return container.instances
 

@@ -54,8 +54,9 @@ ACTION_TRANSITIONAL_STATE: dict[Action, InstanceState] = {
     "delete": _S.DELETING,
 }
 
-# The cached merged view depends on Novita's list; every mutation drops it.
-NOVITA_INSTANCES_CACHE_KEY = "instances:novita-list"
+# Cached views of Novita's instances (the list, and one key per instance); every mutation drops them all.
+NOVITA_CACHE_PREFIX = "instances:novita:"
+NOVITA_INSTANCES_CACHE_KEY = NOVITA_CACHE_PREFIX + "list"
 
 _ENV_VALUES: dict[str, Any] = {"envs": {"__all__": {"value"}}}
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
@@ -179,7 +180,7 @@ class InstanceService:
         if record.novita_instance_id is None or record.state == InstanceState.DELETED:
             return view
         try:
-            live = await self._novita.get_instance(record.novita_instance_id)
+            live = await self._novita_instance(record.novita_instance_id)
         except NovitaNotFound:
             return view.model_copy(update={"state": InstanceState.DELETED, "novita_status": "removed"})
         except NovitaError:
@@ -219,8 +220,8 @@ class InstanceService:
         )
 
     async def invalidate_cached_lists(self) -> None:
-        """Forget the cached Novita instance list (called on every mutation, by the API and by job handlers)."""
-        await self._cache.invalidate(keys=[NOVITA_INSTANCES_CACHE_KEY])
+        """Forget what is cached of Novita's instances (called on every mutation, by the API and by job handlers)."""
+        await self._cache.invalidate(prefix=NOVITA_CACHE_PREFIX)
 
     async def _novita_instances(self) -> list[Instance]:
         async def load() -> list[dict[str, Any]]:
@@ -231,6 +232,16 @@ class InstanceService:
             NOVITA_INSTANCES_CACHE_KEY, self._settings.cache_ttl_instances_seconds, load
         )
         return [Instance.model_validate(item) for item in raw]
+
+    async def _novita_instance(self, novita_id: str) -> Instance:
+        """One instance as Novita shows it, cached like the list so that reads never queue on the Novita rate limit."""
+        async def load() -> dict[str, Any]:
+            return (await self._novita.get_instance(novita_id)).model_dump(by_alias=True, exclude=_ENV_VALUES)
+
+        raw = await self._cache.get_or_load(
+            NOVITA_CACHE_PREFIX + novita_id, self._settings.cache_ttl_instances_seconds, load
+        )
+        return Instance.model_validate(raw)
 
     async def _get_record(self, instance_id: str) -> InstanceRecord:
         record = await self._store.get(instance_id)

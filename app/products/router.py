@@ -25,7 +25,7 @@ class RegionList(ApiModel):
     items: list[RegionView]
 
 
-def get_product_service(container: Annotated[AppContainer, Depends(get_container)]) -> ProductService:
+async def get_product_service(container: Annotated[AppContainer, Depends(get_container)]) -> ProductService:
     """A product service over the app's Novita client and cache."""
     return ProductService(container.settings, container.novita, container.cache)
 

@@ -144,6 +144,19 @@ def test_novita_outage_longer_than_the_job_retries_delays_the_create_but_loses_n
     assert len(fake_novita.instances()) == 1
 
 
+def test_reading_an_instance_calls_novita_once_per_cache_ttl(
+    client: httpx.Client, fake_novita: FakeNovitaHandle
+) -> None:
+    instance = create_running(client, name="cached")
+    client.get(f"/api/instances/{instance['id']}")  # fills the cache
+    calls_before = fake_novita.call_count("GET", "/gpu/instance")
+
+    views = [client.get(f"/api/instances/{instance['id']}").json() for _ in range(20)]
+
+    assert {view["novitaStatus"] for view in views} == {"running"}
+    assert fake_novita.call_count("GET", "/gpu/instance") == calls_before  # the 10 s TTL covers all 20 reads
+
+
 def test_status_error_marks_the_instance_failed(client: httpx.Client) -> None:
     accepted = create_instance(client, imageUrl="docker.io/team/does-not-exist:1")
 
@@ -405,7 +418,7 @@ def test_no_secret_ever_appears_in_answers_or_valkey(
         assert f"web-pass-{upstream['id']}" not in text  # the fake's web-terminal password
         assert fake_novita.api_key not in text
     with redis_server.client() as valkey:
-        assert valkey.exists("ngpu:cache:instances:novita-list")  # the cached Novita list is among what is searched
+        assert valkey.exists("ngpu:cache:instances:novita:list")  # the cached Novita list is among what is searched
     stored = _everything_in_valkey(redis_server)
     assert "HF_TOKEN" in stored  # the record keeps the env key
     assert secret not in stored  # the create spec is gone, the cached Novita list holds no env values
@@ -420,18 +433,26 @@ EXPECTED_STATES = {
 }
 
 
-def test_every_novita_status_maps_to_a_documented_state(client: httpx.Client, fake_novita: FakeNovitaHandle) -> None:
+def test_every_novita_status_maps_to_a_documented_state(
+    client: httpx.Client, fake_novita: FakeNovitaHandle, redis_server: RedisServer
+) -> None:
     instance = create_running(client)
     fake_novita.set_step_seconds(None)
     path = f"/api/instances/{instance['id']}"
+    cached_view = f"ngpu:cache:instances:novita:{instance['novitaInstanceId']}"
+    valkey = redis_server.client()
+
+    def live_state() -> dict:
+        valkey.delete(cached_view)  # read Novita's new status now, not after the cache TTL
+        return client.get(path).json()
 
     seen = {}
     for status in EXPECTED_STATES:
         fake_novita.set_state(instance["novitaInstanceId"], status=status)
-        seen[status] = client.get(path).json()["state"]
+        seen[status] = live_state()["state"]
     fake_novita.set_state(instance["novitaInstanceId"], status="running",
                           status_error={"state": "running", "message": "GPU fell off the bus"})
-    failed = client.get(path).json()
+    failed = live_state()
 
     assert seen == EXPECTED_STATES
     assert failed["state"] == "failed" and failed["statusError"] == "GPU fell off the bus"

@@ -1,0 +1,31 @@
+"""`/livez`, answered before routing: the cheapest proof that the event loop runs.
+
+Liveness must depend on nothing: not on routing, dependencies or the other middleware (request ids, access log,
+metrics). Answered here, the container probe measures the event loop alone, and a probe costs next to nothing
+(docs/performance.md). `/livez` is therefore not a FastAPI route and not in the OpenAPI schema.
+"""
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.container import Lifecycle
+
+LIVEZ_PATH = "/livez"
+_BODIES = {ready: b'{"status":"ok","readyOnce":%s}' % (b"true" if ready else b"false") for ready in (True, False)}
+
+
+class LivenessEndpoint:
+    """Pure ASGI middleware: answers GET and HEAD `/livez` with `{"status": "ok", "readyOnce": bool}`."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != LIVEZ_PATH or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body = _BODIES[self.lifecycle.ready_once]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
