@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,32 +15,15 @@ from pathlib import Path
 import httpx
 
 from tests.fixtures_redis import RedisServer
+from tests.loopback import LOOPBACK, free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
 # The flags of the container's command (app/Dockerfile CMD), so the API and the baseline run the same server.
 UVICORN_FLAGS = ("--workers", "1", "--no-server-header")
 API_APP = ("app.main:create_app", "--factory")
 BASELINE_APP = ("bench.baseline:app",)
 FASTAPI_BASELINE_APP = ("bench.baseline:create_fastapi_app", "--factory")
 _STOP_TIMEOUT_SECONDS = 10.0
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(what: str, probe: Callable[[], bool], timeout_seconds: float, interval: float = 0.01) -> float:
-    """Poll `probe` until true; return the monotonic time it first was. Raises TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if probe():
-            return time.monotonic()
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout_seconds:g} s waiting for {what}")
 
 
 def answers_200(client: httpx.Client, url: str) -> bool:

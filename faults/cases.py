@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from faults.processes import ApiProcess, Stack, answers, wait_for
+from faults.processes import ApiProcess, Stack, answers, wait_until
 from faults.workload import ApiClient, Operation, Tally, new_operations, tally
 
 SETTLE_TIMEOUT_SECONDS = 180.0
@@ -230,8 +230,8 @@ async def _outage(
         times.restart_began_at = time.monotonic()
         await asyncio.to_thread(stack.redis.start)
         times.restarted_at = time.monotonic()
-        times.ready_at = await asyncio.to_thread(wait_for, "/readyz 200 after Valkey is back",
-                                                 lambda: answers(api.url + "/readyz"), 60)
+        times.ready_at = await asyncio.to_thread(wait_until, "/readyz 200 after Valkey is back",
+                                                 lambda: answers(api.url + "/readyz"), 60, 0.05)
         await load
         await client.wait_settled(before + during, SETTLE_TIMEOUT_SECONDS)
         return probe, times
@@ -360,7 +360,7 @@ def _breaker_cycle(
             http.get(f"/api/instances/{known_instance}")  # a call the half-open breaker can try
             return _novita_health(api) == "up"
 
-        closed_at = wait_for("the breaker to close", closed, 30, interval=0.1)
+        closed_at = wait_until("the breaker to close", closed, 30, interval=0.1)
     asyncio.run(_settle(stack, api, operations))
     checks = {
         "breaker opened (/health novitaApi down)": opened,

@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +15,9 @@ import httpx
 
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
+from tests.loopback import LOOPBACK, free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
 _STOP_TIMEOUT_SECONDS = 10.0
 
 # Short timings so reclaims, retries and polls happen within a second or two (all documented settings).
@@ -48,23 +45,6 @@ FAST_API_ENV: dict[str, str] = {
     # Valkey (and fails open during the Valkey outage), it just never refuses here.
     "RATE_LIMIT_REQUESTS": "1000000",
 }
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], bool], timeout_seconds: float, interval: float = 0.05) -> float:
-    """Poll `probe` until it is true; returns the monotonic time it was. `TimeoutError` names `what`."""
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if probe():
-            return time.monotonic()
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout_seconds:g} s waiting for {what}")
 
 
 def answers(url: str, status: int = 200) -> bool:
@@ -129,8 +109,8 @@ class ApiProcess(ChildProcess):
 
     def wait_ready(self, timeout_seconds: float = 30.0) -> float:
         """Wait for /readyz 200; returns when (monotonic)."""
-        return wait_for(f"{self.name} /readyz 200", lambda: self._check() and answers(self.url + "/readyz"),
-                        timeout_seconds)
+        return wait_until(f"{self.name} /readyz 200", lambda: self._check() and answers(self.url + "/readyz"),
+                          timeout_seconds, interval=0.05)
 
     def _check(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -164,7 +144,7 @@ class Stack:
         """Start Valkey and the fake (the APIs are started by `add_api`)."""
         self.redis.start()
         self.fake.start()
-        wait_for("the fake Novita", lambda: answers(self.novita.root_url + "/_fake/calls"), 30)
+        wait_until("the fake Novita", lambda: answers(self.novita.root_url + "/_fake/calls"), 30, 0.05)
 
     def api_env(self, **overrides: Any) -> dict[str, str]:
         """The container contract's variables for an API replica of this stack."""

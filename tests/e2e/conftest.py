@@ -24,9 +24,10 @@ import pytest
 from tests.e2e.container_spec import container_spec
 from tests.e2e.harness import (
     API_IMAGE_TAG, BASE_IMAGE, E2E_LABEL, FAST_HEALTHCHECK, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
-    Measurements, RenderedStack, api_container_from_render, free_port, http, render, status_or_none, wait_for,
+    Measurements, RenderedStack, api_container_from_render, http, render, status_or_none, wait_for,
 )
 from tests.infra.harness import TEST_SECRETS
+from tests.loopback import free_port
 
 SESSION_ID = uuid.uuid4().hex[:8]
 _deployment_numbers = itertools.count(1)  # container names stay unique across the session

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -57,13 +56,6 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_seconds: float, i
             return last
         time.sleep(interval)
     raise WaitTimeout(f"timed out after {timeout_seconds:g}s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
