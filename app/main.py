@@ -96,6 +96,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("shutting down: draining the job worker")
         readiness.cancel()
         await asyncio.wait({readiness}, timeout=2.0)
+        await container.automation.stop()
         await container.worker.stop(settings.shutdown_grace_seconds)
         await container.novita.aclose()
         await container.redis.close()
@@ -107,6 +108,8 @@ async def _become_ready(container: AppContainer) -> None:
     """Wait for Valkey, start the worker, then keep watching Valkey so health follows it."""
     await container.redis.wait_until_connected()
     await container.worker.start()
+    # Reconciles first (bounded), so records lost with Valkey are back before the app reports ready.
+    await container.automation.start()
     container.lifecycle.ready_once = True
     logger.info("ready", extra={"startupSeconds": round(container.lifecycle.uptime_seconds, 2)})
     await container.redis.monitor(container.settings.redis_monitor_interval_seconds)

@@ -93,6 +93,31 @@ class Settings(BaseSettings):
     instance_provisioning_timeout_seconds: float = Field(1800.0, gt=0)
     idempotency_ttl_seconds: int = Field(86400, gt=0)
 
+    # Lifecycle automation (app/lifecycle): webhooks, cost guards, reconciliation, spot recovery.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private_targets: bool = False
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff_base_seconds: float = Field(5.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(600.0, gt=0)
+    webhook_delivery_interval_seconds: float = Field(5.0, gt=0)
+    auto_stop_enabled: bool = True
+    auto_stop_idle_seconds: float = Field(1800.0, gt=0)
+    auto_stop_startup_grace_seconds: float = Field(2700.0, ge=0)
+    auto_stop_dry_run: bool = False
+    max_instance_lifetime_seconds: float = Field(0.0, ge=0)  # 0: no maximum lifetime
+    cost_guard_interval_seconds: float = Field(60.0, gt=0)
+    cost_guard_action_lock_seconds: float = Field(300.0, gt=0)
+    reconcile_interval_seconds: float = Field(300.0, gt=0)
+    reconcile_lease_seconds: float = Field(120.0, gt=0)
+    reconcile_startup_timeout_seconds: float = Field(10.0, gt=0)
+    spot_recovery_enabled: bool = False
+    spot_recovery_min_interval_seconds: float = Field(14400.0, gt=0)
+    spot_check_interval_seconds: float = Field(300.0, gt=0)
+    lifecycle_tick_seconds: float = Field(1.0, gt=0)
+    placement_region_order: str = ""  # cluster ids tried first, comma-separated, e.g. us-ca-6,as-sgp-2
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -139,6 +164,16 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value.strip()
+
     @field_validator("novita_api_key")
     @classmethod
     def _check_novita_key(cls, value: SecretStr) -> SecretStr:
@@ -160,9 +195,16 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_URL: is required (or REDIS_HOST with REDIS_PORT/REDIS_PASSWORD/REDIS_TLS)")
         if self.app_env == "production" and self.api_keys is None:
             raise ValueError("API_KEYS: is required when APP_ENV=production")
+        if self.webhook_url is not None and (self.webhook_secret is None or not self.webhook_secret.get_secret_value()):
+            raise ValueError("WEBHOOK_SECRET: is required when WEBHOOK_URL is set (webhooks are always signed)")
         if self.app_env == "production" and self.fault_injection:
             raise ValueError("FAULT_INJECTION: is refused when APP_ENV=production")
         return self
+
+    @property
+    def placement_regions(self) -> list[str]:
+        """`PLACEMENT_REGION_ORDER` as a list of cluster ids."""
+        return [cluster.strip() for cluster in self.placement_region_order.split(",") if cluster.strip()]
 
     @property
     def is_production(self) -> bool:
@@ -213,6 +255,10 @@ class Settings(BaseSettings):
             if password:
                 secrets.append(password)
         secrets.extend(key.get_secret_value() for key in self.client_api_keys.values())
+        if self.webhook_secret is not None:
+            secrets.append(self.webhook_secret.get_secret_value())
+        if self.webhook_url is not None:
+            secrets.append(self.webhook_url)  # receiver URLs often carry a token
         return [secret for secret in secrets if secret]
 
 

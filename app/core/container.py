@@ -16,6 +16,7 @@ from app.instances.service import InstanceService
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
 from app.jobs.worker import Worker
+from app.lifecycle.automation import LifecycleAutomation, lifecycle_config
 from app.novita.client import NovitaClient
 
 
@@ -45,6 +46,7 @@ class AppContainer:
     cache: Cache
     rate_limiter: RateLimiter
     instances: InstanceService
+    automation: LifecycleAutomation  # reconciliation, cost guards, webhooks, spot recovery
     worker: Worker
     lifecycle: Lifecycle
     redact: SecretRedactor  # for any text that leaves the process (health reasons), besides the log filter
@@ -65,8 +67,13 @@ class AppContainer:
         )
         queue = JobQueue(redis)
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
+        store = InstanceStore(redis)
+        # The Novita client cannot migrate yet: a reclaimed spot instance is recovered by starting it again.
+        automation = LifecycleAutomation(
+            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.start_instance
+        )
         instances = InstanceService(
-            settings=settings, store=InstanceStore(redis), queue=queue, novita=novita, cache=cache
+            settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity
         )
         return cls(
             settings=settings,
@@ -79,6 +86,7 @@ class AppContainer:
                 redis, metrics, limit=settings.rate_limit_requests, window_seconds=settings.rate_limit_window_seconds
             ),
             instances=instances,
+            automation=automation,
             worker=Worker(queue, settings, metrics),
             lifecycle=Lifecycle(),
             redact=SecretRedactor(settings.secret_values()),

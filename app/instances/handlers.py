@@ -24,11 +24,20 @@ from app.instances.schemas import CreateInstanceRequest, InstanceRecord, Instanc
 from app.instances.service import ACTION_JOBS, CREATE_JOB, Action, InstanceService
 from app.instances.store import InstanceStore, RecordNotFound
 from app.jobs.queue import JobContext, JobFailed, RetryLater
+from app.lifecycle.placement import (
+    LaunchSpec,
+    NoCapacity,
+    Offer,
+    Placement,
+    PlacementError,
+    PlacementRequest,
+    Skipped,
+)
+from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import (
     NovitaBadRequest,
     NovitaError,
-    NovitaInsufficientResource,
     NovitaNotFound,
     NovitaRateLimited,
     NovitaStateConflict,
@@ -87,12 +96,14 @@ class InstanceJobHandlers:
         novita: NovitaClient,
         products: ProductService,
         instances: InstanceService,
+        events: EventSink,
     ) -> None:
         self._settings = settings
         self._store = store
         self._novita = novita
-        self._products = products
+        self._placement = Placement(products, novita, region_order=settings.placement_regions)
         self._instances = instances
+        self._events = events
 
     def register(self, worker: Worker) -> None:
         """Register every instance job kind with the worker."""
@@ -129,81 +140,35 @@ class InstanceJobHandlers:
                 return current  # a delete finished first and dropped the spec
             await self._fail(ctx, record.id, "the create request was lost before the instance was created")
         spec = CreateInstanceRequest.model_validate(spec_data)
-        template_defaults = await self._template_defaults(ctx, record.id, spec)
-
-        clusters: list[str | None] = list(spec.cluster_ids) or [None]
-        tried: list[str] = []
-        for cluster_id in clusters:
-            where = cluster_id or "any cluster"
-            product_id = spec.product_id or await self._cheapest_product_id(spec, cluster_id)
-            if product_id is None:
-                tried.append(f"{where}: no available '{spec.product_name}'")
-                await self._add_event(record.id, "no_product", where, ctx.job.id)
-                continue
-            try:
-                request = self._novita_request(record, spec, template_defaults, product_id, cluster_id)
-            except ValidationError as error:
-                await self._fail(ctx, record.id, f"cannot build the Novita request: {_first_error(error)}")
-            try:
-                novita_id = await self._novita.create_instance(request)
-            except NovitaInsufficientResource as error:
-                tried.append(f"{where}: {error.message}")
-                await self._add_event(record.id, "insufficient_resource", where, ctx.job.id)
-                continue
-            except NovitaBadRequest as error:
-                await self._fail(ctx, record.id, f"Novita rejected the create: {error}")
-            return await self._record_created(ctx, record.id, novita_id, cluster_id, "created", product_id)
-        await self._fail(ctx, record.id, "no capacity: " + "; ".join(tried))
-
-    async def _cheapest_product_id(self, spec: CreateInstanceRequest, cluster_id: str | None) -> str | None:
-        assert spec.product_name is not None  # the request model requires a name when no id is given
-        product = await self._products.cheapest_available(
-            spec.product_name, cluster_id, spec.billing_mode, spec.gpu_num
-        )
-        return product.id if product else None
-
-    async def _template_defaults(
-        self, ctx: JobContext, record_id: str, spec: CreateInstanceRequest
-    ) -> dict[str, Any]:
-        """Image, ports, envs, command and registry auth of the template, as defaults for the request's own."""
-        if spec.template_id is None:
-            return {}
         try:
-            template = await self._novita.get_template(spec.template_id)
-        except NovitaNotFound:
-            await self._fail(ctx, record_id, f"template {spec.template_id!r} does not exist on Novita")
-        return {
-            "image_url": template.image or None,
-            "image_auth_id": template.image_auth or None,
-            "ports": template.ports_spec() or None,
-            "envs": {env.key: env.value for env in template.envs},
-            "command": template.start_command or None,
-        }
-
-    def _novita_request(
-        self,
-        record: InstanceRecord,
-        spec: CreateInstanceRequest,
-        template: dict[str, Any],
-        product_id: str,
-        cluster_id: str | None,
-    ) -> NovitaCreateRequest:
-        envs = {**template.get("envs", {}), **{env.key: env.value for env in spec.envs}}
-        ports = ",".join(f"{p.port}/{p.type}" for p in spec.ports) or template.get("ports")
-        return NovitaCreateRequest(
-            name=record.upstream_name,
-            product_id=product_id,
-            gpu_num=spec.gpu_num,
-            rootfs_size=spec.rootfs_size,
-            image_url=spec.image_url or template.get("image_url") or "",
-            image_auth_id=spec.image_auth_id or template.get("image_auth_id"),
-            ports=ports,
-            envs=[NovitaEnvVar(key=k, value=v) for k, v in envs.items()] or None,
-            command=spec.command or template.get("command"),
-            cluster_id=cluster_id,
-            billing_mode=spec.billing_mode,
-            month=spec.months,
+            plan = await self._placement.plan(PlacementRequest(
+                gpu_num=spec.gpu_num, billing_mode=spec.billing_mode, gpu_name=spec.product_name,
+                product_id=spec.product_id, cluster_ids=spec.cluster_ids,
+            ))
+            launch = await self._placement.resolve_launch(
+                template_id=spec.template_id, image_url=spec.image_url, image_auth=spec.image_auth_id,
+                ports=",".join(f"{p.port}/{p.type}" for p in spec.ports) or None,
+                envs={env.key: env.value for env in spec.envs}, command=spec.command,
+            )
+            placed = await self._placement.create(plan, lambda offer: _novita_request(record, spec, launch, offer))
+        except NoCapacity as error:
+            await self._note_skipped(ctx, record.id, error.skipped)
+            await self._fail(ctx, record.id, str(error))
+        except PlacementError as error:
+            await self._fail(ctx, record.id, str(error))
+        except ValidationError as error:
+            await self._fail(ctx, record.id, f"cannot build the Novita request: {_first_error(error)}")
+        except NovitaBadRequest as error:
+            await self._fail(ctx, record.id, f"Novita rejected the create: {error}")
+        await self._note_skipped(ctx, record.id, placed.skipped)
+        return await self._record_created(
+            ctx, record.id, placed.novita_instance_id, placed.offer.cluster_id, "created", placed.offer.product_id
         )
+
+    async def _note_skipped(self, ctx: JobContext, record_id: str, skipped: list[Skipped]) -> None:
+        """One event per cluster passed over (`no_product` or `insufficient_resource`, detail: the cluster)."""
+        for note in skipped:
+            await self._add_event(record_id, note.kind, note.where, ctx.job.id)
 
     async def _record_created(
         self,
@@ -224,7 +189,7 @@ class InstanceJobHandlers:
             record.add_event(how, f"novita id {novita_id} in {cluster_id or 'a cluster of Novita’s choice'}",
                              ctx.job.id)
 
-        record = await self._store.update(record_id, remember)
+        record = await self._update_and_notify(record_id, remember)
         await self._store.drop_spec(record_id)
         await self._instances.invalidate_cached_lists()
         if _deletion_requested(record):
@@ -322,7 +287,7 @@ class InstanceJobHandlers:
         status = live.status if live is not None else "removed"
         error_text = _status_error(live)
         previous = (record.novita_status, record.status_error)
-        record = await self._store.update(record.id, _apply_live(status, error_text))
+        record = await self._update_and_notify(record.id, _apply_live(status, error_text))
         if previous != (record.novita_status, record.status_error):
             await self._instances.invalidate_cached_lists()
         if status in _SETTLED_STATUSES[operation]:
@@ -362,6 +327,22 @@ class InstanceJobHandlers:
                            extra={"job_id": ctx.job.id, "instance_id": instance_id})
         return record
 
+    async def _update_and_notify(self, record_id: str, change: RecordChange) -> InstanceRecord:
+        """Apply `change` to the record; if that moved it to another state, send `instance.state_changed`."""
+        before: list[InstanceState] = []
+
+        def tracked(record: InstanceRecord) -> None:
+            before[:] = [record.state]  # the store may re-run `change` after a conflicting write: keep the last
+            change(record)
+
+        record = await self._store.update(record_id, tracked)
+        if before and before[0] != record.state:
+            await self._events.emit("instance.state_changed", record.id, {
+                "from": before[0].value, "to": record.state.value, "novitaStatus": record.novita_status,
+                "statusError": record.status_error,
+            })
+        return record
+
     async def _add_event(self, record_id: str, action: str, detail: str, job_id: str) -> None:
         def add(record: InstanceRecord) -> None:
             record.add_event(action, detail, job_id)
@@ -386,7 +367,7 @@ class InstanceJobHandlers:
             record.add_event("failed", reason, ctx.job.id)
 
         try:
-            await self._store.update(record_id, mark)
+            await self._update_and_notify(record_id, mark)
         except RecordNotFound:
             pass
         await self._instances.invalidate_cached_lists()
@@ -395,6 +376,25 @@ class InstanceJobHandlers:
 
 # Upstream failures that time cures; the client has already retried them with backoff.
 _NOVITA_OUTAGE = (NovitaUnavailable, NovitaRateLimited)
+
+
+def _novita_request(
+    record: InstanceRecord, spec: CreateInstanceRequest, launch: LaunchSpec, offer: Offer
+) -> NovitaCreateRequest:
+    return NovitaCreateRequest(
+        name=record.upstream_name,
+        product_id=offer.product_id,
+        gpu_num=spec.gpu_num,
+        rootfs_size=spec.rootfs_size,
+        image_url=launch.image_url,
+        image_auth_id=launch.image_auth_id,
+        ports=launch.ports,
+        envs=[NovitaEnvVar(key=key, value=value) for key, value in launch.envs.items()] or None,
+        command=launch.command,
+        cluster_id=offer.cluster_id,
+        billing_mode=spec.billing_mode,
+        month=spec.months,
+    )
 
 
 def _deletion_requested(record: InstanceRecord) -> bool:
@@ -441,6 +441,7 @@ def register_handlers(worker: Worker, container: AppContainer) -> None:
     """Register the instance job handlers on `worker`, built from the app container."""
     products = ProductService(container.settings, container.novita, container.cache)
     handlers = InstanceJobHandlers(
-        container.settings, container.instances.store, container.novita, products, container.instances
+        container.settings, container.instances.store, container.novita, products, container.instances,
+        container.automation.events,
     )
     handlers.register(worker)

@@ -7,7 +7,14 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 
 from app.core.auth import require_api_key
 from app.core.container import AppContainer, get_container
-from app.instances.schemas import AcceptedResponse, CreateInstanceRequest, InstancePage, InstanceState, InstanceView
+from app.instances.schemas import (
+    AcceptedResponse,
+    CreateInstanceRequest,
+    HeartbeatView,
+    InstancePage,
+    InstanceState,
+    InstanceView,
+)
 from app.instances.service import Action, InstanceService
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], dependencies=[Depends(require_api_key)])
@@ -98,3 +105,9 @@ async def restart_instance(instance_id: InstanceId, service: Service, response: 
 async def delete_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
     """Queue the deletion of an instance (its data on Novita is lost)."""
     return await _action(instance_id, "delete", service, response)
+
+
+@router.post("/{instance_id}/heartbeat", response_model=HeartbeatView, responses={404: _ERRORS[404], 409: _ERRORS[409]})
+async def heartbeat(instance_id: InstanceId, service: Service) -> HeartbeatView:
+    """Say the instance is in use: idle auto-stop stops instances without a heartbeat for AUTO_STOP_IDLE_SECONDS."""
+    return await service.heartbeat(instance_id)

@@ -291,6 +291,13 @@ class InstanceView(ApiModel):
         return cls(managed=True, **record.model_dump())
 
 
+class HeartbeatView(ApiModel):
+    """The answer to a heartbeat: idle auto-stop counts from `last_used_at` (Unix seconds)."""
+
+    instance_id: str
+    last_used_at: float
+
+
 class AcceptedResponse(ApiModel):
     """The 202 answer: the record as it is now and the job that will carry out the request."""
 

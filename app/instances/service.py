@@ -16,6 +16,7 @@ from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.instances.schemas import (
     AcceptedResponse,
     CreateInstanceRequest,
+    HeartbeatView,
     InstancePage,
     InstanceRecord,
     InstanceState,
@@ -24,6 +25,7 @@ from app.instances.schemas import (
 )
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
+from app.lifecycle.activity import ActivityStore
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError, NovitaNotFound
 from app.novita.models import Instance
@@ -86,13 +88,20 @@ class InstanceService:
     """API-side operations on instances."""
 
     def __init__(
-        self, settings: Settings, store: InstanceStore, queue: JobQueue, novita: NovitaClient, cache: Cache
+        self,
+        settings: Settings,
+        store: InstanceStore,
+        queue: JobQueue,
+        novita: NovitaClient,
+        cache: Cache,
+        activity: ActivityStore,
     ) -> None:
         self._settings = settings
         self._store = store
         self._queue = queue
         self._novita = novita
         self._cache = cache
+        self._activity = activity
 
     @property
     def store(self) -> InstanceStore:
@@ -172,6 +181,15 @@ class InstanceService:
         updated = await self._store.update(instance_id, mark_requested)
         await self.invalidate_cached_lists()
         return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
+
+    async def heartbeat(self, instance_id: str) -> HeartbeatView:
+        """Note that the instance is in use now: idle auto-stop counts from the latest heartbeat."""
+        record = await self._get_record(instance_id)
+        if record.state in (InstanceState.DELETING, InstanceState.DELETED):
+            raise Conflict(f"instance {instance_id!r} is {record.state.value}: there is nothing to keep alive")
+        now = time.time()
+        await self._activity.heartbeat(record.id, now)
+        return HeartbeatView(instance_id=record.id, last_used_at=now)
 
     async def get(self, instance_id: str) -> InstanceView:
         """Our record with Novita's live status laid over it (the record alone when Novita cannot be reached)."""

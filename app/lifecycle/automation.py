@@ -1,0 +1,157 @@
+"""The lifecycle automations assembled for one app process: what the lifespan starts and stops.
+
+`LifecycleAutomation` builds the activity store, webhook outbox and notifier, reconciler, cost guards and spot
+recovery from a `LifecycleConfig`, and runs them from one `LifecycleScheduler`. `start()` reconciles once, bounded by
+`startup_reconcile_timeout_seconds` (so records lost with Valkey are rebuilt from Novita before the app serves or any
+guard decides, while a Novita outage delays start-up by that bound at most), then ticks the scheduler in the
+background. Every replica does this; the leases make each piece of work happen once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.core.config import Settings
+from app.lifecycle.activity import ActivityStore
+from app.lifecycle.cost_guards import CostGuardExecutor, CostGuardPolicy
+from app.lifecycle.leases import SYSTEM_CLOCK, WallClock
+from app.lifecycle.reconcile import Reconciler
+from app.lifecycle.records import RecordStore
+from app.lifecycle.scheduler import LifecycleScheduler, PeriodicTask
+from app.lifecycle.spot import SpotPolicy, SpotRecovery
+from app.lifecycle.webhooks import DeliveryPolicy, UrlGuard, WebhookNotifier, WebhookOutbox
+from app.novita.client import NovitaClient
+from app.novita.errors import NovitaError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Every setting of the automations (see the README's "Lifecycle automation" section for env vars)."""
+
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_block_private: bool = False  # True in production unless WEBHOOK_ALLOW_PRIVATE_TARGETS
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    guards: CostGuardPolicy = field(default_factory=CostGuardPolicy)
+    spot: SpotPolicy = field(default_factory=SpotPolicy)
+    cost_guard_interval_seconds: float = 60.0
+    reconcile_interval_seconds: float = 300.0
+    reconcile_lease_seconds: float = 120.0
+    webhook_delivery_interval_seconds: float = 5.0
+    spot_check_interval_seconds: float = 300.0
+    scheduler_tick_seconds: float = 1.0
+    startup_reconcile_timeout_seconds: float = 10.0
+
+
+def lifecycle_config(settings: Settings) -> LifecycleConfig:
+    """The automations' configuration from the app's settings (the env vars are listed in the README)."""
+    return LifecycleConfig(
+        webhook_url=settings.webhook_url,
+        webhook_secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        webhook_block_private=settings.is_production and not settings.webhook_allow_private_targets,
+        delivery=DeliveryPolicy(
+            max_attempts=settings.webhook_max_attempts,
+            backoff_base_seconds=settings.webhook_backoff_base_seconds,
+            backoff_max_seconds=settings.webhook_backoff_max_seconds,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            lock_seconds=settings.webhook_timeout_seconds * 2 + 5,
+        ),
+        guards=CostGuardPolicy(
+            provisioning_timeout_seconds=settings.instance_provisioning_timeout_seconds,
+            idle_stop_enabled=settings.auto_stop_enabled,
+            idle_timeout_seconds=settings.auto_stop_idle_seconds,
+            startup_grace_seconds=settings.auto_stop_startup_grace_seconds,
+            max_lifetime_seconds=settings.max_instance_lifetime_seconds or None,
+            dry_run=settings.auto_stop_dry_run,
+            action_lock_seconds=settings.cost_guard_action_lock_seconds,
+        ),
+        spot=SpotPolicy(enabled=settings.spot_recovery_enabled,
+                        min_interval_seconds=settings.spot_recovery_min_interval_seconds),
+        cost_guard_interval_seconds=settings.cost_guard_interval_seconds,
+        reconcile_interval_seconds=settings.reconcile_interval_seconds,
+        reconcile_lease_seconds=settings.reconcile_lease_seconds,
+        webhook_delivery_interval_seconds=settings.webhook_delivery_interval_seconds,
+        spot_check_interval_seconds=settings.spot_check_interval_seconds,
+        scheduler_tick_seconds=settings.lifecycle_tick_seconds,
+        startup_reconcile_timeout_seconds=settings.reconcile_startup_timeout_seconds,
+    )
+
+
+class LifecycleAutomation:
+    """All periodic lifecycle work of one process; `activity` (heartbeats) and `events` are shared with the API."""
+
+    def __init__(
+        self,
+        config: LifecycleConfig,
+        redis: Redis,
+        novita: NovitaClient,
+        store: RecordStore,
+        *,
+        recover_spot: Callable[[str], Awaitable[None]] | None = None,
+        clock: WallClock = SYSTEM_CLOCK,
+    ) -> None:
+        self.config = config
+        self.activity = ActivityStore(redis)
+        guard = UrlGuard(block_private=config.webhook_block_private)
+        self.outbox = (
+            WebhookOutbox(redis, secret=config.webhook_secret, guard=guard, policy=config.delivery, clock=clock)
+            if config.webhook_secret else None
+        )
+        self.events = WebhookNotifier(redis, self.outbox, guard, global_url=config.webhook_url, clock=clock)
+        # A pending record's create job gets until its own deadline to find a lost instance before we adopt it.
+        self.reconciler = Reconciler(novita, store, redis, self.activity, self.events,
+                                     lease_seconds=config.reconcile_lease_seconds,
+                                     adopt_pending_after_seconds=config.guards.provisioning_timeout_seconds,
+                                     clock=clock)
+        self.cost_guards = CostGuardExecutor(store, novita, redis, self.activity, self.events, config.guards, clock)
+        tasks = [
+            PeriodicTask("reconcile", config.reconcile_interval_seconds, self.reconciler.run,
+                         lease_seconds=config.reconcile_lease_seconds),
+            PeriodicTask("cost-guards", config.cost_guard_interval_seconds, self.cost_guards.run_once),
+        ]
+        if self.outbox is not None:
+            tasks.append(PeriodicTask("webhook-delivery", config.webhook_delivery_interval_seconds,
+                                      self.outbox.deliver_due, lease_seconds=config.delivery.lock_seconds))
+        self.spot: SpotRecovery | None = None
+        if config.spot.enabled:
+            if recover_spot is None:
+                raise ValueError("spot recovery is enabled but no recovery action was given")
+            self.spot = SpotRecovery(store, novita, redis, self.activity, self.events, config.spot, recover_spot,
+                                     clock)
+            tasks.append(PeriodicTask("spot-recovery", config.spot_check_interval_seconds, self.spot.run_once))
+        self.scheduler = LifecycleScheduler(redis, tasks, tick_seconds=config.scheduler_tick_seconds, clock=clock)
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Reconcile once (bounded), then run the periodic work in the background."""
+        try:
+            async with asyncio.timeout(self.config.startup_reconcile_timeout_seconds):
+                await self.reconciler.run()
+        except (NovitaError, RedisError, OSError, TimeoutError) as error:
+            logger.warning("start-up reconciliation did not finish; the periodic one will retry",
+                           extra={"error": str(error) or type(error).__name__})
+        self._loop = asyncio.create_task(self.scheduler.run_forever(), name="lifecycle-scheduler")
+
+    async def stop(self, timeout_seconds: float = 5.0) -> None:
+        """Stop ticking (a task cut short runs again next period) and close the outbox's connections."""
+        if self._loop is not None:
+            self._loop.cancel()
+            done, _ = await asyncio.wait({self._loop}, timeout=timeout_seconds)
+            if not done:
+                logger.error("the lifecycle scheduler did not stop in time; leaving it behind")
+            elif not self._loop.cancelled() and self._loop.exception() is not None:
+                logger.error("the lifecycle scheduler had failed", exc_info=self._loop.exception())
+        if self.outbox is not None:
+            await self.outbox.aclose()
+
+    @property
+    def running(self) -> bool:
+        """True while the scheduler loop is alive."""
+        return self._loop is not None and not self._loop.done()
