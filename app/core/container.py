@@ -70,7 +70,7 @@ class AppContainer:
         store = InstanceStore(redis)
         # The Novita client cannot migrate yet: a reclaimed spot instance is recovered by starting it again.
         automation = LifecycleAutomation(
-            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.start_instance
+            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance
         )
         instances = InstanceService(
             settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity

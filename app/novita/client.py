@@ -227,6 +227,10 @@ class NovitaClient:
         """Restart a running instance."""
         await self._action("restart_instance", "/gpu/instance/restart", instance_id)
 
+    async def migrate_instance(self, instance_id: str) -> None:
+        """Move a stopped instance (a reclaimed spot instance) onto other hardware; it comes back `running`."""
+        await self._action("migrate_instance", "/gpu/instance/migrate", instance_id)
+
     async def delete_instance(self, instance_id: str) -> None:
         """Delete an instance in any state (its local data is lost)."""
         await self._action("delete_instance", "/gpu/instance/delete", instance_id)

@@ -1,8 +1,8 @@
 """Spot recovery: a reclaimed spot instance is recovered at most once per interval, the owner is told, failures are
 written on the record; stopped-on-purpose and on-demand instances are left alone; two replicas recover once.
 
-The recovery action is injected; these tests pass the client's `start_instance` (the fake Novita has no migrate
-endpoint), which is enough to see when and how often it is called.
+The recovery action is injected; these tests pass the client's `migrate_instance`, as the app does, and count the
+fake Novita's migrate calls.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
 )
 
 POLICY = SpotPolicy(enabled=True, min_interval_seconds=4 * 3600, lock_seconds=30)
-START = "/gpu/instance/start"
+MIGRATE = "/gpu/instance/migrate"
 
 
 def recovery(env: LifecycleEnv, sink: RecordingSink, policy: SpotPolicy = POLICY,
              redis: Redis | None = None) -> SpotRecovery:
     redis = redis or env.redis
     return SpotRecovery(env.store, env.novita, redis, ActivityStore(redis), sink, policy,
-                        recover=env.novita.start_instance, clock=env.clock)
+                        recover=env.novita.migrate_instance, clock=env.clock)
 
 
 async def test_a_reclaimed_spot_instance_is_recovered_at_most_once_per_interval(lifecycle_env: LifecycleEnv) -> None:
@@ -37,7 +37,7 @@ async def test_a_reclaimed_spot_instance_is_recovered_at_most_once_per_interval(
     spot = recovery(env, sink)
 
     [outcome] = await spot.run_once()
-    assert outcome.error is None and env.fake.call_count("POST", START) == 1
+    assert outcome.error is None and env.fake.call_count("POST", MIGRATE) == 1
     stored = await env.store.get(record.id)
     assert stored is not None and stored.events[-1].action == "spot_recovery_started"
     assert sink.types() == ["instance.spot_recovery_started"]
@@ -45,16 +45,16 @@ async def test_a_reclaimed_spot_instance_is_recovered_at_most_once_per_interval(
     env.fake.set_state(record.novita_instance_id, status="exited")  # reclaimed again soon after
     env.clock.advance(4 * 3600 - 1)
     assert await spot.run_once() == []
-    assert env.fake.call_count("POST", START) == 1
+    assert env.fake.call_count("POST", MIGRATE) == 1
     env.clock.advance(1)
     assert len(await spot.run_once()) == 1
-    assert env.fake.call_count("POST", START) == 2
+    assert env.fake.call_count("POST", MIGRATE) == 2
 
 
 async def test_a_failed_recovery_is_visible_on_the_record_and_sent(lifecycle_env: LifecycleEnv) -> None:
     env, sink = lifecycle_env, RecordingSink()
     record = await managed_instance(env, status="exited", billing_mode="spot")
-    env.fake.add_faults({"path": START, "kind": "error", "status": 400, "reason": "MIGRATE_INSUFFICIENT_RESOURCE",
+    env.fake.add_faults({"path": MIGRATE, "kind": "error", "status": 400, "reason": "MIGRATE_INSUFFICIENT_RESOURCE",
                          "message": "no spare hardware"})
 
     [outcome] = await recovery(env, sink).run_once()
@@ -76,14 +76,14 @@ async def test_instances_stopped_on_purpose_or_not_spot_are_left_alone(lifecycle
 
     assert await recovery(env, sink).run_once() == []
     assert await recovery(env, sink, SpotPolicy(enabled=False)).run_once() == []
-    assert env.fake.call_count("POST", START) == 0
+    assert env.fake.call_count("POST", MIGRATE) == 0
 
 
 async def test_disabled_by_default(lifecycle_env: LifecycleEnv) -> None:
     env, sink = lifecycle_env, RecordingSink()
     await managed_instance(env, status="exited", billing_mode="spot")
     assert await recovery(env, sink, SpotPolicy()).run_once() == []
-    assert env.fake.call_count("POST", START) == 0
+    assert env.fake.call_count("POST", MIGRATE) == 0
 
 
 async def test_two_replicas_recover_once(lifecycle_env: LifecycleEnv) -> None:
@@ -96,7 +96,7 @@ async def test_two_replicas_recover_once(lifecycle_env: LifecycleEnv) -> None:
     passes = [recovery(env, sink, redis=redis).run_once() for sink, redis in zip(sinks, replica_redis, strict=True)]
     await asyncio.gather(*passes)
 
-    assert env.fake.call_count("POST", START) == 3
+    assert env.fake.call_count("POST", MIGRATE) == 3
     assert len(sinks[0].events) + len(sinks[1].events) == 3
     for redis in replica_redis:
         await redis.aclose()

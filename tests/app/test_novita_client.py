@@ -149,6 +149,23 @@ async def test_instance_lifecycle_create_stop_start_restart_delete(
     assert removed.status == "removed" and removed.removed
 
 
+async def test_migrate_moves_a_stopped_spot_instance_back_to_running(
+    make_client: ClientFactory, novita: FakeNovitaHandle
+) -> None:
+    novita.set_step_seconds(None)
+    client = make_client()
+    instance_id = await client.create_instance(create_request("reclaimed", billing_mode="spot"))
+    novita.set_state(instance_id, status="exited")
+
+    await client.migrate_instance(instance_id)
+    assert (await client.get_instance(instance_id)).status == "migrating"
+    novita.advance(instance_id)
+    assert (await client.get_instance(instance_id)).status == "running"
+    with pytest.raises(NovitaStateConflict):
+        await client.migrate_instance(instance_id)  # only a stopped instance moves
+    assert novita.call_count("POST", "/gpu/instance/migrate") == 2
+
+
 async def test_instance_moves_to_running_over_time(make_client: ClientFactory, novita: FakeNovitaHandle) -> None:
     novita.set_step_seconds(0.05)
     client = make_client()

@@ -58,6 +58,7 @@ AUTOMATIC_NEXT_STATUS = {
     "stopping": "exited",
     "toRestart": "restarting",
     "restarting": "running",
+    "migrating": "running",
     "toRemove": "removing",
     "removing": "removed",
 }
@@ -67,6 +68,7 @@ ACTIONS = {
     "start": (frozenset({"exited"}), "toStart"),
     "stop": (frozenset({"running"}), "toStop"),
     "restart": (frozenset({"running"}), "toRestart"),
+    "migrate": (frozenset({"exited"}), "migrating"),  # onto other hardware: a reclaimed spot instance
 }
 
 CLUSTERS: list[dict[str, Any]] = [
@@ -270,6 +272,7 @@ class FakeNovita:
             ("POST", "/gpu/instance/start"): self.start_instance,
             ("POST", "/gpu/instance/stop"): self.stop_instance,
             ("POST", "/gpu/instance/restart"): self.restart_instance,
+            ("POST", "/gpu/instance/migrate"): self.migrate_instance,
             ("POST", "/gpu/instance/delete"): self.delete_instance,
             ("GET", "/templates"): self.list_templates,
             ("GET", "/template"): self.get_template,
@@ -415,6 +418,9 @@ class FakeNovita:
 
     async def restart_instance(self, request: Request) -> Response:
         return await self._action(request, "restart")
+
+    async def migrate_instance(self, request: Request) -> Response:
+        return await self._action(request, "migrate")
 
     async def delete_instance(self, request: Request) -> Response:
         instance = self._instance((await _json_object(request)).get("instanceId"))
