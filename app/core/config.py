@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     spot_check_interval_seconds: float = Field(300.0, gt=0)
     lifecycle_tick_seconds: float = Field(1.0, gt=0)
     placement_region_order: str = ""  # cluster ids tried first, comma-separated, e.g. us-ca-6,as-sgp-2
+    readiness_enabled: bool = True
+    readiness_probe_timeout_seconds: float = Field(10.0, gt=0)
+    readiness_retry_interval_seconds: float = Field(5.0, gt=0)
+    readiness_max_wait_seconds: float = Field(600.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

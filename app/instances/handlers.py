@@ -33,6 +33,7 @@ from app.lifecycle.placement import (
     PlacementRequest,
     Skipped,
 )
+from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, RetryAfter
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import (
@@ -104,10 +105,16 @@ class InstanceJobHandlers:
         self._placement = Placement(products, novita, region_order=settings.placement_regions)
         self._instances = instances
         self._events = events
+        self._readiness_policy = ReadinessPolicy(
+            probe_timeout_seconds=settings.readiness_probe_timeout_seconds,
+            retry_interval_seconds=settings.readiness_retry_interval_seconds,
+            max_wait_seconds=settings.readiness_max_wait_seconds,
+        )
 
     def register(self, worker: Worker) -> None:
         """Register every instance job kind with the worker."""
         worker.register(CREATE_JOB, self.create)
+        worker.register(READINESS_JOB, self.readiness)
         for action, kind in ACTION_JOBS.items():
             worker.register(kind, self._action_handler(action))
 
@@ -291,6 +298,9 @@ class InstanceJobHandlers:
         if previous != (record.novita_status, record.status_error):
             await self._instances.invalidate_cached_lists()
         if status in _SETTLED_STATUSES[operation]:
+            if status == "running" and self._settings.readiness_enabled:
+                # Its own job, so that this one reports `running` now; the same id whichever replica gets here.
+                await ctx.queue.enqueue(READINESS_JOB, {"instance_id": record.id}, job_id=f"{ctx.job.id}-readiness")
             return _Outcome(record.id, record.state, status, f"{operation} finished").as_result()
         if status == "removed":
             await self._fail(ctx, record.id, f"the instance disappeared from Novita during {operation}",
@@ -300,6 +310,37 @@ class InstanceJobHandlers:
         if time.time() >= self._deadline(ctx):
             await self._timeout(ctx, record, operation, f"still {status}")
         raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
+
+    # -- readiness -------------------------------------------------------------------------------------------------
+
+    async def readiness(self, ctx: JobContext) -> dict[str, Any] | None:
+        """Probe the instance's exposed ports, one round per step, until they all answer; then mark it ready."""
+        record = await self._record_for(ctx)
+        if record is None or record.novita_instance_id is None:
+            return None
+        try:
+            live = await self._novita.get_instance(record.novita_instance_id)
+        except NovitaNotFound:
+            return _Outcome(record.id, record.state, "removed", "gone before it was ready").as_result()
+        except NovitaError as error:
+            raise RetryLater(self._readiness_policy.retry_interval_seconds, f"Novita unavailable: {error}") from None
+        probe = ReadinessProbe(self._readiness_policy)
+        try:
+            result = await probe.step(live, ctx.job.created_at, time.time())
+        finally:
+            await probe.aclose()
+        if isinstance(result, RetryAfter):
+            raise RetryLater(result.seconds, result.reason)
+        if isinstance(result, GaveUp):
+            await self._add_event(record.id, "readiness_gave_up", result.reason, ctx.job.id)
+            await self._events.emit("instance.readiness_failed", record.id, {"reason": result.reason})
+            return _Outcome(record.id, record.state, live.status, f"not ready: {result.reason}").as_result()
+        record = await self._store.update(record.id, _mark_ready(result.endpoints, ctx.job.id))
+        if record.ready_at is None:  # it stopped running meanwhile
+            return _Outcome(record.id, record.state, live.status, "no longer running").as_result()
+        await self._events.emit("instance.ready", record.id, {"endpoints": result.endpoints})
+        await self._instances.invalidate_cached_lists()
+        return _Outcome(record.id, record.state, live.status, "ready").as_result()
 
     def _deadline(self, ctx: JobContext) -> float:
         return ctx.job.created_at + self._settings.instance_provisioning_timeout_seconds
@@ -374,6 +415,8 @@ class InstanceJobHandlers:
         raise JobFailed(reason)
 
 
+READINESS_JOB = "instance.readiness"
+
 # Upstream failures that time cures; the client has already retried them with backoff.
 _NOVITA_OUTAGE = (NovitaUnavailable, NovitaRateLimited)
 
@@ -426,6 +469,15 @@ def _remember_id(novita_id: str, job_id: str) -> RecordChange:
         record.add_event("found_existing", f"novita id {novita_id}", job_id)
 
     return remember
+
+
+def _mark_ready(endpoints: list[str], job_id: str) -> RecordChange:
+    def mark(record: InstanceRecord) -> None:
+        if record.state == InstanceState.RUNNING:
+            record.ready_at = record.updated_at = time.time()
+            record.add_event("ready", ", ".join(endpoints) or "no exposed port", job_id)
+
+    return mark
 
 
 def _mark_deleted(detail: str, job_id: str) -> RecordChange:

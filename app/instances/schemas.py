@@ -236,6 +236,7 @@ class InstanceRecord(BaseModel):
     ports: list[PortSpec] = Field(default_factory=list)
     env_keys: list[str] = Field(default_factory=list)
     endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    ready_at: float | None = None  # every exposed port answered since the instance last became `running`
     created_at: float
     updated_at: float
     last_job_id: str | None = None
@@ -255,6 +256,8 @@ class InstanceRecord(BaseModel):
         self.novita_status = status
         self.status_error = status_error or None
         self.state = state_from_novita(status, status_error)
+        if self.state != InstanceState.RUNNING:
+            self.ready_at = None  # readiness is proven again after every start
 
 
 class InstanceView(ApiModel):
@@ -280,6 +283,7 @@ class InstanceView(ApiModel):
     ports: list[PortSpec] = Field(default_factory=list)
     env_keys: list[str] = Field(default_factory=list)
     endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    ready_at: float | None = Field(None, description="when every exposed port answered (readiness); null: not ready")
     created_at: float | None = None
     updated_at: float | None = None
     last_job_id: str | None = None

@@ -294,6 +294,7 @@ def _overlay(view: InstanceView, live: Instance) -> InstanceView:
         "status_error": error,
         "cluster_id": live.cluster_id or view.cluster_id,
         "endpoints": _endpoints(live) or view.endpoints,
+        "ready_at": view.ready_at if state == InstanceState.RUNNING else None,
     })
 
 

@@ -43,6 +43,18 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout: float = JOB_TIMEOUT
     pytest.fail(f"job {job_id} did not finish within {timeout} s; last seen: {last}")
 
 
+def wait_until_ready(client: httpx.Client, instance_id: str, timeout: float = JOB_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """Poll `GET /api/instances/{id}` until readiness marked it (`readyAt` set); returns that view."""
+    deadline = time.monotonic() + timeout
+    view: Any = None
+    while time.monotonic() < deadline:
+        view = client.get(f"/api/instances/{instance_id}").json()
+        if view.get("readyAt") is not None:
+            return view
+        time.sleep(0.05)
+    pytest.fail(f"instance {instance_id} was not marked ready within {timeout} s; last seen: {view}")
+
+
 def create_instance(client: httpx.Client, **overrides: Any) -> dict[str, Any]:
     """POST a create (202 expected) and return the answer: `{"instance": {...}, "jobId": ...}`."""
     response = client.post("/api/instances", json=create_body(**overrides))

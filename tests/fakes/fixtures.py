@@ -69,9 +69,10 @@ class FakeNovitaHandle:
         return [instance for instance in instances if name is None or instance["name"] == name]
 
     def set_state(
-        self, instance_id: str, *, status: str | None = None, status_error: Any = _UNSET, frozen: bool | None = None
+        self, instance_id: str, *, status: str | None = None, status_error: Any = _UNSET, frozen: bool | None = None,
+        ports_answer: bool | None = None,
     ) -> dict[str, Any]:
-        """Force an instance's status, statusError (a dict or None) or frozen flag."""
+        """Force an instance's status, statusError (a dict or None), frozen flag or whether its ports answer."""
         body: dict[str, Any] = {}
         if status is not None:
             body["status"] = status
@@ -79,6 +80,8 @@ class FakeNovitaHandle:
             body["statusError"] = status_error
         if frozen is not None:
             body["frozen"] = frozen
+        if ports_answer is not None:
+            body["portsAnswer"] = ports_answer
         return self._post(f"/instances/{instance_id}/state", body)["instance"]
 
     def vanish(self, instance_id: str) -> None:

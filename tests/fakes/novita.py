@@ -16,7 +16,10 @@ message, metadata}`` envelope. Tests steer it through control endpoints under ``
   or not); ``DELETE`` zeroes them.
 - ``GET /_fake/instances``: ``{"instances": [...]}`` as Novita would list them, plus ``frozen``.
 - ``POST /_fake/instances/{id}/state``: ``{"status": "running", "statusError": {"state", "message"} | null,
-  "frozen": true}`` (each optional); ``DELETE /_fake/instances/{id}`` makes it vanish (404-like lookups).
+  "frozen": true, "portsAnswer": false}`` (each optional); ``DELETE /_fake/instances/{id}`` makes it vanish.
+- Port endpoints point back at the fake on loopback (``http://<fake>/_fake/ports/{id}/{port}``, ``<fake>`` for TCP):
+  they answer 200 while the instance runs and ``portsAnswer`` is true (the default), else 502 like Novita's proxy,
+  so readiness probes never leave the machine.
 - ``POST /_fake/advance``: ``{"instanceId": optional, "steps": 1}`` moves instances along their lifecycle.
 - ``GET``/``POST /_fake/config``: ``{"stepSeconds": 0.2}``; ``null`` turns automatic progress off.
 
@@ -163,6 +166,8 @@ class FakeInstance:
     created_at: int
     status_error: dict[str, str] = field(default_factory=lambda: {"state": "", "message": ""})
     frozen: bool = False
+    address: str = "127.0.0.1"  # host:port of the fake as the creating client saw it: where port endpoints lead
+    ports_answer: bool = True
 
     def set_status(self, status: str, now: float) -> None:
         """Move to ``status`` now."""
@@ -183,7 +188,8 @@ class FakeInstance:
             "imageAuthId": self.image_auth_id, "command": self.command, "cpuNum": str(16 * self.gpu_num),
             "memory": str(62 * self.gpu_num), "gpuNum": str(self.gpu_num),
             "portMappings": [
-                {"port": port, "type": kind, "endpoint": f"{self.id}-{port}.proxy.{cluster_id}.fake-novita.local"}
+                {"port": port, "type": kind,
+                 "endpoint": f"http://{self.address}/_fake/ports/{self.id}/{port}" if kind == "http" else self.address}
                 for port, kind in self.ports
             ],
             "productId": self.product["id"], "productName": self.product["name"], "rootfsSize": self.rootfs_size,
@@ -286,6 +292,7 @@ class FakeNovita:
             Route("/_fake/instances/{instance_id}/state", self.control_set_state, methods=["POST"]),
             Route("/_fake/instances/{instance_id}", self.control_vanish, methods=["DELETE"]),
             Route("/_fake/advance", self.control_advance, methods=["POST"]),
+            Route("/_fake/ports/{instance_id}/{port}", self.port_endpoint, methods=["GET"]),
             Route("/_fake/config", self.control_config, methods=["GET", "POST"]),
             Route(BASE_PREFIX + "/{path:path}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
         ])
@@ -387,7 +394,7 @@ class FakeNovita:
             rootfs_size=rootfs_size, image_url=str(body["imageUrl"]), image_auth_id=auth_id,
             ports=_parse_ports(body.get("ports")), envs=list(body.get("envs") or []),
             command=str(body.get("command") or ""), billing_mode=billing_mode, status="toCreate",
-            status_since=time.monotonic(), created_at=int(time.time()),
+            status_since=time.monotonic(), created_at=int(time.time()), address=request.url.netloc,
         )
         if STALLING_IMAGE_MARKER in instance.image_url:
             instance.status_error = {"state": "pulling", "message": f"failed to pull image {instance.image_url}"}
@@ -527,7 +534,16 @@ class FakeNovita:
             instance.status_error = {"state": str(error.get("state", "")), "message": str(error.get("message", ""))}
         if "frozen" in data:
             instance.frozen = bool(data["frozen"])
+        if "portsAnswer" in data:
+            instance.ports_answer = bool(data["portsAnswer"])
         return JSONResponse({"instance": self._inspect(instance)})
+
+    async def port_endpoint(self, request: Request) -> Response:
+        """What an instance's exposed HTTP port answers through Novita's proxy."""
+        instance = self.instances.get(request.path_params["instance_id"])
+        if instance is None or instance.status != "running" or not instance.ports_answer:
+            return JSONResponse({"error": "upstream not answering"}, status_code=502)
+        return JSONResponse({"port": request.path_params["port"]})
 
     async def control_vanish(self, request: Request) -> Response:
         removed = self.instances.pop(request.path_params["instance_id"], None)
