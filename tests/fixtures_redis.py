@@ -7,7 +7,6 @@ started and restarted on the same port so tests can take Valkey away and bring i
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,14 +16,10 @@ import pytest
 import redis
 import trustme
 
+from tests.loopback import free_port
+
 REDIS_SERVER_BINARY = "/usr/bin/redis-server"
 _START_TIMEOUT_SECONDS = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -32,7 +27,7 @@ class RedisServer:
 
     def __init__(self, directory: Path, *, tls: bool = False, password: str | None = None) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.tls = tls
         self.password = password
         self.ca_path: Path | None = None

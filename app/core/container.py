@@ -18,6 +18,7 @@ from app.jobs.queue import JobQueue
 from app.jobs.worker import Worker
 from app.lifecycle.automation import LifecycleAutomation, lifecycle_config
 from app.novita.client import NovitaClient
+from app.products.service import ProductService
 
 
 @dataclass
@@ -46,6 +47,7 @@ class AppContainer:
     cache: Cache
     rate_limiter: RateLimiter
     instances: InstanceService
+    products: ProductService
     automation: LifecycleAutomation  # reconciliation, cost guards, webhooks, spot recovery
     worker: Worker
     lifecycle: Lifecycle
@@ -68,7 +70,6 @@ class AppContainer:
         queue = JobQueue(redis)
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
         store = InstanceStore(redis)
-        # The Novita client cannot migrate yet: a reclaimed spot instance is recovered by starting it again.
         automation = LifecycleAutomation(
             lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance
         )
@@ -86,6 +87,7 @@ class AppContainer:
                 redis, metrics, limit=settings.rate_limit_requests, window_seconds=settings.rate_limit_window_seconds
             ),
             instances=instances,
+            products=ProductService(settings, novita, cache),
             automation=automation,
             worker=Worker(queue, settings, metrics),
             lifecycle=Lifecycle(),

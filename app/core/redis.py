@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,6 +20,37 @@ logger = logging.getLogger(__name__)
 _BLOCKING_READ_MARGIN_SECONDS = 5.0
 # Delete a lock only if it still holds our token (it may have expired and been taken by someone else).
 RELEASE_LOCK_SCRIPT = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_EXTEND_LOCK_SCRIPT = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
+
+
+class Lease:
+    """A named lease on Valkey (SET NX PX with a random token): how a piece of work is done once across replicas.
+
+    Whoever sets the key first owns the work until it expires or is released. Release and extend act only while the
+    key still holds our token, so a lease that expired and was taken over by another replica is never touched.
+    """
+
+    def __init__(self, redis: Redis, key: str, ttl_seconds: float) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError("a lease needs a positive ttl_seconds")
+        self.key = key
+        self._redis = redis
+        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+        self._token = secrets.token_hex(16)
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it; True when we now hold it."""
+        return bool(await self._redis.set(self.key, self._token, nx=True, px=self._ttl_ms))
+
+    async def extend(self) -> bool:
+        """Restart the lease's time to live; False when it is no longer ours."""
+        return bool(await self._redis.eval(_EXTEND_LOCK_SCRIPT, 1, self.key, self._token, str(self._ttl_ms)))
+
+    async def release(self) -> None:
+        """Give the lease back early (a no-op if it expired and someone else holds it now)."""
+        await self._redis.eval(RELEASE_LOCK_SCRIPT, 1, self.key, self._token)
 
 
 class RedisManager:

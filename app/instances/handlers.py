@@ -292,7 +292,7 @@ class InstanceJobHandlers:
             await self._wait_for_novita(ctx, record, operation, error)
 
         status = live.status if live is not None else "removed"
-        error_text = _status_error(live)
+        error_text = live.error_text if live is not None else None
         previous = (record.novita_status, record.status_error)
         record = await self._update_and_notify(record.id, _apply_live(status, error_text))
         if previous != (record.novita_status, record.status_error):
@@ -444,12 +444,6 @@ def _deletion_requested(record: InstanceRecord) -> bool:
     return record.state in (InstanceState.DELETING, InstanceState.DELETED)
 
 
-def _status_error(live: Instance | None) -> str | None:
-    if live is None or not live.failed or live.status_error is None:
-        return None
-    return live.status_error.message or live.status_error.state
-
-
 def _first_error(error: ValidationError) -> str:
     first = error.errors(include_input=False, include_url=False)[0]
     return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
@@ -491,9 +485,8 @@ def _mark_deleted(detail: str, job_id: str) -> RecordChange:
 
 def register_handlers(worker: Worker, container: AppContainer) -> None:
     """Register the instance job handlers on `worker`, built from the app container."""
-    products = ProductService(container.settings, container.novita, container.cache)
     handlers = InstanceJobHandlers(
-        container.settings, container.instances.store, container.novita, products, container.instances,
+        container.settings, container.instances.store, container.novita, container.products, container.instances,
         container.automation.events,
     )
     handlers.register(worker)

@@ -268,12 +268,6 @@ class InstanceService:
         return record
 
 
-def _status_error_text(live: Instance) -> str | None:
-    if not live.failed or live.status_error is None:
-        return None
-    return live.status_error.message or live.status_error.state
-
-
 def _endpoints(live: Instance) -> list[dict[str, Any]]:
     return [m.model_dump() for m in live.port_mappings if m.endpoint]
 
@@ -283,7 +277,7 @@ def _overlay(view: InstanceView, live: Instance) -> InstanceView:
 
     A failure we decided (provisioning timeout, no capacity) stays visible while Novita reports no error itself.
     """
-    error = _status_error_text(live)
+    error = live.error_text
     if view.state == InstanceState.FAILED and error is None:
         state, error = InstanceState.FAILED, view.status_error
     else:
@@ -300,7 +294,7 @@ def _overlay(view: InstanceView, live: Instance) -> InstanceView:
 
 def _external_view(live: Instance) -> InstanceView:
     """An instance on the Novita account that this service did not create."""
-    error = _status_error_text(live)
+    error = live.error_text
     return InstanceView(
         id=None,
         managed=False,

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.config import Settings
 from app.core.metrics import Metrics
-from app.core.redis import RELEASE_LOCK_SCRIPT
+from app.core.redis import Lease
 from app.jobs.queue import (
     CONSUMER_GROUP,
     DEAD_KEY,
@@ -44,9 +44,6 @@ from app.jobs.queue import (
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-_EXTEND_LOCK_SCRIPT = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-)
 # How long the best-effort bookkeeping of an interrupted job may delay shutdown.
 _INTERRUPT_BOOKKEEPING_SECONDS = 1.0
 # How long cancelled loops may take to end (they only have the bookkeeping above left to do).
@@ -199,23 +196,23 @@ class Worker:
         if not job_id:
             await self._acknowledge(entry_id)
             return
-        lock_key, token = f"{LOCK_KEY_PREFIX}{job_id}", uuid.uuid4().hex
-        if not await client.set(lock_key, token, nx=True, px=self._visibility_ms):
+        lock = Lease(client, f"{LOCK_KEY_PREFIX}{job_id}", self._settings.job_visibility_timeout_seconds)
+        if not await lock.acquire():
             return  # another worker is running it and will acknowledge this entry when done
         try:
             job = await self._queue.get(job_id)
             if job is None or job.state in TERMINAL_STATES or job.state == "scheduled":
                 await self._acknowledge(entry_id)  # a duplicate delivery of a job already settled or rescheduled
                 return
-            await self._run(entry_id, job, lock_key, token)
+            await self._run(entry_id, job, lock)
         finally:
             try:
                 async with asyncio.timeout(_INTERRUPT_BOOKKEEPING_SECONDS):
-                    await client.eval(RELEASE_LOCK_SCRIPT, 1, lock_key, token)
+                    await lock.release()
             except (*_CONNECTION_ERRORS, TimeoutError):
                 pass  # the lock expires by itself
 
-    async def _run(self, entry_id: str, job: Job, lock_key: str, token: str) -> None:
+    async def _run(self, entry_id: str, job: Job, lock: Lease) -> None:
         key = job_key(job.id)
         async with self._redis.client.pipeline(transaction=True) as pipe:
             pipe.hincrby(key, "attempts", 1)
@@ -229,7 +226,7 @@ class Worker:
         handler = self._handlers.get(job.kind)
         log_fields = {"jobId": job.id, "kind": job.kind, "attempt": job.attempts}
         logger.info("job started", extra=log_fields)
-        heartbeat = asyncio.create_task(self._heartbeat(entry_id, lock_key, token))
+        heartbeat = asyncio.create_task(self._heartbeat(entry_id, lock))
         started = time.monotonic()
         try:
             if handler is None:
@@ -262,13 +259,13 @@ class Worker:
             heartbeat.cancel()
             self._metrics.job_duration.labels(job.kind).observe(time.monotonic() - started)
 
-    async def _heartbeat(self, entry_id: str, lock_key: str, token: str) -> None:
+    async def _heartbeat(self, entry_id: str, lock: Lease) -> None:
         """Keep the lock and the pending entry fresh while a handler runs longer than the visibility timeout."""
         client = self._redis.client
         while True:
             await asyncio.sleep(self._settings.job_visibility_timeout_seconds / 3)
             try:
-                if not await client.eval(_EXTEND_LOCK_SCRIPT, 1, lock_key, token, str(self._visibility_ms)):
+                if not await lock.extend():
                     logger.warning("job lock lost while running", extra={"entry": entry_id})
                 # Re-claiming our own entry resets its idle time, so XAUTOCLAIM elsewhere leaves it alone.
                 await client.xclaim(STREAM_KEY, CONSUMER_GROUP, self.consumer_name, 0, [entry_id], justid=True)

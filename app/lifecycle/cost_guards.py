@@ -24,11 +24,12 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
+from app.core.redis import Lease
 from app.instances.schemas import InstanceRecord, InstanceState
 from app.lifecycle.activity import Activity, ActivityStore
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, Lease, WallClock
+from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 from app.lifecycle.records import RecordNotFound, RecordStore
-from app.lifecycle.states import PROVISIONING_STATUSES, RUNNING_STATUS, status_error_text
+from app.lifecycle.states import PROVISIONING_STATUSES, RUNNING_STATUS
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError, NovitaNotFound
@@ -215,7 +216,7 @@ class CostGuardExecutor:
             return None  # not found or unreachable: reconciliation settles the record first
         now = self._clock()
         await self._activity.observe_status(record.id, live.status, now)
-        error_text = status_error_text(live)
+        error_text = live.error_text
         fresh = record.model_copy(update={"novita_status": live.status})
         if live.status != record.novita_status:
             try:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from app.core.redis import Lease
 from app.instances.schemas import NAME_PATTERN, BillingMode, InstanceRecord, InstanceState, PortSpec
 from app.instances.service import upstream_name
 from app.lifecycle.activity import ActivityStore
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, Lease, WallClock
+from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 from app.lifecycle.records import RecordNotFound, RecordStore
-from app.lifecycle.states import status_error_text
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError, NovitaNotFound
@@ -144,7 +144,7 @@ class Reconciler:
         (e.g. a timeout) keeps its reason, until Novita reports a new status or an error of its own.
         """
         await self._activity.observe_status(record.id, live.status, self._clock())
-        error_text = status_error_text(live)
+        error_text = live.error_text
         if live.status == record.novita_status and error_text in (None, record.status_error):
             return False
         before = record.state
@@ -167,7 +167,7 @@ class Reconciler:
         return True
 
     async def _adopt(self, record: InstanceRecord, live: Instance) -> None:
-        error_text = status_error_text(live)
+        error_text = live.error_text
 
         def adopt(current: InstanceRecord) -> None:
             current.novita_instance_id = live.id
@@ -206,7 +206,7 @@ class Reconciler:
             created_at=created_at,
             updated_at=now,
         )
-        record.apply_novita(live.status, status_error_text(live))
+        record.apply_novita(live.status, live.error_text)
         record.add_event("rebuilt", f"record restored from Novita instance {live.id} (our records were lost)")
         if await self._store.create(record, {}):
             await self._store.drop_spec(record_id)  # a rebuilt record has no create spec: the instance exists

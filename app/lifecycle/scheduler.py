@@ -20,7 +20,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, Lease, WallClock
+from app.core.redis import Lease
+from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from app.core.redis import Lease
 from app.instances.schemas import InstanceRecord, InstanceState
 from app.lifecycle.activity import ActivityStore
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, Lease, WallClock
+from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 from app.lifecycle.records import RecordNotFound, RecordStore
 from app.lifecycle.states import STOPPED_STATUS
 from app.lifecycle.webhooks import EventSink

@@ -18,7 +18,7 @@ here, so there is one table. This module adds the groupings the automations deci
 from __future__ import annotations
 
 from app.instances.schemas import NOVITA_STATUS_TO_STATE, InstanceState, state_from_novita
-from app.novita.models import Instance
+from app.novita.models import REMOVAL_STATUSES
 
 __all__ = [
     "NOVITA_STATUSES",
@@ -29,7 +29,6 @@ __all__ = [
     "STOPPED_STATUS",
     "InstanceState",
     "state_from_novita",
-    "status_error_text",
 ]
 
 NOVITA_STATUSES = frozenset(NOVITA_STATUS_TO_STATE)
@@ -37,11 +36,5 @@ NOVITA_STATUSES = frozenset(NOVITA_STATUS_TO_STATE)
 PROVISIONING_STATUSES = frozenset({"toCreate", "creating", "pulling"})
 RUNNING_STATUS = "running"
 STOPPED_STATUS = "exited"
-REMOVAL_STATUSES = frozenset({"toRemove", "removing", "removed"})
 
 
-def status_error_text(live: Instance) -> str | None:
-    """Novita's error text for an instance (`statusError.message`, else its state), or None when it has none."""
-    if not live.failed or live.status_error is None:
-        return None
-    return live.status_error.message or live.status_error.state

@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 import httpx
 from redis.asyncio import Redis
 
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, Lease, WallClock
+from app.core.redis import Lease
+from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 
 logger = logging.getLogger(__name__)
 

@@ -146,6 +146,13 @@ class Instance(NovitaModel):
         return self.status_error is not None and bool(self.status_error.state or self.status_error.message)
 
     @property
+    def error_text(self) -> str | None:
+        """Novita's error text (`statusError.message`, else its state), or None when it reports no error."""
+        if not self.failed or self.status_error is None:
+            return None
+        return self.status_error.message or self.status_error.state
+
+    @property
     def removed(self) -> bool:
         """True when the instance is deleted or being deleted."""
         return self.status in REMOVAL_STATUSES

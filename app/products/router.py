@@ -26,8 +26,8 @@ class RegionList(ApiModel):
 
 
 async def get_product_service(container: Annotated[AppContainer, Depends(get_container)]) -> ProductService:
-    """A product service over the app's Novita client and cache."""
-    return ProductService(container.settings, container.novita, container.cache)
+    """The product service of the running app."""
+    return container.products
 
 
 Service = Annotated[ProductService, Depends(get_product_service)]

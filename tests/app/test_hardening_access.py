@@ -3,7 +3,6 @@ that exists only when configured. API-key checks, the body limit and docs-off-in
 test_errors_and_auth.py and test_config.py."""
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
@@ -15,6 +14,7 @@ from app.core.ratelimit import KEY_PREFIX, RateLimiter
 from app.core.redis import RedisManager
 from tests.app.conftest import ApiServer, StartServer, fast_settings
 from tests.fixtures_redis import RedisServer
+from tests.loopback import free_port
 
 PROBLEM = "application/problem+json"
 KEY_A = "alpha-key-0123456789abcdef"
@@ -167,9 +167,7 @@ def test_bad_access_settings_give_one_clear_error(
 
 
 async def test_a_failing_count_lets_the_request_through_and_marks_valkey_down() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
+    dead_port = free_port()  # a port nobody listens on
     redis = RedisManager(fast_settings(f"redis://127.0.0.1:{dead_port}"))
     metrics = Metrics()
     limiter = RateLimiter(redis, metrics, limit=1, window_seconds=60)

@@ -5,7 +5,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from app.jobs.queue import JobQueue
 from tests.app.conftest import ApiServer, StartServer, fast_settings
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
+from tests.loopback import free_port
 
 SEED_SERVICES = {"novitaApi", "jobQueue", "cache", "redis"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +91,7 @@ def test_not_ready_until_valkey_answers_at_start(
 
 
 def test_shutdown_before_valkey_ever_answered_is_prompt(api_server_factory: StartServer) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        nowhere = f"redis://127.0.0.1:{probe.getsockname()[1]}"
+    nowhere = f"redis://127.0.0.1:{free_port()}"  # a port nobody listens on
     server = api_server_factory(wait_ready=False, redis_url=nowhere)
     assert server.wait_until("/readyz", 503, timeout=5).json()["reason"].startswith("starting:")
     started = time.monotonic()
@@ -129,9 +127,7 @@ def test_python_m_app_serves_writes_its_pid_and_drains_on_sigterm(
     """The real entry point: one command, the pid file for the container probe, a clean SIGTERM shutdown."""
     redis_server.start()
     redis_server.flushall()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     pid_file = tmp_path / "app.pid"
     environment = {key: value for key, value in os.environ.items() if key.upper() not in _SETTING_NAMES}
     environment.update({

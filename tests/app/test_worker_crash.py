@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from tests.app.conftest import FAST_TIMINGS, StartServer
 from tests.app.instances_client import CREATE_PATH, create_instance, wait_for_job
 from tests.fakes.fixtures import TEST_STEP_SECONDS, FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
+from tests.loopback import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "crash-test-client-key-0123456789"
@@ -31,9 +31,7 @@ class ChildApi:
     """The API as a child process, with the test settings passed as environment variables."""
 
     def __init__(self, redis_url: str, novita: FakeNovitaHandle, directory: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         settings: dict[str, Any] = {
             **FAST_TIMINGS,
