@@ -31,6 +31,8 @@ from app.novita.errors import NovitaError
 logger = logging.getLogger(__name__)
 
 
+RECONCILE_TASK = "reconcile"
+
 @dataclass(frozen=True)
 class LifecycleConfig:
     """Every setting of the automations (see the README's "Lifecycle automation" section for env vars)."""
@@ -112,7 +114,7 @@ class LifecycleAutomation:
                                      clock=clock)
         self.cost_guards = CostGuardExecutor(store, novita, redis, self.activity, self.events, config.guards, clock)
         tasks = [
-            PeriodicTask("reconcile", config.reconcile_interval_seconds, self.reconciler.run,
+            PeriodicTask(RECONCILE_TASK, config.reconcile_interval_seconds, self.reconciler.run,
                          lease_seconds=config.reconcile_lease_seconds),
             PeriodicTask("cost-guards", config.cost_guard_interval_seconds, self.cost_guards.run_once),
         ]
@@ -133,7 +135,8 @@ class LifecycleAutomation:
         """Reconcile once (bounded), then run the periodic work in the background."""
         try:
             async with asyncio.timeout(self.config.startup_reconcile_timeout_seconds):
-                await self.reconciler.run()
+                if await self.reconciler.run() is not None:
+                    await self.scheduler.record_run(RECONCILE_TASK)  # the first tick need not do it again
         except (NovitaError, RedisError, OSError, TimeoutError) as error:
             logger.warning("start-up reconciliation did not finish; the periodic one will retry",
                            extra={"error": str(error) or type(error).__name__})

@@ -88,19 +88,17 @@ class LifecycleScheduler:
             _raise_if_cancelled()
             await self._sleep(self._tick_seconds)
 
+    async def record_run(self, name: str) -> None:
+        """Count a run of task `name` done outside the ticks (the start-up reconciliation), so that the first tick
+        does not repeat it; a no-op when the task is not due."""
+        await self._claim(next(task for task in self._tasks if task.name == name))
+
     async def _run_if_due(self, task: PeriodicTask) -> bool:
         lease = Lease(self._redis, f"{KEY_PREFIX}lease:task:{task.name}", task.lease_seconds or task.period_seconds)
         if not await lease.acquire():
             return False
         try:
-            now = self._clock()
-            # The next-run key expires (real time) a little after it is due, so a stale one never blocks forever.
-            expiry_ms = int(task.period_seconds * 2000) + 60_000
-            claimed = await self._redis.eval(
-                _CLAIM_SCRIPT, 1, f"{KEY_PREFIX}next-run:{task.name}", repr(now),
-                repr(now + task.period_seconds), str(expiry_ms),
-            )
-            if not claimed:
+            if not await self._claim(task):
                 return False
             try:
                 await task.run()
@@ -111,6 +109,18 @@ class LifecycleScheduler:
             return True
         finally:
             await lease.release()
+
+
+    async def _claim(self, task: PeriodicTask) -> bool:
+        """Take this period's run of `task` if it is due: True for the one replica that gets it."""
+        now = self._clock()
+        # The next-run key expires (real time) a little after it is due, so a stale one never blocks forever.
+        expiry_ms = int(task.period_seconds * 2000) + 60_000
+        claimed = await self._redis.eval(
+            _CLAIM_SCRIPT, 1, f"{KEY_PREFIX}next-run:{task.name}", repr(now), repr(now + task.period_seconds),
+            str(expiry_ms),
+        )
+        return bool(claimed)
 
 
 def _raise_if_cancelled() -> None:

@@ -38,6 +38,15 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
         time.sleep(0.05)
 
 
+def test_start_up_reconciles_once_not_again_on_the_first_tick(
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
+) -> None:
+    api_server_factory(lifecycle_tick_seconds=0.1)
+    time.sleep(1.0)  # ten scheduler ticks
+
+    assert fake_novita.call_count("GET", "/gpu/instances") == 1
+
+
 def test_heartbeat_answers_for_known_instances_only(api_server: ApiServer) -> None:
     with api_server.client() as client:
         instance = create_running(client)
