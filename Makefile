@@ -8,6 +8,8 @@ PY     ?= $(VENV)/bin/python
 PULUMI ?= pulumi
 STACK  ?= dev
 PROD   ?= prod
+# The production policy pack (policy/): the seed's lessons, checked by the CLI before it changes anything.
+POLICY_PACK ?= --policy-pack policy
 export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi
 
 # `pulumi stack output` of a stack, e.g. $(call output,containerName,prod)
@@ -38,8 +40,8 @@ bench: $(INSTALLED) ## the benchmarks (needs Debian's wrk) -> docs/performance.m
 init: ## create STACK in the backend if it does not exist (then set its secrets, see README)
 	$(PULUMI) stack select --create $(STACK)
 
-preview: $(INSTALLED) ## show what `up` would change on STACK
-	$(PULUMI) preview --stack $(STACK)
+preview: $(INSTALLED) ## show what `up` would change on STACK, with the policy pack (it judges production stacks)
+	$(PULUMI) preview --stack $(STACK) $(POLICY_PACK)
 
 up: $(INSTALLED) ## deploy the dev stack (local Valkey container, needs Docker only); NOVITA_API_KEY=... sets its secret
 	$(PULUMI) stack select --create dev
@@ -50,8 +52,8 @@ up: $(INSTALLED) ## deploy the dev stack (local Valkey container, needs Docker o
 down: ## destroy the dev stack
 	$(PULUMI) destroy --stack dev --yes
 
-prod: $(INSTALLED) ## deploy prod (Aiven for Valkey); shows the plan and asks before changing anything
-	$(PULUMI) up --stack $(PROD)
+prod: $(INSTALLED) ## deploy prod (Aiven for Valkey) with the policy pack; shows the plan and asks before changing anything
+	$(PULUMI) up --stack $(PROD) $(POLICY_PACK)
 
 prod-stop: ## stop the prod API container; the managed Valkey is untouched (`make prod` starts it again)
 	docker stop $(call output,containerName,$(PROD))
