@@ -38,7 +38,7 @@ class LifecycleConfig:
     """Every setting of the automations (see the README's "Lifecycle automation" section for env vars)."""
 
     webhook_url: str | None = None
-    webhook_secret: str | None = None
+    webhook_signing_key: bytes | None = None  # from WEBHOOK_SECRET (Settings.webhook_signing_key)
     webhook_block_private: bool = False  # True in production unless WEBHOOK_ALLOW_PRIVATE_TARGETS
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     guards: CostGuardPolicy = field(default_factory=CostGuardPolicy)
@@ -56,7 +56,7 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
     """The automations' configuration from the app's settings (the env vars are listed in the README)."""
     return LifecycleConfig(
         webhook_url=settings.webhook_url,
-        webhook_secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        webhook_signing_key=settings.webhook_signing_key,
         webhook_block_private=settings.is_production and not settings.webhook_allow_private_targets,
         delivery=DeliveryPolicy(
             max_attempts=settings.webhook_max_attempts,
@@ -103,8 +103,9 @@ class LifecycleAutomation:
         self.activity = ActivityStore(redis)
         guard = UrlGuard(block_private=config.webhook_block_private)
         self.outbox = (
-            WebhookOutbox(redis, secret=config.webhook_secret, guard=guard, policy=config.delivery, clock=clock)
-            if config.webhook_secret else None
+            WebhookOutbox(redis, signing_key=config.webhook_signing_key, guard=guard, policy=config.delivery,
+                          clock=clock)
+            if config.webhook_signing_key else None
         )
         self.events = WebhookNotifier(redis, self.outbox, guard, global_url=config.webhook_url, clock=clock)
         # A pending record's create job gets until its own deadline to find a lost instance before we adopt it.
