@@ -15,6 +15,7 @@ from app.core.redis import RedisManager
 from app.instances.service import InstanceService
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
+from app.jobs.service import JobControl
 from app.jobs.worker import Worker
 from app.lifecycle.automation import LifecycleAutomation, lifecycle_config
 from app.novita.client import NovitaClient
@@ -44,6 +45,7 @@ class AppContainer:
     redis: RedisManager
     novita: NovitaClient
     queue: JobQueue
+    jobs: JobControl  # cancel and requeue
     cache: Cache
     rate_limiter: RateLimiter
     instances: InstanceService
@@ -82,6 +84,7 @@ class AppContainer:
             redis=redis,
             novita=novita,
             queue=queue,
+            jobs=JobControl(queue, retention_seconds=settings.job_retention_seconds),
             cache=cache,
             rate_limiter=RateLimiter(
                 redis, metrics, limit=settings.rate_limit_requests, window_seconds=settings.rate_limit_window_seconds
