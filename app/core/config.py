@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     novita_rate_limit_per_second: float = Field(5.0, gt=0)
     novita_breaker_failure_threshold: int = Field(5, ge=1)
     novita_breaker_reset_seconds: float = Field(30.0, gt=0)
-    novita_health_timeout_seconds: float = Field(2.0, gt=0)
+    novita_health_timeout_seconds: float = Field(2.0, gt=0)  # bounds the background check's call
+    # One `GET /clusters` per interval across all replicas, shared through Valkey; what /health reports (app/health).
+    novita_health_check_interval_seconds: float = Field(60.0, gt=0)
 
     # Clients of this API: `name:key,name:key`.
     api_keys: SecretStr | None = None

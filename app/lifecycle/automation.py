@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -97,6 +97,7 @@ class LifecycleAutomation:
         store: RecordStore,
         *,
         recover_spot: Callable[[str], Awaitable[None]] | None = None,
+        extra_tasks: Sequence[PeriodicTask] = (),
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
@@ -129,6 +130,7 @@ class LifecycleAutomation:
             self.spot = SpotRecovery(store, novita, redis, self.activity, self.events, config.spot, recover_spot,
                                      clock)
             tasks.append(PeriodicTask("spot-recovery", config.spot_check_interval_seconds, self.spot.run_once))
+        tasks.extend(extra_tasks)  # periodic work of other parts of the app (the background Novita health check)
         self.scheduler = LifecycleScheduler(redis, tasks, tick_seconds=config.scheduler_tick_seconds, clock=clock)
         self._loop: asyncio.Task[None] | None = None
 
