@@ -25,6 +25,7 @@ from app.instances.service import ACTION_JOBS, CREATE_JOB, Action, InstanceServi
 from app.instances.store import InstanceStore, RecordNotFound
 from app.jobs.queue import Job, JobContext, JobFailed, RetryLater
 from app.jobs.service import JobControl
+from app.lifecycle.leases import SYSTEM_CLOCK, WallClock
 from app.lifecycle.placement import (
     LaunchSpec,
     NoCapacity,
@@ -34,7 +35,6 @@ from app.lifecycle.placement import (
     PlacementRequest,
     Skipped,
 )
-from app.lifecycle.leases import SYSTEM_CLOCK, WallClock
 from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, ReadinessResult, RetryAfter
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient

@@ -148,7 +148,8 @@ async def test_the_readiness_job_gives_up_at_its_deadline_while_novita_is_down(l
     outcome = await handlers.readiness(context)  # Novita never answered; the deadline holds anyway
 
     assert "Novita unavailable" in first.value.reason and first.value.delay_seconds == 5.0
-    assert outcome is not None and outcome["detail"].startswith("not ready: waited 55 s (limit 60 s): Novita unavailable")
+    assert outcome is not None
+    assert outcome["detail"].startswith("not ready: waited 55 s (limit 60 s): Novita unavailable")
     stored = await env.store.get(record.id)
     assert stored is not None and stored.ready_at is None
     assert [event.action for event in stored.events][-1] == "readiness_gave_up"
