@@ -2,10 +2,11 @@
 
 Two sources of evidence; the most recent observation wins:
 - this replica's own calls: the client's `UpstreamStatus` (last success, last failure and its kind);
-- a background check shared by every replica: one cheap call (`GET /clusters`) every
-  `NOVITA_HEALTH_CHECK_INTERVAL_SECONDS`, made by one replica per period (the lifecycle scheduler's claim in Valkey)
-  and stored in Valkey (`ngpu:health:novita`) for all of them. So a deployment without traffic still learns within
-  one interval that Novita refuses its key or is down, and N replicas make one call per interval between them.
+- a background check shared by every replica: once per `NOVITA_HEALTH_CHECK_INTERVAL_SECONDS`, one replica (the
+  lifecycle scheduler's claim in Valkey) stores in Valkey (`ngpu:health:novita`) what it knows of Novita: its own
+  latest call when that is recent (e.g. the start-up reconciliation, or traffic), else the outcome of one cheap call
+  (`GET /clusters`) made for the purpose. So a deployment without traffic still learns within one interval that
+  Novita refuses its key or is down, and N replicas make at most one extra call per interval between them.
 An open circuit breaker always means down. A 429 is Novita answering (throttling us), not Novita down.
 Reasons never hold a secret: the client strips its key from every error text.
 """
@@ -70,21 +71,30 @@ class NovitaHealth:
         self._clock = clock
 
     async def check(self) -> None:
-        """Ask Novita once (bounded) and share the outcome with every replica through Valkey."""
+        """Share with every replica what this one knows of Novita: its latest call if recent, else one (bounded) call."""
+        now = self._clock()
+        local = _latest(_local_observations(self._novita.status()))
+        if local is not None and now - local.at < self._check_interval_seconds:
+            at, problem = local.at, local.problem
+        else:
+            at, problem = now, await self._ask_novita()
+        # Kept for a few intervals: should the checks stop (Valkey trouble), an old verdict expires.
+        expiry = int(self._check_interval_seconds * 3) + 60
+        await self._redis.set(CHECK_KEY, json.dumps({"at": at, "problem": problem}), ex=expiry)
+
+    async def _ask_novita(self) -> str | None:
+        """One cheap call; the problem it shows, or None."""
         try:
             async with asyncio.timeout(self._check_timeout_seconds):
                 await self._novita.list_clusters()
         except NovitaError as error:
-            problem: str | None = _describe(error.kind, error.reason)
+            problem = _describe(error.kind, error.reason)
         except TimeoutError:
             problem = _describe(_TIMEOUT_KIND, f"no answer within {self._check_timeout_seconds:g} s")
         else:
-            problem = None
-        if problem is not None:
-            logger.warning("background Novita check failed", extra={"problem": problem})
-        # Kept for a few intervals: should the checks stop (Valkey trouble), an old verdict expires.
-        expiry = int(self._check_interval_seconds * 3) + 60
-        await self._redis.set(CHECK_KEY, json.dumps({"at": self._clock(), "problem": problem}), ex=expiry)
+            return None
+        logger.warning("background Novita check failed", extra={"problem": problem})
+        return problem
 
     async def state(self) -> NovitaState:
         """Down with a reason when the breaker is open or the latest observation failed; up otherwise."""
@@ -96,9 +106,9 @@ class NovitaHealth:
         shared = await self._shared_observation()
         if shared is not None:
             observations.append(shared)
-        if not observations:
+        latest = _latest(observations)
+        if latest is None:
             return NovitaState(True)  # nothing seen yet: the first check runs at start-up
-        latest = max(observations, key=lambda observation: observation.at)
         if latest.up:
             return NovitaState(True)
         seen = datetime.fromtimestamp(latest.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -128,6 +138,10 @@ def _local_observations(status: UpstreamStatus) -> list[_Observation]:
         observations.append(_Observation(False, status.last_failure_at.timestamp(), "this replica's calls",
                                          _describe(status.last_error_kind, status.last_error_reason)))
     return observations
+
+
+def _latest(observations: list[_Observation]) -> _Observation | None:
+    return max(observations, key=lambda observation: observation.at, default=None)
 
 
 def _describe(kind: str | None, reason: str | None) -> str:

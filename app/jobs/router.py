@@ -74,14 +74,16 @@ async def get_job(container: Container, job_id: JobId) -> JobView:
     return JobView.of(job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobView)
+@router.post("/{job_id}/cancel", response_model=JobView,
+             responses={409: {"description": "the job is running or finished: only a waiting job can be cancelled"}})
 async def cancel_job(container: Container, job_id: JobId) -> JobView:
     """Cancel a job that has not started (queued, or scheduled for a retry or its next step); it will never run.
     404 for an unknown job, 409 when it is running or finished."""
     return JobView.of(await container.jobs.cancel(job_id))
 
 
-@router.post("/{job_id}/requeue", response_model=JobView)
+@router.post("/{job_id}/requeue", response_model=JobView,
+             responses={409: {"description": "the job is not dead-lettered"}})
 async def requeue_job(container: Container, job_id: JobId) -> JobView:
     """Queue a dead-lettered job again, with its attempts reset and its deadlines counted from now.
     404 for an unknown job, 409 when it is not dead."""
