@@ -54,6 +54,7 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', ARGV[1])
 return attempts
 """
+
 # How long the best-effort bookkeeping of an interrupted job may delay shutdown.
 _INTERRUPT_BOOKKEEPING_SECONDS = 1.0
 # How long cancelled loops may take to end (they only have the bookkeeping above left to do).
