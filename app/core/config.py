@@ -5,6 +5,8 @@ and never repeats its value, so a start-up failure is readable in `docker logs` 
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +21,8 @@ DEFAULT_NOVITA_BASE_URL = "https://api.novita.ai/gpu-instance/openapi/v1"
 _REDIS_SCHEME_REWRITES = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
 _API_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_API_KEY_LENGTH = 16
+# Standard Webhooks' form of a signing secret: the prefix, then the key in base64.
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 class ConfigError(Exception):
@@ -62,7 +66,9 @@ class Settings(BaseSettings):
     novita_rate_limit_per_second: float = Field(5.0, gt=0)
     novita_breaker_failure_threshold: int = Field(5, ge=1)
     novita_breaker_reset_seconds: float = Field(30.0, gt=0)
-    novita_health_timeout_seconds: float = Field(2.0, gt=0)
+    novita_health_timeout_seconds: float = Field(2.0, gt=0)  # bounds the background check's call
+    # One `GET /clusters` per interval across all replicas, shared through Valkey; what /health reports (app/health).
+    novita_health_check_interval_seconds: float = Field(60.0, gt=0)
 
     # Clients of this API: `name:key,name:key`.
     api_keys: SecretStr | None = None
@@ -178,6 +184,13 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.strip()
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _decode_webhook_secret(value.get_secret_value())
+        return value
+
     @field_validator("novita_api_key")
     @classmethod
     def _check_novita_key(cls, value: SecretStr) -> SecretStr:
@@ -209,6 +222,13 @@ class Settings(BaseSettings):
     def placement_regions(self) -> list[str]:
         """`PLACEMENT_REGION_ORDER` as a list of cluster ids."""
         return [cluster.strip() for cluster in self.placement_region_order.split(",") if cluster.strip()]
+
+    @property
+    def webhook_signing_key(self) -> bytes | None:
+        """The HMAC key webhooks are signed with (a secret: never log it); None when no secret is set."""
+        if self.webhook_secret is None or not self.webhook_secret.get_secret_value():
+            return None
+        return _decode_webhook_secret(self.webhook_secret.get_secret_value())
 
     @property
     def is_production(self) -> bool:
@@ -269,6 +289,22 @@ class Settings(BaseSettings):
 def _split_list(raw: str) -> list[str]:
     """`a, b,,c` -> `["a", "b", "c"]`."""
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _decode_webhook_secret(secret: str) -> bytes:
+    """The HMAC key of `WEBHOOK_SECRET`: a `whsec_<base64>` secret (Standard Webhooks) is base64-decoded; any other
+    value is a plain secret whose UTF-8 bytes are the key, so a secret set before webhooks followed the standard
+    keeps signing with the same key (its receivers pass it to their library as bytes)."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return secret.encode()
+    encoded = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"after '{WEBHOOK_SECRET_PREFIX}' must come the key in base64") from None
+    if not key:
+        raise ValueError(f"has no key after '{WEBHOOK_SECRET_PREFIX}'")
+    return key
 
 
 def _parse_api_keys(raw: str) -> dict[str, SecretStr]:

@@ -12,11 +12,14 @@ from app.core.logging import SecretRedactor
 from app.core.metrics import Metrics
 from app.core.ratelimit import RateLimiter
 from app.core.redis import RedisManager
+from app.health.novita import CHECK_TASK, NovitaHealth
 from app.instances.service import InstanceService
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
+from app.jobs.service import JobControl
 from app.jobs.worker import Worker
 from app.lifecycle.automation import LifecycleAutomation, lifecycle_config
+from app.lifecycle.scheduler import PeriodicTask
 from app.novita.client import NovitaClient
 from app.products.service import ProductService
 
@@ -43,7 +46,9 @@ class AppContainer:
     metrics: Metrics
     redis: RedisManager
     novita: NovitaClient
+    novita_health: NovitaHealth  # what /health says about Novita, without a call per request
     queue: JobQueue
+    jobs: JobControl  # cancel and requeue
     cache: Cache
     rate_limiter: RateLimiter
     instances: InstanceService
@@ -70,8 +75,13 @@ class AppContainer:
         queue = JobQueue(redis)
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
         store = InstanceStore(redis)
+        novita_health = NovitaHealth(
+            novita, redis.client, check_interval_seconds=settings.novita_health_check_interval_seconds,
+            check_timeout_seconds=settings.novita_health_timeout_seconds,
+        )
         automation = LifecycleAutomation(
-            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance
+            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance,
+            extra_tasks=[PeriodicTask(CHECK_TASK, settings.novita_health_check_interval_seconds, novita_health.check)],
         )
         instances = InstanceService(
             settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity
@@ -81,7 +91,9 @@ class AppContainer:
             metrics=metrics,
             redis=redis,
             novita=novita,
+            novita_health=novita_health,
             queue=queue,
+            jobs=JobControl(queue, retention_seconds=settings.job_retention_seconds),
             cache=cache,
             rate_limiter=RateLimiter(
                 redis, metrics, limit=settings.rate_limit_requests, window_seconds=settings.rate_limit_window_seconds

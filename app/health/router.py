@@ -2,8 +2,9 @@
 
 - `/livez`: the event loop answers; served by `app.health.liveness` before routing (the container probe's target).
 - `/readyz`: Valkey answers and the job consumer runs; 503 with the reason otherwise.
-- `/health`: the seed's format plus version, uptime and queue counts; 503 when a required service (Valkey, the job
-  queue) is down, 200 "degraded" when only Novita is. In production it makes no live Novita call.
+- `/health`: the seed's format plus version, uptime, queue counts and the reason of each service that is down; 503
+  when a required service (Valkey, the job queue) is down, 200 "degraded" when only Novita is (a Novita problem
+  is the same for every replica and no restart fixes it). It never calls Novita (`app.health.novita`).
 - `/metrics`: Prometheus.
 """
 from __future__ import annotations
@@ -44,12 +45,18 @@ async def health(container: Container) -> JSONResponse:
     """The seed's health document; 503 when Valkey or the job queue is down."""
     redis_up = await container.redis.ping(_CHECK_TIMEOUT_SECONDS)
     stats = await _queue_stats(container) if redis_up else None
+    novita = await container.novita_health.state()
     services: dict[str, ServiceState] = {
-        "novitaApi": await _novita_state(container),
+        "novitaApi": _up(novita.up),
         "jobQueue": _up(redis_up and container.worker.running),
         "cache": _up(redis_up),
         "redis": _up(redis_up),
     }
+    reasons = {"novitaApi": novita.reason} if novita.reason else {}
+    if not redis_up:
+        reasons["redis"] = f"Valkey unreachable ({container.redis.last_error})"
+    elif not container.worker.running:
+        reasons["jobQueue"] = "job queue consumer not running"
     if services["redis"] == "down" or services["jobQueue"] == "down":
         status, code = "unhealthy", 503
     elif "down" in services.values():
@@ -62,6 +69,7 @@ async def health(container: Container) -> JSONResponse:
         "version": __version__,
         "uptimeSeconds": round(container.lifecycle.uptime_seconds, 1),
         "queue": None if stats is None else _stats_body(stats),
+        "reasons": {service: container.redact(reason) for service, reason in reasons.items()},
     }
     return JSONResponse(body, status_code=code)
 
@@ -98,18 +106,6 @@ async def _queue_stats(container: AppContainer) -> QueueStats | None:
     except (RedisError, OSError, TimeoutError) as error:
         container.redis.record_failure(error)
         return None
-
-
-async def _novita_state(container: AppContainer) -> ServiceState:
-    """Production: what recent calls and the breaker saw. Development: one cheap live call, briefly bounded."""
-    if container.settings.is_production:
-        return _up(container.novita.status().breaker_state != "open")
-    try:
-        async with asyncio.timeout(container.settings.novita_health_timeout_seconds):
-            await container.novita.list_clusters()
-    except Exception:  # any failure (typed Novita error, timeout) means: not usable right now
-        return "down"
-    return "up"
 
 
 def _up(condition: bool) -> ServiceState:

@@ -23,7 +23,9 @@ from app.core.config import Settings
 from app.instances.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
 from app.instances.service import ACTION_JOBS, CREATE_JOB, Action, InstanceService
 from app.instances.store import InstanceStore, RecordNotFound
-from app.jobs.queue import JobContext, JobFailed, RetryLater
+from app.jobs.queue import Job, JobContext, JobFailed, RetryLater
+from app.jobs.service import JobControl
+from app.lifecycle.leases import SYSTEM_CLOCK, WallClock
 from app.lifecycle.placement import (
     LaunchSpec,
     NoCapacity,
@@ -33,7 +35,7 @@ from app.lifecycle.placement import (
     PlacementRequest,
     Skipped,
 )
-from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, RetryAfter
+from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, ReadinessResult, RetryAfter
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import (
@@ -98,8 +100,11 @@ class InstanceJobHandlers:
         products: ProductService,
         instances: InstanceService,
         events: EventSink,
+        *,
+        clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self._settings = settings
+        self._clock = clock  # decides deadlines (provisioning, readiness); tests pass a manual one
         self._store = store
         self._novita = novita
         self._placement = Placement(products, novita, region_order=settings.placement_regions)
@@ -111,12 +116,14 @@ class InstanceJobHandlers:
             max_wait_seconds=settings.readiness_max_wait_seconds,
         )
 
-    def register(self, worker: Worker) -> None:
-        """Register every instance job kind with the worker."""
+    def register(self, worker: Worker, jobs: JobControl) -> None:
+        """Register every instance job kind with the worker, and what cancelling one of them undoes."""
         worker.register(CREATE_JOB, self.create)
         worker.register(READINESS_JOB, self.readiness)
         for action, kind in ACTION_JOBS.items():
             worker.register(kind, self._action_handler(action))
+        for kind in (CREATE_JOB, READINESS_JOB, *ACTION_JOBS.values()):
+            jobs.on_cancel(kind, self.cancelled)
 
     # -- create ----------------------------------------------------------------------------------------------------
 
@@ -307,7 +314,7 @@ class InstanceJobHandlers:
                              keep_state=True)
         if error_text and operation in ("create", "start", "restart"):
             await self._fail(ctx, record.id, f"Novita reports an error: {error_text}", keep_state=True)
-        if time.time() >= self._deadline(ctx):
+        if self._clock() >= self._deadline(ctx):
             await self._timeout(ctx, record, operation, f"still {status}")
         raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
 
@@ -322,34 +329,69 @@ class InstanceJobHandlers:
             live = await self._novita.get_instance(record.novita_instance_id)
         except NovitaNotFound:
             return _Outcome(record.id, record.state, "removed", "gone before it was ready").as_result()
-        except NovitaError as error:
-            raise RetryLater(self._readiness_policy.retry_interval_seconds, f"Novita unavailable: {error}") from None
-        probe = ReadinessProbe(self._readiness_policy)
-        try:
-            result = await probe.step(live, ctx.job.created_at, time.time())
-        finally:
-            await probe.aclose()
+        except NovitaError as error:  # the outage counts against the same deadline as silent ports
+            result: ReadinessResult = self._readiness_policy.next_round(
+                ctx.job.began_at, self._clock(), f"Novita unavailable: {error}")
+            novita_status = record.novita_status  # the last status we know
+        else:
+            probe = ReadinessProbe(self._readiness_policy)
+            try:
+                result = await probe.step(live, ctx.job.began_at, self._clock())
+            finally:
+                await probe.aclose()
+            novita_status = live.status
         if isinstance(result, RetryAfter):
             raise RetryLater(result.seconds, result.reason)
         if isinstance(result, GaveUp):
             await self._add_event(record.id, "readiness_gave_up", result.reason, ctx.job.id)
             await self._events.emit("instance.readiness_failed", record.id, {"reason": result.reason})
-            return _Outcome(record.id, record.state, live.status, f"not ready: {result.reason}").as_result()
+            return _Outcome(record.id, record.state, novita_status, f"not ready: {result.reason}").as_result()
         record = await self._store.update(record.id, _mark_ready(result.endpoints, ctx.job.id))
         if record.ready_at is None:  # it stopped running meanwhile
-            return _Outcome(record.id, record.state, live.status, "no longer running").as_result()
+            return _Outcome(record.id, record.state, novita_status, "no longer running").as_result()
         await self._events.emit("instance.ready", record.id, {"endpoints": result.endpoints})
         await self._instances.invalidate_cached_lists()
-        return _Outcome(record.id, record.state, live.status, "ready").as_result()
+        return _Outcome(record.id, record.state, novita_status, "ready").as_result()
+
+    # -- cancel ----------------------------------------------------------------------------------------------------
+
+    async def cancelled(self, job: Job) -> None:
+        """A job of this instance was cancelled before it ran: note it, and undo what requesting the job changed.
+
+        A create that never reached Novita leaves the record `failed` (should an ambiguous create have made the
+        instance after all, reconciliation adopts it); a start/stop/restart/delete returns the record to the state
+        Novita last reported, since the requested transition will not happen. A later request owns the state, so only
+        the record's latest job is undone.
+        """
+        instance_id = str(job.payload.get("instance_id", ""))
+
+        def undo(record: InstanceRecord) -> None:
+            record.add_event("job_cancelled", f"{job.kind} cancelled before it ran", job.id)
+            record.updated_at = time.time()
+            if record.last_job_id != job.id:
+                return
+            if job.kind == CREATE_JOB and record.novita_instance_id is None:
+                record.state = InstanceState.FAILED
+                record.status_error = "the create was cancelled before Novita had the instance"
+            elif job.kind != CREATE_JOB and record.novita_status is not None:
+                record.apply_novita(record.novita_status, record.status_error)
+
+        try:
+            record = await self._update_and_notify(instance_id, undo)
+        except RecordNotFound:
+            return
+        if job.kind == CREATE_JOB and record.novita_instance_id is None:
+            await self._store.drop_spec(record.id)  # the env values in it are no longer needed
+        await self._instances.invalidate_cached_lists()
 
     def _deadline(self, ctx: JobContext) -> float:
-        return ctx.job.created_at + self._settings.instance_provisioning_timeout_seconds
+        return ctx.job.began_at + self._settings.instance_provisioning_timeout_seconds
 
     async def _wait_for_novita(self, ctx: JobContext, record: InstanceRecord, operation: str,
                                error: NovitaError) -> NoReturn:
         """Novita is down or throttling us: come back later, until the operation's deadline, rather than spend the
         job's retry attempts (an outage longer than their backoff would dead-letter an accepted operation)."""
-        if time.time() < self._deadline(ctx):
+        if self._clock() < self._deadline(ctx):
             delay = max(self._settings.instance_poll_interval_seconds, getattr(error, "retry_after", None) or 0.0)
             raise RetryLater(delay, f"Novita unavailable: {error}")
         await self._timeout(ctx, record, operation, f"Novita unavailable: {error}")
@@ -489,4 +531,4 @@ def register_handlers(worker: Worker, container: AppContainer) -> None:
         container.settings, container.instances.store, container.novita, container.products, container.instances,
         container.automation.events,
     )
-    handlers.register(worker)
+    handlers.register(worker, container.jobs)

@@ -10,6 +10,11 @@ Layout (every key under `ngpu:`):
 - `ngpu:jobs:dead`       sorted set id -> time: jobs that exhausted their attempts, listable.
 - `ngpu:job-lock:<id>`   per-job lock so one job never runs twice at the same time across replicas.
 The worker that executes jobs is in `app/jobs/worker.py`.
+
+Cancel and requeue are Lua scripts on the job's record, so they are atomic against each other, against other replicas
+and against the worker, which starts an attempt with a script too (`queued`/`running` -> `running`): whichever runs
+first wins. A job cancelled while its stream entry is already delivered to a worker is never run: the worker's start
+script sees `cancelled`, and the entry is acknowledged unrun.
 """
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ JOB_KEY_PREFIX = f"{KEY_PREFIX}job:"
 LOCK_KEY_PREFIX = f"{KEY_PREFIX}job-lock:"
 CONSUMER_GROUP = "workers"
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "dead"})
+TERMINAL_STATES = frozenset({"succeeded", "failed", "dead", "cancelled"})
+# States a job can be cancelled in: it is waiting, not running.
+CANCELLABLE_STATES = frozenset({"queued", "scheduled"})
 
 # Create the job record and make it deliverable in one atomic step: either both exist or neither does.
 _ENQUEUE_SCRIPT = """
@@ -63,6 +70,30 @@ return #due
 """
 
 
+# Cancel a waiting job: returns the state it had ('' when there is no such job); only queued/scheduled change.
+_CANCEL_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if state ~= 'queued' and state ~= 'scheduled' then return state end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated_at', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return state
+"""
+
+# Put a dead job back in the stream with a fresh attempt budget: returns the state it had ('' when no such job).
+_REQUEUE_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if state ~= 'dead' then return state end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', '0', 'updated_at', ARGV[2], 'requeued_at', ARGV[2])
+redis.call('PERSIST', KEYS[1])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
+return state
+"""
+
+
 def job_key(job_id: str) -> str:
     """Key of a job's record."""
     return f"{JOB_KEY_PREFIX}{job_id}"
@@ -75,12 +106,21 @@ class Job:
     id: str
     kind: str
     payload: dict[str, Any]
-    state: str  # queued | scheduled | running | succeeded | failed | dead
+    state: str  # queued | scheduled | running | succeeded | failed | dead | cancelled
     attempts: int = 0
     last_error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
     result: dict[str, Any] | None = None
+    requeued_at: float = 0.0  # 0: never requeued
+
+    @property
+    def began_at(self) -> float:
+        """When the current run of this job's work began: its creation, or its last requeue from the dead letters.
+
+        Handlers count their deadlines from here, so a requeued job gets its full time again.
+        """
+        return self.requeued_at or self.created_at
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Job:
@@ -95,6 +135,7 @@ class Job:
             created_at=float(record.get("created_at") or 0),
             updated_at=float(record.get("updated_at") or 0),
             result=json.loads(record["result"]) if record.get("result") else None,
+            requeued_at=float(record.get("requeued_at") or 0),
         )
 
     def to_record(self) -> dict[str, str]:
@@ -109,6 +150,7 @@ class Job:
             "created_at": repr(self.created_at),
             "updated_at": repr(self.updated_at),
             "result": json.dumps(self.result) if self.result is not None else "",
+            "requeued_at": repr(self.requeued_at),
         }
 
 
@@ -196,6 +238,24 @@ class JobQueue:
         """The job's current record, or None."""
         record = await self._redis.client.hgetall(job_key(job_id))
         return Job.from_record(record) if record else None
+
+    async def cancel(self, job_id: str, retention_seconds: int) -> str | None:
+        """Cancel the job if it is waiting (queued or scheduled); returns the state it had, None if it does not exist.
+
+        A cancelled job never runs: a scheduled one leaves the schedule, and a stream entry already delivered is
+        acknowledged unrun by the worker (see the module docstring).
+        """
+        state = await self._redis.client.eval(
+            _CANCEL_SCRIPT, 2, job_key(job_id), SCHEDULED_KEY, job_id, repr(time.time()), str(retention_seconds)
+        )
+        return state or None
+
+    async def requeue(self, job_id: str) -> str | None:
+        """Queue a dead job again with its attempts reset; returns the state it had, None if it does not exist."""
+        state = await self._redis.client.eval(
+            _REQUEUE_SCRIPT, 3, job_key(job_id), DEAD_KEY, STREAM_KEY, job_id, repr(time.time())
+        )
+        return state or None
 
     async def dead_letters(self, limit: int = 100) -> list[Job]:
         """Dead jobs, most recent first."""

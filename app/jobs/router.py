@@ -1,4 +1,4 @@
-"""HTTP API of jobs: state of one job, and the dead letters."""
+"""HTTP API of jobs: state of one job, the dead letters, cancel and requeue."""
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -30,6 +30,7 @@ class JobView(BaseModel):
     created_at: float
     updated_at: float
     result: dict[str, Any] | None
+    requeued_at: float | None
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -43,6 +44,7 @@ class JobView(BaseModel):
             created_at=job.created_at,
             updated_at=job.updated_at,
             result=job.result,
+            requeued_at=job.requeued_at or None,
         )
 
 
@@ -60,10 +62,29 @@ async def list_dead_letters(
     return DeadLetterList(items=[JobView.of(job) for job in await container.queue.dead_letters(limit)])
 
 
+JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
 @router.get("/{job_id}", response_model=JobView)
-async def get_job(container: Container, job_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]) -> JobView:
+async def get_job(container: Container, job_id: JobId) -> JobView:
     """State, attempts and last error of a job."""
     job = await container.queue.get(job_id)
     if job is None:
         raise NotFound(f"no job with id '{job_id}'")
     return JobView.of(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobView,
+             responses={409: {"description": "the job is running or finished: only a waiting job can be cancelled"}})
+async def cancel_job(container: Container, job_id: JobId) -> JobView:
+    """Cancel a job that has not started (queued, or scheduled for a retry or its next step); it will never run.
+    404 for an unknown job, 409 when it is running or finished."""
+    return JobView.of(await container.jobs.cancel(job_id))
+
+
+@router.post("/{job_id}/requeue", response_model=JobView,
+             responses={409: {"description": "the job is not dead-lettered"}})
+async def requeue_job(container: Container, job_id: JobId) -> JobView:
+    """Queue a dead-lettered job again, with its attempts reset and its deadlines counted from now.
+    404 for an unknown job, 409 when it is not dead."""
+    return JobView.of(await container.jobs.requeue(job_id))

@@ -44,6 +44,17 @@ from app.jobs.queue import (
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Begin an attempt only while the job may run (queued, or running under a worker that died): atomic against a cancel,
+# which changes only queued or scheduled jobs. Returns the attempt number, or -1 when the job must not run.
+_START_ATTEMPT_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return -1 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', ARGV[1])
+return attempts
+"""
+
 # How long the best-effort bookkeeping of an interrupted job may delay shutdown.
 _INTERRUPT_BOOKKEEPING_SECONDS = 1.0
 # How long cancelled loops may take to end (they only have the bookkeeping above left to do).
@@ -213,12 +224,12 @@ class Worker:
                 pass  # the lock expires by itself
 
     async def _run(self, entry_id: str, job: Job, lock: Lease) -> None:
-        key = job_key(job.id)
-        async with self._redis.client.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, "attempts", 1)
-            pipe.hset(key, mapping={"state": "running", "updated_at": repr(time.time())})
-            job.attempts, _ = await pipe.execute()
-        job.state = "running"
+        attempt = await self._redis.client.eval(_START_ATTEMPT_SCRIPT, 1, job_key(job.id), repr(time.time()))
+        if attempt < 0:
+            await self._acknowledge(entry_id)  # cancelled (or settled) since it was read: it must not run
+            logger.info("job not started: it was cancelled", extra={"jobId": job.id, "kind": job.kind})
+            return
+        job.attempts, job.state = int(attempt), "running"
         if job.attempts > self._settings.job_max_attempts:
             # Only reachable when earlier attempts never recorded an outcome: the job keeps killing its worker.
             await self._bury(entry_id, job, job.last_error or "the worker stopped during every attempt")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -38,7 +38,7 @@ class LifecycleConfig:
     """Every setting of the automations (see the README's "Lifecycle automation" section for env vars)."""
 
     webhook_url: str | None = None
-    webhook_secret: str | None = None
+    webhook_signing_key: bytes | None = None  # from WEBHOOK_SECRET (Settings.webhook_signing_key)
     webhook_block_private: bool = False  # True in production unless WEBHOOK_ALLOW_PRIVATE_TARGETS
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     guards: CostGuardPolicy = field(default_factory=CostGuardPolicy)
@@ -56,7 +56,7 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
     """The automations' configuration from the app's settings (the env vars are listed in the README)."""
     return LifecycleConfig(
         webhook_url=settings.webhook_url,
-        webhook_secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        webhook_signing_key=settings.webhook_signing_key,
         webhook_block_private=settings.is_production and not settings.webhook_allow_private_targets,
         delivery=DeliveryPolicy(
             max_attempts=settings.webhook_max_attempts,
@@ -97,14 +97,16 @@ class LifecycleAutomation:
         store: RecordStore,
         *,
         recover_spot: Callable[[str], Awaitable[None]] | None = None,
+        extra_tasks: Sequence[PeriodicTask] = (),
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.activity = ActivityStore(redis)
         guard = UrlGuard(block_private=config.webhook_block_private)
         self.outbox = (
-            WebhookOutbox(redis, secret=config.webhook_secret, guard=guard, policy=config.delivery, clock=clock)
-            if config.webhook_secret else None
+            WebhookOutbox(redis, signing_key=config.webhook_signing_key, guard=guard, policy=config.delivery,
+                          clock=clock)
+            if config.webhook_signing_key else None
         )
         self.events = WebhookNotifier(redis, self.outbox, guard, global_url=config.webhook_url, clock=clock)
         # A pending record's create job gets until its own deadline to find a lost instance before we adopt it.
@@ -128,6 +130,7 @@ class LifecycleAutomation:
             self.spot = SpotRecovery(store, novita, redis, self.activity, self.events, config.spot, recover_spot,
                                      clock)
             tasks.append(PeriodicTask("spot-recovery", config.spot_check_interval_seconds, self.spot.run_once))
+        tasks.extend(extra_tasks)  # periodic work of other parts of the app (the background Novita health check)
         self.scheduler = LifecycleScheduler(redis, tasks, tick_seconds=config.scheduler_tick_seconds, clock=clock)
         self._loop: asyncio.Task[None] | None = None
 

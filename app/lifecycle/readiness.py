@@ -27,6 +27,17 @@ class ReadinessPolicy:
     retry_interval_seconds: float = 5.0
     max_wait_seconds: float = 600.0
 
+    def next_round(self, probing_since: float, now: float, reason: str) -> RetryAfter | GaveUp:
+        """After a round that did not prove readiness: wait for another one, or give up when it would come too late.
+
+        Whatever kept this round from succeeding (a silent port, or Novita not answering about the instance) counts
+        against the same `max_wait_seconds`, so readiness ends at its deadline even during a Novita outage.
+        """
+        waited = now - probing_since
+        if waited + self.retry_interval_seconds > self.max_wait_seconds:
+            return GaveUp(f"waited {waited:.0f} s (limit {self.max_wait_seconds:g} s): {reason}")
+        return RetryAfter(self.retry_interval_seconds, reason)
+
 
 @dataclass(frozen=True)
 class Ready:
@@ -68,7 +79,6 @@ class ReadinessProbe:
         """One round for `instance` as just read from Novita; `probing_since` is when it was first seen running."""
         if instance.status != RUNNING_STATUS:
             return GaveUp(f"the instance is {instance.status or 'unknown'}, not running")
-        waited = now - probing_since
         ports = [mapping for mapping in instance.port_mappings if mapping.port]
         failures = [f"port {mapping.port}: no endpoint yet" for mapping in ports if not mapping.endpoint]
         probed = [mapping for mapping in ports if mapping.endpoint]
@@ -76,10 +86,7 @@ class ReadinessProbe:
         failures += [f"port {m.port}: {problem}" for m, problem in zip(probed, problems, strict=True) if problem]
         if not failures:
             return Ready([str(mapping.endpoint) for mapping in probed])
-        summary = "; ".join(failures)
-        if waited + self._policy.retry_interval_seconds > self._policy.max_wait_seconds:
-            return GaveUp(f"not answering after {waited:.0f} s (limit {self._policy.max_wait_seconds:g} s): {summary}")
-        return RetryAfter(self._policy.retry_interval_seconds, summary)
+        return self._policy.next_round(probing_since, now, "not answering: " + "; ".join(failures))
 
     async def _probe(self, mapping: PortMapping) -> str | None:
         """None when the endpoint answers, else what went wrong."""

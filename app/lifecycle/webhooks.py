@@ -1,11 +1,14 @@
 """Signed webhooks with a durable outbox on Valkey, retries on 5xx and network errors only, and an SSRF guard.
 
 Every state change and automatic action becomes a `WebhookEvent`, written to the outbox before anyone is told, so a
-restart loses no notification. Delivery POSTs the JSON body with three headers:
+restart loses no notification. Delivery POSTs the JSON body signed per the Standard Webhooks specification
+(https://www.standardwebhooks.com), so receivers verify it with that project's libraries (`standardwebhooks` on PyPI):
 
-- `X-Novita-Gpu-Api-Event-Id`: the event id (receivers dedupe on it: delivery is at-least-once);
-- `X-Novita-Gpu-Api-Timestamp`: Unix seconds when this attempt was signed (receivers reject old ones: replays);
-- `X-Novita-Gpu-Api-Signature`: `sha256=<hex HMAC-SHA256 of f"{timestamp}.{body}" with the webhook secret>`.
+- `webhook-id`: the event id, the same on every retry of the event (receivers dedupe on it: delivery is
+  at-least-once);
+- `webhook-timestamp`: Unix seconds when this attempt was signed (receivers reject old ones: replays);
+- `webhook-signature`: `v1,<base64 HMAC-SHA256 of f"{id}.{timestamp}.{body}">`, keyed with the decoded
+  `whsec_` secret (or a plain secret's own bytes: `Settings.webhook_signing_key`).
 
 Layout (under `ngpu:lifecycle:`): `webhook:<delivery id>` hash (body, url, attempts, state), `webhooks:due` sorted set
 (delivery id -> due time), `webhooks:dead` sorted set, `webhook-lock:<delivery id>` (SET NX PX while sending, so two
@@ -15,6 +18,7 @@ Order is not promised (a retried event arrives after later ones): receivers orde
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -35,10 +39,9 @@ from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 
 logger = logging.getLogger(__name__)
 
-EVENT_ID_HEADER = "X-Novita-Gpu-Api-Event-Id"
-TIMESTAMP_HEADER = "X-Novita-Gpu-Api-Timestamp"
-SIGNATURE_HEADER = "X-Novita-Gpu-Api-Signature"
-EVENT_TYPE_HEADER = "X-Novita-Gpu-Api-Event-Type"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 
 DUE_KEY = f"{KEY_PREFIX}webhooks:due"
 DEAD_KEY = f"{KEY_PREFIX}webhooks:dead"
@@ -83,10 +86,10 @@ class WebhookEvent:
         )
 
 
-def sign(secret: str, timestamp: int, body: str) -> str:
-    """The signature header value: `sha256=` + hex HMAC-SHA256 of `f"{timestamp}.{body}"`."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+def sign(key: bytes, message_id: str, timestamp: int, body: str) -> str:
+    """The `webhook-signature` value: `v1,` + base64 HMAC-SHA256 of `f"{message_id}.{timestamp}.{body}"`."""
+    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return f"v1,{base64.b64encode(digest).decode()}"
 
 
 # -- SSRF guard ------------------------------------------------------------------------------------------------------
@@ -197,16 +200,16 @@ class WebhookOutbox:
         self,
         redis: Redis,
         *,
-        secret: str,
+        signing_key: bytes,
         guard: UrlGuard,
         policy: DeliveryPolicy | None = None,
         clock: WallClock = SYSTEM_CLOCK,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        if not secret:
-            raise ValueError("a webhook signing secret is required")
+        if not signing_key:
+            raise ValueError("a webhook signing key is required")
         self._redis = redis
-        self._secret = secret
+        self._signing_key = signing_key
         self._guard = guard
         self._policy = policy or DeliveryPolicy()
         self._clock = clock
@@ -292,12 +295,13 @@ class WebhookOutbox:
     async def _post(self, url: str, delivery: dict[str, str]) -> httpx.Response:
         body = delivery["body"]
         timestamp = int(self._clock())
+        # The event id, not the delivery id: a receiver sees one id per event, however often it is retried.
+        message_id = delivery["event_id"]
         headers = {
             "Content-Type": "application/json",
-            EVENT_ID_HEADER: delivery["event_id"],
-            EVENT_TYPE_HEADER: delivery["event_type"],
+            ID_HEADER: message_id,
             TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            SIGNATURE_HEADER: sign(self._signing_key, message_id, timestamp, body),
         }
         return await self._http.post(url, content=body.encode(), headers=headers)
 

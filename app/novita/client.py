@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
 from app.novita.errors import (
+    NovitaAuthError,
     NovitaCreateOutcomeUnknown,
     NovitaError,
     NovitaNotFound,
@@ -64,7 +65,8 @@ class UpstreamStatus:
     """What recent calls saw of Novita, for ``/health`` without a live call. Contains no secret.
 
     ``errors`` counts attempts that show trouble on Novita's side or with our key (429, 5xx, timeouts, network
-    errors, 401/403); answers about the request itself (400/404 ...) count as Novita being up.
+    errors, a refused key: 401/403 or an auth reason); answers about the request itself (400/404 ...) count as Novita
+    being up. ``last_error_kind`` is the ``NovitaError.kind`` of the latest such attempt (``auth``: our key).
     """
 
     breaker_state: str
@@ -74,6 +76,7 @@ class UpstreamStatus:
     last_success_at: datetime | None
     last_failure_at: datetime | None
     last_error_reason: str | None
+    last_error_kind: str | None = None
 
 
 class NovitaClient:
@@ -130,6 +133,7 @@ class NovitaClient:
         self._last_success_at: datetime | None = None
         self._last_failure_at: datetime | None = None
         self._last_error_reason: str | None = None
+        self._last_error_kind: str | None = None
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -271,6 +275,7 @@ class NovitaClient:
             last_success_at=self._last_success_at,
             last_failure_at=self._last_failure_at,
             last_error_reason=self._last_error_reason,
+            last_error_kind=self._last_error_kind,
         )
 
     # -- plumbing ----------------------------------------------------------------------------------------------
@@ -376,8 +381,8 @@ class NovitaClient:
         error = error_from_response(response, self._redact)
         status = response.status_code
         outcome = "server_error" if status >= 500 else "rate_limited" if status == 429 else "client_error"
-        # 400/404/409 are answers about the request: Novita itself is fine. 429 and 401/403 are not fine for us.
-        upstream_trouble = status >= 500 or status in (401, 403, 429)
+        # 400/404/409 are answers about the request: Novita itself is fine. 429 and a refused key are not fine for us.
+        upstream_trouble = status >= 500 or status == 429 or isinstance(error, NovitaAuthError)
         self._record(endpoint, outcome, breaker_ok=status < 500, error=error if upstream_trouble else None)
         raise error
 
@@ -407,6 +412,7 @@ class NovitaClient:
             self._errors += 1
             self._last_failure_at = now
             self._last_error_reason = error.reason or error.kind
+            self._last_error_kind = error.kind
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***")

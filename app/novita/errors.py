@@ -18,6 +18,8 @@ import httpx
 _MAX_MESSAGE_CHARS = 300
 
 _NOT_FOUND_REASONS = frozenset({"RESOURCE_NOT_FOUND", "TEMPLATE_NOT_FOUND", "JOB_NOT_FOUND"})
+# Novita refuses a bad or banned key with these reasons as HTTP 400, besides 401/403 (reference §1.8).
+_AUTH_REASONS = frozenset({"INVALID_USER_TOKEN", "BANNED_USER"})
 _STATE_CONFLICT_REASONS = frozenset({"CONFLICT", "DEPENDENT_RESOURCE_STATE"})
 _INSUFFICIENT_RESOURCE_REASONS = frozenset({"INSUFFICIENT_RESOURCE", "MIGRATE_INSUFFICIENT_RESOURCE"})
 # The only observed text of Novita's answer to start/stop on an instance in the wrong state (reference §1.6).
@@ -43,7 +45,7 @@ class NovitaError(Exception):
 
 
 class NovitaAuthError(NovitaError):
-    """Novita refused the API key (401/403)."""
+    """Novita refused the API key (401/403, or 400 with an auth reason such as ``INVALID_USER_TOKEN``)."""
 
     kind = "auth"
 
@@ -138,7 +140,7 @@ def error_from_response(response: httpx.Response, redact: Callable[[str], str]) 
         return NovitaRateLimited(message, reason=reason, retry_after=parse_retry_after(response.headers))
     if status >= 500:
         return NovitaUnavailable(message, status=status, reason=reason)
-    if status in (401, 403):
+    if status in (401, 403) or reason in _AUTH_REASONS:
         return NovitaAuthError(message, status=status, reason=reason)
     if status == 404 or reason in _NOT_FOUND_REASONS:
         return NovitaNotFound(message, status=status, reason=reason)

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
+from app.health.novita import CHECK_KEY
 from app.jobs.queue import JobQueue
 from tests.app.conftest import ApiServer, StartServer, fast_settings
 from tests.fakes.fixtures import FakeNovitaHandle
@@ -34,11 +36,12 @@ def test_health_documents_have_the_agreed_format(api_server: ApiServer) -> None:
     assert readyz.status_code == 200 and readyz.json() == {"status": "ready"}
     assert health.status_code == 200
     body = health.json()
-    assert set(body) == {"status", "services", "version", "uptimeSeconds", "queue"}
+    assert set(body) == {"status", "services", "version", "uptimeSeconds", "queue", "reasons"}
     assert body["status"] == "healthy"
     assert body["services"] == {name: "up" for name in SEED_SERVICES}
     assert body["version"] == "0.1.0" and body["uptimeSeconds"] >= 0
     assert body["queue"] == {"depth": 0, "pending": 0, "scheduled": 0, "dead": 0}
+    assert body["reasons"] == {}
 
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     for name in ("job_queue_depth", "job_queue_pending", "job_queue_dead_letters", "http_requests_total",
@@ -100,25 +103,97 @@ def test_shutdown_before_valkey_ever_answered_is_prompt(api_server_factory: Star
 
 
 def test_production_health_makes_no_live_novita_call(
-    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle, redis_server: RedisServer
 ) -> None:
     server = api_server_factory(app_env="production")
-    fake_novita.reset()
+    deadline = time.monotonic() + 10
+    with redis_server.client() as raw:  # the background check ran at start-up and shared what it saw
+        while raw.get(CHECK_KEY) is None:
+            assert time.monotonic() < deadline, "the background Novita check never ran"
+            time.sleep(0.05)
+    calls_before = fake_novita.calls()
     with server.client(authenticated=False) as client:
-        health = client.get("/health")
-    assert health.status_code == 200 and health.json()["services"]["novitaApi"] == "up"
-    assert fake_novita.calls() == {}
+        answers = [client.get("/health") for _ in range(20)]
+    assert all(a.status_code == 200 and a.json()["services"]["novitaApi"] == "up" for a in answers)
+    assert fake_novita.calls() == calls_before
 
 
-def test_development_health_reports_novita_down_as_degraded(
-    api_server: ApiServer, fake_novita: FakeNovitaHandle
+def test_a_novita_outage_is_reported_with_its_reason_and_the_recovery_too(
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
 ) -> None:
+    server = api_server_factory(novita_health_check_interval_seconds=0.2)
     fake_novita.add_faults({"path": "/clusters", "kind": "server_error", "status": 503, "count": None})
-    with api_server.client() as client:
+    down = _wait_for_novita(server, "down")
+    assert down.status_code == 200  # Novita is not required for the API to accept work
+    body = down.json()
+    assert body["status"] == "degraded" and body["services"]["redis"] == "up"
+    assert body["reasons"]["novitaApi"].startswith("Novita call failed (UNKNOWN) (seen by ")
+
+    fake_novita.clear_faults()
+    up = _wait_for_novita(server, "up")
+    assert up.json()["status"] == "healthy" and up.json()["reasons"] == {}
+
+
+@pytest.mark.parametrize(("status", "reason"), [(401, "FAILED_TO_AUTH"), (403, "FORBIDDEN"),
+                                                (400, "INVALID_USER_TOKEN"), (400, "BANNED_USER")])
+def test_a_refused_key_turns_novita_down_on_every_replica_without_traffic(
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle, status: int, reason: str
+) -> None:
+    """Two production replicas that serve no request learn from the shared background check."""
+    replicas = [api_server_factory(app_env="production", novita_health_check_interval_seconds=0.3)
+                for _ in range(2)]
+    fake_novita.add_faults({"path": "*", "kind": "error", "status": status, "reason": reason,
+                            "message": "failed to authenticate API key", "count": None})
+    for replica in replicas:
+        body = _wait_for_novita(replica, "down").json()
+        assert body["status"] == "degraded"
+        assert body["reasons"]["novitaApi"].startswith(f"Novita refused our API key ({reason}) (seen by ")
+        assert replica.settings.novita_api_key.get_secret_value() not in json.dumps(body)
+        with replica.client(authenticated=False) as client:
+            assert client.get("/livez").status_code == 200  # the container probe does not fail for Novita
+
+    # One check per interval between both replicas, however often /health is asked.
+    calls_before = sum(fake_novita.calls().values())
+    started = time.monotonic()
+    for _ in range(10):
+        for replica in replicas:
+            with replica.client(authenticated=False) as client:
+                assert client.get("/health").json()["services"]["novitaApi"] == "down"
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    assert sum(fake_novita.calls().values()) - calls_before <= elapsed / 0.3 + 2
+
+
+def test_a_refused_key_seen_by_a_request_shows_at_once_and_health_calls_nothing(
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
+) -> None:
+    server = api_server_factory(app_env="production")  # the background check runs once a minute
+    _wait_for_novita(server, "up")
+    fake_novita.add_faults({"path": "/products", "kind": "error", "status": 401, "reason": "FAILED_TO_AUTH",
+                            "count": None})
+    with server.client() as client:
+        assert client.get("/api/products").status_code == 502
+        calls_before = fake_novita.calls()
         health = client.get("/health")
-    assert health.status_code == 200  # Novita is not required for the API to accept work
-    assert health.json()["status"] == "degraded" and health.json()["services"]["novitaApi"] == "down"
-    assert health.json()["services"]["redis"] == "up"
+        assert fake_novita.calls() == calls_before
+        assert health.json()["services"]["novitaApi"] == "down"
+        assert "refused our API key (FAILED_TO_AUTH) (seen by this replica's calls at " in \
+            health.json()["reasons"]["novitaApi"]
+        fake_novita.clear_faults()
+        assert client.get("/api/products").status_code == 200  # a call that works again is the newest evidence
+        assert client.get("/health").json()["services"]["novitaApi"] == "up"
+
+
+def _wait_for_novita(server: ApiServer, state: str, timeout: float = 10.0) -> httpx.Response:
+    """Poll /health until it reports `novitaApi` in `state`."""
+    deadline = time.monotonic() + timeout
+    with server.client(authenticated=False) as client:
+        while True:
+            health = client.get("/health")
+            if health.json()["services"]["novitaApi"] == state:
+                return health
+            assert time.monotonic() < deadline, f"novitaApi never became {state}: {health.text}"
+            time.sleep(0.05)
 
 
 def test_python_m_app_serves_writes_its_pid_and_drains_on_sigterm(

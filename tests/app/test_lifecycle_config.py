@@ -2,6 +2,8 @@
 automations (production blocks private webhook targets unless explicitly allowed)."""
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from app.core.config import ConfigError, Settings, load_settings
@@ -24,7 +26,7 @@ def test_defaults_turn_the_cost_guards_on_and_spot_recovery_off(monkeypatch: pyt
     assert config.guards.idle_stop_enabled and config.guards.idle_timeout_seconds == 1800
     assert config.guards.startup_grace_seconds == 2700 and config.guards.provisioning_timeout_seconds == 1800
     assert config.guards.max_lifetime_seconds is None and not config.guards.dry_run
-    assert not config.spot.enabled and config.webhook_url is None and config.webhook_secret is None
+    assert not config.spot.enabled and config.webhook_url is None and config.webhook_signing_key is None
     assert not config.webhook_block_private  # development
 
 
@@ -36,7 +38,7 @@ def test_environment_variables_change_the_automations(monkeypatch: pytest.Monkey
     ))
     assert config.guards.idle_timeout_seconds == 600 and config.guards.dry_run
     assert config.guards.max_lifetime_seconds == 86400 and config.spot.enabled
-    assert config.webhook_url == "https://hooks.example/novita" and config.webhook_secret == "s3cret-value"
+    assert config.webhook_url == "https://hooks.example/novita" and config.webhook_signing_key == b"s3cret-value"
     assert config.reconcile_interval_seconds == 120
 
 
@@ -51,10 +53,22 @@ def test_production_blocks_private_webhook_targets_unless_allowed(monkeypatch: p
     ({"WEBHOOK_URL": "https://hooks.example/x"}, "WEBHOOK_SECRET: is required when WEBHOOK_URL is set"),
     ({"WEBHOOK_URL": "ftp://hooks.example/x", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL: must be an http(s) URL"),
     ({"AUTO_STOP_IDLE_SECONDS": "0"}, "AUTO_STOP_IDLE_SECONDS"),
+    ({"WEBHOOK_SECRET": "whsec_not base64!"}, "WEBHOOK_SECRET: after 'whsec_' must come the key in base64"),
+    ({"WEBHOOK_SECRET": "whsec_"}, "WEBHOOK_SECRET: has no key after 'whsec_'"),
 ])
 def test_bad_lifecycle_settings_are_named(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         settings_from(monkeypatch, **env)
+
+
+def test_a_whsec_secret_is_decoded_and_a_plain_secret_is_its_own_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    standard = settings_from(monkeypatch, WEBHOOK_SECRET="whsec_" + base64.b64encode(b"\x00key bytes\xff").decode())
+    unpadded = settings_from(monkeypatch, WEBHOOK_SECRET="whsec_" + base64.b64encode(b"key").decode().rstrip("="))
+    plain = settings_from(monkeypatch, WEBHOOK_SECRET="s3cret-value")
+    assert standard.webhook_signing_key == b"\x00key bytes\xff"
+    assert unpadded.webhook_signing_key == b"key"  # the library accepts unpadded base64 too
+    assert plain.webhook_signing_key == b"s3cret-value"
+    assert settings_from(monkeypatch).webhook_signing_key is None
 
 
 def test_webhook_secret_and_url_are_redacted_from_logs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
-"""Readiness: after `running`, every exposed port must answer; one probe round per step, resumable from its inputs."""
+"""Readiness: after `running`, every exposed port must answer; one probe round per step, resumable from its inputs;
+the readiness job ends at its deadline even while Novita is down."""
 from __future__ import annotations
 
 import socket
@@ -9,8 +10,21 @@ from typing import Any
 
 import pytest
 
+from app.core.cache import Cache
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.instances.handlers import READINESS_JOB, InstanceJobHandlers
+from app.instances.service import InstanceService
+from app.jobs.queue import Job, JobContext, JobQueue, RetryLater
 from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, Ready, RetryAfter
 from app.novita.models import Instance, PortMapping
+from app.products.service import ProductService
+from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
+    LifecycleEnv,
+    RecordingSink,
+    lifecycle_env,
+    managed_instance,
+)
 from tests.loopback import free_port
 
 POLICY = ReadinessPolicy(probe_timeout_seconds=1.0, retry_interval_seconds=5.0, max_wait_seconds=60.0)
@@ -109,3 +123,67 @@ async def test_a_port_without_endpoint_is_waited_for_and_a_stopped_instance_give
     assert isinstance(waiting, RetryAfter) and "port 8888: no endpoint yet" in waiting.reason
     assert isinstance(stopped, GaveUp) and "exited" in stopped.reason
     assert isinstance(no_ports, Ready) and no_ports.endpoints == []
+
+
+# -- the readiness job during a Novita outage (fake Novita faults, manual clock) ------------------------------------
+
+
+async def test_the_readiness_job_gives_up_at_its_deadline_while_novita_is_down(lifecycle_env: LifecycleEnv) -> None:
+    env = lifecycle_env
+    record = await managed_instance(env, status="running")
+    sink = RecordingSink()
+    handlers = readiness_handlers(env, sink, max_wait_seconds=60.0, retry_interval_seconds=5.0)
+    job = Job(id="readiness-1", kind=READINESS_JOB, payload={"instance_id": record.id}, state="running",
+              created_at=env.clock())
+    context = JobContext(job=job, queue=JobQueue(env.redis_manager))
+    env.fake.add_faults({"path": "/gpu/instance", "method": "GET", "kind": "server_error", "status": 503,
+                         "count": None})
+
+    with pytest.raises(RetryLater) as first:
+        await handlers.readiness(context)
+    env.clock.advance(54.9)  # the next round (5 s on) would still start within the 60 s
+    with pytest.raises(RetryLater):
+        await handlers.readiness(context)
+    env.clock.advance(0.2)
+    outcome = await handlers.readiness(context)  # Novita never answered; the deadline holds anyway
+
+    assert "Novita unavailable" in first.value.reason and first.value.delay_seconds == 5.0
+    assert outcome is not None
+    assert outcome["detail"].startswith("not ready: waited 55 s (limit 60 s): Novita unavailable")
+    stored = await env.store.get(record.id)
+    assert stored is not None and stored.ready_at is None
+    assert [event.action for event in stored.events][-1] == "readiness_gave_up"
+    assert sink.types() == ["instance.readiness_failed"]
+    assert env.fake.call_count("GET", "/gpu/instance") >= 3  # it did ask Novita each round
+
+
+async def test_the_readiness_job_still_succeeds_when_novita_comes_back_in_time(lifecycle_env: LifecycleEnv) -> None:
+    env = lifecycle_env
+    record = await managed_instance(env, status="running")
+    sink = RecordingSink()
+    handlers = readiness_handlers(env, sink, max_wait_seconds=60.0, retry_interval_seconds=5.0)
+    job = Job(id="readiness-2", kind=READINESS_JOB, payload={"instance_id": record.id}, state="running",
+              created_at=env.clock())
+    context = JobContext(job=job, queue=JobQueue(env.redis_manager))
+    env.fake.add_faults({"path": "/gpu/instance", "method": "GET", "kind": "server_error", "count": 2})
+
+    with pytest.raises(RetryLater):
+        await handlers.readiness(context)  # both client attempts hit the fault
+    env.clock.advance(30)
+    outcome = await handlers.readiness(context)
+
+    assert outcome is not None and outcome["detail"] == "ready"
+    stored = await env.store.get(record.id)
+    assert stored is not None and stored.ready_at is not None and sink.types() == ["instance.ready"]
+
+
+def readiness_handlers(env: LifecycleEnv, sink: RecordingSink, **policy: float) -> InstanceJobHandlers:
+    """The instance job handlers on the real Valkey and the fake Novita, deciding deadlines by the manual clock."""
+    settings = Settings(redis_url=env.redis_server.url, novita_api_key=env.fake.api_key,
+                        **{f"readiness_{name}": value for name, value in policy.items()})
+    cache = Cache(env.redis_manager, Metrics())
+    queue = JobQueue(env.redis_manager)
+    instances = InstanceService(settings=settings, store=env.store, queue=queue, novita=env.novita, cache=cache,
+                                activity=env.activity)
+    return InstanceJobHandlers(settings, env.store, env.novita, ProductService(settings, env.novita, cache),
+                               instances, sink, clock=env.clock)

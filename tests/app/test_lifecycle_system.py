@@ -25,7 +25,7 @@ STOP = "/gpu/instance/stop"
 
 def config(receiver: WebhookReceiver) -> LifecycleConfig:
     return LifecycleConfig(
-        webhook_url=receiver.url, webhook_secret="whsec-system-test", webhook_block_private=False,
+        webhook_url=receiver.url, webhook_signing_key=b"system-test-signing-key", webhook_block_private=False,
         delivery=DeliveryPolicy(timeout_seconds=2.0, lock_seconds=5.0),
         guards=CostGuardPolicy(idle_timeout_seconds=60, startup_grace_seconds=60, action_lock_seconds=30),
         cost_guard_interval_seconds=30, reconcile_interval_seconds=300, webhook_delivery_interval_seconds=5,
@@ -66,7 +66,7 @@ async def test_two_replicas_after_a_valkey_flush(
     for _ in range(3):
         env.clock.advance(5)
         await tick()
-    event_ids = Counter(item.headers["x-novita-gpu-api-event-id"] for item in webhook_receiver.received)
+    event_ids = Counter(item.headers["webhook-id"] for item in webhook_receiver.received)
     assert set(event_ids.values()) == {1}
     assert sorted(body["type"] for body in webhook_receiver.bodies()) == ["instance.auto_stopped",
                                                                           "instance.rebuilt"]

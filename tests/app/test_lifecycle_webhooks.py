@@ -1,14 +1,19 @@
-"""Webhooks: signed bodies (checked with an independent HMAC), retries on 5xx and network errors only, a durable
+"""Webhooks: signed per Standard Webhooks (checked with an independent HMAC and with the `standardwebhooks` library
+that receivers use), retries on 5xx and network errors only, a durable
 outbox that survives a restart, one delivery per event across replicas, and the SSRF guard."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
+import time
 
 import pytest
 from redis.asyncio import Redis
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.lifecycle.webhooks import (
     DeliveryPolicy,
@@ -26,21 +31,22 @@ from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
 )
 from tests.loopback import free_port
 
-SECRET = "whsec-test-0123456789abcdef"
+SIGNING_KEY = b"test-signing-key-0123456789abcdef"
+WHSEC_SECRET = "whsec_" + base64.b64encode(SIGNING_KEY).decode()  # the same key, in the standard's form
 POLICY = DeliveryPolicy(max_attempts=3, backoff_base_seconds=10.0, backoff_max_seconds=100.0,
                         timeout_seconds=2.0, lock_seconds=5.0)
 ALLOW_LOOPBACK = UrlGuard(block_private=False)
 
 
 def outbox_for(env: LifecycleEnv, redis: Redis | None = None, guard: UrlGuard = ALLOW_LOOPBACK) -> WebhookOutbox:
-    return WebhookOutbox(redis or env.redis, secret=SECRET, guard=guard, policy=POLICY, clock=env.clock)
+    return WebhookOutbox(redis or env.redis, signing_key=SIGNING_KEY, guard=guard, policy=POLICY, clock=env.clock)
 
 
 def event(env: LifecycleEnv, kind: str = "instance.auto_stopped", instance_id: str = "rec1") -> WebhookEvent:
     return WebhookEvent(type=kind, instance_id=instance_id, data={"reason": "idle"}, occurred_at=env.clock())
 
 
-async def test_delivery_is_signed_over_timestamp_and_body(
+async def test_delivery_is_signed_over_id_timestamp_and_body(
     lifecycle_env: LifecycleEnv, webhook_receiver: WebhookReceiver
 ) -> None:
     outbox = outbox_for(lifecycle_env)
@@ -52,15 +58,46 @@ async def test_delivery_is_signed_over_timestamp_and_body(
 
     assert report.delivered == 1
     [received] = webhook_receiver.received
-    timestamp = received.headers["x-novita-gpu-api-timestamp"]
-    assert timestamp == str(int(lifecycle_env.clock()))
-    expected = hmac.new(SECRET.encode(), timestamp.encode() + b"." + received.body, hashlib.sha256).hexdigest()
-    assert received.headers["x-novita-gpu-api-signature"] == f"sha256={expected}"
-    assert received.headers["x-novita-gpu-api-event-id"] == sent.id
+    assert received.headers["webhook-id"] == sent.id
+    timestamp = received.headers["webhook-timestamp"]
+    assert timestamp == str(int(lifecycle_env.clock()))  # when this attempt was signed, not when the event happened
+    signed = f"{sent.id}.{timestamp}.".encode() + received.body
+    expected = base64.b64encode(hmac.new(SIGNING_KEY, signed, hashlib.sha256).digest()).decode()
+    assert received.headers["webhook-signature"] == f"v1,{expected}"
     assert json.loads(received.body) == {"id": sent.id, "type": "instance.auto_stopped", "instanceId": "rec1",
                                          "occurredAt": sent.occurred_at, "data": {"reason": "idle"}}
-    wrong = hmac.new(b"another-secret", timestamp.encode() + b"." + received.body, hashlib.sha256).hexdigest()
-    assert received.headers["x-novita-gpu-api-signature"] != f"sha256={wrong}"
+    wrong = base64.b64encode(hmac.new(b"another-key", signed, hashlib.sha256).digest()).decode()
+    assert received.headers["webhook-signature"] != f"v1,{wrong}"
+    await outbox.aclose()
+
+
+async def test_the_standardwebhooks_library_verifies_every_attempt_under_one_id(
+    lifecycle_env: LifecycleEnv, webhook_receiver: WebhookReceiver
+) -> None:
+    """Real deliveries, a first one refused with 503 and its retry, checked the way a receiver would."""
+    webhook_receiver.statuses = [503]
+    quick_retry = DeliveryPolicy(max_attempts=3, backoff_base_seconds=0.01, timeout_seconds=2.0, lock_seconds=5.0)
+    # The library compares the timestamp with the real time, so this outbox signs with the real clock.
+    outbox = WebhookOutbox(lifecycle_env.redis, signing_key=SIGNING_KEY, guard=ALLOW_LOOPBACK, policy=quick_retry,
+                           clock=time.time)
+    sent = event(lifecycle_env)
+    await outbox.enqueue(sent, webhook_receiver.url)
+
+    assert (await outbox.deliver_due()).retried == 1
+    await asyncio.sleep(0.05)
+    assert (await outbox.deliver_due()).delivered == 1
+
+    first, retry = webhook_receiver.received
+    assert first.headers["webhook-id"] == retry.headers["webhook-id"] == sent.id  # receivers dedupe on it
+    for received in (first, retry):
+        assert Webhook(WHSEC_SECRET).verify(received.body, received.headers)["id"] == sent.id
+        assert Webhook(SIGNING_KEY).verify(received.body, received.headers)["id"] == sent.id  # a plain secret's bytes
+    with pytest.raises(WebhookVerificationError):
+        Webhook(base64.b64encode(b"another-key").decode()).verify(retry.body, retry.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(WHSEC_SECRET).verify(retry.body.replace(b"idle", b"busy"), retry.headers)
+    with pytest.raises(WebhookVerificationError):  # a captured delivery replayed with another timestamp
+        Webhook(WHSEC_SECRET).verify(retry.body, {**retry.headers, "webhook-timestamp": str(int(time.time()) - 120)})
     await outbox.aclose()
 
 
@@ -82,7 +119,7 @@ async def test_5xx_is_retried_with_backoff_until_delivered(
     lifecycle_env.clock.advance(20.1)
     assert (await outbox.deliver_due()).delivered == 1
 
-    assert [item.headers["x-novita-gpu-api-event-id"] for item in webhook_receiver.received] == [sent.id] * 3
+    assert [item.headers["webhook-id"] for item in webhook_receiver.received] == [sent.id] * 3
     stored = await outbox.get(delivery_id)
     assert stored is not None and stored["state"] == "delivered" and stored["attempts"] == "3"
     lifecycle_env.clock.advance(1000)
@@ -135,7 +172,7 @@ async def test_a_restart_loses_no_notification(
     after_restart = outbox_for(lifecycle_env, redis=fresh_redis)
     assert (await after_restart.deliver_due()).delivered == 1
 
-    assert [item.headers["x-novita-gpu-api-event-id"] for item in webhook_receiver.received] == [sent.id]
+    assert [item.headers["webhook-id"] for item in webhook_receiver.received] == [sent.id]
     await after_restart.aclose()
     await fresh_redis.aclose()
 
@@ -154,7 +191,7 @@ async def test_two_replicas_never_send_the_same_webhook_twice(
         reports = await asyncio.gather(*(replica.deliver_due() for replica in replicas))
     assert sum(report.delivered for report in reports) == 0  # everything went in the first round
 
-    ids = [item.headers["x-novita-gpu-api-event-id"] for item in webhook_receiver.received]
+    ids = [item.headers["webhook-id"] for item in webhook_receiver.received]
     assert sorted(ids) == sorted(item.id for item in sent)
     for replica in replicas:
         await replica.aclose()
