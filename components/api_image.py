@@ -8,7 +8,8 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from components.settings import ImageSettings
+from components.config import ImageSettings
+from components.config.types import secret_output
 
 # Relative to the program's working directory (the project directory under `pulumi up`): the provider resolves
 # an explicit `dockerfile` from there, not from the context, and relative paths keep the state machine-neutral.
@@ -21,7 +22,6 @@ class ApiImageArgs:
     """Inputs of `ApiImage`."""
 
     image: ImageSettings
-    registry_password: Optional[pulumi.Output[str]] = None
 
     def __post_init__(self) -> None:
         if not Path(DOCKERFILE).is_file():
@@ -47,7 +47,7 @@ class ApiImage(pulumi.ComponentResource):
             registry = docker.RegistryArgs(
                 server=settings.registry_server,
                 username=settings.registry_username or None,
-                password=args.registry_password,
+                password=secret_output(settings.registry_password) if settings.registry_password else None,
             )
         image = docker.Image(
             f"{name}-build",

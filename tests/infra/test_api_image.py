@@ -8,7 +8,9 @@ import pulumi
 import pytest
 
 from components.api_image import ApiImageArgs
-from components.settings import ImageSettings, StackConfigError
+from components.config import ImageSettings, StackConfigError
+from components.config.load import nest
+from components.config.keys import KEYS
 from tests.infra.harness import ProgramRun
 
 IMAGE = "docker:index/image:Image"
@@ -62,7 +64,7 @@ async def test_push_needs_the_image_name_under_the_registry() -> None:
 
 @pulumi.runtime.test
 def test_refuses_to_build_outside_the_project_directory_or_without_a_dockerignore(tmp_path: Path) -> None:
-    settings = ImageSettings("novita-gpu-api:dev", "python:3.11-slim", "linux/amd64", False, "", "")
+    settings = ImageSettings.model_validate(nest(ImageSettings, {key: spec.default for key, spec in KEYS.items()}))
     with contextlib.chdir(tmp_path), pytest.raises(ValueError, match="app/Dockerfile not found"):
         ApiImageArgs(image=settings)
     (tmp_path / "app").mkdir()

@@ -16,7 +16,7 @@ import pulumi
 import pytest
 import yaml
 
-from components.settings import PROJECT
+from components.config import PROJECT
 from tests.infra.harness import REPO_ROOT, STACK_FILES_DIR_ENV
 
 THIS_FILE = Path(__file__).resolve()
