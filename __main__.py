@@ -35,6 +35,7 @@ pulumi.export("apiUrl", api.api_url)
 pulumi.export("healthUrl", api.health_url)
 pulumi.export("containerName", api.container_name)
 pulumi.export("imageId", image.image_id)
+pulumi.export("imageName", image.image_name)  # this build's own tag: scripts/rollback.py starts from it
 pulumi.export("restartPolicy", settings.container.restart_policy)
 pulumi.export("healthcheck", settings.healthcheck.summary())
 pulumi.export("valkeyHost", valkey.host)

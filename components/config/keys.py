@@ -61,6 +61,7 @@ KEYS: dict[str, ConfigKey] = {
     "imagePush": ConfigKey("boolean", False, "Push the API image to registryServer (imageName must start with it)"),
     "registryServer": ConfigKey("string", "", "Registry host for imagePush"),
     "registryUsername": ConfigKey("string", "", "Registry user for imagePush"),
+    "apiImage": ConfigKey("string", "", "Rollback: run this earlier build (its tag, e.g. novita-gpu-api:prod-3f9a1c2b7d10) instead of building app/; empty = build (scripts/rollback.py sets it)"),
     "registryPassword": ConfigKey("string", "", "Registry password for imagePush (secret)", secret=True),
     "valkeyMode": ConfigKey("string", "local", "local: a Valkey container; aiven: Aiven for Valkey"),
     "valkeyImage": ConfigKey("string", "valkey/valkey:8-alpine", "Image of the local Valkey"),

@@ -250,6 +250,8 @@ class ImageSettings(Concern):
     registry_server: t.OptionalText = setting("registryServer")
     registry_username: t.OptionalText = setting("registryUsername")
     registry_password: t.OptionalSecret = setting("registryPassword")
+    # A rollback: run this earlier build (a tag the program gave it) instead of building app/; empty = build.
+    pinned: t.matching(r"([a-z0-9][a-z0-9._/:@-]*)?", "an image tag from an earlier build such as novita-gpu-api:prod-3f9a1c2b7d10") = setting("apiImage")
 
     @model_validator(mode="after")
     def _push_target(self) -> "ImageSettings":

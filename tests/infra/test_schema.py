@@ -29,6 +29,7 @@ VARIANTS = {
     ),
     "dev-unhardened": ("dev", {"containerHardening": "false"}, {}),
     "prod-valkey-app-user": ("prod", {"valkeyAppUser": "ngpu-api"}, {}),
+    "prod-rollback": ("prod", {"apiImage": "novita-gpu-api:prod-3f9a1c2b7d10"}, {}),
 }
 
 
