@@ -15,7 +15,7 @@ export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi
 # `pulumi stack output` of a stack, e.g. $(call output,containerName,prod)
 output = $$($(PULUMI) stack output $(1) --stack $(2))
 
-.PHONY: venv test faults bench init preview up down prod prod-stop verify health status-prod logs-prod
+.PHONY: venv test faults bench init preview up down prod prod-stop rollback prune-images verify health status-prod logs-prod
 
 # A stamp, not .venv/bin/python: that is a symlink, and make would touch the interpreter it points to.
 INSTALLED := $(VENV)/.installed
@@ -57,6 +57,13 @@ prod: $(INSTALLED) ## deploy prod (Aiven for Valkey) with the policy pack; shows
 
 prod-stop: ## stop the prod API container; the managed Valkey is untouched (`make prod` starts it again)
 	docker stop $(call output,containerName,$(PROD))
+
+rollback: $(INSTALLED) ## redeploy STACK's previous build through Pulumi (asks before `up`; YES=1 does not); run it where the builds are
+	$(PY) scripts/rollback.py --stack $(STACK) --apply $(if $(YES),--yes)
+
+KEEP ?= 5
+prune-images: $(INSTALLED) ## remove STACK's builds but the KEEP (5) newest and the running one
+	$(PY) scripts/rollback.py --stack $(STACK) --prune --keep $(KEEP) --apply
 
 verify: $(INSTALLED) ## the seed's checklist against the deployed STACK; CRASH_TEST=1 adds a real crash (root)
 	$(PY) scripts/verify.py --stack $(STACK) $(if $(CRASH_TEST),--crash-test)

@@ -4,34 +4,39 @@ import pulumi_docker as docker
 
 from components.api_image import ApiImage, ApiImageArgs
 from components.api_service import ApiService, ApiServiceArgs
-from components.settings import StackSettings
+from components.config import load_settings
 from components.valkey import Valkey, ValkeyArgs
 
-settings = StackSettings.from_config()  # raises StackConfigError before any resource exists
+settings = load_settings()  # raises StackConfigError before any resource exists
 
 # The private network shared by the API and the local Valkey (none on the host network).
 network_name = None
-if not settings.uses_host_network:
-    network_name = docker.Network("network", name=settings.network_name).name
+if not settings.container.uses_host_network:
+    network_name = docker.Network("network", name=settings.container.network_name).name
 
 valkey = Valkey("valkey", ValkeyArgs(
-    mode=settings.valkey_mode,
-    local=settings.local_valkey,
-    aiven=settings.aiven_valkey,
-    production=settings.is_production,
-    aiven_token=settings.secrets.aiven_token,
-    network_name=network_name,
+    target=settings.valkey.target, production=settings.is_production, network_name=network_name,
 ))
-image = ApiImage("api-image", ApiImageArgs(image=settings.image, registry_password=settings.secrets.registry_password))
+image = ApiImage("api-image", ApiImageArgs(image=settings.image))
 api = ApiService("api", ApiServiceArgs(
-    settings=settings, image_id=image.image_id, valkey_url=valkey.url, network_name=network_name,
+    service=settings.service,
+    jobs=settings.jobs,
+    lifecycle=settings.lifecycle,
+    webhooks=settings.webhooks,
+    container=settings.container,
+    healthcheck=settings.healthcheck,
+    hardening=settings.hardening,
+    image_id=image.image_id,
+    valkey_url=valkey.url,
+    network_name=network_name,
 ))
 
 pulumi.export("apiUrl", api.api_url)
 pulumi.export("healthUrl", api.health_url)
 pulumi.export("containerName", api.container_name)
 pulumi.export("imageId", image.image_id)
-pulumi.export("restartPolicy", settings.restart_policy)
+pulumi.export("imageName", image.image_name)  # this build's own tag: scripts/rollback.py starts from it
+pulumi.export("restartPolicy", settings.container.restart_policy)
 pulumi.export("healthcheck", settings.healthcheck.summary())
 pulumi.export("valkeyHost", valkey.host)
 pulumi.export("valkeyPort", valkey.port)

@@ -2,58 +2,111 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_docker as docker
+from pydantic import SecretStr
 
-from components.settings import StackSettings
+from components.config import (
+    ContainerSettings,
+    HardeningSettings,
+    HealthcheckSettings,
+    JobSettings,
+    LifecycleSettings,
+    ServiceSettings,
+    WebhookSettings,
+)
+from components.config.models import Concern, container_variables
+from components.config.types import secret_output
 
 CONTAINER_PORT = 3003
+# Variables the program derives rather than passes through from one setting: {name: sent as a secret}.
+DERIVED_VARIABLES = {
+    "HOST": False,
+    "PORT": False,
+    "HEALTHCHECK_TIMEOUT_SECONDS": False,
+    "HEALTHCHECK_KILL_AFTER": False,
+    "REDIS_URL": True,
+}
+# The settings models whose fields declare an environment variable (models.setting(env=...)).
+RUNTIME_CONCERNS = (ServiceSettings, JobSettings, LifecycleSettings, WebhookSettings)
+
+
+def container_contract() -> dict[str, bool]:
+    """Every environment variable the program may give the API container: {name: sent as a secret}."""
+    contract = dict(DERIVED_VARIABLES)
+    for concern in RUNTIME_CONCERNS:
+        contract.update(dict(container_variables(concern).values()))
+    return contract
 
 
 @dataclass(frozen=True)
 class ApiServiceArgs:
-    """Inputs of `ApiService`."""
+    """Inputs of `ApiService`: the settings concerns it uses, the image to run and the Valkey URL."""
 
-    settings: StackSettings
+    service: ServiceSettings
+    jobs: JobSettings
+    lifecycle: LifecycleSettings
+    webhooks: WebhookSettings
+    container: ContainerSettings
+    healthcheck: HealthcheckSettings
+    hardening: HardeningSettings
     image_id: pulumi.Input[str]
     valkey_url: pulumi.Output[str]
     network_name: Optional[pulumi.Input[str]] = None  # None = host network
 
     def __post_init__(self) -> None:
-        if (self.network_name is None) != self.settings.uses_host_network:
+        if (self.network_name is None) != self.container.uses_host_network:
             raise ValueError("ApiServiceArgs.network_name must be given exactly when networkMode is bridge")
 
+    @property
+    def runtime(self) -> tuple[Concern, ...]:
+        """The concerns passed to the API through its environment."""
+        return (self.service, self.jobs, self.lifecycle, self.webhooks)
 
-def _secret_env(name: str, value: pulumi.Output[str]) -> pulumi.Output[str]:
+
+def _secret_env(name: str, value: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.secret(value).apply(lambda v: f"{name}={v}")
 
 
+def _env_text(value: Any) -> str:
+    """A setting as the API reads it: booleans as true/false, lists comma-separated."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
 def environment(args: ApiServiceArgs) -> list[pulumi.Input[str]]:
-    """The container contract of docs/architecture.md: plain settings in clear, secrets as secret Outputs."""
-    s = args.settings
-    listen_host, listen_port = (s.api_host_address, s.api_port) if s.uses_host_network else ("0.0.0.0", CONTAINER_PORT)
+    """The container contract of docs/architecture.md: plain settings in clear, secrets as secret Outputs.
+    A setting left empty is not passed, so the API's own default (or "off") applies."""
+    c, hc = args.container, args.healthcheck
+    listen_host, listen_port = (c.api_host_address, c.api_port) if c.uses_host_network else ("0.0.0.0", CONTAINER_PORT)
     envs: list[pulumi.Input[str]] = [
-        f"APP_ENV={s.app_env}",
         f"HOST={listen_host}",
         f"PORT={listen_port}",
-        f"LOG_LEVEL={s.log_level}",
-        f"NOVITA_BASE_URL={s.novita_base_url}",
-        f"FAULT_INJECTION={'true' if s.fault_injection else 'false'}",
-        f"HEALTHCHECK_TIMEOUT_SECONDS={s.healthcheck.probe_timeout_seconds}",
-        f"HEALTHCHECK_KILL_AFTER={s.healthcheck.kill_after}",
+        f"HEALTHCHECK_TIMEOUT_SECONDS={hc.probe_timeout_seconds}",
+        f"HEALTHCHECK_KILL_AFTER={hc.kill_after}",
         _secret_env("REDIS_URL", args.valkey_url),
-        _secret_env("NOVITA_API_KEY", s.secrets.novita_api_key),
     ]
-    if s.secrets.api_keys is not None:
-        envs.append(_secret_env("API_KEYS", s.secrets.api_keys))
+    for concern in args.runtime:
+        for field, (variable, secret) in container_variables(type(concern)).items():
+            value = getattr(concern, field)
+            if value is None or value == "" or value == ():
+                continue
+            if isinstance(value, SecretStr):
+                envs.append(_secret_env(variable, secret_output(value)))
+            elif secret:
+                envs.append(_secret_env(variable, _env_text(value)))
+            else:
+                envs.append(f"{variable}={_env_text(value)}")
     return envs
 
 
-def hardening(settings: StackSettings) -> dict:
+def hardening(h: HardeningSettings) -> dict:
     """Container arguments that shrink what a compromised API process can do (issue 6 item 3)."""
-    h = settings.hardening
     if not h.enabled:
         return {}
     return {
@@ -76,22 +129,21 @@ class ApiService(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ApiServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("novita-gpu-api:index:ApiService", name, None, opts)
-        s = args.settings
-        hc = s.healthcheck
+        c, hc = args.container, args.healthcheck
         network: dict = (
             {"network_mode": "host"}
-            if s.uses_host_network
+            if c.uses_host_network
             else {
                 "networks_advanced": [docker.ContainerNetworksAdvancedArgs(name=args.network_name)],
                 # Published on one address only (loopback by default): a reverse proxy or an SSH tunnel fronts it.
-                "ports": [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.api_port, ip=s.api_host_address)],
+                "ports": [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=c.api_port, ip=c.api_host_address)],
             }
         )
         container = docker.Container(
             f"{name}-container",
-            name=s.container_name,
+            name=c.name,
             image=args.image_id,
-            restart=s.restart_policy,
+            restart=c.restart_policy,
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=list(hc.tests),
                 interval=hc.interval,
@@ -100,21 +152,21 @@ class ApiService(pulumi.ComponentResource):
                 start_period=hc.start_period,
                 start_interval=hc.start_interval,
             ),
-            memory=s.memory_mb,
-            memory_swap=s.memory_swap_mb,
-            cpus=s.cpus,
+            memory=c.memory_mb,
+            memory_swap=c.memory_swap_mb,
+            cpus=c.cpus,
             envs=environment(args),
             log_driver="json-file",
-            log_opts={"max-size": s.log_max_size, "max-file": str(s.log_max_file)},
+            log_opts={"max-size": c.log_max_size, "max-file": str(c.log_max_file)},
             init=True,
             stop_signal="SIGTERM",
-            stop_timeout=s.stop_grace_seconds,
-            destroy_grace_seconds=s.stop_grace_seconds,
+            stop_timeout=c.stop_grace_seconds,
+            destroy_grace_seconds=c.stop_grace_seconds,
             must_run=True,
             wait=True,
             wait_timeout=hc.wait_timeout_seconds,
             **network,
-            **hardening(s),
+            **hardening(args.hardening),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
@@ -124,7 +176,7 @@ class ApiService(pulumi.ComponentResource):
             ),
         )
         self.container_name = container.name
-        self.api_url = pulumi.Output.from_input(f"http://{s.api_host_address}:{s.api_port}")
+        self.api_url = pulumi.Output.from_input(f"http://{c.api_host_address}:{c.api_port}")
         self.health_url = self.api_url.apply(lambda url: f"{url}/health")
         self.register_outputs(
             {"container_name": self.container_name, "api_url": self.api_url, "health_url": self.health_url}

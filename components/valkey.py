@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 from urllib.parse import quote
 
 import pulumi
 import pulumi_aiven as aiven
 import pulumi_docker as docker
 
-from components.settings import AivenValkeySettings, LocalValkeySettings
+from components.config import AivenValkeySettings, LocalValkeySettings
+from components.config.types import secret_output
 
 # The local Valkey's own healthcheck: short, because `pulumi up` waits for it before starting the API.
 LOCAL_HEALTHCHECK = {"interval": "5s", "timeout": "3s", "retries": 5, "start_period": "10s"}
@@ -36,22 +37,15 @@ APP_COMMANDS = (
 
 @dataclass(frozen=True)
 class ValkeyArgs:
-    """Inputs of `Valkey`. Exactly one of `local` / `aiven` is used, chosen by `mode`."""
+    """Inputs of `Valkey`: the settings of the Valkey to run (`target`: local container or Aiven), and where."""
 
-    mode: str
-    local: LocalValkeySettings
-    aiven: AivenValkeySettings
+    target: Union[LocalValkeySettings, AivenValkeySettings]
     production: bool
-    aiven_token: Optional[pulumi.Output[str]] = None
     network_name: Optional[pulumi.Input[str]] = None  # the private network; None = host network
 
     def __post_init__(self) -> None:
-        if self.mode not in ("local", "aiven"):
-            raise ValueError(f"ValkeyArgs.mode must be 'local' or 'aiven', not {self.mode!r}")
-        if self.mode == "aiven" and self.aiven_token is None:
-            raise ValueError("ValkeyArgs.aiven_token is required in aiven mode")
-        if self.mode == "aiven" and not self.aiven.project:
-            raise ValueError("ValkeyArgs.aiven.project is required in aiven mode")
+        if isinstance(self.target, AivenValkeySettings) and (self.target.token is None or not self.target.project):
+            raise ValueError("ValkeyArgs: Aiven needs a project and a token")
 
 
 def require_tls(url: str) -> str:
@@ -85,15 +79,14 @@ class Valkey(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ValkeyArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("novita-gpu-api:index:Valkey", name, None, opts)
-        if args.mode == "aiven":
-            self._aiven(name, args)
+        if isinstance(args.target, AivenValkeySettings):
+            self._aiven(name, args.target, args.production)
         else:
-            self._local(name, args)
+            self._local(name, args.target, args.network_name)
         self.register_outputs({"host": self.host, "port": self.port, "tls": self.tls, "url": self.url})
 
-    def _aiven(self, name: str, args: ValkeyArgs) -> None:
-        cfg = args.aiven
-        provider = aiven.Provider(f"{name}-aiven", api_token=args.aiven_token, opts=pulumi.ResourceOptions(parent=self))
+    def _aiven(self, name: str, cfg: AivenValkeySettings, production: bool) -> None:
+        provider = aiven.Provider(f"{name}-aiven", api_token=secret_output(cfg.token), opts=pulumi.ResourceOptions(parent=self))
         service = aiven.Valkey(
             f"{name}-service",
             project=cfg.project,
@@ -102,14 +95,14 @@ class Valkey(pulumi.ComponentResource):
             service_name=cfg.service_name,
             maintenance_window_dow=cfg.maintenance_dow,
             maintenance_window_time=cfg.maintenance_time,
-            termination_protection=args.production,
+            termination_protection=production,
             valkey_user_config=aiven.ValkeyValkeyUserConfigArgs(
                 valkey_ssl=True,
                 valkey_persistence="rdb",
                 valkey_maxmemory_policy="noeviction",
                 ip_filter_strings=list(cfg.ip_allow_list),
             ),
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=args.production),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=production),
         )
         self.host = service.service_host
         self.port = service.service_port
@@ -135,14 +128,13 @@ class Valkey(pulumi.ComponentResource):
         # everywhere it flows (and so the mocks, which ignore that option, can check it).
         self.url = pulumi.Output.secret(url.apply(require_tls))
 
-    def _local(self, name: str, args: ValkeyArgs) -> None:
-        cfg = args.local
+    def _local(self, name: str, cfg: LocalValkeySettings, network_name: Optional[pulumi.Input[str]]) -> None:
         child = pulumi.ResourceOptions(parent=self)
         image: pulumi.Input[str] = cfg.image
         if cfg.pull_image:
             image = docker.RemoteImage(f"{name}-image", name=cfg.image, keep_locally=True, opts=child).image_id
         volume = docker.Volume(f"{name}-data", name=cfg.volume_name, opts=child)
-        on_host_network = args.network_name is None
+        on_host_network = network_name is None
         # On the host network Valkey listens on loopback only; on the private network every peer may connect
         # (protected mode would refuse them, since this dev Valkey has no password).
         bind = "127.0.0.1" if on_host_network else "0.0.0.0"
@@ -157,7 +149,7 @@ class Valkey(pulumi.ComponentResource):
             restart="unless-stopped",
             network_mode="host" if on_host_network else "bridge",
             networks_advanced=None if on_host_network else [
-                docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[LOCAL_NETWORK_ALIAS])
+                docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=[LOCAL_NETWORK_ALIAS])
             ],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/data")],
             healthcheck=docker.ContainerHealthcheckArgs(

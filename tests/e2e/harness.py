@@ -31,7 +31,7 @@ API_IMAGE_TAG = "novita-gpu-api:e2e"
 CONTAINER_TYPE = "docker:index/container:Container"
 IMAGE_TYPE = "docker:index/image:Image"
 # Short healthcheck timings so the suite runs in minutes. The probe's HTTP timeout is half the Docker timeout
-# (components/settings.py), so a 2 s Docker timeout leaves the probe 1 s; kill after 3 failed probes.
+# (components/config/models.py), so a 2 s Docker timeout leaves the probe 1 s; kill after 3 failed probes.
 FAST_HEALTHCHECK = {
     "healthcheckInterval": "3s",
     "healthcheckTimeout": "2s",

@@ -8,12 +8,13 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from tests.infra.harness import REPO_ROOT
+from tests.infra.schema import SCHEMA_FILES
 
 # Every wrapper made by @pulumi.runtime.test shares this code object.
 _PULUMI_TEST_CODE = pulumi.runtime.test(lambda: None).__code__
 SCHEMAS_DIR_ENV = "PULUMI_SCHEMAS_DIR"
-DEFAULT_SCHEMAS_DIR = REPO_ROOT.parent / "shared" / "reference" / "schemas"
+# In the repository, so a clone anywhere runs the check (scripts/extract_provider_schemas.py regenerates it).
+DEFAULT_SCHEMAS_DIR = Path(__file__).parent / "schemas"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,12 +30,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def schemas_dir() -> Path:
-    """The providers' schemas (not copied into the repo): $PULUMI_SCHEMAS_DIR or ../shared/reference/schemas."""
+    """The providers' schemas: tests/infra/schemas (extracts kept in the repo), or $PULUMI_SCHEMAS_DIR to check
+    against other ones (e.g. full `pulumi package get-schema` output). Missing files fail the suite, never skip it."""
     path = Path(os.environ.get(SCHEMAS_DIR_ENV) or DEFAULT_SCHEMAS_DIR)
-    if not (path / "docker.schema.json").is_file() or not (path / "aiven-valkey.schema.json").is_file():
+    missing = [name for name in SCHEMA_FILES if not (path / name).is_file()]
+    if missing:
         pytest.fail(
-            f"provider schemas not found in {path}: set {SCHEMAS_DIR_ENV} to the directory holding "
-            "docker.schema.json and aiven-valkey.schema.json",
+            f"provider schemas not found in {path}: {', '.join(missing)} (set {SCHEMAS_DIR_ENV} to the directory "
+            "holding them, or regenerate them with scripts/extract_provider_schemas.py)",
             pytrace=False,
         )
     return path

@@ -25,7 +25,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import ROOT
 from pulumi.runtime.stack import wait_for_rpcs
 
-from components.settings import PROJECT
+from components.config import PROJECT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = REPO_ROOT / "__main__.py"

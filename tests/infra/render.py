@@ -22,7 +22,7 @@ import json
 import sys
 from typing import Optional
 
-from components.settings import StackConfigError
+from components.config import StackConfigError
 from tests.infra.harness import ProgramRun, execute
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.infra.harness import Registration
 
-SCHEMA_FILES = ("docker.schema.json", "aiven-valkey.schema.json")
+SCHEMA_FILES = ("docker.schema.json", "aiven.schema.json")
 # Inputs the SDK adds to every provider resource; they belong to the engine, not to the provider's schema.
 PROVIDER_ENGINE_INPUTS = {"version", "pluginDownloadURL"}
 _JSON_TYPES = {

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import pulumi
 import pytest
 
-from components.api_image import ApiImageArgs
-from components.settings import ImageSettings, StackConfigError
-from tests.infra.harness import ProgramRun
+from components.api_image import ApiImageArgs, build_tag
+from components.config import ImageSettings, StackConfigError
+from components.config.load import nest
+from components.config.keys import KEYS
+from tests.infra.harness import REPO_ROOT, ProgramRun
 
 IMAGE = "docker:index/image:Image"
 
@@ -19,8 +22,10 @@ IMAGE = "docker:index/image:Image"
 async def test_built_locally_from_app_with_the_default_base_image(stack: str, name: str) -> None:
     run = await ProgramRun.for_stack(stack).run()
     image = run.one(IMAGE)
+    tag = build_tag(REPO_ROOT / "app", REPO_ROOT / "app" / "Dockerfile", {"BASE_IMAGE": "python:3.11-slim"}, "linux/amd64")
+    assert re.fullmatch(r"[0-9a-f]{12}", tag)
     assert image.inputs == {
-        "imageName": name,
+        "imageName": f"{name}-{tag}",  # a tag of its own per build, so no build overwrites another's
         "build": {
             "context": "app",
             "dockerfile": "app/Dockerfile",  # relative to the program's working directory, as the provider resolves it
@@ -48,6 +53,7 @@ async def test_optional_registry_push_with_a_secret_password() -> None:
         {"registryPassword": "test-registry-pass-19c4"},
     ).run()
     image = run.one(IMAGE)
+    assert re.fullmatch(r"registry\.example\.com/novita-gpu-api:prod-[0-9a-f]{12}", image.inputs["imageName"])
     assert image.inputs["skipPush"] is False
     assert image.inputs["registry"] == {"server": "registry.example.com", "username": "deploy", "password": "test-registry-pass-19c4"}
     assert image.is_secret("registry.password")
@@ -62,7 +68,7 @@ async def test_push_needs_the_image_name_under_the_registry() -> None:
 
 @pulumi.runtime.test
 def test_refuses_to_build_outside_the_project_directory_or_without_a_dockerignore(tmp_path: Path) -> None:
-    settings = ImageSettings("novita-gpu-api:dev", "python:3.11-slim", "linux/amd64", False, "", "")
+    settings = ImageSettings.model_validate(nest(ImageSettings, {key: spec.default for key, spec in KEYS.items()}))
     with contextlib.chdir(tmp_path), pytest.raises(ValueError, match="app/Dockerfile not found"):
         ApiImageArgs(image=settings)
     (tmp_path / "app").mkdir()

@@ -7,7 +7,7 @@ import pytest
 from tests.infra.harness import MOCK_VALKEY_PASSWORD, TEST_SECRETS, ProgramRun, Registration
 
 CONTAINER = "docker:index/container:Container"
-SECRET_ENVS = ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS")
+SECRET_ENVS = ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS", "WEBHOOK_URL", "WEBHOOK_SECRET")
 
 # What each stack must deploy (issue 2 and the seed document), in the form the provider reads back.
 EXPECTED = {
@@ -104,6 +104,26 @@ async def test_environment_follows_the_container_contract(stack: str) -> None:
         "REDIS_URL": EXPECTED[stack]["REDIS_URL"],
         "NOVITA_API_KEY": TEST_SECRETS["novitaApiKey"],
         "API_KEYS": TEST_SECRETS["apiKeys"],
+        # The defaults of the pass-through settings, stated so the container shows what it runs with.
+        "MAX_REQUEST_BODY_BYTES": "1048576",
+        "RATE_LIMIT_REQUESTS": "600",
+        "RATE_LIMIT_WINDOW_SECONDS": "60",
+        "JOB_CONCURRENCY": "4",
+        "JOB_MAX_ATTEMPTS": "5",
+        "JOB_VISIBILITY_TIMEOUT_SECONDS": "20",
+        "SHUTDOWN_GRACE_SECONDS": "10",
+        "READINESS_ENABLED": "true",
+        "READINESS_MAX_WAIT_SECONDS": "600",
+        "INSTANCE_PROVISIONING_TIMEOUT_SECONDS": "1800",
+        "AUTO_STOP_ENABLED": "true",
+        "AUTO_STOP_IDLE_SECONDS": "1800",
+        "AUTO_STOP_STARTUP_GRACE_SECONDS": "2700",
+        "AUTO_STOP_DRY_RUN": "false",
+        "MAX_INSTANCE_LIFETIME_SECONDS": "0",
+        "SPOT_RECOVERY_ENABLED": "false",
+        "SPOT_RECOVERY_MIN_INTERVAL_SECONDS": "14400",
+        "WEBHOOK_ALLOW_PRIVATE_TARGETS": "false",
+        "WEBHOOK_MAX_ATTEMPTS": "8",
     }
 
 

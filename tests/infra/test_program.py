@@ -8,7 +8,7 @@ from tests.infra.harness import ProgramRun
 
 COMPONENTS = {"novita-gpu-api:index:Valkey", "novita-gpu-api:index:ApiImage", "novita-gpu-api:index:ApiService"}
 STACK_OUTPUTS = {
-    "apiUrl", "healthUrl", "containerName", "imageId", "restartPolicy", "healthcheck",
+    "apiUrl", "healthUrl", "containerName", "imageId", "imageName", "restartPolicy", "healthcheck",
     "valkeyHost", "valkeyPort", "valkeyTls", "valkeyUrl",
 }
 

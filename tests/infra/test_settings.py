@@ -5,7 +5,9 @@ import pulumi
 import pytest
 import yaml
 
-from components.settings import KEYS, PROJECT, StackConfigError, canonical_cpus, go_duration, parse_duration_ms
+from components.config import KEYS, PROJECT, StackConfigError, StackSettings
+from components.config.models import Concern
+from components.config.validators import canonical_cpus, go_duration, parse_duration_ms
 from tests.infra.harness import REPO_ROOT, ProgramRun, stack_file
 
 
@@ -111,6 +113,36 @@ CONFIG_ERRORS = [
     ("dev", {"imagePush": "true"}, {}, "registryServer", "required when imagePush is true"),
     ("dev", {"containerUser": "0"}, {}, "containerUser", "non-root"),
     ("dev", {"appEnv": "staging"}, {}, "appEnv", "development, production"),
+    # The API's runtime settings (item 1 of issue 12): each refused at deploy time, not at the container's start.
+    ("dev", {"logLevel": "verbose"}, {}, "logLevel", "DEBUG, INFO, WARNING, ERROR"),
+    ("dev", {"docsEnabled": "yes"}, {}, "docsEnabled", "use true or false, or leave it empty"),
+    ("dev", {"maxRequestBodyBytes": "0"}, {}, "maxRequestBodyBytes", "at least 1"),
+    ("dev", {"rateLimitRequests": "-1"}, {}, "rateLimitRequests", "at least 0"),
+    ("dev", {"rateLimitWindowSeconds": "7200"}, {}, "rateLimitWindowSeconds", "between 1 and 3600"),
+    ("dev", {"corsAllowOrigins": '["https://app.example.com/path"]'}, {}, "corsAllowOrigins", "is not an origin like https://app.example.com"),
+    ("dev", {"corsAllowOrigins": "https://app.example.com"}, {}, "corsAllowOrigins", "must be a list of origins"),
+    ("dev", {"jobConcurrency": "0"}, {}, "jobConcurrency", "at least 1"),
+    ("dev", {"jobMaxAttempts": "many"}, {}, "jobMaxAttempts", "not a whole number"),
+    ("dev", {"jobVisibilityTimeoutSeconds": "0"}, {}, "jobVisibilityTimeoutSeconds", "at least 1 s"),
+    ("dev", {"shutdownGraceSeconds": "30"}, {}, "shutdownGraceSeconds", "shorter than stopGraceSeconds (30 >= 30)"),
+    ("dev", {"placementRegionOrder": '["us-ca-6", "us ca 7"]'}, {}, "placementRegionOrder", "is not a cluster id"),
+    ("dev", {"placementRegionOrder": '["us-ca-6", "us-ca-6"]'}, {}, "placementRegionOrder", "lists a cluster id twice"),
+    ("dev", {"readinessEnabled": "yes"}, {}, "readinessEnabled", "use true or false"),
+    ("dev", {"readinessMaxWaitSeconds": "0"}, {}, "readinessMaxWaitSeconds", "at least 1 s"),
+    ("dev", {"provisioningTimeoutSeconds": "-5"}, {}, "provisioningTimeoutSeconds", "at least 1 s"),
+    ("dev", {"autoStopEnabled": "on"}, {}, "autoStopEnabled", "use true or false"),
+    ("dev", {"autoStopIdleSeconds": "0"}, {}, "autoStopIdleSeconds", "at least 1 s"),
+    ("dev", {"autoStopStartupGraceSeconds": "-1"}, {}, "autoStopStartupGraceSeconds", "at least 0 s"),
+    ("dev", {"autoStopDryRun": "1"}, {}, "autoStopDryRun", "use true or false"),
+    ("dev", {"maxInstanceLifetimeSeconds": "1.5"}, {}, "maxInstanceLifetimeSeconds", "not a whole number"),
+    ("dev", {"spotRecoveryEnabled": "maybe"}, {}, "spotRecoveryEnabled", "use true or false"),
+    ("dev", {"spotRecoveryMinIntervalSeconds": "0"}, {}, "spotRecoveryMinIntervalSeconds", "at least 1 s"),
+    ("dev", {"webhookUrl": "ftp://hooks.example.com"}, {}, "webhookUrl", "expected an http(s) URL"),
+    ("dev", {"webhookUrl": "https://hooks.example.com/x"}, {}, "webhookSecret", "missing required secret when webhookUrl is set"),
+    ("dev", {"webhookUrl": "https://hooks.example.com/x"}, {"webhookSecret": "short-secret-1"}, "webhookSecret", "at least 24 characters"),
+    ("dev", {"webhookUrl": "https://hooks.example.com/x", "webhookSecret": "whsec_plain_text_secret_123456"}, {}, "webhookSecret", "plain text"),
+    ("dev", {"webhookAllowPrivateTargets": "sometimes"}, {}, "webhookAllowPrivateTargets", "use true or false"),
+    ("dev", {"webhookMaxAttempts": "0"}, {}, "webhookMaxAttempts", "at least 1"),
 ]
 
 
@@ -140,3 +172,33 @@ async def test_prod_may_open_aiven_to_everyone_only_when_forced() -> None:
     run = await ProgramRun.for_stack("prod", {"valkeyIpAllowList": '["0.0.0.0/0"]', "valkeyAllowAnyIp": "true"}).run()
     user_config = run.one("aiven:index/valkey:Valkey").inputs["valkeyUserConfig"]
     assert user_config["ipFilterStrings"] == ["0.0.0.0/0"]
+
+
+@pytest.mark.parametrize(
+    "overrides, secrets, leaked",
+    [
+        ({"webhookUrl": "https://hooks.example.com/x"}, {"webhookSecret": "tooshort-secret-9f"}, "tooshort-secret-9f"),
+        ({"webhookUrl": "ftp://hooks.example.com/?token=tok-visible-77"}, {}, "tok-visible-77"),
+    ],
+)
+@pulumi.runtime.test
+async def test_webhook_errors_do_not_echo_the_secret_or_the_url(overrides, secrets, leaked) -> None:
+    run = ProgramRun.for_stack("dev", overrides, secrets)
+    with pytest.raises(StackConfigError) as raised:
+        await run.run()
+    assert leaked not in str(raised.value)
+
+
+@pulumi.runtime.test
+def test_each_key_is_read_by_exactly_one_settings_field() -> None:
+    read: list[str] = []
+
+    def walk(model) -> None:
+        for field in model.model_fields.values():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, Concern):
+                walk(field.annotation)
+            else:
+                read.append(field.alias)
+
+    walk(StackSettings)
+    assert sorted(read) == sorted(KEYS)

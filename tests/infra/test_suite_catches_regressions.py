@@ -16,7 +16,7 @@ import pulumi
 import pytest
 import yaml
 
-from components.settings import PROJECT
+from components.config import PROJECT
 from tests.infra.harness import REPO_ROOT, STACK_FILES_DIR_ENV
 
 THIS_FILE = Path(__file__).resolve()
@@ -30,7 +30,9 @@ def run_suite_on_edited_stack_files(tmp_path: Path, stack: str, key: Optional[st
         (tmp_path / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump(document))
     return subprocess.run(
         [sys.executable, "-m", "pytest", str(THIS_FILE.parent), "-q", "-p", "no:cacheprovider",
-         f"--ignore={THIS_FILE}", f"--confcutdir={THIS_FILE.parent}"],
+         f"--ignore={THIS_FILE}", f"--confcutdir={THIS_FILE.parent}",
+         # Reads no stack file of $INFRA_STACK_FILES_DIR (it copies the repository), and takes 10 s per run.
+         "--deselect", "tests/infra/test_schema.py::test_a_copy_of_the_repository_with_nothing_beside_it_passes_the_schema_check"],
         cwd=REPO_ROOT,
         env={**os.environ, STACK_FILES_DIR_ENV: str(tmp_path)},
         capture_output=True,

@@ -1,0 +1,24 @@
+"""The program's settings: `keys` (every stack key), `validators` and `types` (reusable checks), `models` (one per
+concern), `load` (config -> `StackSettings` or one `StackConfigError`). See models.py for how to add a setting."""
+from components.config.keys import KEYS, PROJECT, StackConfigError
+from components.config.load import load_settings
+from components.config.models import (
+    AivenValkeySettings,
+    ContainerSettings,
+    HardeningSettings,
+    HealthcheckSettings,
+    ImageSettings,
+    JobSettings,
+    LifecycleSettings,
+    LocalValkeySettings,
+    ServiceSettings,
+    StackSettings,
+    ValkeySettings,
+    WebhookSettings,
+)
+
+__all__ = [
+    "KEYS", "PROJECT", "StackConfigError", "load_settings", "AivenValkeySettings", "ContainerSettings",
+    "HardeningSettings", "HealthcheckSettings", "ImageSettings", "JobSettings", "LifecycleSettings",
+    "LocalValkeySettings", "ServiceSettings", "StackSettings", "ValkeySettings", "WebhookSettings",
+]

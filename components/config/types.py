@@ -1,0 +1,60 @@
+"""Reusable validated field types for the settings models, each backed by a plain function of `validators.py`.
+
+A type is `Annotated[<python type>, BeforeValidator(<function>)]`: the function sees the raw config value (a string
+from the Pulumi CLI, or the default from `keys.KEYS`) and returns the canonical value, or raises ValueError with a
+message the loader prefixes with the key. Factories (`whole_number`, `one_of`, `matching`) make bounded variants.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any, Optional
+
+import pulumi
+from pydantic import BeforeValidator, SecretStr
+
+from components.config import validators as check
+
+
+def whole_number(minimum: int, maximum: Optional[int] = None, unit: str = "") -> Any:
+    """An int type within bounds, e.g. `whole_number(128, unit=" MB")`."""
+    return Annotated[int, BeforeValidator(partial(check.whole_number, minimum=minimum, maximum=maximum, unit=unit))]
+
+
+def one_of(*allowed: str) -> Any:
+    """A str type taking one of `allowed`."""
+    return Annotated[str, BeforeValidator(partial(check.one_of, allowed=allowed))]
+
+
+def matching(pattern: str, allowed: str) -> Any:
+    """A str type matching `pattern` in full; `allowed` says what matches, in words."""
+    return Annotated[str, BeforeValidator(partial(check.matching, pattern=pattern, allowed=allowed))]
+
+
+Text = Annotated[str, BeforeValidator(check.text_value)]
+OptionalText = Annotated[str, BeforeValidator(partial(check.text_value, allow_empty=True))]
+Flag = Annotated[bool, BeforeValidator(check.flag)]
+OptionalFlag = Annotated[str, BeforeValidator(check.optional_flag)]
+Port = whole_number(1, 65535)
+Seconds = whole_number(1, unit=" s")
+SecondsOrZero = whole_number(0, unit=" s")
+Count = whole_number(1)
+CountOrZero = whole_number(0)
+GoDuration = Annotated[str, BeforeValidator(partial(check.canonical_duration, positive=True))]
+GoDurationOrZero = Annotated[str, BeforeValidator(partial(check.canonical_duration, positive=False))]
+OptionalGoDuration = Annotated[Optional[str], BeforeValidator(check.optional_duration)]
+Cpus = Annotated[str, BeforeValidator(check.cpus)]
+DockerName = matching(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "a Docker name (letters, digits, _ . -)")
+Executable = Annotated[str, BeforeValidator(check.executable)]
+IpAddress = Annotated[str, BeforeValidator(check.ip_address)]
+HttpUrl = Annotated[str, BeforeValidator(check.http_url)]
+OptionalHttpUrl = Annotated[str, BeforeValidator(partial(check.http_url, allow_empty=True))]
+CidrList = Annotated[tuple[str, ...], BeforeValidator(check.cidr_list)]
+OriginList = Annotated[tuple[str, ...], BeforeValidator(check.origin_list)]
+ClusterIdList = Annotated[tuple[str, ...], BeforeValidator(check.cluster_id_list)]
+# A secret config value; empty means not set. The loader has already refused one stored in plain text.
+OptionalSecret = Annotated[Optional[SecretStr], BeforeValidator(lambda raw: SecretStr(raw) if raw else None)]
+
+
+def secret_output(value: SecretStr) -> pulumi.Output[str]:
+    """A secret as the secret Output that resources take: it never reaches the state or the logs in clear."""
+    return pulumi.Output.secret(value.get_secret_value())
