@@ -33,6 +33,7 @@ INTERNAL_APP_SETTINGS = {
     "NOVITA_TIMEOUT_SECONDS": "client tuning", "NOVITA_MAX_ATTEMPTS": "client tuning",
     "NOVITA_RATE_LIMIT_PER_SECOND": "client tuning", "NOVITA_BREAKER_FAILURE_THRESHOLD": "client tuning",
     "NOVITA_BREAKER_RESET_SECONDS": "client tuning", "NOVITA_HEALTH_TIMEOUT_SECONDS": "client tuning",
+    "NOVITA_HEALTH_CHECK_INTERVAL_SECONDS": "health pacing: one shared key check per minute across replicas",
     # Queue internals: polling and retry pacing (the knobs that matter are stack keys: jobConcurrency, ...).
     "JOB_READ_BLOCK_SECONDS": "queue pacing", "JOB_RECLAIM_INTERVAL_SECONDS": "queue pacing",
     "JOB_SCHEDULER_INTERVAL_SECONDS": "queue pacing", "JOB_RETRY_BASE_SECONDS": "queue pacing",
