@@ -37,6 +37,7 @@ from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, Ret
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import (
+    NovitaAuthError,
     NovitaBadRequest,
     NovitaError,
     NovitaNotFound,
@@ -165,8 +166,10 @@ class InstanceJobHandlers:
             await self._fail(ctx, record.id, str(error))
         except ValidationError as error:
             await self._fail(ctx, record.id, f"cannot build the Novita request: {_first_error(error)}")
-        except NovitaBadRequest as error:
+        except (NovitaBadRequest, NovitaNotFound) as error:  # e.g. VALIDATOR_PARAM, IMAGE_NOT_FOUND
             await self._fail(ctx, record.id, f"Novita rejected the create: {error}")
+        except NovitaAuthError as error:  # retrying with the same key cannot help: fail now, with the reason
+            await self._fail(ctx, record.id, f"Novita refused this service's API key: {error}")
         await self._note_skipped(ctx, record.id, placed.skipped)
         return await self._record_created(
             ctx, record.id, placed.novita_instance_id, placed.offer.cluster_id, "created", placed.offer.product_id
