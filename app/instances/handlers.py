@@ -48,6 +48,8 @@ from app.novita.errors import (
 from app.novita.models import CreateInstanceRequest as NovitaCreateRequest
 from app.novita.models import EnvVar as NovitaEnvVar
 from app.novita.models import Instance
+from app.novita.models import JupyterTool as NovitaTool
+from app.novita.models import NetworkStorageMount as NovitaNetworkStorage
 from app.products.service import ProductService
 
 if TYPE_CHECKING:
@@ -433,13 +435,20 @@ def _novita_request(
         gpu_num=spec.gpu_num,
         rootfs_size=spec.rootfs_size,
         image_url=launch.image_url,
-        image_auth_id=launch.image_auth_id,
+        # Credentials given with the request replace any registry auth (a template's included).
+        image_auth_id=None if spec.image_auth else launch.image_auth_id,
+        image_auth=spec.image_auth,
         ports=launch.ports,
         envs=[NovitaEnvVar(key=key, value=value) for key, value in launch.envs.items()] or None,
         command=launch.command,
+        entrypoint=spec.entrypoint,
+        tools=[NovitaTool(name=tool.name, port=str(tool.port), type=tool.type) for tool in spec.tools] or None,
+        network_storages=[NovitaNetworkStorage(id=mount.id, mount_point=mount.mount_point)
+                          for mount in spec.network_storages] or None,
         cluster_id=offer.cluster_id,
         billing_mode=spec.billing_mode,
         month=spec.months,
+        min_cuda_version=spec.min_cuda_version,
     )
 
 

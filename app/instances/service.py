@@ -14,6 +14,7 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.instances.schemas import (
+    REVEAL_SECRETS,
     AcceptedResponse,
     CreateInstanceRequest,
     HeartbeatView,
@@ -80,8 +81,9 @@ def upstream_name(name: str, record_id: str) -> str:
 
 
 def create_spec(request: CreateInstanceRequest) -> dict[str, Any]:
-    """What the create job needs beyond the record (env values included: kept until Novita has the instance)."""
-    return request.model_dump(mode="json")
+    """What the create job needs beyond the record (env values and `imageAuth` included: kept until Novita has the
+    instance)."""
+    return request.model_dump(mode="json", context=REVEAL_SECRETS)
 
 
 class InstanceService:
@@ -147,6 +149,7 @@ class InstanceService:
             template_id=request.template_id,
             cluster_preference=request.cluster_ids,
             billing_mode=request.billing_mode,
+            auto_migrate=request.auto_migrate,
             ports=request.ports,
             env_keys=[env.key for env in request.envs],
             created_at=now,
