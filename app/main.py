@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
+        # operationId = the route function's name (`get_instance`): what generated clients call their functions.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.container = container
     install_exception_handlers(app)

@@ -1,7 +1,7 @@
 """HTTP API of jobs: state of one job, and the dead letters."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict
@@ -9,12 +9,20 @@ from pydantic.alias_generators import to_camel
 
 from app.core.auth import require_api_key
 from app.core.container import AppContainer, get_container
+from app.core.openapi import AUTHENTICATED_RESPONSES, problem
 from app.core.errors import NotFound
+from app.instances.handlers import READINESS_JOB
+from app.instances.service import ACTION_JOBS, CREATE_JOB
 from app.jobs.queue import Job
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)],
+                   responses=AUTHENTICATED_RESPONSES)
 
 Container = Annotated[AppContainer, Depends(get_container)]
+# Enums in the schema, so that generated clients get them as types: every state a job passes through (see
+# app/jobs/queue.py) and every kind of job this app queues.
+JobState = Literal["queued", "scheduled", "running", "succeeded", "failed", "dead"]
+JobKind = Literal[(CREATE_JOB, *ACTION_JOBS.values(), READINESS_JOB)]  # type: ignore[valid-type]
 
 
 class JobView(BaseModel):
@@ -23,8 +31,8 @@ class JobView(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
     id: str
-    kind: str
-    state: str
+    kind: JobKind
+    state: JobState
     attempts: int
     last_error: str | None
     created_at: float
@@ -36,8 +44,8 @@ class JobView(BaseModel):
         """View of a stored job."""
         return cls(
             id=job.id,
-            kind=job.kind,
-            state=job.state,
+            kind=job.kind,  # type: ignore[arg-type]  # only these kinds are ever queued
+            state=job.state,  # type: ignore[arg-type]
             attempts=job.attempts,
             last_error=job.last_error,
             created_at=job.created_at,
@@ -60,7 +68,7 @@ async def list_dead_letters(
     return DeadLetterList(items=[JobView.of(job) for job in await container.queue.dead_letters(limit)])
 
 
-@router.get("/{job_id}", response_model=JobView)
+@router.get("/{job_id}", response_model=JobView, responses={404: problem("no job with this id")})
 async def get_job(container: Container, job_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]) -> JobView:
     """State, attempts and last error of a job."""
     job = await container.queue.get(job_id)
