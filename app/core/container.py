@@ -74,7 +74,8 @@ class AppContainer:
             lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance
         )
         instances = InstanceService(
-            settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity
+            settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity,
+            webhooks=automation.events,
         )
         return cls(
             settings=settings,

@@ -90,7 +90,7 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True)
 
 
-class _StrictModel(BaseModel):
+class StrictRequestModel(BaseModel):
     """Strict request model: camelCase, no coercion ("2" is not 2), unknown fields are an error, not dropped."""
 
     model_config = ConfigDict(
@@ -104,7 +104,7 @@ def _not_reserved(port: int) -> int:
     return port
 
 
-class PortSpec(_StrictModel):
+class PortSpec(StrictRequestModel):
     """One exposed port of the container."""
 
     port: int = Field(ge=1, le=65535)
@@ -116,7 +116,7 @@ class PortSpec(_StrictModel):
         return _not_reserved(port)
 
 
-class EnvVar(_StrictModel):
+class EnvVar(StrictRequestModel):
     """One environment variable.  `secret` values are sent to Novita but never stored in records nor returned."""
 
     key: str = Field(min_length=1, max_length=511, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -124,7 +124,7 @@ class EnvVar(_StrictModel):
     secret: bool = False
 
 
-class ToolSpec(_StrictModel):
+class ToolSpec(StrictRequestModel):
     """A tool Novita runs beside the image on its own port; Jupyter is the only one Novita offers."""
 
     name: Literal["Jupyter"] = "Jupyter"
@@ -137,7 +137,7 @@ class ToolSpec(_StrictModel):
         return _not_reserved(port)
 
 
-class NetworkStorageSpec(_StrictModel):
+class NetworkStorageSpec(StrictRequestModel):
     """A Novita network volume to mount (it must be in the instance's cluster); it keeps its data across stops,
     deletes and migrations, unlike the instance's own disks."""
 
@@ -150,7 +150,7 @@ _CROSS_CHECKED = {"image_url": "imageUrl", "product_id": "productId", "months": 
 REVEAL_SECRETS = {"reveal_secrets": True}
 
 
-class CreateInstanceRequest(_StrictModel):
+class CreateInstanceRequest(StrictRequestModel):
     """Body of `POST /api/instances`."""
 
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits and hyphens, 1-63 characters")
@@ -187,6 +187,9 @@ class CreateInstanceRequest(_StrictModel):
     billing_mode: BillingMode = "onDemand"
     months: int | None = Field(default=None, ge=1, le=36,
                                description="required with, and only with, billingMode 'monthly'")
+    webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$", description=(
+        "this instance's events are also sent here, signed like the global webhook (needs WEBHOOK_SECRET); in "
+        "production it must resolve to public addresses"))
     auto_migrate: bool = Field(default=False, description=(
         "spot only: when Novita reclaims the instance, migrate it to other hardware (if the deployment enables "
         "spot recovery). Migration LOSES the data on the instance's own disks (system and local disk); only "

@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -136,8 +137,20 @@ def test_the_whole_workflow_through_a_generated_client(
     assert instance_id in [item.id for item in page.items] and page.novita_synced is True
     assert drive.call("instances", "heartbeat", 200, instance_id=instance_id).parsed.instance_id == instance_id
 
-    # Actions, each followed through its job.
-    drive.accepted(drive.call("instances", "stop_instance", 202, instance_id=instance_id))
+    # The original service's routes: a timestamped heartbeat, stop-all's preview, actions by name.
+    used_at = datetime.now(UTC) - timedelta(minutes=1)
+    stamped = drive.call("compat", "update_last_used", 200, instance_id=instance_id,
+                         body=models.LastUsedRequest(last_used_at=used_at)).parsed
+    assert stamped.last_used_at == pytest.approx(used_at.timestamp())
+    preview = drive.call("compat", "stop_all", 200, body=models.StopAllRequest(dry_run=True)).parsed
+    assert [item.instance_id for item in preview.items] == [instance_id] and preview.dry_run is True
+    by_name = models.ByNameAction(instance_name=view.name)
+    drive.accepted(drive.call("compat", "stop_by_name", 202, body=by_name))
+    drive.call("compat", "stop_by_name", 409, body=by_name)  # already stopped
+    drive.call("compat", "start_by_name", 404, body=models.ByNameStart(instance_name="nobody"))
+    drive.call("compat", "stop_all", 422, body=models.StopAllRequest(dry_run=False))  # not confirmed
+
+    # Actions by id, each followed through its job.
     drive.call("instances", "stop_instance", 409, instance_id=instance_id)  # already stopped
     drive.accepted(drive.call("instances", "start_instance", 202, instance_id=instance_id))
     drive.accepted(drive.call("instances", "restart_instance", 202, instance_id=instance_id))

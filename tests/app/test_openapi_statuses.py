@@ -67,6 +67,17 @@ OPERATIONS: dict[tuple[str, str], Call] = {
     ("get", "/api/jobs/{job_id}"): lambda c, ids, bad: c.get(f"/api/jobs/{'bad id!' if bad else ids.job}"),
     ("get", "/api/jobs/dead-letters"): lambda c, ids, bad: c.get(
         "/api/jobs/dead-letters", params={"limit": 0} if bad else {}),
+    # The original service's routes (app/compat).
+    ("post", "/api/instances/start"): lambda c, ids, bad: c.post(
+        "/api/instances/start", json={"instanceName": "a b" if bad else ids.name}),
+    ("post", "/api/instances/stop"): lambda c, ids, bad: c.post(
+        "/api/instances/stop", json={"instanceName": "a b" if bad else ids.name}),
+    ("post", "/api/instances/delete"): lambda c, ids, bad: c.post(
+        "/api/instances/delete", json={"instanceName": "a b" if bad else ids.name}),
+    ("post", "/api/instances/stop-all"): lambda c, ids, bad: c.post(
+        "/api/instances/stop-all", json={"dryRun": False} if bad else {"dryRun": True}),
+    ("put", "/api/instances/{instance_id}/last-used"): lambda c, ids, bad: c.put(
+        f"/api/instances/{ids.instance}/last-used", json={"lastUsedAt": "soon" if bad else None}),
 }
 
 
@@ -133,7 +144,7 @@ def test_every_status_an_operation_answers_is_declared(
     with server.client() as client:
         running = create_running(client)
     real = Ids(instance=running["id"], job=running["lastJobId"])
-    unknown = Ids(instance=UNKNOWN_INSTANCE, job=UNKNOWN_JOB)
+    unknown = Ids(instance=UNKNOWN_INSTANCE, job=UNKNOWN_JOB, name="nobody")
 
     ledger.run(server, "valid requests", real)
     ledger.run(server, "no API key", real, authenticated=False)
