@@ -216,10 +216,11 @@ class NovitaClient:
         return _parse_list("list_instances", Instance, items)
 
     async def get_instance(self, instance_id: str) -> Instance:
-        """One instance; ``NovitaNotFound`` when it does not exist."""
+        """One instance; ``NovitaNotFound`` only when Novita's error body says it does not exist."""
         body = await self._call("get_instance", "GET", "/gpu/instance", params={"instanceId": instance_id})
         if "id" not in body:
-            raise NovitaNotFound(f"Novita returned no instance for id {instance_id!r}", reason="EMPTY_ANSWER")
+            # Not Novita saying "not found": reading it so could mark a live instance deleted.
+            raise NovitaUnavailable(f"Novita answered no instance for id {instance_id!r}", reason="EMPTY_ANSWER")
         return _parse("get_instance", Instance, body)
 
     async def start_instance(self, instance_id: str) -> None:

@@ -199,6 +199,8 @@ async def test_a_bare_404_is_an_upstream_fault_retried_and_counted_by_the_breake
                      False, id="404-html"),
         pytest.param({"kind": "error", "status": 404, "body": ""}, False, id="404-empty"),
         pytest.param({"kind": "bare_404"}, False, id="404-plain-text"),
+        pytest.param({"kind": "error", "status": 200, "body": "{}", "contentType": "application/json"}, False,
+                     id="200-without-an-instance"),
     ],
 )
 async def test_only_a_novita_not_found_reason_means_gone(
