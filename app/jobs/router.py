@@ -20,7 +20,8 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(requ
 
 Container = Annotated[AppContainer, Depends(get_container)]
 # Enums in the schema, so that generated clients get them as types: every state a job passes through (see
-# app/jobs/queue.py) and every kind of job this app queues.
+# app/jobs/queue.py) and every kind of job this app queues. The queue itself is generic (a newer replica may queue
+# a kind this one does not know), so a kind outside the enum is still a string, not a 500.
 JobState = Literal["queued", "scheduled", "running", "succeeded", "failed", "dead"]
 JobKind = Literal[(CREATE_JOB, *ACTION_JOBS.values(), READINESS_JOB)]  # type: ignore[valid-type]
 
@@ -31,7 +32,7 @@ class JobView(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
     id: str
-    kind: JobKind
+    kind: JobKind | str
     state: JobState
     attempts: int
     last_error: str | None
@@ -44,7 +45,7 @@ class JobView(BaseModel):
         """View of a stored job."""
         return cls(
             id=job.id,
-            kind=job.kind,  # type: ignore[arg-type]  # only these kinds are ever queued
+            kind=job.kind,
             state=job.state,  # type: ignore[arg-type]
             attempts=job.attempts,
             last_error=job.last_error,
