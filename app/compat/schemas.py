@@ -6,19 +6,18 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from app.instances.schemas import ApiModel, InstanceState, StrictRequestModel
+from app.instances.schemas import ApiModel, InstanceState, StrictRequestModel, WebhookUrl
 
 # The original's name rule; names it accepted with `_` never existed here (ours are letters, digits and hyphens).
 ORIGINAL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
-WEBHOOK_URL = Field(default=None, max_length=2048, pattern=r"^https?://\S+$",
-                    description="this instance's events are also sent here from now on (signed; needs WEBHOOK_SECRET)")
 
 
 class ByNameAction(StrictRequestModel):
     """Body of the original's `POST /api/instances/{start,stop,delete}`: the instance by its name."""
 
     instance_name: str = Field(pattern=ORIGINAL_NAME_PATTERN, description="the name given at create")
-    webhook_url: str | None = WEBHOOK_URL
+    webhook_url: WebhookUrl | None = Field(
+        default=None, description="this instance's events are also sent here from now on (signed; needs WEBHOOK_SECRET)")
 
 
 class ByNameStart(ByNameAction):

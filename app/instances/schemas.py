@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -124,6 +124,10 @@ class EnvVar(StrictRequestModel):
     secret: bool = False
 
 
+# Where one instance's events go besides the global webhook (checked again by the webhook guard when set).
+WebhookUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://\S+$")]
+
+
 class ToolSpec(StrictRequestModel):
     """A tool Novita runs beside the image on its own port; Jupyter is the only one Novita offers."""
 
@@ -187,7 +191,7 @@ class CreateInstanceRequest(StrictRequestModel):
     billing_mode: BillingMode = "onDemand"
     months: int | None = Field(default=None, ge=1, le=36,
                                description="required with, and only with, billingMode 'monthly'")
-    webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$", description=(
+    webhook_url: WebhookUrl | None = Field(default=None, description=(
         "this instance's events are also sent here, signed like the global webhook (needs WEBHOOK_SECRET); in "
         "production it must resolve to public addresses"))
     auto_migrate: bool = Field(default=False, description=(
