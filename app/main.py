@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.compat.router import router as compat_router
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.container import AppContainer
 from app.core.errors import install_exception_handlers
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
+        # operationId = the route function's name (`get_instance`): what generated clients call their functions.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.container = container
     install_exception_handlers(app)
@@ -68,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # sees every answer but /livez
     app.add_middleware(LivenessEndpoint, lifecycle=container.lifecycle)  # outermost: liveness depends on nothing
-    for router in (health_router, jobs_router, instances_router, products_router):
+    for router in (health_router, jobs_router, instances_router, products_router, compat_router):
         app.include_router(router)
     if not settings.client_api_keys:
         logger.warning("API_KEYS is not set: the API is open to anyone who can reach it (development only)")

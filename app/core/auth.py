@@ -1,13 +1,17 @@
 """API-key authentication for every route except health: `X-API-Key: <key>` or `Authorization: Bearer <key>`.
 
-An authenticated request then counts against its key's rate limit (app/core/ratelimit.py).
+An authenticated request then counts against its key's rate limit (app/core/ratelimit.py). The two ways to send a
+key are FastAPI security schemes, so every operation behind `require_api_key` declares them in `/openapi.json`
+(FastAPI emits them itself, however the router is included).
 """
 from __future__ import annotations
 
 import hmac
 import logging
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from app.core.errors import Unauthorized
@@ -17,18 +21,25 @@ logger = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"
 
 
-def presented_key(request: Request) -> str | None:
+# auto_error=False: a missing key is our own 401 problem+json, not FastAPI's 403.
+_API_KEY_HEADER = APIKeyHeader(name="X-API-Key", scheme_name="ApiKeyHeader", auto_error=False,
+                               description="a client key from API_KEYS")
+_BEARER_TOKEN = HTTPBearer(scheme_name="BearerToken", auto_error=False,
+                           description="the same client key as a Bearer token")
+HeaderKey = Annotated[str | None, Security(_API_KEY_HEADER)]
+BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER_TOKEN)]
+
+
+def presented_key(header_key: str | None, bearer: HTTPAuthorizationCredentials | None) -> str | None:
     """The key the client sent, from X-API-Key or a Bearer token."""
-    header_key = request.headers.get("x-api-key")
-    if header_key:
+    if header_key and header_key.strip():
         return header_key.strip()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    if bearer is not None and bearer.credentials.strip():
+        return bearer.credentials.strip()
     return None
 
 
-async def require_api_key(request: Request) -> str:
+async def require_api_key(request: Request, header_key: HeaderKey = None, bearer: BearerKey = None) -> str:
     """FastAPI dependency: the name of the client's key (also on `request.state.api_key_name`), or 401; 429 when
     that key used up its rate limit.
 
@@ -36,17 +47,16 @@ async def require_api_key(request: Request) -> str:
     which one matched. Without configured keys (development only; production refuses to start) access is open.
     """
     container = request.app.state.container
-    name = _authenticate(request, container.settings.client_api_keys)
+    name = _authenticate(presented_key(header_key, bearer), container.settings.client_api_keys)
     request.state.api_key_name = name
     await container.rate_limiter.enforce(name)
     return name
 
 
-def _authenticate(request: Request, keys: dict[str, SecretStr]) -> str:
+def _authenticate(presented: str | None, keys: dict[str, SecretStr]) -> str:
     """The name of the key the request presents, or `Unauthorized`."""
     if not keys:
         return ANONYMOUS
-    presented = presented_key(request)
     if presented is None:
         raise Unauthorized("missing API key: send it in the X-API-Key header or as a Bearer token")
     matched: str | None = None

@@ -84,7 +84,8 @@ class AppContainer:
             extra_tasks=[PeriodicTask(CHECK_TASK, settings.novita_health_check_interval_seconds, novita_health.check)],
         )
         instances = InstanceService(
-            settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity
+            settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity,
+            webhooks=automation.events,
         )
         return cls(
             settings=settings,

@@ -121,6 +121,10 @@ class UpstreamError(AppError):
         super().__init__(detail, extra={"reason": reason} if reason else None)
         self.status = status
 
+    def headers(self) -> dict[str, str]:
+        # 503: no capacity or the circuit breaker is open; both may clear within seconds.
+        return {"Retry-After": "5"} if self.status == 503 else {}
+
 
 class UpstreamRejected(AppError):
     """Novita rejected the content of what the client asked for (422), with Novita's reason."""

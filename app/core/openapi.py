@@ -1,13 +1,17 @@
-"""Make `/openapi.json` describe what the API really answers, so clients (and the schema fuzzer) can rely on it.
+"""Make `/openapi.json` describe what the API really answers, so generated clients (and the fuzzer) can rely on it.
 
-FastAPI documents a JSON 422 shape the app never sends and none of the errors the shared layers add. This module
-post-processes the generated document once:
-- every error answer (4xx/5xx) is `application/problem+json` with the `Problem` schema (app/core/errors.py);
+The routes declare what is specific to them, and FastAPI emits it, however the routers are included:
+- security: `require_api_key` takes its key through FastAPI security schemes (app/core/auth.py), so every operation
+  behind it lists `ApiKeyHeader` and `BearerToken`;
+- the answers of the shared layers: routers behind the key use `AUTHENTICATED_RESPONSES` (401, 429 and 503 with
+  `Retry-After`), those that call Novita synchronously add `NOVITA_RESPONSES` (502, 504), and each operation adds
+  its own 404/409 and the `Location` of a 202 (`accepted_response`).
+This module then completes the generated document once, from each operation's shape alone:
 - every operation may answer 500; those with parameters or a body 422; those with a body 400 (undecodable) and
   413 (body limit); those with a path parameter 404;
-- operations behind `require_api_key` declare the API-key security schemes and may answer 401, 429 (their rate
-  limit or Novita's), 502/503/504 (Novita or Valkey down), the 429 and 503 with `Retry-After`;
-- the health routes' non-JSON or non-200 answers (`/metrics` text, `/readyz` and `/health` 503).
+- every error answer without a declared body is `application/problem+json` with the `Problem` schema
+  (app/core/errors.py), which replaces FastAPI's JSON 422 shape that the app never sends;
+- `/livez`, answered before routing by `app.health.liveness`, is added as the path it is.
 """
 from __future__ import annotations
 
@@ -15,10 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 
-from app.core.auth import require_api_key
 from app.core.errors import PROBLEM_JSON
+from app.health.liveness import LIVEZ_PATH
 
 OpenApiDocument = dict[str, Any]
 
@@ -46,60 +49,80 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
 }
-SECURITY_SCHEMES = {
-    "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-    "BearerToken": {"type": "http", "scheme": "bearer"},
-}
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
+_LOCATION = {"Location": {"description": "the job carrying out the request: `/api/jobs/{jobId}`",
+                          "schema": {"type": "string"}}}
+
+
+def problem(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    """An error answer with the Problem body, optionally with `Retry-After`."""
+    response: dict[str, Any] = {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}}
+    if retry_after:
+        response["headers"] = _RETRY_AFTER
+    return response
+
+
+AUTHENTICATED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: problem("missing or invalid API key"),
+    429: problem("the rate limit of this API key (or Novita's) is used up", retry_after=True),
+    503: problem("Valkey or Novita unavailable: nothing was accepted", retry_after=True),
+}
+NOVITA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    502: problem("Novita failed or refused our request (`reason` is Novita's)"),
+    504: problem("Novita did not answer in time"),
+}
+
+
+def accepted_response(description: str) -> dict[int | str, dict[str, Any]]:
+    """The 202 of a queued operation, with its `Location` header."""
+    return {202: {"description": description, "headers": _LOCATION}}
+
+
 _ALWAYS = {"500": "unexpected error (details only in the server log, under the request id)"}
 _WITH_INPUT = {"422": "invalid parameters or body: `errors` names each field"}
-_WITH_BODY = {"400": "body is not decodable JSON", "413": "request body over the size limit"}
+# Invalid JSON is a 422 like any invalid body; bytes that are not text at all are a 400.
+_WITH_BODY = {"400": "body is not decodable (not UTF-8 text)", "413": "request body over the size limit"}
 _WITH_PATH_PARAMETERS = {"404": "nothing with this id"}
-_AUTHENTICATED = {
-    "401": "missing or invalid API key",
-    "429": "rate limit of this API key, or Novita's, exceeded",
-    "502": "Novita failed or refused our request",
-    "503": "Valkey or Novita unavailable: nothing was accepted",
-    "504": "Novita did not answer in time",
-}
-_HEALTH_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
-# Routes of app/health whose answers are not the default JSON 200.
-_EXTRA_RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
-    ("get", "/metrics"): {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {
-        "type": "string"}}}}},
-    ("get", "/readyz"): {"503": {"description": "not ready, with the reason", "content": {"application/json": {
-        "schema": _HEALTH_STATUS}}}},
-    ("get", "/health"): {"503": {"description": "Valkey or the job queue is down", "content": {"application/json": {
-        "schema": _HEALTH_STATUS}}}},
+_LIVEZ_OPERATION: dict[str, Any] = {
+    "tags": ["health"],
+    "summary": "Livez",
+    "description": "200 while the event loop answers; answered before routing, depends on nothing.",
+    "operationId": "livez",
+    "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {
+        "title": "Liveness",
+        "type": "object",
+        "required": ["status", "readyOnce"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "readyOnce": {"type": "boolean", "description": "the app has been ready (Valkey connected) once"},
+        },
+    }}}}},
 }
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Replace `app.openapi` with a version that documents errors, security and the health routes (built once)."""
+    """Replace `app.openapi` with a version that completes the generated document (built once)."""
     generate: Callable[[], OpenApiDocument] = app.openapi
 
     def openapi() -> OpenApiDocument:
         if app.openapi_schema is None:
-            document = generate()  # FastAPI caches it in app.openapi_schema; completed in place below
-            complete_document(document, _authenticated_operations(app))
+            complete_document(generate())  # FastAPI caches it in app.openapi_schema; completed in place
         return app.openapi_schema  # type: ignore[return-value]  # set by generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def complete_document(document: OpenApiDocument, authenticated: set[tuple[str, str]]) -> None:
-    """Add the error answers, security and health specifics to a generated document."""
+def complete_document(document: OpenApiDocument) -> None:
+    """Add the answers every operation of its shape can give, the Problem body, and `/livez`."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 shape: the app answers Problem
         schemas.pop(unused, None)
-    components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
-
-    for path, operations in document.get("paths", {}).items():
-        for method, operation in operations.items():
+    paths = document.setdefault("paths", {})
+    for operations in paths.values():
+        for operation in operations.values():
             responses: dict[str, Any] = operation.setdefault("responses", {})
-            responses.update(_EXTRA_RESPONSES.get((method, path), {}))
             wanted = dict(_ALWAYS)
             if operation.get("parameters") or operation.get("requestBody"):
                 wanted.update(_WITH_INPUT)
@@ -107,31 +130,10 @@ def complete_document(document: OpenApiDocument, authenticated: set[tuple[str, s
                 wanted.update(_WITH_BODY)
             if any(parameter.get("in") == "path" for parameter in operation.get("parameters", [])):
                 wanted.update(_WITH_PATH_PARAMETERS)
-            if (method, path) in authenticated:
-                wanted.update(_AUTHENTICATED)
-                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
             for status, description in wanted.items():
                 responses.setdefault(status, {"description": description})
-            specific = _EXTRA_RESPONSES.get((method, path), {})
             for status, response in responses.items():
-                if status.isdigit() and int(status) >= 400 and status not in specific:
-                    _as_problem(status, response)
-
-
-def _as_problem(status: str, response: dict[str, Any]) -> None:
-    response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
-    if status in ("429", "503"):
-        response["headers"] = {**_RETRY_AFTER, **response.get("headers", {})}
-
-
-def _authenticated_operations(app: FastAPI) -> set[tuple[str, str]]:
-    """(method, path) of every route that depends on `require_api_key`, directly or through its router."""
-    operations: set[tuple[str, str]] = set()
-    for route in app.routes:
-        if isinstance(route, APIRoute) and _depends_on(route.dependant, require_api_key):
-            operations.update((method.lower(), route.path_format) for method in route.methods)
-    return operations
-
-
-def _depends_on(dependant: Any, dependency: Callable[..., Any]) -> bool:
-    return any(sub.call is dependency or _depends_on(sub, dependency) for sub in dependant.dependencies)
+                # An error answer that declares no body of its own (FastAPI's 422 body is not what we send).
+                if status.isdigit() and int(status) >= 400 and (status == "422" or "content" not in response):
+                    response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
+    paths[LIVEZ_PATH] = {"get": _LIVEZ_OPERATION}  # constant bytes before routing: it answers nothing but 200

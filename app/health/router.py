@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from app import __version__
 from app.core.container import AppContainer, get_container
 from app.core.metrics import CONTENT_TYPE_LATEST
+from app.health.schemas import Health, Readiness
 from app.jobs.queue import QueueStats
 
 router = APIRouter(tags=["health"])
@@ -31,7 +32,8 @@ ServiceState = Literal["up", "down"]
 _CHECK_TIMEOUT_SECONDS = 1.0
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "not ready, with the reason"}})
 async def readyz(container: Container) -> JSONResponse:
     """200 when this replica can do its work, else 503 with the reason."""
     reason = await _not_ready_reason(container)
@@ -40,7 +42,8 @@ async def readyz(container: Container) -> JSONResponse:
     return JSONResponse({"status": "not ready", "reason": container.redact(reason)}, status_code=503)
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health,
+            responses={503: {"model": Health, "description": "Valkey or the job queue is down"}})
 async def health(container: Container) -> JSONResponse:
     """The seed's health document; 503 when Valkey or the job queue is down."""
     redis_up = await container.redis.ping(_CHECK_TIMEOUT_SECONDS)
@@ -74,7 +77,9 @@ async def health(container: Container) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(container: Container) -> Response:
     """Prometheus text format: this app's metrics plus the process-wide registry (Novita client, process)."""
     measured = container.metrics

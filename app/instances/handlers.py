@@ -39,6 +39,7 @@ from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, Rea
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import (
+    NovitaAuthError,
     NovitaBadRequest,
     NovitaError,
     NovitaNotFound,
@@ -49,6 +50,8 @@ from app.novita.errors import (
 from app.novita.models import CreateInstanceRequest as NovitaCreateRequest
 from app.novita.models import EnvVar as NovitaEnvVar
 from app.novita.models import Instance
+from app.novita.models import JupyterTool as NovitaTool
+from app.novita.models import NetworkStorageMount as NovitaNetworkStorage
 from app.products.service import ProductService
 
 if TYPE_CHECKING:
@@ -172,8 +175,10 @@ class InstanceJobHandlers:
             await self._fail(ctx, record.id, str(error))
         except ValidationError as error:
             await self._fail(ctx, record.id, f"cannot build the Novita request: {_first_error(error)}")
-        except NovitaBadRequest as error:
+        except (NovitaBadRequest, NovitaNotFound) as error:  # e.g. VALIDATOR_PARAM, IMAGE_NOT_FOUND
             await self._fail(ctx, record.id, f"Novita rejected the create: {error}")
+        except NovitaAuthError as error:  # retrying with the same key cannot help: fail now, with the reason
+            await self._fail(ctx, record.id, f"Novita refused this service's API key: {error}")
         await self._note_skipped(ctx, record.id, placed.skipped)
         return await self._record_created(
             ctx, record.id, placed.novita_instance_id, placed.offer.cluster_id, "created", placed.offer.product_id
@@ -472,13 +477,20 @@ def _novita_request(
         gpu_num=spec.gpu_num,
         rootfs_size=spec.rootfs_size,
         image_url=launch.image_url,
-        image_auth_id=launch.image_auth_id,
+        # Credentials given with the request replace any registry auth (a template's included).
+        image_auth_id=None if spec.image_auth else launch.image_auth_id,
+        image_auth=spec.image_auth,
         ports=launch.ports,
         envs=[NovitaEnvVar(key=key, value=value) for key, value in launch.envs.items()] or None,
         command=launch.command,
+        entrypoint=spec.entrypoint,
+        tools=[NovitaTool(name=tool.name, port=str(tool.port), type=tool.type) for tool in spec.tools] or None,
+        network_storages=[NovitaNetworkStorage(id=mount.id, mount_point=mount.mount_point)
+                          for mount in spec.network_storages] or None,
         cluster_id=offer.cluster_id,
         billing_mode=spec.billing_mode,
         month=spec.months,
+        min_cuda_version=spec.min_cuda_version,
     )
 
 

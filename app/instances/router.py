@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 
 from app.core.auth import require_api_key
 from app.core.container import AppContainer, get_container
+from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
 from app.instances.schemas import (
     AcceptedResponse,
     CreateInstanceRequest,
@@ -17,15 +18,14 @@ from app.instances.schemas import (
 )
 from app.instances.service import Action, InstanceService
 
-router = APIRouter(prefix="/api/instances", tags=["instances"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api/instances", tags=["instances"], dependencies=[Depends(require_api_key)],
+                   responses=AUTHENTICATED_RESPONSES)
 
 InstanceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
-_ERRORS = {
-    404: {"description": "no instance with this id"},
-    409: {"description": "the instance's current state does not allow this action"},
-    503: {"description": "Valkey is unavailable: nothing was accepted"},
-}
+_NOT_FOUND = {404: problem("no instance with this id")}
+_CONFLICT = {409: problem("the instance's current state does not allow this action")}
+_ACTION_RESPONSES = {**accepted_response("queued: follow the job at `Location`"), **_NOT_FOUND, **_CONFLICT}
 
 
 async def get_instance_service(container: Annotated[AppContainer, Depends(get_container)]) -> InstanceService:
@@ -45,7 +45,8 @@ def _accepted(response: Response, accepted: AcceptedResponse) -> AcceptedRespons
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=AcceptedResponse,
-    responses={422: {"description": "invalid body, or an Idempotency-Key reused with a different body"}, **_ERRORS},
+    responses={**accepted_response("accepted: the create job is durably queued; follow it at `Location`"),
+               422: problem("invalid body, or an Idempotency-Key reused with a different body")},
 )
 async def create_instance(
     body: CreateInstanceRequest,
@@ -73,7 +74,7 @@ async def list_instances(
     return await service.list_instances(state=state, name=name, page=page, page_size=page_size)
 
 
-@router.get("/{instance_id}", response_model=InstanceView, responses={404: _ERRORS[404]})
+@router.get("/{instance_id}", response_model=InstanceView, responses=_NOT_FOUND)
 async def get_instance(instance_id: InstanceId, service: Service) -> InstanceView:
     """One instance, with Novita's live status when Novita answers."""
     return await service.get(instance_id)
@@ -83,31 +84,31 @@ async def _action(instance_id: str, action: Action, service: InstanceService, re
     return _accepted(response, await service.request_action(instance_id, action))
 
 
-@router.post("/{instance_id}/start", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+@router.post("/{instance_id}/start", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
 async def start_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
     """Queue a start of a stopped instance."""
     return await _action(instance_id, "start", service, response)
 
 
-@router.post("/{instance_id}/stop", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+@router.post("/{instance_id}/stop", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
 async def stop_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
     """Queue a stop of a running instance."""
     return await _action(instance_id, "stop", service, response)
 
 
-@router.post("/{instance_id}/restart", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+@router.post("/{instance_id}/restart", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
 async def restart_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
     """Queue a restart of a running instance."""
     return await _action(instance_id, "restart", service, response)
 
 
-@router.delete("/{instance_id}", status_code=202, response_model=AcceptedResponse, responses=_ERRORS)
+@router.delete("/{instance_id}", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
 async def delete_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
     """Queue the deletion of an instance (its data on Novita is lost)."""
     return await _action(instance_id, "delete", service, response)
 
 
-@router.post("/{instance_id}/heartbeat", response_model=HeartbeatView, responses={404: _ERRORS[404], 409: _ERRORS[409]})
+@router.post("/{instance_id}/heartbeat", response_model=HeartbeatView, responses={**_NOT_FOUND, **_CONFLICT})
 async def heartbeat(instance_id: InstanceId, service: Service) -> HeartbeatView:
     """Say the instance is in use: idle auto-stop stops instances without a heartbeat for AUTO_STOP_IDLE_SECONDS."""
     return await service.heartbeat(instance_id)

@@ -9,9 +9,19 @@ import hashlib
 import json
 import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FieldSerializationInfo,
+    SecretStr,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 
@@ -80,7 +90,7 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True)
 
 
-class _StrictModel(BaseModel):
+class StrictRequestModel(BaseModel):
     """Strict request model: camelCase, no coercion ("2" is not 2), unknown fields are an error, not dropped."""
 
     model_config = ConfigDict(
@@ -88,7 +98,13 @@ class _StrictModel(BaseModel):
     )
 
 
-class PortSpec(_StrictModel):
+def _not_reserved(port: int) -> int:
+    if port in RESERVED_PORTS:
+        raise ValueError(f"port {port} is reserved by Novita (2222-2224)")
+    return port
+
+
+class PortSpec(StrictRequestModel):
     """One exposed port of the container."""
 
     port: int = Field(ge=1, le=65535)
@@ -97,12 +113,10 @@ class PortSpec(_StrictModel):
     @field_validator("port")
     @classmethod
     def _not_reserved(cls, port: int) -> int:
-        if port in RESERVED_PORTS:
-            raise ValueError(f"port {port} is reserved by Novita (2222-2224)")
-        return port
+        return _not_reserved(port)
 
 
-class EnvVar(_StrictModel):
+class EnvVar(StrictRequestModel):
     """One environment variable.  `secret` values are sent to Novita but never stored in records nor returned."""
 
     key: str = Field(min_length=1, max_length=511, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -110,10 +124,37 @@ class EnvVar(_StrictModel):
     secret: bool = False
 
 
+# Where one instance's events go besides the global webhook (checked again by the webhook guard when set).
+WebhookUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://\S+$")]
+
+
+class ToolSpec(StrictRequestModel):
+    """A tool Novita runs beside the image on its own port; Jupyter is the only one Novita offers."""
+
+    name: Literal["Jupyter"] = "Jupyter"
+    port: int = Field(ge=1, le=65535)
+    type: Literal["tcp", "http"] = "http"
+
+    @field_validator("port")
+    @classmethod
+    def _not_reserved(cls, port: int) -> int:
+        return _not_reserved(port)
+
+
+class NetworkStorageSpec(StrictRequestModel):
+    """A Novita network volume to mount (it must be in the instance's cluster); it keeps its data across stops,
+    deletes and migrations, unlike the instance's own disks."""
+
+    id: str = Field(min_length=1, max_length=255, description="the network storage's id on Novita")
+    mount_point: str = Field(default="/network", min_length=2, max_length=4095, pattern=r"^/\S*$")
+
+
 _CROSS_CHECKED = {"image_url": "imageUrl", "product_id": "productId", "months": "months"}
+# Context of `CreateInstanceRequest.model_dump` that writes secrets in clear: only for the create spec in Valkey.
+REVEAL_SECRETS = {"reveal_secrets": True}
 
 
-class CreateInstanceRequest(_StrictModel):
+class CreateInstanceRequest(StrictRequestModel):
     """Body of `POST /api/instances`."""
 
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits and hyphens, 1-63 characters")
@@ -128,16 +169,35 @@ class CreateInstanceRequest(_StrictModel):
     image_url: str | None = Field(default=None, min_length=1, max_length=500, pattern=r"^\S+$",
                                   description="required unless templateId is given")
     image_auth_id: str | None = Field(default=None, min_length=1, max_length=255,
-                                      description="id of a registry auth saved on Novita")
+                                      description="id (or name) of a registry auth saved on Novita")
+    image_auth: SecretStr | None = Field(default=None, min_length=3, max_length=10239,
+                                         description="`username:password` of a private registry, instead of "
+                                                     "imageAuthId; a secret: never stored in records, logged or "
+                                                     "returned")
     ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=1,
+                                  description="Jupyter on its own port; ports and tools together at most 15")
     envs: list[EnvVar] = Field(default_factory=list, max_length=100)
     command: str | None = Field(default=None, max_length=2047)
+    entrypoint: str | None = Field(default=None, min_length=1, max_length=2047,
+                                   description="replaces the image's ENTRYPOINT")
+    network_storages: list[NetworkStorageSpec] = Field(default_factory=list, max_length=30)
+    min_cuda_version: str | None = Field(default=None, pattern=r"^\d{1,2}\.\d{1,2}$",
+                                         description="e.g. '12.4': only nodes with this CUDA or newer; an offer "
+                                                     "whose nodes are older is skipped")
     cluster_ids: list[str] = Field(default_factory=list, max_length=16,
                                    description="clusters in order of preference; the next is tried when one has "
                                                "no capacity; empty = any cluster")
     billing_mode: BillingMode = "onDemand"
     months: int | None = Field(default=None, ge=1, le=36,
                                description="required with, and only with, billingMode 'monthly'")
+    webhook_url: WebhookUrl | None = Field(default=None, description=(
+        "this instance's events are also sent here, signed like the global webhook (needs WEBHOOK_SECRET); in "
+        "production it must resolve to public addresses"))
+    auto_migrate: bool = Field(default=False, description=(
+        "spot only: when Novita reclaims the instance, migrate it to other hardware (if the deployment enables "
+        "spot recovery). Migration LOSES the data on the instance's own disks (system and local disk); only "
+        "network storage keeps it. Off by default."))
 
     @field_validator("image_url")
     @classmethod
@@ -153,6 +213,16 @@ class CreateInstanceRequest(_StrictModel):
         if len(numbers) != len(set(numbers)):
             raise ValueError("each port may appear only once")
         return ports
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_ports_free(cls, tools: list[ToolSpec], info: ValidationInfo) -> list[ToolSpec]:
+        ports = {p.port for p in info.data.get("ports", [])}
+        if any(tool.port in ports for tool in tools):
+            raise ValueError("a tool's port must not also be in ports")
+        if len(ports) + len(tools) > MAX_PORTS:
+            raise ValueError(f"ports and tools together at most {MAX_PORTS}")
+        return tools
 
     @field_validator("envs")
     @classmethod
@@ -196,9 +266,32 @@ class CreateInstanceRequest(_StrictModel):
             raise ValueError("months is required with billingMode 'monthly' and allowed only with it")
         return months
 
+    @field_validator("image_auth")
+    @classmethod
+    def _one_registry_auth(cls, image_auth: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if image_auth is not None and info.data.get("image_auth_id") is not None:
+            raise ValueError("give imageAuth or imageAuthId, not both")
+        if image_auth is not None and ":" not in image_auth.get_secret_value():
+            raise ValueError("imageAuth must be 'username:password'")
+        return image_auth
+
+    @field_validator("auto_migrate")
+    @classmethod
+    def _migrate_only_spot(cls, auto_migrate: bool, info: ValidationInfo) -> bool:
+        if auto_migrate and info.data.get("billing_mode", "spot") != "spot":
+            raise ValueError("autoMigrate applies only to billingMode 'spot'")
+        return auto_migrate
+
+    @field_serializer("image_auth", when_used="json")
+    def _image_auth_masked(self, image_auth: SecretStr | None, info: FieldSerializationInfo) -> str | None:
+        if image_auth is None:
+            return None
+        return image_auth.get_secret_value() if (info.context or {}).get("reveal_secrets") else str(image_auth)
+
     def fingerprint(self) -> str:
         """A digest of the request's meaning, to tell a replay (same Idempotency-Key) from a different request."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.model_dump(mode="json", context=REVEAL_SECRETS), sort_keys=True,
+                               separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -233,6 +326,7 @@ class InstanceRecord(BaseModel):
     cluster_preference: list[str] = Field(default_factory=list)
     cluster_id: str | None = None
     billing_mode: BillingMode
+    auto_migrate: bool = False  # spot recovery may migrate it (losing its local disks' data): opt-in per instance
     ports: list[PortSpec] = Field(default_factory=list)
     env_keys: list[str] = Field(default_factory=list)
     endpoints: list[dict[str, Any]] = Field(default_factory=list)
@@ -278,6 +372,8 @@ class InstanceView(ApiModel):
     cluster_id: str | None = None
     cluster_preference: list[str] = Field(default_factory=list)
     billing_mode: str | None = None
+    auto_migrate: bool = Field(False, description="a reclaimed spot instance is migrated (data on its own disks "
+                                                  "is lost) when the deployment enables spot recovery")
     image_url: str | None = None
     template_id: str | None = None
     ports: list[PortSpec] = Field(default_factory=list)

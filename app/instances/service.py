@@ -14,6 +14,7 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.instances.schemas import (
+    REVEAL_SECRETS,
     AcceptedResponse,
     CreateInstanceRequest,
     HeartbeatView,
@@ -26,6 +27,7 @@ from app.instances.schemas import (
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
 from app.lifecycle.activity import ActivityStore
+from app.lifecycle.webhooks import UnsafeWebhookUrl, WebhookNotifier
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError, NovitaNotFound
 from app.novita.models import Instance
@@ -80,8 +82,9 @@ def upstream_name(name: str, record_id: str) -> str:
 
 
 def create_spec(request: CreateInstanceRequest) -> dict[str, Any]:
-    """What the create job needs beyond the record (env values included: kept until Novita has the instance)."""
-    return request.model_dump(mode="json")
+    """What the create job needs beyond the record (env values and `imageAuth` included: kept until Novita has the
+    instance)."""
+    return request.model_dump(mode="json", context=REVEAL_SECRETS)
 
 
 class InstanceService:
@@ -95,6 +98,7 @@ class InstanceService:
         novita: NovitaClient,
         cache: Cache,
         activity: ActivityStore,
+        webhooks: WebhookNotifier,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -102,6 +106,7 @@ class InstanceService:
         self._novita = novita
         self._cache = cache
         self._activity = activity
+        self._webhooks = webhooks
 
     @property
     def store(self) -> InstanceStore:
@@ -134,6 +139,8 @@ class InstanceService:
                     )
                 record_id, job_id, replay = existing["instance_id"], existing["job_id"], True
 
+        if request.webhook_url is not None:
+            await self.set_webhook_url(record_id, request.webhook_url)
         now = time.time()
         record = InstanceRecord(
             id=record_id,
@@ -147,6 +154,7 @@ class InstanceService:
             template_id=request.template_id,
             cluster_preference=request.cluster_ids,
             billing_mode=request.billing_mode,
+            auto_migrate=request.auto_migrate,
             ports=request.ports,
             env_keys=[env.key for env in request.envs],
             created_at=now,
@@ -182,14 +190,21 @@ class InstanceService:
         await self.invalidate_cached_lists()
         return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
 
-    async def heartbeat(self, instance_id: str) -> HeartbeatView:
-        """Note that the instance is in use now: idle auto-stop counts from the latest heartbeat."""
+    async def heartbeat(self, instance_id: str, at: float | None = None) -> HeartbeatView:
+        """Note that the instance is in use (now, or at `at`): idle auto-stop counts from the latest heartbeat."""
         record = await self._get_record(instance_id)
         if record.state in (InstanceState.DELETING, InstanceState.DELETED):
             raise Conflict(f"instance {instance_id!r} is {record.state.value}: there is nothing to keep alive")
-        now = time.time()
-        await self._activity.heartbeat(record.id, now)
-        return HeartbeatView(instance_id=record.id, last_used_at=now)
+        used_at = time.time() if at is None else at
+        await self._activity.heartbeat(record.id, used_at)
+        return HeartbeatView(instance_id=record.id, last_used_at=used_at)
+
+    async def set_webhook_url(self, instance_id: str, url: str) -> None:
+        """Send this instance's events to `url` too; a URL the webhook guard refuses is a 422 on `webhookUrl`."""
+        try:
+            await self._webhooks.set_instance_url(instance_id, url)
+        except UnsafeWebhookUrl as error:
+            raise ValidationFailed(f"webhookUrl refused: {error}", field="body.webhookUrl") from None
 
     async def get(self, instance_id: str) -> InstanceView:
         """Our record with Novita's live status laid over it (the record alone when Novita cannot be reached)."""

@@ -99,6 +99,10 @@ class InstanceStore:
                 await self._client.zrem(_INDEX_KEY, *expired)
         return [InstanceRecord.model_validate_json(raw) for raw in raws if raw is not None]
 
+    async def find_by_name(self, name: str) -> list[InstanceRecord]:
+        """Records named exactly `name` that are not deleted (names are not unique), newest first."""
+        return [record for record in await self.list_all() if record.name == name and record.state != "deleted"]
+
     async def update(self, instance_id: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
         """Apply `change` to the record atomically (optimistic: re-read and re-apply if another writer won)."""
         key = _record_key(instance_id)

@@ -1,7 +1,7 @@
 """HTTP API of jobs: state of one job, the dead letters, cancel and requeue."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict
@@ -9,12 +9,21 @@ from pydantic.alias_generators import to_camel
 
 from app.core.auth import require_api_key
 from app.core.container import AppContainer, get_container
+from app.core.openapi import AUTHENTICATED_RESPONSES, problem
 from app.core.errors import NotFound
+from app.instances.handlers import READINESS_JOB
+from app.instances.service import ACTION_JOBS, CREATE_JOB
 from app.jobs.queue import Job
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)],
+                   responses=AUTHENTICATED_RESPONSES)
 
 Container = Annotated[AppContainer, Depends(get_container)]
+# Enums in the schema, so that generated clients get them as types: every state a job passes through (see
+# app/jobs/queue.py) and every kind of job this app queues. The queue itself is generic (a newer replica may queue
+# a kind this one does not know), so a kind outside the enum is still a string, not a 500.
+JobState = Literal["queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled"]
+JobKind = Literal[(CREATE_JOB, *ACTION_JOBS.values(), READINESS_JOB)]  # type: ignore[valid-type]
 
 
 class JobView(BaseModel):
@@ -23,8 +32,8 @@ class JobView(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
     id: str
-    kind: str
-    state: str
+    kind: JobKind | str
+    state: JobState
     attempts: int
     last_error: str | None
     created_at: float
@@ -38,7 +47,7 @@ class JobView(BaseModel):
         return cls(
             id=job.id,
             kind=job.kind,
-            state=job.state,
+            state=job.state,  # type: ignore[arg-type]
             attempts=job.attempts,
             last_error=job.last_error,
             created_at=job.created_at,
@@ -65,7 +74,7 @@ async def list_dead_letters(
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
 
-@router.get("/{job_id}", response_model=JobView)
+@router.get("/{job_id}", response_model=JobView, responses={404: problem("no job with this id")})
 async def get_job(container: Container, job_id: JobId) -> JobView:
     """State, attempts and last error of a job."""
     job = await container.queue.get(job_id)
@@ -75,7 +84,8 @@ async def get_job(container: Container, job_id: JobId) -> JobView:
 
 
 @router.post("/{job_id}/cancel", response_model=JobView,
-             responses={409: {"description": "the job is running or finished: only a waiting job can be cancelled"}})
+             responses={404: problem("no job with this id"),
+                        409: problem("the job is running or finished: only a waiting job can be cancelled")})
 async def cancel_job(container: Container, job_id: JobId) -> JobView:
     """Cancel a job that has not started (queued, or scheduled for a retry or its next step); it will never run.
     404 for an unknown job, 409 when it is running or finished."""
@@ -83,7 +93,7 @@ async def cancel_job(container: Container, job_id: JobId) -> JobView:
 
 
 @router.post("/{job_id}/requeue", response_model=JobView,
-             responses={409: {"description": "the job is not dead-lettered"}})
+             responses={404: problem("no job with this id"), 409: problem("the job is not dead-lettered")})
 async def requeue_job(container: Container, job_id: JobId) -> JobView:
     """Queue a dead-lettered job again, with its attempts reset and its deadlines counted from now.
     404 for an unknown job, 409 when it is not dead."""

@@ -1,4 +1,7 @@
-"""Spot recovery (opt-in): a spot instance Novita reclaimed (`exited` without anyone asking) is recovered.
+"""Spot recovery (opt-in twice): a spot instance Novita reclaimed (`exited` without anyone asking) is recovered,
+when the deployment enables it (`SPOT_RECOVERY_ENABLED`) and the instance was created with `autoMigrate: true`.
+Migration loses the data on the instance's own disks (Novita: "any new data on the system disk and local disk will
+not be preserved"), so no instance is migrated unless its owner asked for it.
 
 Recovery is Novita's migrate (`POST /gpu/instance/migrate`: the instance moves to other hardware), passed in as
 `recover` so the module does not depend on how the client spells it. Each instance is recovered at most once per
@@ -93,7 +96,7 @@ class SpotRecovery:
             return []
         outcomes = []
         for record in await self._store.list_all():
-            if (record.billing_mode != "spot" or record.novita_instance_id is None
+            if (record.billing_mode != "spot" or not record.auto_migrate or record.novita_instance_id is None
                     or record.state in (InstanceState.DELETING, InstanceState.DELETED)):
                 continue
             outcome = await self._check(record)

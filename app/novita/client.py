@@ -23,6 +23,7 @@ from app.novita.errors import (
     NovitaCreateOutcomeUnknown,
     NovitaError,
     NovitaNotFound,
+    NovitaRateLimited,
     NovitaTimeout,
     NovitaUnavailable,
     error_from_response,
@@ -42,7 +43,8 @@ logger = logging.getLogger(__name__)
 NOVITA_CALLS = Counter(
     "novita_calls",
     "HTTP attempts made to Novita, by client operation and outcome "
-    "(ok, client_error, rate_limited, server_error, timeout, network_error, circuit_open).",
+    "(ok, client_error, rate_limited, server_error, unrouted (a 404 without Novita's error body), timeout, "
+    "network_error, circuit_open).",
     ["endpoint", "outcome"],
 )
 NOVITA_ERRORS = Counter(
@@ -53,7 +55,7 @@ NOVITA_ERRORS = Counter(
 
 _USER_AGENT = "novita-gpu-api/0.1"
 _DEFAULT_PAGE_SIZE = 100
-# Safety stop for list pagination should Novita ignore pageNum and keep answering full pages.
+# Safety stop for list pagination should Novita keep answering new items forever.
 _MAX_PAGES = 1000
 
 Result = TypeVar("Result")
@@ -64,9 +66,10 @@ Model = TypeVar("Model", bound=BaseModel)
 class UpstreamStatus:
     """What recent calls saw of Novita, for ``/health`` without a live call. Contains no secret.
 
-    ``errors`` counts attempts that show trouble on Novita's side or with our key (429, 5xx, timeouts, network
-    errors, a refused key: 401/403 or an auth reason); answers about the request itself (400/404 ...) count as Novita
-    being up. ``last_error_kind`` is the ``NovitaError.kind`` of the latest such attempt (``auth``: our key).
+    ``errors`` counts attempts that show trouble on Novita's side or with our key (429, 5xx, a 404 without Novita's
+    error body, timeouts, network errors, a refused key); answers about the request itself (400, a ``*_NOT_FOUND``
+    ...) count as Novita being up. ``last_error_kind`` is the ``NovitaError.kind`` of the latest such attempt
+    (``auth``: our key).
     """
 
     breaker_state: str
@@ -164,13 +167,16 @@ class NovitaClient:
         lookup fails too, ``NovitaCreateOutcomeUnknown`` is raised: look the name up before trying again.
         """
         body = request.to_wire()
+        image_auth = request.image_auth.get_secret_value() if request.image_auth else None
 
         async def attempt() -> str:
             try:
                 answer = await self._send("create_instance", "POST", "/gpu/instance/create", json=body)
                 return _require_id(answer)
-            except NovitaUnavailable as error:
-                if not error.request_sent or not error.retry_in_client:
+            except NovitaError as error:
+                if image_auth:  # Novita may quote the body it refused: the registry password never leaves here
+                    error.message = error.message.replace(image_auth, "***")
+                if not isinstance(error, NovitaUnavailable) or not error.request_sent or not error.retry_in_client:
                     raise
                 existing = await self._find_after_ambiguous_create(request.name, error)
                 if existing is None:
@@ -213,10 +219,11 @@ class NovitaClient:
         return _parse_list("list_instances", Instance, items)
 
     async def get_instance(self, instance_id: str) -> Instance:
-        """One instance; ``NovitaNotFound`` when it does not exist."""
+        """One instance; ``NovitaNotFound`` only when Novita's error body says it does not exist."""
         body = await self._call("get_instance", "GET", "/gpu/instance", params={"instanceId": instance_id})
         if "id" not in body:
-            raise NovitaNotFound(f"Novita returned no instance for id {instance_id!r}", reason="EMPTY_ANSWER")
+            # Not Novita saying "not found": reading it so could mark a live instance deleted.
+            raise NovitaUnavailable(f"Novita answered no instance for id {instance_id!r}", reason="EMPTY_ANSWER")
         return _parse("get_instance", Instance, body)
 
     async def start_instance(self, instance_id: str) -> None:
@@ -281,20 +288,28 @@ class NovitaClient:
     # -- plumbing ----------------------------------------------------------------------------------------------
 
     async def _paginate(self, endpoint: str, path: str, key: str, filters: dict[str, Any]) -> list[Any]:
-        """Every item of a ``pageNum``/``pageSize`` list (1-based); stops on a short page, ``total`` or a repeat."""
+        """Every item of a ``pageNum``/``pageSize`` list, right whichever base Novita counts pages from.
+
+        Novita's docs allow ``pageNum`` 0 and its console starts at 1, and the server may cap a page below the size
+        asked for (reference section 2). So pages are read from 0 on, items are kept once per id, and the listing
+        ends only on evidence: an empty page, a page with nothing new (a server that ignores ``pageNum``), or
+        ``total`` (a number or a numeric string) items read. Never on a short page, never on a guessed base.
+        """
         items: list[Any] = []
         seen_ids: set[str] = set()
-        for page_num in range(1, _MAX_PAGES + 1):
+        for page_num in range(_MAX_PAGES):
             params = {**filters, "pageNum": page_num, "pageSize": self._page_size}
             body = await self._call(endpoint, "GET", path, params=params)
             page = _list_field(body, key)
-            page_ids = {str(item.get("id", item.get("Id"))) for item in page if isinstance(item, dict)}
-            if page and page_ids <= seen_ids:
-                break  # Novita answered a page we already have: it ignores pageNum
-            seen_ids |= page_ids
-            items.extend(page)
-            total = body.get("total")
-            if len(page) < self._page_size or (isinstance(total, int) and len(items) >= total):
+            new_items = [item for item in page if _item_id(item) not in seen_ids]
+            seen_ids.update(_item_id(item) for item in new_items)
+            items.extend(new_items)
+            total = _as_count(body.get("total"))
+            if total is not None and len(items) >= total:
+                break
+            # Page 0 alone proves nothing: a 1-based server answers it empty or as page 1. After it, an empty page
+            # ends the list; a repeated one too, except page 1 (the same as page 0 under that reading).
+            if (page_num >= 1 and not page) or (page_num >= 2 and not new_items):
                 break
         return items
 
@@ -379,11 +394,13 @@ class NovitaClient:
             self._record(endpoint, "ok", breaker_ok=True)
             return body
         error = error_from_response(response, self._redact)
-        status = response.status_code
-        outcome = "server_error" if status >= 500 else "rate_limited" if status == 429 else "client_error"
-        # 400/404/409 are answers about the request: Novita itself is fine. 429 and a refused key are not fine for us.
-        upstream_trouble = status >= 500 or status == 429 or isinstance(error, NovitaAuthError)
-        self._record(endpoint, outcome, breaker_ok=status < 500, error=error if upstream_trouble else None)
+        # Answers about the request (400, a *_NOT_FOUND, 409) mean Novita itself is fine. A 5xx or a 404 without
+        # Novita's error body is Novita (or what is in front of it) failing; 429 and a refused key are not fine for us.
+        failing = isinstance(error, NovitaUnavailable)
+        outcome = ("server_error" if response.status_code >= 500 else "unrouted" if failing
+                   else "rate_limited" if isinstance(error, NovitaRateLimited) else "client_error")
+        upstream_trouble = failing or isinstance(error, NovitaRateLimited | NovitaAuthError)
+        self._record(endpoint, outcome, breaker_ok=not failing, error=error if upstream_trouble else None)
         raise error
 
     def _transport_failure(self, endpoint: str, exc: Exception, *, request_sent: bool) -> NovitaUnavailable:
@@ -451,6 +468,22 @@ def _list_field(body: dict[str, Any], key: str) -> list[Any]:
     """``body[key]`` when it is a list; Novita may leave it out or send null when there are no items."""
     value = body.get(key)
     return value if isinstance(value, list) else []
+
+
+def _item_id(item: Any) -> str:
+    """The id of a listed item (templates spell it ``Id``); items without one count as one unnamed item."""
+    return str(item.get("id", item.get("Id"))) if isinstance(item, dict) else repr(item)
+
+
+def _as_count(value: Any) -> int | None:
+    """``total`` as Novita may send it: a number, a numeric string, or absent."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
 def _require_id(body: dict[str, Any]) -> str:

@@ -17,11 +17,18 @@ import httpx
 # Longest upstream message kept in an error: enough to read, short enough for a log line or a problem+json body.
 _MAX_MESSAGE_CHARS = 300
 
-_NOT_FOUND_REASONS = frozenset({"RESOURCE_NOT_FOUND", "TEMPLATE_NOT_FOUND", "JOB_NOT_FOUND"})
-# Novita refuses a bad or banned key with these reasons as HTTP 400, besides 401/403 (reference §1.8).
-_AUTH_REASONS = frozenset({"INVALID_USER_TOKEN", "BANNED_USER"})
+# Only Novita's own error body says a resource does not exist: a reason ending in this suffix (RESOURCE_NOT_FOUND,
+# TEMPLATE_NOT_FOUND...), sent as 400 or 404. A 404 without it is a wrong route or a proxy, not a deleted instance.
+_NOT_FOUND_REASON_SUFFIX = "_NOT_FOUND"
+# Reasons that mean our key was refused; Novita's console sees the first two as HTTP 400 (reference section 2).
+_AUTH_REASONS = frozenset({"INVALID_USER_TOKEN", "BANNED_USER", "FAILED_TO_AUTH"})
 _STATE_CONFLICT_REASONS = frozenset({"CONFLICT", "DEPENDENT_RESOURCE_STATE"})
-_INSUFFICIENT_RESOURCE_REASONS = frozenset({"INSUFFICIENT_RESOURCE", "MIGRATE_INSUFFICIENT_RESOURCE"})
+# No capacity for this request here, or this place cannot take it (quota per GPU type, CUDA too old on the free
+# nodes, a cluster or node out of service): placement tries the next offer rather than failing the create.
+_INSUFFICIENT_RESOURCE_REASONS = frozenset({
+    "INSUFFICIENT_RESOURCE", "MIGRATE_INSUFFICIENT_RESOURCE", "CREATE_GPU_NUM_LIMIT", "CUDA_VERSION_INCOMPATIBLE",
+    "CLUSTER_STATUS", "NODE_STATUS",
+})
 # The only observed text of Novita's answer to start/stop on an instance in the wrong state (reference §1.6).
 _STATE_CONFLICT_MESSAGE = "invalid state change"
 
@@ -45,7 +52,8 @@ class NovitaError(Exception):
 
 
 class NovitaAuthError(NovitaError):
-    """Novita refused the API key (401/403, or 400 with an auth reason such as ``INVALID_USER_TOKEN``)."""
+    """Novita refused the API key: 401/403, or a refusal reason such as ``INVALID_USER_TOKEN`` or ``BANNED_USER``
+    (sent as 400). Never retried: the same key would be refused again."""
 
     kind = "auth"
 
@@ -57,7 +65,7 @@ class NovitaBadRequest(NovitaError):
 
 
 class NovitaNotFound(NovitaError):
-    """The instance, template or job does not exist (404, or 400 with a ``*_NOT_FOUND`` reason)."""
+    """The instance, template or job does not exist: Novita's error body names a ``*_NOT_FOUND`` reason."""
 
     kind = "not_found"
 
@@ -142,8 +150,12 @@ def error_from_response(response: httpx.Response, redact: Callable[[str], str]) 
         return NovitaUnavailable(message, status=status, reason=reason)
     if status in (401, 403) or reason in _AUTH_REASONS:
         return NovitaAuthError(message, status=status, reason=reason)
-    if status == 404 or reason in _NOT_FOUND_REASONS:
+    if reason is not None and reason.endswith(_NOT_FOUND_REASON_SUFFIX):
         return NovitaNotFound(message, status=status, reason=reason)
+    if status == 404:
+        # No Novita reason: a routing error at Novita or a proxy. Treated like a 5xx (retried, counted by the
+        # breaker), so that no caller ever reads it as "this instance is gone".
+        return NovitaUnavailable(message, status=status, reason=reason or "UNROUTED_404")
     if reason in _INSUFFICIENT_RESOURCE_REASONS:
         return NovitaInsufficientResource(message, status=status, reason=reason)
     if status == 409 or reason in _STATE_CONFLICT_REASONS or _STATE_CONFLICT_MESSAGE in message.lower():

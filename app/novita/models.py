@@ -207,6 +207,16 @@ class NetworkStorageMount(BaseModel):
     mount_point: str = Field(default="/network", alias="mountPoint", min_length=1, max_length=4095)
 
 
+class JupyterTool(BaseModel):
+    """A tool Novita runs beside the image; Jupyter is the only one its docs name. ``port`` is a string on the wire."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["Jupyter"] = "Jupyter"
+    port: str = Field(pattern=r"^\d{1,5}$")
+    type: Literal["tcp", "http"] = "http"
+
+
 class CreateInstanceRequest(BaseModel):
     """Body of ``POST /gpu/instance/create`` (reference §1.4), validated before it is sent.
 
@@ -222,10 +232,12 @@ class CreateInstanceRequest(BaseModel):
     rootfs_size: int = Field(ge=10, le=6144)
     image_url: str = Field(min_length=1, max_length=500)
     image_auth_id: str | None = None
+    image_auth: SecretStr | None = Field(default=None, description="`user:password` of a private registry")
     ports: str | None = None
     envs: list[EnvVar] | None = Field(default=None, max_length=100)
     command: str | None = Field(default=None, max_length=2047)
     entrypoint: str | None = Field(default=None, max_length=2047)
+    tools: list[JupyterTool] | None = None
     cluster_id: str | None = None
     network_storages: list[NetworkStorageMount] | None = Field(default=None, max_length=30)
     network_id: str | None = None
@@ -257,5 +269,8 @@ class CreateInstanceRequest(BaseModel):
         return ",".join(specs)
 
     def to_wire(self) -> dict[str, Any]:
-        """The JSON body Novita expects: camelCase keys, unset fields left out."""
-        return self.model_dump(by_alias=True, exclude_none=True)
+        """The JSON body Novita expects: camelCase keys, unset fields left out, ``imageAuth`` in clear (only here)."""
+        body = self.model_dump(by_alias=True, exclude_none=True, exclude={"image_auth"})
+        if self.image_auth is not None:
+            body["imageAuth"] = self.image_auth.get_secret_value()
+        return body

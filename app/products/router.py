@@ -7,10 +7,13 @@ from fastapi import APIRouter, Depends, Query
 
 from app.core.auth import require_api_key
 from app.core.container import AppContainer, get_container
+from app.core.openapi import AUTHENTICATED_RESPONSES, NOVITA_RESPONSES
 from app.instances.schemas import ApiModel
 from app.products.service import BillingMode, ProductService, ProductView, RegionView
 
-router = APIRouter(prefix="/api", tags=["products"], dependencies=[Depends(require_api_key)])
+# Both operations call Novita on a cache miss: its failures are theirs to answer.
+router = APIRouter(prefix="/api", tags=["products"], dependencies=[Depends(require_api_key)],
+                   responses={**AUTHENTICATED_RESPONSES, **NOVITA_RESPONSES})
 
 
 class ProductList(ApiModel):

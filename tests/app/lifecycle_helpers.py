@@ -114,7 +114,7 @@ async def create_on_novita(env: LifecycleEnv, name: str, *, billing_mode: str = 
 
 def make_record(
     *, name: str = "trainer", novita_instance_id: str | None = None, novita_status: str | None = None,
-    created_at: float, billing_mode: str = "onDemand", record_id: str | None = None,
+    created_at: float, billing_mode: str = "onDemand", record_id: str | None = None, auto_migrate: bool = False,
 ) -> InstanceRecord:
     """A record as the API writes it, optionally already holding a Novita id and status."""
     record_id = record_id or new_record_id()
@@ -122,7 +122,8 @@ def make_record(
         id=record_id, name=name, upstream_name=upstream_name(name, record_id),
         novita_instance_id=novita_instance_id, product_name="RTX 4090 24GB", gpu_num=1, rootfs_size=20,
         image_url="docker.io/library/ubuntu:22.04", billing_mode=billing_mode,  # type: ignore[arg-type]
-        ports=[PortSpec(port=8888, type="http")], created_at=created_at, updated_at=created_at,
+        auto_migrate=auto_migrate, ports=[PortSpec(port=8888, type="http")], created_at=created_at,
+        updated_at=created_at,
     )
     if novita_status is not None:
         record.apply_novita(novita_status, None)
@@ -132,13 +133,13 @@ def make_record(
 
 
 async def managed_instance(env: LifecycleEnv, *, status: str, billing_mode: str = "onDemand",
-                           name: str = "trainer") -> InstanceRecord:
+                           name: str = "trainer", auto_migrate: bool = False) -> InstanceRecord:
     """A record of ours with a matching instance on the fake Novita, frozen in `status` (created at clock time)."""
     record_id = new_record_id()
     novita_id = await create_on_novita(env, upstream_name(name, record_id), billing_mode=billing_mode)
     env.fake.set_state(novita_id, status=status, frozen=True)
     record = make_record(name=name, record_id=record_id, novita_instance_id=novita_id, novita_status=status,
-                         created_at=env.clock(), billing_mode=billing_mode)
+                         created_at=env.clock(), billing_mode=billing_mode, auto_migrate=auto_migrate)
     assert await env.store.create(record, {})
     await env.store.drop_spec(record.id)
     return record

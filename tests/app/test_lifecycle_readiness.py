@@ -17,6 +17,7 @@ from app.instances.handlers import READINESS_JOB, InstanceJobHandlers
 from app.instances.service import InstanceService
 from app.jobs.queue import Job, JobContext, JobQueue, RetryLater
 from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, Ready, RetryAfter
+from app.lifecycle.webhooks import UrlGuard, WebhookNotifier
 from app.novita.models import Instance, PortMapping
 from app.products.service import ProductService
 from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
@@ -183,7 +184,8 @@ def readiness_handlers(env: LifecycleEnv, sink: RecordingSink, **policy: float) 
                         **{f"readiness_{name}": value for name, value in policy.items()})
     cache = Cache(env.redis_manager, Metrics())
     queue = JobQueue(env.redis_manager)
+    no_instance_webhooks = WebhookNotifier(env.redis, None, UrlGuard(block_private=True), global_url=None)
     instances = InstanceService(settings=settings, store=env.store, queue=queue, novita=env.novita, cache=cache,
-                                activity=env.activity)
+                                activity=env.activity, webhooks=no_instance_webhooks)
     return InstanceJobHandlers(settings, env.store, env.novita, ProductService(settings, env.novita, cache),
                                instances, sink, clock=env.clock)

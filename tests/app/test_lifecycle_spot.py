@@ -1,5 +1,6 @@
-"""Spot recovery: a reclaimed spot instance is recovered at most once per interval, the owner is told, failures are
-written on the record; stopped-on-purpose and on-demand instances are left alone; two replicas recover once.
+"""Spot recovery: a reclaimed spot instance whose owner opted in (`autoMigrate`) is recovered at most once per
+interval, the owner is told, failures are written on the record; stopped-on-purpose, not-opted-in and on-demand
+instances are left alone; two replicas recover once.
 
 The recovery action is injected; these tests pass the client's `migrate_instance`, as the app does, and count the
 fake Novita's migrate calls.
@@ -32,7 +33,7 @@ def recovery(env: LifecycleEnv, sink: RecordingSink, policy: SpotPolicy = POLICY
 
 async def test_a_reclaimed_spot_instance_is_recovered_at_most_once_per_interval(lifecycle_env: LifecycleEnv) -> None:
     env, sink = lifecycle_env, RecordingSink()
-    record = await managed_instance(env, status="exited", billing_mode="spot")
+    record = await managed_instance(env, status="exited", billing_mode="spot", auto_migrate=True)
     assert record.novita_instance_id is not None
     spot = recovery(env, sink)
 
@@ -53,7 +54,7 @@ async def test_a_reclaimed_spot_instance_is_recovered_at_most_once_per_interval(
 
 async def test_a_failed_recovery_is_visible_on_the_record_and_sent(lifecycle_env: LifecycleEnv) -> None:
     env, sink = lifecycle_env, RecordingSink()
-    record = await managed_instance(env, status="exited", billing_mode="spot")
+    record = await managed_instance(env, status="exited", billing_mode="spot", auto_migrate=True)
     env.fake.add_faults({"path": MIGRATE, "kind": "error", "status": 400, "reason": "MIGRATE_INSUFFICIENT_RESOURCE",
                          "message": "no spare hardware"})
 
@@ -69,19 +70,31 @@ async def test_a_failed_recovery_is_visible_on_the_record_and_sent(lifecycle_env
 
 async def test_instances_stopped_on_purpose_or_not_spot_are_left_alone(lifecycle_env: LifecycleEnv) -> None:
     env, sink = lifecycle_env, RecordingSink()
-    user_stopped = await managed_instance(env, status="exited", billing_mode="spot", name="paused")
+    user_stopped = await managed_instance(env, status="exited", billing_mode="spot", name="paused", auto_migrate=True)
     await env.store.update(user_stopped.id, lambda record: record.add_event("stop_requested"))
     await managed_instance(env, status="exited", billing_mode="onDemand", name="ondemand")
-    await managed_instance(env, status="running", billing_mode="spot", name="busy")
+    await managed_instance(env, status="running", billing_mode="spot", name="busy", auto_migrate=True)
 
     assert await recovery(env, sink).run_once() == []
     assert await recovery(env, sink, SpotPolicy(enabled=False)).run_once() == []
     assert env.fake.call_count("POST", MIGRATE) == 0
 
 
+async def test_a_spot_instance_is_migrated_only_when_its_owner_opted_in(lifecycle_env: LifecycleEnv) -> None:
+    """Migration loses the data on the instance's own disks: enabling recovery for the deployment is not enough."""
+    env, sink = lifecycle_env, RecordingSink()
+    await managed_instance(env, status="exited", billing_mode="spot", name="keep-my-disk")
+    opted_in = await managed_instance(env, status="exited", billing_mode="spot", name="expendable", auto_migrate=True)
+
+    outcomes = await recovery(env, sink).run_once()
+
+    assert [outcome.record_id for outcome in outcomes] == [opted_in.id]
+    assert env.fake.call_count("POST", MIGRATE) == 1
+
+
 async def test_disabled_by_default(lifecycle_env: LifecycleEnv) -> None:
     env, sink = lifecycle_env, RecordingSink()
-    await managed_instance(env, status="exited", billing_mode="spot")
+    await managed_instance(env, status="exited", billing_mode="spot", auto_migrate=True)
     assert await recovery(env, sink, SpotPolicy()).run_once() == []
     assert env.fake.call_count("POST", MIGRATE) == 0
 
@@ -89,7 +102,7 @@ async def test_disabled_by_default(lifecycle_env: LifecycleEnv) -> None:
 async def test_two_replicas_recover_once(lifecycle_env: LifecycleEnv) -> None:
     env = lifecycle_env
     for index in range(3):
-        await managed_instance(env, status="exited", billing_mode="spot", name=f"spot{index}")
+        await managed_instance(env, status="exited", billing_mode="spot", name=f"spot{index}", auto_migrate=True)
     replica_redis = [Redis.from_url(env.redis_server.url, decode_responses=True) for _ in range(2)]
     sinks = [RecordingSink(), RecordingSink()]
 

@@ -99,6 +99,11 @@ class FakeNovitaHandle:
         """Seconds per automatic status step; None turns automatic progress off."""
         self._post("/config", {"stepSeconds": step_seconds})
 
+    def configure(self, **switches: Any) -> dict[str, Any]:
+        """Set the fake's readings of Novita's docs, e.g. ``configure(pageBase=0, pageCap=3, total="string")``;
+        ``reset()`` restores the defaults."""
+        return self._post("/config", switches)
+
 
 class ManualClock:
     """A clock that only moves when told to or when slept on; records every sleep."""

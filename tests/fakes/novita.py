@@ -11,7 +11,10 @@ message, metadata}`` envelope. Tests steer it through control endpoints under ``
   "reason", "message", "body", "contentType"}``; kinds: ``rate_limit``, ``server_error``, ``html_error``,
   ``error`` (any status/reason/message or a raw body), ``timeout`` (hang ``delaySeconds``, default 30, without
   acting), ``slow`` (wait ``delaySeconds``, default 1, then act), ``insufficient_resource``, ``lost_response``
-  (act, then answer ``status`` (500) or, with ``delaySeconds``, answer only after that delay).
+  (act, then answer ``status`` (500) or, with ``delaySeconds``, answer only after that delay), ``bare_404`` (a
+  404 without Novita's error body, as a proxy or a wrong route answers: plain text ``404 page not found``).
+  Novita's 400 reasons (``CREATE_GPU_NUM_LIMIT``, ``CLUSTER_STATUS``, ``NODE_STATUS``, ``BANNED_USER`` ...) are
+  ``{"kind": "error", "reason": ...}``.
 - ``GET /_fake/calls``: ``{"calls": {"POST /gpu/instance/create": 1, ...}}`` (every request to the API, faulted
   or not); ``DELETE`` zeroes them.
 - ``GET /_fake/instances``: ``{"instances": [...]}`` as Novita would list them, plus ``frozen``.
@@ -21,11 +24,19 @@ message, metadata}`` envelope. Tests steer it through control endpoints under ``
   they answer 200 while the instance runs and ``portsAnswer`` is true (the default), else 502 like Novita's proxy,
   so readiness probes never leave the machine.
 - ``POST /_fake/advance``: ``{"instanceId": optional, "steps": 1}`` moves instances along their lifecycle.
-- ``GET``/``POST /_fake/config``: ``{"stepSeconds": 0.2}``; ``null`` turns automatic progress off.
+- ``GET``/``POST /_fake/config``: any of ``{"stepSeconds": 0.2}`` (``null`` turns automatic progress off) and the
+  readings of Novita's docs that differ (reference section 2), each a switch: ``pageBase`` 0 or 1 (default 1) and,
+  when 1-based, ``pageZero`` ``"first"`` (page 0 answers page 1, the default) or ``"empty"``; ``pageCap`` (a
+  server-side maximum page size below the one asked for, ``null`` = none); ``total`` ``"int"`` (default),
+  ``"string"`` or ``"absent"``; ``keyRefusal`` how a wrong key is refused: ``"401"`` (default, ``FAILED_TO_AUTH``)
+  or a reason answered as HTTP 400 (``"INVALID_USER_TOKEN"``, ``"BANNED_USER"``).
 
 Conventions of the fake: an instance moves one status every ``stepSeconds`` (toCreate -> creating -> pulling ->
 running); an image URL containing ``does-not-exist`` stalls in ``pulling`` with a ``statusError``; names are not
-unique (like Novita), so a duplicated create shows up as two instances.
+unique (like Novita), so a duplicated create shows up as two instances. Create checks ``tools``,
+``networkStorages``, ``entrypoint``, ``imageAuth`` and ``minCudaVersion`` as documented (reference section 1.4) and
+answers ``CUDA_VERSION_INCOMPATIBLE`` when the product's nodes have an older CUDA than ``minCudaVersion``; the
+control view of an instance shows those fields under ``received`` (``imageAuth`` only as ``imageAuthSent``).
 
 Standalone: ``python -m tests.fakes.novita --host 127.0.0.1 --port 8089 --api-key KEY [--step-seconds 1]``.
 """
@@ -89,7 +100,7 @@ _CLUSTER_NAMES = {cluster["id"]: cluster["name"] for cluster in CLUSTERS}
 
 def _product(
     gpu: str, cluster_id: str, price: int, spot_price: int | None, *, available: bool = True, gpus: int = 8,
-    billing: tuple[str, ...] = ("onDemand", "spot", "monthly"),
+    billing: tuple[str, ...] = ("onDemand", "spot", "monthly"), cuda: str = "12.4",
 ) -> dict[str, Any]:
     slug = gpu.split()[1].lower() if gpu.startswith("RTX") else gpu.split()[0].lower()
     return {
@@ -99,15 +110,15 @@ def _product(
         "price": price, "monthlyPrice": [{"price": price * 500, "month": 1}],
         "billingMethods": list(billing), "spotPrice": str(spot_price) if spot_price is not None else "",
         "inventoryState": "normal" if available else "none", "availableGpuNumber": gpus if available else 0,
-        # Where the fake keeps the product's single cluster; not a Novita field.
-        "_clusterId": cluster_id,
+        # Where the fake keeps the product's single cluster and its nodes' CUDA version; not Novita fields.
+        "_clusterId": cluster_id, "_cudaVersion": cuda,
     }
 
 
 # Prices in Novita's raw unit (the SDK reads them as 1/100000 USD per hour).
 PRODUCTS: list[dict[str, Any]] = [
     _product("RTX 4090 24GB", "us-ca-6", 67000, 34000),
-    _product("RTX 4090 24GB", "as-sgp-2", 69000, 35000),
+    _product("RTX 4090 24GB", "as-sgp-2", 69000, 35000, cuda="12.8"),
     _product("RTX 4090 24GB", "eu-de-1", 71000, 36000, available=False),
     _product("H100 SXM 80GB", "us-ca-6", 145000, 73000, gpus=4),
     _product("H100 SXM 80GB", "eu-de-1", 150000, None, billing=("onDemand", "monthly")),
@@ -168,6 +179,7 @@ class FakeInstance:
     frozen: bool = False
     address: str = "127.0.0.1"  # host:port of the fake as the creating client saw it: where port endpoints lead
     ports_answer: bool = True
+    received: dict[str, Any] = field(default_factory=dict)  # optional create fields, for tests to inspect
 
     def set_status(self, status: str, now: float) -> None:
         """Move to ``status`` now."""
@@ -220,7 +232,7 @@ class FaultRule:
     content_type: str = "text/plain"
 
     KINDS = ("rate_limit", "server_error", "html_error", "error", "timeout", "slow", "insufficient_resource",
-             "lost_response")
+             "lost_response", "bare_404")
 
     @classmethod
     def from_json(cls, data: Any) -> FaultRule:
@@ -266,6 +278,7 @@ class FakeNovita:
         self.api_key = api_key
         self.initial_step_seconds = step_seconds
         self.step_seconds = step_seconds
+        self.listing = ListingReading()
         self.instances: dict[str, FakeInstance] = {}
         self.faults: list[FaultRule] = []
         self.calls: Counter[str] = Counter()
@@ -305,6 +318,8 @@ class FakeNovita:
         method = request.method
         self.calls[f"{method} {path}"] += 1
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            if self.listing.key_refusal != "401":
+                return novita_error(400, self.listing.key_refusal, "invalid user token")
             return novita_error(401, "FAILED_TO_AUTH", "failed to authenticate API key")
         handler = self._api.get((method, path))
         if handler is None:
@@ -333,6 +348,8 @@ class FakeNovita:
             if fault.body is not None:
                 return Response(fault.body, status_code=fault.status or 400, media_type=fault.content_type)
             return novita_error(fault.status or 400, fault.reason or "", fault.message or "injected error")
+        if fault.kind == "bare_404":
+            return Response("404 page not found\n", status_code=404, media_type="text/plain")
         if fault.kind == "insufficient_resource":
             return novita_error(400, "INSUFFICIENT_RESOURCE", fault.message or "insufficient resource")
         if fault.kind == "timeout":
@@ -389,12 +406,18 @@ class FakeNovita:
         auth_id = body.get("imageAuthId") or ""
         if auth_id and auth_id not in {auth["id"] for auth in REGISTRY_AUTHS}:
             raise FakeRequestError("VALIDATOR_PARAM", f"imageAuthId {auth_id} does not exist")
+        received = _optional_create_fields(body)
+        wanted_cuda = received.get("minCudaVersion")
+        if wanted_cuda and _version(wanted_cuda) > _version(product["_cudaVersion"]):
+            raise FakeRequestError("CUDA_VERSION_INCOMPATIBLE",
+                                   f"no node of {product['id']} has CUDA {wanted_cuda} (they have {product['_cudaVersion']})")
         instance = FakeInstance(
             id=secrets.token_hex(8), name=str(body.get("name") or ""), product=product, gpu_num=gpu_num,
             rootfs_size=rootfs_size, image_url=str(body["imageUrl"]), image_auth_id=auth_id,
             ports=_parse_ports(body.get("ports")), envs=list(body.get("envs") or []),
             command=str(body.get("command") or ""), billing_mode=billing_mode, status="toCreate",
             status_since=time.monotonic(), created_at=int(time.time()), address=request.url.netloc,
+            received=received,
         )
         if STALLING_IMAGE_MARKER in instance.image_url:
             instance.status_error = {"state": "pulling", "message": f"failed to pull image {instance.image_url}"}
@@ -411,8 +434,7 @@ class FakeNovita:
             if name in instance.name.lower() and product_name in instance.product["name"].lower()
             and query.get("status") in (None, "", instance.status)
         ]
-        start = (page_num - 1) * page_size
-        return JSONResponse({"instances": matching[start:start + page_size], "total": len(matching)})
+        return JSONResponse(self.listing.page("instances", matching, page_num, page_size))
 
     async def get_instance(self, request: Request) -> Response:
         return JSONResponse(self._instance(request.query_params.get("instanceId")).to_wire())
@@ -449,10 +471,8 @@ class FakeNovita:
 
     async def list_templates(self, request: Request) -> Response:
         page_num, page_size = _page_params(request.query_params, required=False)
-        page_size = page_size or len(TEMPLATES)
-        start = (page_num - 1) * page_size
-        return JSONResponse({"template": TEMPLATES[start:start + page_size], "pageNum": page_num,
-                             "pageSize": page_size, "total": len(TEMPLATES)})
+        page = self.listing.page("template", TEMPLATES, page_num, page_size or len(TEMPLATES))
+        return JSONResponse({**page, "pageNum": page_num, "pageSize": page_size})
 
     async def get_template(self, request: Request) -> Response:
         template_id = request.query_params.get("templateId")
@@ -492,6 +512,7 @@ class FakeNovita:
         self.faults.clear()
         self.calls.clear()
         self.step_seconds = self.initial_step_seconds
+        self.listing = ListingReading()
 
     async def control_reset(self, request: Request) -> Response:
         self.reset()
@@ -567,18 +588,77 @@ class FakeNovita:
     async def control_config(self, request: Request) -> Response:
         if request.method == "POST":
             data = await _control_json(request)
-            if not isinstance(data, dict) or "stepSeconds" not in data:
-                return JSONResponse({"error": "body must be {\"stepSeconds\": number | null}"}, status_code=400)
-            step = data["stepSeconds"]
-            if step is not None and (not isinstance(step, (int, float)) or step < 0):
-                return JSONResponse({"error": "stepSeconds must be a number >= 0 or null"}, status_code=400)
-            self._progress()
-            self.step_seconds = step
-        return JSONResponse({"stepSeconds": self.step_seconds})
+            if not isinstance(data, dict):
+                return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+            try:
+                listing = self.listing.changed({k: v for k, v in data.items() if k != "stepSeconds"})
+            except ValueError as error:
+                return JSONResponse({"error": str(error)}, status_code=400)
+            if "stepSeconds" in data:
+                step = data["stepSeconds"]
+                if step is not None and (not isinstance(step, (int, float)) or step < 0):
+                    return JSONResponse({"error": "stepSeconds must be a number >= 0 or null"}, status_code=400)
+                self._progress()
+                self.step_seconds = step
+            self.listing = listing
+        return JSONResponse({"stepSeconds": self.step_seconds, **self.listing.to_json()})
 
     @staticmethod
     def _inspect(instance: FakeInstance) -> dict[str, Any]:
-        return {**instance.to_wire(), "frozen": instance.frozen}
+        received = {key: value for key, value in instance.received.items() if key != "imageAuth"}
+        received["imageAuthSent"] = "imageAuth" in instance.received
+        return {**instance.to_wire(), "frozen": instance.frozen, "received": received}
+
+
+@dataclass(frozen=True)
+class ListingReading:
+    """How the fake reads the list parameters where Novita's docs allow two readings (the ``/_fake/config`` switches)."""
+
+    page_base: int = 1
+    page_zero: str = "first"  # 1-based only: page 0 answers page 1 ("first") or nothing ("empty")
+    page_cap: int | None = None
+    total: str = "int"
+    key_refusal: str = "401"
+
+    _FIELDS = {"pageBase": "page_base", "pageZero": "page_zero", "pageCap": "page_cap", "total": "total",
+               "keyRefusal": "key_refusal"}
+
+    def changed(self, data: dict[str, Any]) -> ListingReading:
+        """A copy with the given switches set; ``ValueError`` naming a bad one."""
+        unknown = set(data) - set(self._FIELDS)
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        values = {**self.__dict__, **{self._FIELDS[key]: value for key, value in data.items()}}
+        reading = ListingReading(**values)
+        if reading.page_base not in (0, 1):
+            raise ValueError("pageBase must be 0 or 1")
+        if reading.page_zero not in ("first", "empty"):
+            raise ValueError("pageZero must be 'first' or 'empty'")
+        if reading.page_cap is not None and (not isinstance(reading.page_cap, int) or reading.page_cap < 1):
+            raise ValueError("pageCap must be a positive integer or null")
+        if reading.total not in ("int", "string", "absent"):
+            raise ValueError("total must be 'int', 'string' or 'absent'")
+        if reading.key_refusal not in ("401", "INVALID_USER_TOKEN", "BANNED_USER"):
+            raise ValueError("keyRefusal must be '401', 'INVALID_USER_TOKEN' or 'BANNED_USER'")
+        return reading
+
+    def to_json(self) -> dict[str, Any]:
+        """The switches as the control API shows them."""
+        return {wire: getattr(self, name) for wire, name in self._FIELDS.items()}
+
+    def page(self, key: str, items: list[Any], page_num: int, page_size: int) -> dict[str, Any]:
+        """One page of ``items`` under this reading, in Novita's envelope."""
+        size = min(page_size, self.page_cap) if self.page_cap else page_size
+        if self.page_base == 1 and page_num == 0:
+            index = 0 if self.page_zero == "first" else None
+        else:
+            index = page_num - self.page_base
+        # A capped server simply uses the smaller size: pages come back short although more follow.
+        start = index * size if index is not None and index >= 0 else None
+        body: dict[str, Any] = {key: items[start:start + size] if start is not None else []}
+        if self.total != "absent":
+            body["total"] = len(items) if self.total == "int" else str(len(items))
+        return body
 
 
 def _public(product: dict[str, Any]) -> dict[str, Any]:
@@ -614,7 +694,7 @@ def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int:
 
 
 def _page_params(query: Any, *, required: bool) -> tuple[int, int]:
-    """``pageNum`` (1-based; 0 counts as 1) and ``pageSize``; Novita documents both as required for instances."""
+    """``pageNum`` and ``pageSize``; Novita documents both as required for instances (their base: ``ListingReading``)."""
     values = []
     for name in ("pageNum", "pageSize"):
         raw = query.get(name)
@@ -630,7 +710,43 @@ def _page_params(query: Any, *, required: bool) -> tuple[int, int]:
     page_num, page_size = values
     if required and page_size < 1:
         raise FakeRequestError("VALIDATOR_PARAM", "pageSize must be at least 1")
-    return max(1, page_num), page_size
+    if page_num < 0:
+        raise FakeRequestError("VALIDATOR_PARAM", "pageNum must be at least 0")
+    return page_num, page_size
+
+
+def _optional_create_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The optional create fields the fake checks as Novita documents them (reference section 1.4)."""
+    received: dict[str, Any] = {}
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or any(
+            not isinstance(tool, dict) or tool.get("name") != "Jupyter" or not isinstance(tool.get("port"), str)
+            or tool.get("type") not in ("tcp", "http") for tool in tools
+        ):
+            raise FakeRequestError("VALIDATOR_PARAM", "tools must be [{name: 'Jupyter', port: string, type}]")
+        received["tools"] = tools
+    storages = body.get("networkStorages")
+    if storages is not None:
+        if not isinstance(storages, list) or any(
+            not isinstance(item, dict) or not item.get("Id") or not str(item.get("mountPoint", "/network"))
+            for item in storages
+        ):
+            raise FakeRequestError("VALIDATOR_PARAM", "networkStorages must be [{Id, mountPoint}]")
+        received["networkStorages"] = storages
+    for name in ("entrypoint", "minCudaVersion", "imageAuth"):
+        if body.get(name) not in (None, ""):
+            if not isinstance(body[name], str):
+                raise FakeRequestError("VALIDATOR_PARAM", f"{name} must be a string")
+            received[name] = body[name]
+    return received
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        raise FakeRequestError("VALIDATOR_PARAM", f"invalid version {text!r}") from None
 
 
 def _parse_ports(spec: Any) -> list[tuple[int, str]]:

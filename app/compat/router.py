@@ -1,0 +1,80 @@
+"""The original service's routes that client scripts call (sontl/novita-ai-api), at its paths: thin, over
+`CompatService`. Deliberate differences (README "Migrating from novita-ai-api"): actions answer 202 with a job
+instead of blocking until Novita answered, stop-all is a dry run unless confirmed, and the API key is required."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Path, Response, status
+
+from app.compat.schemas import ByNameAction, ByNameStart, LastUsedRequest, StopAllRequest, StopAllResult
+from app.compat.service import CompatService
+from app.core.auth import require_api_key
+from app.core.container import AppContainer, get_container
+from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
+from app.instances.schemas import AcceptedResponse, HeartbeatView
+from app.instances.service import Action
+
+router = APIRouter(prefix="/api/instances", tags=["compat"], dependencies=[Depends(require_api_key)],
+                   responses=AUTHENTICATED_RESPONSES)
+
+_BY_NAME_RESPONSES = {
+    **accepted_response("queued: follow the job at `Location`"),
+    404: problem("no live instance with this name"),
+    409: problem("several instances have this name, or its state does not allow the action"),
+}
+
+
+async def get_compat_service(container: Annotated[AppContainer, Depends(get_container)]) -> CompatService:
+    """The compatibility layer over the running app's instance service."""
+    return CompatService(container.instances)
+
+
+Service = Annotated[CompatService, Depends(get_compat_service)]
+
+
+async def _by_name(service: CompatService, body: ByNameAction, action: Action, response: Response) -> AcceptedResponse:
+    accepted = await service.action_by_name(body.instance_name, action, body.webhook_url)
+    response.headers["Location"] = f"/api/jobs/{accepted.job_id}"
+    return accepted
+
+
+@router.post("/start", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse,
+             responses=_BY_NAME_RESPONSES)
+async def start_by_name(body: ByNameStart, service: Service, response: Response) -> AcceptedResponse:
+    """Queue a start of the instance named `instanceName` (the original's `POST /api/instances/start`)."""
+    return await _by_name(service, body, "start", response)
+
+
+@router.post("/stop", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse,
+             responses=_BY_NAME_RESPONSES)
+async def stop_by_name(body: ByNameAction, service: Service, response: Response) -> AcceptedResponse:
+    """Queue a stop of the instance named `instanceName` (the original's `POST /api/instances/stop`)."""
+    return await _by_name(service, body, "stop", response)
+
+
+@router.post("/delete", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse,
+             responses=_BY_NAME_RESPONSES)
+async def delete_by_name(body: ByNameAction, service: Service, response: Response) -> AcceptedResponse:
+    """Queue the deletion of the instance named `instanceName` (the original's `POST /api/instances/delete`)."""
+    return await _by_name(service, body, "delete", response)
+
+
+@router.post("/stop-all", response_model=StopAllResult)
+async def stop_all(service: Service, body: Annotated[StopAllRequest | None, Body()] = None) -> StopAllResult:
+    """Stop every running instance this service manages. A dry run (what would stop) unless the body says
+    `{"dryRun": false, "confirm": "stop-all"}`; each stop is a job, listed with its instance."""
+    return await service.stop_all(dry_run=(body or StopAllRequest()).dry_run)
+
+
+@router.put("/{instance_id}/last-used", response_model=HeartbeatView,
+            responses={404: problem("no instance with this id"), 409: problem("the instance is deleted")})
+async def update_last_used(
+    instance_id: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
+    service: Service,
+    body: Annotated[LastUsedRequest | None, Body()] = None,
+) -> HeartbeatView:
+    """The original's heartbeat: the instance was in use at `lastUsedAt` (now when left out); idle auto-stop
+    counts from the latest one. Same as `POST /api/instances/{id}/heartbeat`, with a timestamp."""
+    at = body.last_used_at.timestamp() if body is not None and body.last_used_at is not None else None
+    return await service.last_used(instance_id, at)
