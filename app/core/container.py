@@ -18,6 +18,8 @@ from app.jobs.queue import JobQueue
 from app.jobs.worker import Worker
 from app.lifecycle.automation import LifecycleAutomation, lifecycle_config
 from app.novita.client import NovitaClient
+from app.novita.ratebudget import LocalBudget, SharedRateBudget
+from app.novita.resilience import Clock
 from app.products.service import ProductService
 
 
@@ -26,6 +28,7 @@ class Lifecycle:
     """Start-up progress that health endpoints report."""
 
     started_at: float = field(default_factory=time.monotonic)
+    index_ready: bool = False  # the instance list index exists (built from older records if needed)
     ready_once: bool = False  # Valkey answered and the worker started, at least once since the process began
     shutting_down: bool = False
 
@@ -58,6 +61,10 @@ class AppContainer:
         """Wire the objects together; nothing connects yet."""
         metrics = Metrics()
         redis = RedisManager(settings)
+        rate_budget = SharedRateBudget(
+            redis, settings.novita_rate_limit_per_second, burst=settings.novita_rate_limit_burst,
+            fallback=LocalBudget(settings.novita_rate_limit_fallback_per_second, Clock()),
+        )
         novita = NovitaClient(
             settings.novita_base_url,
             settings.novita_api_key.get_secret_value(),
@@ -66,6 +73,7 @@ class AppContainer:
             rate_limit_per_second=settings.novita_rate_limit_per_second,
             breaker_failure_threshold=settings.novita_breaker_failure_threshold,
             breaker_reset_seconds=settings.novita_breaker_reset_seconds,
+            rate_budget=rate_budget,
         )
         queue = JobQueue(redis)
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)

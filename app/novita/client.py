@@ -34,7 +34,8 @@ from app.novita.models import (
     RegistryAuth,
     Template,
 )
-from app.novita.resilience import CircuitBreaker, Clock, RetryPolicy, TokenBucket
+from app.novita.ratebudget import LocalBudget, RateBudget, current_priority
+from app.novita.resilience import CircuitBreaker, Clock, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class NovitaClient:
         page_size: int = _DEFAULT_PAGE_SIZE,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        rate_budget: RateBudget | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("the Novita API key must not be empty")
@@ -113,7 +115,8 @@ class NovitaClient:
         self._clock = clock or Clock()
         self._retry = RetryPolicy(max_attempts, backoff_base_seconds, backoff_max_seconds, rng or random.Random())
         self._breaker = CircuitBreaker(breaker_failure_threshold, breaker_reset_seconds, self._clock)
-        self._limiter = TokenBucket(rate_limit_per_second, self._clock, burst=rate_limit_burst)
+        # The app passes the deployment's shared budget (app/novita/ratebudget.py); alone, the client limits itself.
+        self._limiter = rate_budget or LocalBudget(rate_limit_per_second, self._clock, burst=rate_limit_burst)
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={
@@ -350,7 +353,7 @@ class NovitaClient:
         except NovitaError:
             NOVITA_CALLS.labels(endpoint=endpoint, outcome="circuit_open").inc()
             raise
-        await self._limiter.acquire()
+        await self._limiter.acquire(current_priority())
         self._calls += 1
         try:
             async with asyncio.timeout(self._timeout_seconds):
@@ -379,6 +382,9 @@ class NovitaClient:
         # 400/404/409 are answers about the request: Novita itself is fine. 429 and 401/403 are not fine for us.
         upstream_trouble = status >= 500 or status in (401, 403, 429)
         self._record(endpoint, outcome, breaker_ok=status < 500, error=error if upstream_trouble else None)
+        if status == 429:  # Novita's limit is the account's: every replica holds back, not only this caller
+            retry_after = getattr(error, "retry_after", None)
+            await self._limiter.slow_down(min(retry_after, self._retry.backoff_max_seconds) if retry_after else None)
         raise error
 
     def _transport_failure(self, endpoint: str, exc: Exception, *, request_sent: bool) -> NovitaUnavailable:
