@@ -66,7 +66,7 @@ async def list_instances(
     service: Service,
     state: Annotated[InstanceState | None, Query(alias="status", description="our state, e.g. running")] = None,
     name: Annotated[str | None, Query(max_length=255, description="case-insensitive substring")] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="`nextCursor` of the previous page; "
                                                                     "replaces `page`")] = None,
