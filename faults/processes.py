@@ -38,6 +38,9 @@ FAST_API_ENV: dict[str, str] = {
     "JOB_CONCURRENCY": "8",
     "INSTANCE_POLL_INTERVAL_SECONDS": "0.3",
     "INSTANCE_PROVISIONING_TIMEOUT_SECONDS": "300",
+    # Jobs watch their instances through the background sync (one Novita listing for all): keep it brisk too.
+    "RECONCILE_INTERVAL_SECONDS": "1",
+    "LIFECYCLE_TICK_SECONDS": "0.2",
     "NOVITA_TIMEOUT_SECONDS": "2",
     "NOVITA_RATE_LIMIT_PER_SECOND": "200",
     "NOVITA_BREAKER_RESET_SECONDS": "2",

@@ -79,7 +79,8 @@ class AppContainer:
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
         store = InstanceStore(redis)
         automation = LifecycleAutomation(
-            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance
+            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance,
+            wake_jobs=queue.wake,
         )
         instances = InstanceService(
             settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity

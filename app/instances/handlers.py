@@ -296,6 +296,7 @@ class InstanceJobHandlers:
         if synced_at is None or synced_at < _issued_at(record, operation, ctx.job.id) or status is None:
             if time.time() >= self._deadline(ctx):
                 await self._timeout(ctx, record, operation, f"no sync has seen the {operation} on Novita yet")
+            await self._store.request_sync()  # the sync wakes this job when it brings news of the instance
             raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: waiting for the sync")
         if status in _SETTLED_STATUSES[operation]:
             if status == "running" and self._settings.readiness_enabled:

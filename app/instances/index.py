@@ -14,6 +14,11 @@ Keys (all under `ngpu:instances`), written by `InstanceStore` in the same transa
 - `ngpu:instances:expiring`           sorted set member -> when a deleted record expires; the sync prunes the index
                                       entries of expired records.
 - `ngpu:instances:sync`               hash: progress of the background sync (state, times, counts).
+- `ngpu:instances:sync-wanted`        set by a job waiting for news of its instance: the sync runs before its period ends.
+- `ngpu:instances:version`            a counter bumped by every write that adds a member or moves one between sets.
+- `ngpu:instances:match:<version>:<set>:<needle>`  the members of `<set>` whose name contains `<needle>`, with
+                                      their scores, kept `MATCH_TTL_SECONDS`: a repeated name filter pages this
+                                      small set instead of walking the names again, until the next write (new version).
 - `ngpu:instances:index-version`      set once the index was built from the records (migration of deployments
                                       whose records predate it).
 Members are record ids (16 hex characters), or `ext:<novita id>` for an instance on the account that this service did
@@ -37,6 +42,10 @@ EXPIRING_KEY = f"{PREFIX}:expiring"
 EXTERNALS_KEY = f"{PREFIX}:externals"
 VERSION_KEY = f"{PREFIX}:index-version"
 SYNC_STATUS_KEY = f"{PREFIX}:sync"
+SYNC_WANTED_KEY = f"{PREFIX}:sync-wanted"
+VERSION_COUNTER_KEY = f"{PREFIX}:version"
+MATCH_KEY_PREFIX = f"{PREFIX}:match:"
+MATCH_TTL_SECONDS = 30
 BUILD_LEASE_KEY = f"{PREFIX}:index-build-lease"
 INDEX_VERSION = "1"
 EXTERNAL_MEMBER_PREFIX = "ext:"
@@ -85,62 +94,61 @@ class Cursor:
         return cls(float(score), member)
 
 
-# KEYS[1] the sorted set to page, KEYS[2] the names hash.
-# ARGV: needle ('' = no name filter), offset, count, cursor score ('' = no cursor), cursor member.
-# Returns {total, member, score, member, score, ...} for the page (scores as strings), newest first.
-# Without a name filter the count is a ZCARD and the page one range read; with one, the set is walked in chunks
-# inside Valkey (names only, never records).
+# KEYS[1] the sorted set to page, KEYS[2] the names hash, KEYS[3] the version counter.
+# ARGV: needle ('' = no name filter), offset, count, cursor score ('' = no cursor), cursor member, match key prefix,
+# match TTL. Returns {total, member, score, member, score, ...} for the page (scores as strings), newest first.
+# A name filter first materialises the matching members (a walk of the set and the names hash inside Valkey, names
+# only, never records) into a match set for the current version, unless it exists; then every query is a ZCARD and a
+# range read of one sorted set.
 PAGE_SCRIPT = """
+local set_key = KEYS[1]
 local needle, offset, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local has_cursor = ARGV[4] ~= ''
 local cursor_score, cursor_member = tonumber(ARGV[4]), ARGV[5]
-local out = {0}
-local function past_cursor(member, score)
-  return (not has_cursor) or score < cursor_score or (score == cursor_score and member < cursor_member)
-end
-if needle == '' then
-  out[1] = redis.call('ZCARD', KEYS[1])
-  if not has_cursor then
-    local page = redis.call('ZREVRANGE', KEYS[1], offset, offset + count - 1, 'WITHSCORES')
-    for _, value in ipairs(page) do out[#out + 1] = value end
-    return out
-  end
-  local skip, taken = 0, 0
-  while taken < count do
-    local batch = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[4], '-inf', 'WITHSCORES', 'LIMIT', skip, count + 16)
-    if #batch == 0 then break end
-    for i = 1, #batch, 2 do
-      if taken < count and past_cursor(batch[i], tonumber(batch[i + 1])) then
-        out[#out + 1] = batch[i]; out[#out + 1] = batch[i + 1]; taken = taken + 1
-      end
-    end
-    skip = skip + #batch / 2
-  end
-  return out
-end
-local total, skipped, taken, start, chunk = 0, 0, 0, 0, 1000
-while true do
-  local batch = redis.call('ZREVRANGE', KEYS[1], start, start + chunk - 1, 'WITHSCORES')
-  if #batch == 0 then break end
-  local members = {}
-  for i = 1, #batch, 2 do members[#members + 1] = batch[i] end
-  local names = redis.call('HMGET', KEYS[2], unpack(members))
-  for j, member in ipairs(members) do
-    local name = names[j]
-    if name and string.find(name, needle, 1, true) then
-      total = total + 1
-      local score = batch[2 * j]
-      if past_cursor(member, tonumber(score)) then
-        if skipped < offset then
-          skipped = skipped + 1
-        elseif taken < count then
-          out[#out + 1] = member; out[#out + 1] = score; taken = taken + 1
+if needle ~= '' then
+  local version = redis.call('GET', KEYS[3]) or '0'
+  local match_key = ARGV[6] .. version .. ':' .. KEYS[1] .. ':' .. needle
+  local done_key = match_key .. ':built'
+  if redis.call('EXISTS', done_key) == 0 then
+    local start, chunk = 0, 1000
+    while true do
+      local batch = redis.call('ZRANGE', KEYS[1], start, start + chunk - 1, 'WITHSCORES')
+      if #batch == 0 then break end
+      local members = {}
+      for i = 1, #batch, 2 do members[#members + 1] = batch[i] end
+      local names = redis.call('HMGET', KEYS[2], unpack(members))
+      local found = {}
+      for j = 1, #members do
+        local name = names[j]
+        if name and string.find(name, needle, 1, true) then
+          found[#found + 1] = batch[2 * j]; found[#found + 1] = members[j]
         end
       end
+      if #found > 0 then redis.call('ZADD', match_key, unpack(found)) end
+      start = start + chunk
+    end
+    redis.call('EXPIRE', match_key, ARGV[7])
+    redis.call('SET', done_key, '1', 'EX', ARGV[7])
+  end
+  set_key = match_key
+end
+local out = {redis.call('ZCARD', set_key)}
+if not has_cursor then
+  local page = redis.call('ZREVRANGE', set_key, offset, offset + count - 1, 'WITHSCORES')
+  for _, value in ipairs(page) do out[#out + 1] = value end
+  return out
+end
+local skip, taken = 0, 0
+while taken < count do
+  local batch = redis.call('ZREVRANGEBYSCORE', set_key, ARGV[4], '-inf', 'WITHSCORES', 'LIMIT', skip, count + 16)
+  if #batch == 0 then break end
+  for i = 1, #batch, 2 do
+    local score = tonumber(batch[i + 1])
+    if taken < count and (score < cursor_score or (score == cursor_score and batch[i] < cursor_member)) then
+      out[#out + 1] = batch[i]; out[#out + 1] = batch[i + 1]; taken = taken + 1
     end
   end
-  start = start + chunk
+  skip = skip + #batch / 2
 end
-out[1] = total
 return out
 """

@@ -150,6 +150,7 @@ class InstanceStore:
                         if record.state != before:
                             pipe.zrem(index.state_key(before), record.id)
                             pipe.zadd(index.state_key(record.state), {record.id: record.created_at})
+                            pipe.incr(index.VERSION_COUNTER_KEY)
                         if record.state == InstanceState.DELETED:
                             pipe.expire(key, DELETED_RECORD_RETENTION_SECONDS)
                             pipe.zadd(index.EXPIRING_KEY, {record.id: time.time() + DELETED_RECORD_RETENTION_SECONDS})
@@ -173,8 +174,9 @@ class InstanceStore:
         set_key = index.state_key(state) if state is not None else index.ALL_KEY
         async with _valkey_errors():
             answer = await self._client.eval(
-                index.PAGE_SCRIPT, 2, set_key, index.NAMES_KEY, (name or "").casefold(), str(offset), str(count),
-                repr(cursor.score) if cursor else "", cursor.member if cursor else "",
+                index.PAGE_SCRIPT, 3, set_key, index.NAMES_KEY, index.VERSION_COUNTER_KEY, (name or "").casefold(),
+                str(offset), str(count), repr(cursor.score) if cursor else "", cursor.member if cursor else "",
+                index.MATCH_KEY_PREFIX, str(index.MATCH_TTL_SECONDS),
             )
             total, flat = int(answer[0]), [_text(value) for value in answer[1:]]
             members, scores = flat[0::2], [float(score) for score in flat[1::2]]
@@ -215,6 +217,16 @@ class InstanceStore:
                 chunk = pending[start:start + RECORD_BATCH]
                 await self._client.hset(index.SYNCED_AT_KEY, mapping=dict.fromkeys(chunk, repr(at)))
 
+    async def request_sync(self) -> None:
+        """Ask for a background sync before its period ends (a job is waiting for news of its instance)."""
+        async with _valkey_errors():
+            await self._client.set(index.SYNC_WANTED_KEY, "1", ex=60)
+
+    async def take_sync_request(self) -> bool:
+        """Whether a sync was asked for since the last one started (and clear the request)."""
+        async with _valkey_errors():
+            return await self._client.getdel(index.SYNC_WANTED_KEY) is not None
+
     async def sync_status(self) -> dict[str, str]:
         """What the background sync last reported (`write_sync_status`), empty before the first one."""
         async with _valkey_errors():
@@ -240,6 +252,8 @@ class InstanceStore:
                         if state != view["state"]:
                             pipe.zrem(index.state_key(state), member)
                     pipe.zadd(index.state_key(view["state"]), {member: scores[novita_id]})
+                if views:
+                    pipe.incr(index.VERSION_COUNTER_KEY)
                 if current:
                     pipe.sadd(index.EXTERNALS_KEY, *current)
                 await pipe.execute()
@@ -312,6 +326,7 @@ class InstanceStore:
                 externals = [m.removeprefix(index.EXTERNAL_MEMBER_PREFIX) for m in members if index.is_external(m)]
                 if externals:
                     pipe.delete(*[index.external_key(e) for e in externals])
+                pipe.incr(index.VERSION_COUNTER_KEY)
                 await pipe.execute()
 
     async def get_spec(self, instance_id: str) -> dict[str, Any] | None:
@@ -342,5 +357,6 @@ def _index_record(pipe: Pipeline, record: InstanceRecord) -> None:
     pipe.zadd(index.ALL_KEY, {record.id: record.created_at})
     pipe.zadd(index.state_key(record.state), {record.id: record.created_at})
     pipe.hset(index.NAMES_KEY, record.id, record.name.casefold())
+    pipe.incr(index.VERSION_COUNTER_KEY)
     if record.state == InstanceState.DELETED:
         pipe.zadd(index.EXPIRING_KEY, {record.id: time.time() + DELETED_RECORD_RETENTION_SECONDS})

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 RECONCILE_TASK = "reconcile"
+# How often the scheduler asks whether a sync is due (on its interval, or because a job asked for one).
+_SYNC_CHECK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class LifecycleConfig:
@@ -102,9 +104,12 @@ class LifecycleAutomation:
         store: RecordStore,
         *,
         recover_spot: Callable[[str], Awaitable[None]] | None = None,
+        wake_jobs: Callable[[list[str]], Awaitable[None]] | None = None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
+        self._store = store
+        self._clock = clock
         self.activity = ActivityStore(redis)
         guard = UrlGuard(block_private=config.webhook_block_private)
         self.outbox = (
@@ -116,11 +121,13 @@ class LifecycleAutomation:
         self.reconciler = Reconciler(novita, store, redis, self.activity, self.events,
                                      lease_seconds=config.reconcile_lease_seconds,
                                      adopt_pending_after_seconds=config.guards.provisioning_timeout_seconds,
-                                     max_vanish_checks=config.reconcile_max_vanish_checks, clock=clock)
+                                     max_vanish_checks=config.reconcile_max_vanish_checks, wake_jobs=wake_jobs,
+                                     clock=clock)
         self.cost_guards = CostGuardExecutor(store, novita, redis, self.activity, self.events, config.guards, clock)
         tasks = [
-            PeriodicTask(RECONCILE_TASK, config.reconcile_interval_seconds, self.reconciler.run,
-                         lease_seconds=config.reconcile_lease_seconds),
+            # Checked every second: a sync runs once its interval passed, or sooner when a job asked for one.
+            PeriodicTask(RECONCILE_TASK, min(_SYNC_CHECK_SECONDS, config.reconcile_interval_seconds),
+                         self._sync_if_due, lease_seconds=config.reconcile_lease_seconds),
             PeriodicTask("cost-guards", config.cost_guard_interval_seconds, self.cost_guards.run_once),
         ]
         if self.outbox is not None:
@@ -142,6 +149,13 @@ class LifecycleAutomation:
         with novita_priority(Priority.BACKGROUND):  # the tasks inherit the priority
             self.startup_reconcile = asyncio.create_task(self._reconcile_at_startup(), name="startup-reconcile")
             self._loop = asyncio.create_task(self._run(self.startup_reconcile), name="lifecycle-scheduler")
+
+    async def _sync_if_due(self) -> None:
+        """Reconcile (the status sync) when its interval has passed since the last one began, or a job asked."""
+        last_started = float((await self._store.sync_status()).get("startedAt") or 0.0)
+        if self._clock() - last_started >= self.config.reconcile_interval_seconds or \
+                await self._store.take_sync_request():
+            await self.reconciler.run()
 
     async def _reconcile_at_startup(self) -> None:
         try:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable
+from itertools import chain
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,11 +67,12 @@ class _Known:
     novita_status: str | None
     status_error: str | None
     created_at: float
+    last_job_id: str | None
 
     @classmethod
     def of(cls, record: InstanceRecord) -> _Known:
         return cls(record.id, record.novita_instance_id, record.upstream_name, record.state, record.novita_status,
-                   record.status_error, record.created_at)
+                   record.status_error, record.created_at, record.last_job_id)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Reconciler:
         lease_seconds: float = 120.0,
         adopt_pending_after_seconds: float = 1800.0,
         max_vanish_checks: int = 10,
+        wake_jobs: Callable[[list[str]], Awaitable[None]] | None = None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self._novita = novita
@@ -107,6 +110,7 @@ class Reconciler:
         self._lease_seconds = lease_seconds
         self._adopt_pending_after_seconds = adopt_pending_after_seconds
         self._max_vanish_checks = max_vanish_checks
+        self._wake_jobs = wake_jobs
         self._clock = clock
 
     async def run(self) -> ReconcileReport | None:
@@ -207,6 +211,11 @@ class Reconciler:
                 report.vanished.append(known.id)
         await self._activity.observe_many(statuses, self._clock())
         await self._store.mark_synced(synced + [external_member(novita_id) for novita_id in externals], listed_at)
+        if self._wake_jobs is not None:
+            # Jobs watching an instance whose status changed need not wait for their next poll to see it.
+            changed = set(report.refreshed) | set(report.adopted) | set(report.vanished)
+            await self._wake_jobs([k.last_job_id for k in chain(by_novita_id.values(), by_upstream_name.values())
+                                   if k.id in changed and k.last_job_id])
         await self._store.put_externals(externals, external_scores)
         await self._store.prune_expired(self._clock())
         if any((report.adopted, report.rebuilt, report.vanished)):

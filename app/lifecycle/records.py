@@ -41,6 +41,14 @@ class RecordStore(Protocol):
         """Drop index entries of expired records."""
         ...
 
+    async def sync_status(self) -> dict[str, str]:
+        """The background sync's last reported progress."""
+        ...
+
+    async def take_sync_request(self) -> bool:
+        """Whether a job asked for a sync since the last one (clearing the request)."""
+        ...
+
     async def create(self, record: InstanceRecord, spec: dict[str, Any]) -> bool:
         """Write a new record (and its create spec); False if it already exists."""
         ...
