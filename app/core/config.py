@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     cost_guard_action_lock_seconds: float = Field(300.0, gt=0)
     # Reconciliation is also the status sync every job waits on: one listing of Novita per period for all instances.
     reconcile_interval_seconds: float = Field(10.0, gt=0)
-    reconcile_lease_seconds: float = Field(120.0, gt=0)
+    reconcile_lease_seconds: float = Field(15.0, gt=0)  # kept alive while a pass runs
     reconcile_startup_timeout_seconds: float = Field(10.0, gt=0)
     reconcile_max_vanish_checks: int = Field(10, ge=1)  # direct lookups per pass to confirm a vanished instance
     spot_recovery_enabled: bool = False

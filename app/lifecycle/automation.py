@@ -50,7 +50,7 @@ class LifecycleConfig:
     spot: SpotPolicy = field(default_factory=SpotPolicy)
     cost_guard_interval_seconds: float = 60.0
     reconcile_interval_seconds: float = 10.0
-    reconcile_lease_seconds: float = 120.0
+    reconcile_lease_seconds: float = 15.0
     reconcile_max_vanish_checks: int = 10
     webhook_delivery_interval_seconds: float = 5.0
     spot_check_interval_seconds: float = 300.0

@@ -19,14 +19,15 @@ Progress (listing, applying n of N, done or failed) is written to the index's sy
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from itertools import chain
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.core.redis import Lease
 from app.instances.index import external_member
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 LEASE_KEY = f"{KEY_PREFIX}lease:reconcile"
 # `upstream_name(name, record_id)` is `<name>-<16 hex record id>`; the name part follows the API's name rule.
 _UPSTREAM_NAME = re.compile(r"^(?P<name>" + NAME_PATTERN.strip("^$") + r")-(?P<record_id>[0-9a-f]{16})$")
+# Novita statuses an instance's job may end on (settled, or gone): worth waking the job for.
+_NEWS_FOR_JOBS = frozenset({"running", "exited", "removed"})
 _BILLING_MODES: dict[str | None, BillingMode] = {"onDemand": "onDemand", "spot": "spot", "monthly": "monthly"}
 
 
@@ -118,10 +121,24 @@ class Reconciler:
         lease = Lease(self._redis, LEASE_KEY, self._lease_seconds)
         if not await lease.acquire():
             return None
+        # The lease is short and kept alive while the pass runs: a replica killed mid-pass blocks the sync for at
+        # most `lease_seconds`, however long a pass over a large fleet takes.
+        keeper = asyncio.create_task(self._keep(lease), name="reconcile-lease")
         try:
             return await self._reconcile()
         finally:
+            keeper.cancel()
             await lease.release()
+
+    async def _keep(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                if not await lease.extend():
+                    logger.warning("reconciliation lease lost mid-pass; another replica may start one")
+                    return
+            except (RedisError, OSError) as error:
+                logger.warning("could not extend the reconciliation lease", extra={"error": type(error).__name__})
 
     async def _reconcile(self) -> ReconcileReport:
         listed_at = self._clock()
@@ -157,6 +174,7 @@ class Reconciler:
         report = ReconcileReport()
         seen: set[str] = set()
         synced: list[str] = []
+        news: list[_Known] = []  # records whose job may finish now
         statuses: dict[str, str] = {}
         externals: dict[str, dict[str, Any]] = {}
         external_scores: dict[str, float] = {}
@@ -173,6 +191,8 @@ class Reconciler:
                 statuses[known.id] = live.status
                 if await self._refresh(known, live):
                     report.refreshed.append(known.id)
+                    if live.status in _NEWS_FOR_JOBS or live.error_text:
+                        news.append(known)
                 continue
             if live.removed:
                 continue  # a deleted instance we do not know: nothing to adopt
@@ -182,6 +202,7 @@ class Reconciler:
                     continue
                 await self._adopt(known, live)
                 synced.append(known.id)
+                news.append(known)
                 report.adopted.append(known.id)
                 continue
             parsed = parse_upstream_name(live.name)
@@ -208,14 +229,13 @@ class Reconciler:
             if await self._vanished(novita_id):
                 await self._mark_vanished(known)
                 synced.append(known.id)
+                news.append(known)
                 report.vanished.append(known.id)
         await self._activity.observe_many(statuses, self._clock())
         await self._store.mark_synced(synced + [external_member(novita_id) for novita_id in externals], listed_at)
         if self._wake_jobs is not None:
-            # Jobs watching an instance whose status changed need not wait for their next poll to see it.
-            changed = set(report.refreshed) | set(report.adopted) | set(report.vanished)
-            await self._wake_jobs([k.last_job_id for k in chain(by_novita_id.values(), by_upstream_name.values())
-                                   if k.id in changed and k.last_job_id])
+            # A job watching an instance that reached a status it may end on need not wait for its next poll.
+            await self._wake_jobs([known.last_job_id for known in news if known.last_job_id])
         await self._store.put_externals(externals, external_scores)
         await self._store.prune_expired(self._clock())
         if any((report.adopted, report.rebuilt, report.vanished)):
