@@ -231,7 +231,7 @@ class InstanceService:
                 items.append(InstanceView.model_validate({**externals[member], "syncedAt": synced}))
         more = offset + len(items) < found.total if after is None else len(items) == page_size
         next_cursor = Cursor(found.scores[-1], found.members[-1]).encode() if items and more else None
-        sync = await self._store.sync_status()
+        sync = found.sync_status
         return InstancePage(
             items=items,
             total=found.total,

@@ -78,6 +78,7 @@ class IndexPage:
     members: list[str]  # page order; each is a record id or an `ext:` member
     scores: list[float]
     synced_at: dict[str, float]
+    sync_status: dict[str, str]  # the background sync's last report (read in the same round trip)
 
 
 class InstanceStore:
@@ -186,7 +187,8 @@ class InstanceStore:
                 pipe.mget([_record_key(i) for i in ids] or ["ngpu:none"])
                 pipe.mget([index.external_key(i) for i in external_ids] or ["ngpu:none"])
                 pipe.hmget(index.SYNCED_AT_KEY, members or ["none"])
-                raw_records, raw_externals, synced = await pipe.execute()
+                pipe.hgetall(index.SYNC_STATUS_KEY)
+                raw_records, raw_externals, synced, sync_status = await pipe.execute()
         records = [InstanceRecord.model_validate_json(raw) for raw in raw_records[:len(ids)] if raw is not None]
         externals = [json.loads(raw) for raw in raw_externals[:len(external_ids)] if raw is not None]
         found = {r.id for r in records} | {index.external_member(e["novitaInstanceId"]) for e in externals}
@@ -201,6 +203,7 @@ class InstanceStore:
             members=[m for m, _ in kept],
             scores=[s for _, s in kept],
             synced_at={m: float(v) for m, v in zip(members, synced, strict=False) if v is not None},
+            sync_status={_text(k): _text(v) for k, v in sync_status.items()},
         )
 
     async def synced_at(self, instance_id: str) -> float | None:
