@@ -12,7 +12,7 @@ from app.core.logging import SecretRedactor
 from app.core.metrics import Metrics
 from app.core.ratelimit import RateLimiter
 from app.core.redis import RedisManager
-from app.instances.service import InstanceService
+from app.instances.service import InstanceService, cached_view_keys
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
 from app.jobs.worker import Worker
@@ -78,9 +78,13 @@ class AppContainer:
         queue = JobQueue(redis)
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
         store = InstanceStore(redis)
+
+        async def forget_cached(novita_ids: list[str]) -> None:
+            await cache.invalidate(keys=cached_view_keys(novita_ids))
+
         automation = LifecycleAutomation(
             lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance,
-            wake_jobs=queue.wake,
+            wake_jobs=queue.wake, forget_cached=forget_cached,
         )
         instances = InstanceService(
             settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity

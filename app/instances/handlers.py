@@ -310,6 +310,7 @@ class InstanceJobHandlers:
             await self._fail(ctx, record.id, f"Novita reports an error: {error_text}", keep_state=True)
         if time.time() >= self._deadline(ctx):
             await self._timeout(ctx, record, operation, f"still {status}")
+        await self._store.request_sync()
         raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
 
     # -- readiness -------------------------------------------------------------------------------------------------

@@ -64,6 +64,11 @@ _ENV_VALUES: dict[str, Any] = {"envs": {"__all__": {"value"}}}
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 
 
+def cached_view_keys(novita_ids: list[str]) -> list[str]:
+    """The cache keys of these instances' Novita views (dropped when we or the sync see them change)."""
+    return [NOVITA_CACHE_PREFIX + novita_id for novita_id in novita_ids]
+
+
 def new_record_id() -> str:
     """A record id: 16 lowercase hex characters (also the suffix that makes the upstream name unique)."""
     return secrets.token_hex(8)
@@ -245,7 +250,7 @@ class InstanceService:
     async def forget_cached(self, novita_id: str | None) -> None:
         """Drop the cached Novita view of one instance (after we changed it); by key, never by scanning."""
         if novita_id is not None:
-            await self._cache.invalidate(keys=[NOVITA_CACHE_PREFIX + novita_id])
+            await self._cache.invalidate(keys=cached_view_keys([novita_id]))
 
     async def _novita_instance(self, novita_id: str) -> Instance:
         """One instance as Novita shows it, cached like the list so that reads never queue on the Novita rate limit."""

@@ -105,6 +105,7 @@ class LifecycleAutomation:
         *,
         recover_spot: Callable[[str], Awaitable[None]] | None = None,
         wake_jobs: Callable[[list[str]], Awaitable[None]] | None = None,
+        forget_cached: Callable[[list[str]], Awaitable[None]] | None = None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
@@ -122,7 +123,7 @@ class LifecycleAutomation:
                                      lease_seconds=config.reconcile_lease_seconds,
                                      adopt_pending_after_seconds=config.guards.provisioning_timeout_seconds,
                                      max_vanish_checks=config.reconcile_max_vanish_checks, wake_jobs=wake_jobs,
-                                     clock=clock)
+                                     forget_cached=forget_cached, clock=clock)
         self.cost_guards = CostGuardExecutor(store, novita, redis, self.activity, self.events, config.guards, clock)
         tasks = [
             # Checked every second: a sync runs once its interval passed, or sooner when a job asked for one.

@@ -103,6 +103,7 @@ class Reconciler:
         adopt_pending_after_seconds: float = 1800.0,
         max_vanish_checks: int = 10,
         wake_jobs: Callable[[list[str]], Awaitable[None]] | None = None,
+        forget_cached: Callable[[list[str]], Awaitable[None]] | None = None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self._novita = novita
@@ -114,6 +115,7 @@ class Reconciler:
         self._adopt_pending_after_seconds = adopt_pending_after_seconds
         self._max_vanish_checks = max_vanish_checks
         self._wake_jobs = wake_jobs
+        self._forget_cached = forget_cached
         self._clock = clock
 
     async def run(self) -> ReconcileReport | None:
@@ -175,6 +177,7 @@ class Reconciler:
         seen: set[str] = set()
         synced: list[str] = []
         news: list[_Known] = []  # records whose job may finish now
+        changed_ids: list[str] = []  # Novita ids whose cached view (GET /api/instances/{id}) is now stale
         statuses: dict[str, str] = {}
         externals: dict[str, dict[str, Any]] = {}
         external_scores: dict[str, float] = {}
@@ -191,6 +194,7 @@ class Reconciler:
                 statuses[known.id] = live.status
                 if await self._refresh(known, live):
                     report.refreshed.append(known.id)
+                    changed_ids.append(live.id)
                     if live.status in _NEWS_FOR_JOBS or live.error_text:
                         news.append(known)
                 continue
@@ -233,6 +237,8 @@ class Reconciler:
                 report.vanished.append(known.id)
         await self._activity.observe_many(statuses, self._clock())
         await self._store.mark_synced(synced + [external_member(novita_id) for novita_id in externals], listed_at)
+        if self._forget_cached is not None and changed_ids:
+            await self._forget_cached(changed_ids)
         if self._wake_jobs is not None:
             # A job watching an instance that reached a status it may end on need not wait for its next poll.
             await self._wake_jobs([known.last_job_id for known in news if known.last_job_id])

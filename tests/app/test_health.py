@@ -34,7 +34,7 @@ def test_health_documents_have_the_agreed_format(api_server: ApiServer) -> None:
     assert readyz.status_code == 200 and readyz.json() == {"status": "ready"}
     assert health.status_code == 200
     body = health.json()
-    assert set(body) == {"status", "services", "version", "uptimeSeconds", "queue"}
+    assert set(body) == {"status", "services", "version", "uptimeSeconds", "queue", "reconciliation"}
     assert body["status"] == "healthy"
     assert body["services"] == {name: "up" for name in SEED_SERVICES}
     assert body["version"] == "0.1.0" and body["uptimeSeconds"] >= 0
@@ -102,9 +102,14 @@ def test_shutdown_before_valkey_ever_answered_is_prompt(api_server_factory: Star
 def test_production_health_makes_no_live_novita_call(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle
 ) -> None:
-    server = api_server_factory(app_env="production")
-    fake_novita.reset()
+    server = api_server_factory(app_env="production", reconcile_interval_seconds=3600)
+    server.wait_until("/health", 200)
     with server.client(authenticated=False) as client:
+        deadline = time.monotonic() + 10  # the start-up reconciliation (in the background) lists Novita once
+        while (client.get("/health").json()["reconciliation"] or {}).get("state") != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        fake_novita.reset()
         health = client.get("/health")
     assert health.status_code == 200 and health.json()["services"]["novitaApi"] == "up"
     assert fake_novita.calls() == {}
