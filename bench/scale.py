@@ -26,9 +26,9 @@ from app.core.redis import RedisManager
 from app.instances.schemas import InstanceRecord
 from app.instances.service import new_record_id, upstream_name
 from app.instances.store import InstanceStore
+from app.jobs.queue import job_key
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.cost_guards import CostGuardExecutor, CostGuardPolicy
-from app.jobs.queue import job_key
 from app.lifecycle.webhooks import UrlGuard, WebhookNotifier
 from app.novita.client import NovitaClient
 from bench.memory import rss_mb

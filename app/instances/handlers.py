@@ -46,7 +46,6 @@ from app.novita.errors import (
 )
 from app.novita.models import CreateInstanceRequest as NovitaCreateRequest
 from app.novita.models import EnvVar as NovitaEnvVar
-from app.novita.models import Instance
 from app.novita.ratebudget import Priority, at_priority
 from app.products.service import ProductService
 

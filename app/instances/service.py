@@ -13,6 +13,7 @@ from typing import Any, Literal
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.instances.index import Cursor, external_member
 from app.instances.schemas import (
     AcceptedResponse,
     CreateInstanceRequest,
@@ -23,7 +24,6 @@ from app.instances.schemas import (
     InstanceView,
     state_from_novita,
 )
-from app.instances.index import Cursor, external_member
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
 from app.lifecycle.activity import ActivityStore

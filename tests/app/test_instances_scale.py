@@ -14,7 +14,13 @@ from app.instances.service import upstream_name
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.reconcile import Reconciler
 from tests.app.conftest import StartServer
-from tests.app.instances_client import create_instance, create_running, run_action, wait_for_job, wait_for_list
+from tests.app.instances_client import (
+    create_instance,
+    create_running,
+    run_action,
+    wait_for_job,
+    wait_for_list,
+)
 from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
     LifecycleEnv,
     RecordingSink,
