@@ -22,7 +22,7 @@ from app import __version__
 from app.compat.router import router as compat_router
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.container import AppContainer
-from app.core.errors import install_exception_handlers
+from app.core.errors import ServiceUnavailable, install_exception_handlers
 from app.core.faults import router as faults_router
 from app.core.logging import configure_logging
 from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -108,14 +108,30 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _become_ready(container: AppContainer) -> None:
-    """Wait for Valkey, start the worker, then keep watching Valkey so health follows it."""
+    """Wait for Valkey and the list index, start the worker, then keep watching Valkey so health follows it.
+
+    Nothing here grows with the fleet once the index exists: reconciliation with Novita runs in the background.
+    """
     await container.redis.wait_until_connected()
+    await _ensure_index(container)
     await container.worker.start()
-    # Reconciles first (bounded), so records lost with Valkey are back before the app reports ready.
-    await container.automation.start()
     container.lifecycle.ready_once = True
     logger.info("ready", extra={"startupSeconds": round(container.lifecycle.uptime_seconds, 2)})
+    await container.automation.start()
     await container.redis.monitor(container.settings.redis_monitor_interval_seconds)
+
+
+async def _ensure_index(container: AppContainer) -> None:
+    """Build the list index from records written before it existed (once per deployment; a no-op afterwards)."""
+    while True:
+        try:
+            await container.instances.store.ensure_index()
+        except ServiceUnavailable as error:
+            logger.warning("cannot build the instance list index yet; retrying", extra={"error": str(error)})
+            await asyncio.sleep(1.0)
+            continue
+        container.lifecycle.index_ready = True
+        return
 
 
 def _write_pid_file(path: Path) -> None:

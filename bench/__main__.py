@@ -1,4 +1,7 @@
-"""`python -m bench [--quick] [--output PATH]`: run every benchmark, print the table and write it as Markdown.
+"""`python -m bench [--quick] [--scale] [--output PATH]`: run every benchmark, print the table and write it as Markdown.
+
+`--scale` runs only the fleet-scale benchmark (bench/scale.py: 1,000 and 10,000 managed instances; with `--quick`
+1,000 and a short load) and writes its own section into the output file, keeping the rest of it.
 
 Exit status: 0 when every section ran (slow figures and missed targets included: benchmarks are not tests);
 1 when a section broke (its error is in the report); optional tools that are missing (wrk, saq, py-spy, a Docker
@@ -17,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bench import container, http_load, jobqueue, memory, profile, pulumi_eval, startup, upstream, wrk_runner
+from bench import container, http_load, jobqueue, memory, profile, pulumi_eval, scale, startup, upstream, wrk_runner
 from bench.report import Report
 from bench.services import FASTAPI_BASELINE_APP, REPO_ROOT, ServerProcess, Services
 
 FULL_OUTPUT = REPO_ROOT / "docs" / "performance.md"
 QUICK_OUTPUT = REPO_ROOT / "build" / "bench-quick.md"
+QUICK_SCALE_OUTPUT = REPO_ROOT / "build" / "bench-scale-quick.md"
 # A hand-written section of the output file that a new run keeps (it is dated by whoever writes it).
 ANALYSIS_HEADING = "## Analysis"
 
@@ -77,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; see the module docstring for the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per benchmark (CI smoke run)")
+    parser.add_argument("--scale", action="store_true", help="only the fleet-scale benchmark (issue 15)")
     parser.add_argument("--output", type=Path, help=f"Markdown file (default {FULL_OUTPUT.relative_to(REPO_ROOT)}, "
                                                     f"or {QUICK_OUTPUT.relative_to(REPO_ROOT)} with --quick)")
     args = parser.parse_args(argv)
+    if args.scale:
+        return _scale(args.quick, args.output, argv)
     plan = QUICK if args.quick else FULL
     output: Path = args.output or (QUICK_OUTPUT if args.quick else FULL_OUTPUT)
     command = shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])
@@ -101,6 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sections that broke: {', '.join(sections.failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _scale(quick: bool, output: Path | None, argv: list[str] | None) -> int:
+    """The fleet-scale section alone, written between its markers in `output`."""
+    output = output or (QUICK_SCALE_OUTPUT if quick else FULL_OUTPUT)
+    command = shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])
+    report = Report(command=command, quick=quick)
+    sections = Sections(report)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work_dir:
+        with Services(Path(work_dir)) as services:
+            sections.run("fleet scale", lambda: scale.run(services, report,
+                                                          scale.QUICK_SCALE if quick else scale.FULL_SCALE))
+    scale.write_section(report, output)
+    print(f"\n{report.markdown()}\nwritten to {output}")
+    return 1 if sections.failed else 0
 
 
 def _serve_and_load(services: Services, report: Report, plan: Plan, work_dir: str) -> None:

@@ -134,10 +134,11 @@ class Services:
         env.update(overrides)
         return env
 
-    def start_api(self, name: str = "api") -> ServerProcess:
-        """Spawn the API under uvicorn with the container's flags; does not wait for it."""
+    def start_api(self, name: str = "api", **env_overrides: str) -> ServerProcess:
+        """Spawn the API under uvicorn with the container's flags (and `env_overrides`); does not wait for it."""
         port = free_port()
-        return self._spawn(name, self._uvicorn_command(API_APP, port), port, env=self.api_env(PORT=str(port)))
+        return self._spawn(name, self._uvicorn_command(API_APP, port), port,
+                           env=self.api_env(PORT=str(port), **env_overrides))
 
     def start_baseline(self, name: str = "baseline", app: tuple[str, ...] = BASELINE_APP) -> ServerProcess:
         """Spawn a hello-world (bare ASGI by default) under the same uvicorn and flags; does not wait for it."""

@@ -26,9 +26,10 @@ APP_KEY_PATTERNS = ("ngpu:*",)
 APP_COMMANDS = (
     "hello", "ping",
     "multi", "exec", "discard", "watch", "unwatch",
-    "get", "set", "mget", "del", "unlink", "exists", "expire", "pexpire", "incrby", "scan",
-    "hset", "hget", "hmget", "hgetall", "hincrby",
-    "zadd", "zrem", "zcard", "zscore", "zrangebyscore", "zrevrange",
+    "get", "set", "getdel", "mget", "del", "unlink", "exists", "expire", "pexpire", "incr", "incrby", "time",
+    "hset", "hget", "hmget", "hgetall", "hincrby", "hdel",
+    "sadd", "srem", "smembers",
+    "zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zrevrange", "zrevrangebyscore",
     "xadd", "xack", "xdel", "xlen", "xreadgroup", "xautoclaim", "xclaim",
     "xgroup|create", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
     "eval", "evalsha",

@@ -36,8 +36,12 @@ FAST_API_ENV: dict[str, str] = {
     "JOB_RETRY_BASE_SECONDS": "0.2",
     "JOB_RETRY_MAX_SECONDS": "2",
     "JOB_CONCURRENCY": "8",
-    "INSTANCE_POLL_INTERVAL_SECONDS": "0.3",
+    "INSTANCE_POLL_INTERVAL_SECONDS": "1",  # a fallback: the sync wakes a job when its instance settles
     "INSTANCE_PROVISIONING_TIMEOUT_SECONDS": "300",
+    # Jobs watch their instances through the background sync (one Novita listing for all): keep it brisk too.
+    "RECONCILE_INTERVAL_SECONDS": "1",
+    "RECONCILE_LEASE_SECONDS": "3",
+    "LIFECYCLE_TICK_SECONDS": "0.2",
     "NOVITA_TIMEOUT_SECONDS": "2",
     "NOVITA_RATE_LIMIT_PER_SECOND": "200",
     "NOVITA_BREAKER_RESET_SECONDS": "2",

@@ -30,7 +30,11 @@ Loader = Callable[[], Awaitable[Any]]
 
 
 class Cache:
-    """`get_or_load` with single-flight, `invalidate` by key or prefix; keys are namespaced under `ngpu:cache:`."""
+    """`get_or_load` with single-flight, `invalidate` by key; keys are namespaced under `ngpu:cache:`.
+
+    There is deliberately no invalidation by prefix: it needs a keyspace SCAN, whose cost grows with everything in
+    Valkey and which once made every create O(keys). Callers name the keys they changed.
+    """
 
     def __init__(self, redis: RedisManager, metrics: Metrics, *, lock_seconds: float = 5.0) -> None:
         self._redis = redis
@@ -64,17 +68,13 @@ class Cache:
         finally:
             del self._inflight[key]
 
-    async def invalidate(self, *, keys: Iterable[str] = (), prefix: str | None = None) -> None:
-        """Drop `keys` and every key starting with `prefix`; a no-op when Valkey is down (entries expire anyway)."""
-        if not self._redis.is_up:
+    async def invalidate(self, *, keys: Iterable[str]) -> None:
+        """Drop `keys`; a no-op when Valkey is down (entries expire anyway)."""
+        doomed = [CACHE_PREFIX + key for key in keys]
+        if not doomed or not self._redis.is_up:
             return
-        client = self._redis.client
         try:
-            doomed = [CACHE_PREFIX + key for key in keys]
-            if prefix is not None:
-                doomed.extend([found async for found in client.scan_iter(match=_glob_escape(CACHE_PREFIX + prefix) + "*")])
-            if doomed:
-                await client.unlink(*doomed)
+            await self._redis.client.unlink(*doomed)
         except _CONNECTION_ERRORS as error:
             self._redis.record_failure(error)
 
@@ -137,7 +137,3 @@ class Cache:
         except _CONNECTION_ERRORS as error:
             self._redis.record_failure(error)
 
-
-def _glob_escape(text: str) -> str:
-    """Escape SCAN MATCH wildcards in a literal prefix."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

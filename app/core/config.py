@@ -63,7 +63,10 @@ class Settings(BaseSettings):
     novita_base_url: str = DEFAULT_NOVITA_BASE_URL
     novita_timeout_seconds: float = Field(15.0, gt=0)
     novita_max_attempts: int = Field(4, ge=1)
+    # One budget for every replica, shared in Valkey (app/novita/ratebudget.py); the fallback is per replica.
     novita_rate_limit_per_second: float = Field(5.0, gt=0)
+    novita_rate_limit_burst: int | None = Field(None, ge=3)  # default: the rate (at least 3)
+    novita_rate_limit_fallback_per_second: float = Field(1.0, gt=0)
     novita_breaker_failure_threshold: int = Field(5, ge=1)
     novita_breaker_reset_seconds: float = Field(30.0, gt=0)
     novita_health_timeout_seconds: float = Field(2.0, gt=0)  # bounds the background check's call
@@ -115,9 +118,11 @@ class Settings(BaseSettings):
     max_instance_lifetime_seconds: float = Field(0.0, ge=0)  # 0: no maximum lifetime
     cost_guard_interval_seconds: float = Field(60.0, gt=0)
     cost_guard_action_lock_seconds: float = Field(300.0, gt=0)
-    reconcile_interval_seconds: float = Field(300.0, gt=0)
-    reconcile_lease_seconds: float = Field(120.0, gt=0)
+    # Reconciliation is also the status sync every job waits on: one listing of Novita per period for all instances.
+    reconcile_interval_seconds: float = Field(10.0, gt=0)
+    reconcile_lease_seconds: float = Field(15.0, gt=0)  # kept alive while a pass runs
     reconcile_startup_timeout_seconds: float = Field(10.0, gt=0)
+    reconcile_max_vanish_checks: int = Field(10, ge=1)  # direct lookups per pass to confirm a vanished instance
     spot_recovery_enabled: bool = False
     spot_recovery_min_interval_seconds: float = Field(14400.0, gt=0)
     spot_check_interval_seconds: float = Field(300.0, gt=0)

@@ -13,7 +13,7 @@ from app.core.metrics import Metrics
 from app.core.ratelimit import RateLimiter
 from app.core.redis import RedisManager
 from app.health.novita import CHECK_TASK, NovitaHealth
-from app.instances.service import InstanceService
+from app.instances.service import InstanceService, cached_view_keys
 from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
 from app.jobs.service import JobControl
@@ -21,6 +21,8 @@ from app.jobs.worker import Worker
 from app.lifecycle.automation import LifecycleAutomation, lifecycle_config
 from app.lifecycle.scheduler import PeriodicTask
 from app.novita.client import NovitaClient
+from app.novita.ratebudget import LocalBudget, SharedRateBudget
+from app.novita.resilience import Clock
 from app.products.service import ProductService
 
 
@@ -29,6 +31,7 @@ class Lifecycle:
     """Start-up progress that health endpoints report."""
 
     started_at: float = field(default_factory=time.monotonic)
+    index_ready: bool = False  # the instance list index exists (built from older records if needed)
     ready_once: bool = False  # Valkey answered and the worker started, at least once since the process began
     shutting_down: bool = False
 
@@ -63,6 +66,10 @@ class AppContainer:
         """Wire the objects together; nothing connects yet."""
         metrics = Metrics()
         redis = RedisManager(settings)
+        rate_budget = SharedRateBudget(
+            redis, settings.novita_rate_limit_per_second, burst=settings.novita_rate_limit_burst,
+            fallback=LocalBudget(settings.novita_rate_limit_fallback_per_second, Clock()),
+        )
         novita = NovitaClient(
             settings.novita_base_url,
             settings.novita_api_key.get_secret_value(),
@@ -71,6 +78,7 @@ class AppContainer:
             rate_limit_per_second=settings.novita_rate_limit_per_second,
             breaker_failure_threshold=settings.novita_breaker_failure_threshold,
             breaker_reset_seconds=settings.novita_breaker_reset_seconds,
+            rate_budget=rate_budget,
         )
         queue = JobQueue(redis)
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
@@ -79,9 +87,14 @@ class AppContainer:
             novita, redis.client, check_interval_seconds=settings.novita_health_check_interval_seconds,
             check_timeout_seconds=settings.novita_health_timeout_seconds,
         )
+
+        async def forget_cached(novita_ids: list[str]) -> None:
+            await cache.invalidate(keys=cached_view_keys(novita_ids))
+
         automation = LifecycleAutomation(
             lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance,
             extra_tasks=[PeriodicTask(CHECK_TASK, settings.novita_health_check_interval_seconds, novita_health.check)],
+            wake_jobs=queue.wake, forget_cached=forget_cached,
         )
         instances = InstanceService(
             settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity,

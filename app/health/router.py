@@ -1,10 +1,12 @@
 """Health endpoints (no auth), with the semantics of docs/architecture.md.
 
 - `/livez`: the event loop answers; served by `app.health.liveness` before routing (the container probe's target).
-- `/readyz`: Valkey answers and the job consumer runs; 503 with the reason otherwise.
-- `/health`: the seed's format plus version, uptime, queue counts and the reason of each service that is down; 503
-  when a required service (Valkey, the job queue) is down, 200 "degraded" when only Novita is (a Novita problem
-  is the same for every replica and no restart fixes it). It never calls Novita (`app.health.novita`).
+- `/readyz`: Valkey answers, the instance list index exists and the job consumer runs; 503 with the reason otherwise.
+  It does not wait for reconciliation with Novita, which runs in the background (its progress is in `/health`).
+- `/health`: the seed's format plus version, uptime, queue counts, reconciliation progress and the reason of each
+  service that is down; 503 when a required service (Valkey, the job queue) is down, 200 "degraded" when only Novita
+  is (a Novita problem is the same for every replica and no restart fixes it). It never calls Novita
+  (`app.health.novita`).
 - `/metrics`: Prometheus.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from redis.exceptions import RedisError
 
 from app import __version__
 from app.core.container import AppContainer, get_container
+from app.core.errors import ServiceUnavailable
 from app.core.metrics import CONTENT_TYPE_LATEST
 from app.health.schemas import Health, Readiness
 from app.jobs.queue import QueueStats
@@ -73,6 +76,7 @@ async def health(container: Container) -> JSONResponse:
         "uptimeSeconds": round(container.lifecycle.uptime_seconds, 1),
         "queue": None if stats is None else _stats_body(stats),
         "reasons": {service: container.redact(reason) for service, reason in reasons.items()},
+        "reconciliation": await _reconciliation(container) if redis_up else None,
     }
     return JSONResponse(body, status_code=code)
 
@@ -99,6 +103,8 @@ async def _not_ready_reason(container: AppContainer) -> str | None:
     if not await container.redis.ping(_CHECK_TIMEOUT_SECONDS):
         prefix = "Valkey unreachable" if container.lifecycle.ready_once else "starting: Valkey not reachable yet"
         return f"{prefix} ({container.redis.last_error})"
+    if not container.lifecycle.index_ready:
+        return "starting: building the instance list index"
     if not container.worker.running:
         return "job queue consumer not running" if container.lifecycle.ready_once else "starting: worker not started"
     return None
@@ -111,6 +117,24 @@ async def _queue_stats(container: AppContainer) -> QueueStats | None:
     except (RedisError, OSError, TimeoutError) as error:
         container.redis.record_failure(error)
         return None
+
+
+async def _reconciliation(container: AppContainer) -> dict[str, str | float | int] | None:
+    """Progress of the background sync with Novita (shared by every replica): state, times, counts."""
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
+            raw = await container.instances.store.sync_status()
+    except (ServiceUnavailable, TimeoutError):
+        return None
+    return {key: _number_or_text(value) for key, value in raw.items() if value != ""}
+
+
+def _number_or_text(value: str) -> str | float | int:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value else number
 
 
 def _up(condition: bool) -> ServiceState:

@@ -43,3 +43,5 @@ class Health(BaseModel):
     queue: QueueCounts | None
     # Why each service that is down is down (`novitaApi`: a refused key, recent failures, the open breaker); no secret.
     reasons: dict[str, str] = {}
+    # Progress of the background sync with Novita shared by every replica (state, times, counts); null without Valkey.
+    reconciliation: dict[str, str | float | int] | None = None

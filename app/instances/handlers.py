@@ -52,6 +52,7 @@ from app.novita.models import EnvVar as NovitaEnvVar
 from app.novita.models import Instance
 from app.novita.models import JupyterTool as NovitaTool
 from app.novita.models import NetworkStorageMount as NovitaNetworkStorage
+from app.novita.ratebudget import Priority, at_priority
 from app.products.service import ProductService
 
 if TYPE_CHECKING:
@@ -120,11 +121,12 @@ class InstanceJobHandlers:
         )
 
     def register(self, worker: Worker, jobs: JobControl) -> None:
-        """Register every instance job kind with the worker, and what cancelling one of them undoes."""
-        worker.register(CREATE_JOB, self.create)
-        worker.register(READINESS_JOB, self.readiness)
+        """Register every instance job kind with the worker (their Novita calls take the job priority), and what
+        cancelling one of them undoes."""
+        worker.register(CREATE_JOB, at_priority(Priority.JOB, self.create))
+        worker.register(READINESS_JOB, at_priority(Priority.JOB, self.readiness))
         for action, kind in ACTION_JOBS.items():
-            worker.register(kind, self._action_handler(action))
+            worker.register(kind, at_priority(Priority.JOB, self._action_handler(action)))
         for kind in (CREATE_JOB, READINESS_JOB, *ACTION_JOBS.values()):
             jobs.on_cancel(kind, self.cancelled)
 
@@ -138,17 +140,19 @@ class InstanceJobHandlers:
         if record.novita_instance_id is None and not _deletion_requested(record):
             try:
                 record = await self._create_upstream(ctx, record)
-            except _NOVITA_OUTAGE as error:  # safe to come back: a create starts with a lookup by name
+            except _NOVITA_OUTAGE as error:  # safe to come back: a create that may have been sent looks its name up
                 await self._wait_for_novita(ctx, record, "create", error)
         if record.novita_instance_id is None:
             return _Outcome(record.id, record.state, None, "deleted before it was created").as_result()
         return await self._settle(ctx, record, "create")
 
     async def _create_upstream(self, ctx: JobContext, record: InstanceRecord) -> InstanceRecord:
-        # A previous run may have created it and died before recording the id: the unique name tells.
-        existing = await self._novita.find_instance_by_name(record.upstream_name)
-        if existing is not None:
-            return await self._record_created(ctx, record.id, existing.id, existing.cluster_id, "found_existing")
+        if record.create_attempted_at is not None:
+            # A previous run may have sent the create and lost its answer (or died before recording the id): the
+            # unique name tells. Only then: a first attempt has nothing to find and saves Novita the listing.
+            existing = await self._novita.find_instance_by_name(record.upstream_name)
+            if existing is not None:
+                return await self._record_created(ctx, record.id, existing.id, existing.cluster_id, "found_existing")
 
         spec_data = await self._store.get_spec(record.id)
         if spec_data is None:
@@ -167,6 +171,7 @@ class InstanceJobHandlers:
                 ports=",".join(f"{p.port}/{p.type}" for p in spec.ports) or None,
                 envs={env.key: env.value for env in spec.envs}, command=spec.command,
             )
+            await self._store.update(record.id, _mark_create_attempted)  # from here on, a create may exist
             placed = await self._placement.create(plan, lambda offer: _novita_request(record, spec, launch, offer))
         except NoCapacity as error:
             await self._note_skipped(ctx, record.id, error.skipped)
@@ -210,7 +215,6 @@ class InstanceJobHandlers:
 
         record = await self._update_and_notify(record_id, remember)
         await self._store.drop_spec(record_id)
-        await self._instances.invalidate_cached_lists()
         if _deletion_requested(record):
             # A delete was accepted while this create ran and found nothing to delete: finish its work here.
             await self._delete_upstream(novita_id)
@@ -235,7 +239,6 @@ class InstanceJobHandlers:
                 if record.novita_instance_id is None:
                     record = await self._store.update(record.id, _mark_deleted("never created on Novita", ctx.job.id))
                     await self._store.drop_spec(record.id)
-                    await self._instances.invalidate_cached_lists()
                     return _Outcome(record.id, record.state, None, "never created on Novita").as_result()
             if record.novita_instance_id is None:
                 await self._fail(ctx, record.id, f"cannot {action}: the instance was never created on Novita")
@@ -273,7 +276,7 @@ class InstanceJobHandlers:
             except NovitaBadRequest as error:
                 await self._fail(ctx, record.id, f"Novita refused to {action}: {error}", keep_state=True)
         await self._add_event(record.id, f"{action}_issued", detail, ctx.job.id)
-        await self._instances.invalidate_cached_lists()
+        await self._instances.forget_cached(novita_id)
 
     async def _call_action(self, action: Action, novita_id: str) -> None:
         if action == "start":
@@ -294,21 +297,20 @@ class InstanceJobHandlers:
     # -- watching --------------------------------------------------------------------------------------------------
 
     async def _settle(self, ctx: JobContext, record: InstanceRecord, operation: str) -> dict[str, Any]:
-        """One polling step: record Novita's status; finish when settled, else come back in a poll interval."""
-        assert record.novita_instance_id is not None
-        try:
-            live: Instance | None = await self._novita.get_instance(record.novita_instance_id)
-        except NovitaNotFound:
-            live = None
-        except NovitaError as error:
-            await self._wait_for_novita(ctx, record, operation, error)
+        """One watching step: finish when Novita's status, as the shared background sync recorded it, is settled;
+        else come back in a poll interval. No Novita call: one listing per sync period serves every instance.
 
-        status = live.status if live is not None else "removed"
-        error_text = live.error_text if live is not None else None
-        previous = (record.novita_status, record.status_error)
-        record = await self._update_and_notify(record.id, _apply_live(status, error_text))
-        if previous != (record.novita_status, record.status_error):
-            await self._instances.invalidate_cached_lists()
+        Only a sync whose listing began after this job issued its operation counts, so a status from before the
+        operation (a restart's `running`) never ends the job early.
+        """
+        record = await self._store.get(record.id) or record
+        synced_at = await self._store.synced_at(record.id)
+        status, error_text = record.novita_status, record.status_error
+        if synced_at is None or synced_at < _issued_at(record, operation, ctx.job.id) or status is None:
+            if time.time() >= self._deadline(ctx):
+                await self._timeout(ctx, record, operation, f"no sync has seen the {operation} on Novita yet")
+            await self._store.request_sync()  # the sync wakes this job when it brings news of the instance
+            raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: waiting for the sync")
         if status in _SETTLED_STATUSES[operation]:
             if status == "running" and self._settings.readiness_enabled:
                 # Its own job, so that this one reports `running` now; the same id whichever replica gets here.
@@ -321,6 +323,7 @@ class InstanceJobHandlers:
             await self._fail(ctx, record.id, f"Novita reports an error: {error_text}", keep_state=True)
         if self._clock() >= self._deadline(ctx):
             await self._timeout(ctx, record, operation, f"still {status}")
+        await self._store.request_sync()
         raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
 
     # -- readiness -------------------------------------------------------------------------------------------------
@@ -355,7 +358,6 @@ class InstanceJobHandlers:
         if record.ready_at is None:  # it stopped running meanwhile
             return _Outcome(record.id, record.state, novita_status, "no longer running").as_result()
         await self._events.emit("instance.ready", record.id, {"endpoints": result.endpoints})
-        await self._instances.invalidate_cached_lists()
         return _Outcome(record.id, record.state, novita_status, "ready").as_result()
 
     # -- cancel ----------------------------------------------------------------------------------------------------
@@ -387,7 +389,6 @@ class InstanceJobHandlers:
             return
         if job.kind == CREATE_JOB and record.novita_instance_id is None:
             await self._store.drop_spec(record.id)  # the env values in it are no longer needed
-        await self._instances.invalidate_cached_lists()
 
     def _deadline(self, ctx: JobContext) -> float:
         return ctx.job.began_at + self._settings.instance_provisioning_timeout_seconds
@@ -455,10 +456,10 @@ class InstanceJobHandlers:
             record.add_event("failed", reason, ctx.job.id)
 
         try:
-            await self._update_and_notify(record_id, mark)
+            failed = await self._update_and_notify(record_id, mark)
+            await self._instances.forget_cached(failed.novita_instance_id)
         except RecordNotFound:
             pass
-        await self._instances.invalidate_cached_lists()
         raise JobFailed(reason)
 
 
@@ -503,12 +504,15 @@ def _first_error(error: ValidationError) -> str:
     return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
 
 
-def _apply_live(status: str, error_text: str | None) -> RecordChange:
-    def apply(record: InstanceRecord) -> None:
-        record.apply_novita(status, error_text)
-        record.updated_at = time.time()
+def _mark_create_attempted(record: InstanceRecord) -> None:
+    record.create_attempted_at = record.create_attempted_at or time.time()
 
-    return apply
+
+def _issued_at(record: InstanceRecord, operation: str, job_id: str) -> float:
+    """When this job sent its operation to Novita (0 when it did not need to: found existing, already in effect)."""
+    if operation == "create":
+        return record.create_attempted_at or 0.0
+    return max((e.at for e in record.events if e.action == f"{operation}_issued" and e.job_id == job_id), default=0.0)
 
 
 def _remember_id(novita_id: str, job_id: str) -> RecordChange:

@@ -67,11 +67,14 @@ async def list_instances(
     service: Service,
     state: Annotated[InstanceState | None, Query(alias="status", description="our state, e.g. running")] = None,
     name: Annotated[str | None, Query(max_length=255, description="case-insensitive substring")] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="`nextCursor` of the previous page; "
+                                                                    "replaces `page`")] = None,
 ) -> InstancePage:
-    """Our instances merged with Novita's list, newest first; instances made outside this service are included."""
-    return await service.list_instances(state=state, name=name, page=page, page_size=page_size)
+    """Instances from our index, newest first, as the background sync last saw them on Novita (`syncedAt`);
+    instances made outside this service are included (`managed: false`)."""
+    return await service.list_instances(state=state, name=name, page=page, page_size=page_size, cursor=cursor)
 
 
 @router.get("/{instance_id}", response_model=InstanceView, responses=_NOT_FOUND)

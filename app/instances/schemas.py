@@ -333,6 +333,8 @@ class InstanceRecord(BaseModel):
     ready_at: float | None = None  # every exposed port answered since the instance last became `running`
     created_at: float
     updated_at: float
+    # Set just before the first create call: a later run looks the upstream name up only if this is set.
+    create_attempted_at: float | None = None
     last_job_id: str | None = None
     events: list[InstanceEvent] = Field(default_factory=list)
 
@@ -384,11 +386,13 @@ class InstanceView(ApiModel):
     updated_at: float | None = None
     last_job_id: str | None = None
     events: list[InstanceEvent] = Field(default_factory=list)
+    synced_at: float | None = Field(None, description="when the background sync last saw it on Novita (Unix "
+                                                      "seconds); null: not seen yet")
 
     @classmethod
-    def from_record(cls, record: InstanceRecord) -> InstanceView:
+    def from_record(cls, record: InstanceRecord, *, synced_at: float | None = None) -> InstanceView:
         """The view of one of our records."""
-        return cls(managed=True, **record.model_dump())
+        return cls(managed=True, synced_at=synced_at, **record.model_dump())
 
 
 class HeartbeatView(ApiModel):
@@ -412,4 +416,8 @@ class InstancePage(ApiModel):
     total: int
     page: int
     page_size: int
-    novita_synced: bool = Field(description="false when Novita could not be reached and only local records are shown")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page (stable while instances "
+                                                        "are created or deleted); null on the last page")
+    novita_synced: bool = Field(description="false when the last background sync could not reach Novita (or none "
+                                            "finished yet): states may be stale; see each item's syncedAt")
+    last_synced_at: float | None = Field(None, description="when the last successful background sync finished")

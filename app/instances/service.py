@@ -13,6 +13,7 @@ from typing import Any, Literal
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.instances.index import Cursor, external_member
 from app.instances.schemas import (
     REVEAL_SECRETS,
     AcceptedResponse,
@@ -58,12 +59,16 @@ ACTION_TRANSITIONAL_STATE: dict[Action, InstanceState] = {
     "delete": _S.DELETING,
 }
 
-# Cached views of Novita's instances (the list, and one key per instance); every mutation drops them all.
+# Cached view of one Novita instance (for `GET /api/instances/{id}`); a change we make drops that one key.
 NOVITA_CACHE_PREFIX = "instances:novita:"
-NOVITA_INSTANCES_CACHE_KEY = NOVITA_CACHE_PREFIX + "list"
 
 _ENV_VALUES: dict[str, Any] = {"envs": {"__all__": {"value"}}}
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+
+
+def cached_view_keys(novita_ids: list[str]) -> list[str]:
+    """The cache keys of these instances' Novita views (dropped when we or the sync see them change)."""
+    return [NOVITA_CACHE_PREFIX + novita_id for novita_id in novita_ids]
 
 
 def new_record_id() -> str:
@@ -167,7 +172,6 @@ class InstanceService:
             record = await self._store.get(record_id) or record
         # Enqueue is the last write: once it succeeded the request is accepted, and nothing after it may fail.
         await self._queue.enqueue(CREATE_JOB, {"instance_id": record_id}, job_id=job_id)  # existing id: no-op
-        await self.invalidate_cached_lists()
         return AcceptedResponse(instance=InstanceView.from_record(record), job_id=job_id)
 
     async def request_action(self, instance_id: str, action: Action) -> AcceptedResponse:
@@ -187,7 +191,7 @@ class InstanceService:
             current.add_event(f"{action}_requested", job_id=job_id)
 
         updated = await self._store.update(instance_id, mark_requested)
-        await self.invalidate_cached_lists()
+        await self.forget_cached(updated.novita_instance_id)
         return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
 
     async def heartbeat(self, instance_id: str, at: float | None = None) -> HeartbeatView:
@@ -209,7 +213,7 @@ class InstanceService:
     async def get(self, instance_id: str) -> InstanceView:
         """Our record with Novita's live status laid over it (the record alone when Novita cannot be reached)."""
         record = await self._get_record(instance_id)
-        view = InstanceView.from_record(record)
+        view = InstanceView.from_record(record, synced_at=await self._store.synced_at(record.id))
         if record.novita_instance_id is None or record.state == InstanceState.DELETED:
             return view
         try:
@@ -221,50 +225,47 @@ class InstanceService:
         return _overlay(view, live)
 
     async def list_instances(
-        self, *, state: InstanceState | None, name: str | None, page: int, page_size: int
+        self, *, state: InstanceState | None, name: str | None, page: int, page_size: int, cursor: str | None = None
     ) -> InstancePage:
-        """Our records merged with Novita's list (instances made elsewhere appear with `managed: false`)."""
-        records = await self._store.list_all()
-        novita_synced = True
-        try:
-            live_by_id = {i.id: i for i in await self._novita_instances()}
-        except NovitaError:
-            live_by_id, novita_synced = {}, False
+        """A page of our index, newest first: no Novita call, and only the page's records are read.
 
-        views: list[InstanceView] = []
-        for record in records:
-            view = InstanceView.from_record(record)
-            live = live_by_id.pop(record.novita_instance_id, None) if record.novita_instance_id else None
-            views.append(_overlay(view, live) if live is not None else view)
-        views.extend(_external_view(live) for live in live_by_id.values())
-
-        needle = name.casefold() if name else None
-        matching = [
-            v for v in views
-            if (state is None or v.state == state) and (needle is None or needle in v.name.casefold())
-        ]
-        start = (page - 1) * page_size
+        Novita's view of each instance (instances made elsewhere included, `managed: false`) is folded into the index
+        by the background sync; `syncedAt` says when it last saw each one.
+        """
+        after: Cursor | None = None
+        if cursor is not None:
+            try:
+                after = Cursor.decode(cursor)
+            except ValueError as error:
+                raise ValidationFailed(f"cursor: {error}", field="query.cursor") from None
+        offset = 0 if after is not None else (page - 1) * page_size
+        found = await self._store.page(state=state, name=name, offset=offset, count=page_size, cursor=after)
+        records = {record.id: record for record in found.records}
+        externals = {external_member(view["novitaInstanceId"]): view for view in found.externals}
+        items: list[InstanceView] = []
+        for member in found.members:
+            synced = found.synced_at.get(member)
+            if member in records:
+                items.append(InstanceView.from_record(records[member], synced_at=synced))
+            else:
+                items.append(InstanceView.model_validate({**externals[member], "syncedAt": synced}))
+        more = offset + len(items) < found.total if after is None else len(items) == page_size
+        next_cursor = Cursor(found.scores[-1], found.members[-1]).encode() if items and more else None
+        sync = found.sync_status
         return InstancePage(
-            items=matching[start:start + page_size],
-            total=len(matching),
+            items=items,
+            total=found.total,
             page=page,
             page_size=page_size,
-            novita_synced=novita_synced,
+            next_cursor=next_cursor,
+            novita_synced=sync.get("state") != "failed" and sync.get("lastSuccessAt") is not None,
+            last_synced_at=float(sync["lastSuccessAt"]) if sync.get("lastSuccessAt") else None,
         )
 
-    async def invalidate_cached_lists(self) -> None:
-        """Forget what is cached of Novita's instances (called on every mutation, by the API and by job handlers)."""
-        await self._cache.invalidate(prefix=NOVITA_CACHE_PREFIX)
-
-    async def _novita_instances(self) -> list[Instance]:
-        async def load() -> list[dict[str, Any]]:
-            # Env values may be secrets: they never reach the cache (nor any answer: views show env keys only).
-            return [i.model_dump(by_alias=True, exclude=_ENV_VALUES) for i in await self._novita.list_instances()]
-
-        raw = await self._cache.get_or_load(
-            NOVITA_INSTANCES_CACHE_KEY, self._settings.cache_ttl_instances_seconds, load
-        )
-        return [Instance.model_validate(item) for item in raw]
+    async def forget_cached(self, novita_id: str | None) -> None:
+        """Drop the cached Novita view of one instance (after we changed it); by key, never by scanning."""
+        if novita_id is not None:
+            await self._cache.invalidate(keys=cached_view_keys([novita_id]))
 
     async def _novita_instance(self, novita_id: str) -> Instance:
         """One instance as Novita shows it, cached like the list so that reads never queue on the Novita rate limit."""
@@ -307,7 +308,7 @@ def _overlay(view: InstanceView, live: Instance) -> InstanceView:
     })
 
 
-def _external_view(live: Instance) -> InstanceView:
+def external_view(live: Instance) -> InstanceView:
     """An instance on the Novita account that this service did not create."""
     error = live.error_text
     return InstanceView(

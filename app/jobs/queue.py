@@ -276,6 +276,11 @@ class JobQueue:
             pending = sum(int(group["pending"]) for group in groups if group["name"] == CONSUMER_GROUP)
         return QueueStats(depth=max(0, int(length) - pending), pending=pending, scheduled=int(scheduled), dead=int(dead))
 
+    async def wake(self, job_ids: list[str]) -> None:
+        """Make these jobs due now if they are scheduled (a watching job whose news just arrived); others untouched."""
+        if job_ids:
+            await self._redis.client.zadd(SCHEDULED_KEY, dict.fromkeys(job_ids, time.time()), xx=True, lt=True)
+
     async def promote_due(self, limit: int = 100) -> int:
         """Move scheduled jobs whose time has come into the stream; returns how many moved."""
         moved = await self._redis.client.eval(

@@ -42,13 +42,7 @@ class ActivityStore:
 
     async def get(self, record_id: str) -> Activity:
         """The instance's activity (all None when nothing is known)."""
-        raw = await self._redis.hgetall(_key(record_id))
-        return Activity(
-            last_used_at=_float(raw.get("last_used_at")),
-            status=raw.get("status") or None,
-            status_since=_float(raw.get("status_since")),
-            last_spot_migration_at=_float(raw.get("last_spot_migration_at")),
-        )
+        return _activity(await self._redis.hgetall(_key(record_id)))
 
     async def heartbeat(self, record_id: str, at: float) -> None:
         """Note that the instance was used at `at` (a later heartbeat never moves it back)."""
@@ -66,6 +60,34 @@ class ActivityStore:
             await pipe.execute()
         return at
 
+    async def observe_many(self, statuses: dict[str, str], at: float, batch: int = 500) -> None:
+        """`observe_status` for many instances (the sync's whole listing): two round trips per `batch`, and a
+        write only for the instances whose status changed or was never recorded."""
+        record_ids = list(statuses)
+        for start in range(0, len(record_ids), batch):
+            chunk = record_ids[start:start + batch]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for record_id in chunk:
+                    pipe.hmget(_key(record_id), ["status", "status_since"])
+                current = await pipe.execute()
+            changed = [r for r, (status, since) in zip(chunk, current, strict=True)
+                       if status != statuses[r] or not since]
+            if not changed:
+                continue
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for record_id in changed:
+                    pipe.hset(_key(record_id), mapping={"status": statuses[record_id], "status_since": repr(at)})
+                    pipe.expire(_key(record_id), ACTIVITY_TTL_SECONDS)
+                await pipe.execute()
+
+    async def get_many(self, record_ids: list[str]) -> list[Activity]:
+        """`get` for many instances in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for record_id in record_ids:
+                pipe.hgetall(_key(record_id))
+            raws = await pipe.execute()
+        return [_activity(raw) for raw in raws]
+
     async def mark_spot_migration(self, record_id: str, at: float) -> None:
         """Remember when a spot recovery was last attempted."""
         await self._set_max(record_id, "last_spot_migration_at", at)
@@ -77,6 +99,15 @@ class ActivityStore:
     async def _set_max(self, record_id: str, field: str, at: float) -> None:
         key = _key(record_id)
         await self._redis.eval(_SET_MAX_SCRIPT, 1, key, field, repr(at), str(ACTIVITY_TTL_SECONDS))
+
+
+def _activity(raw: dict[str, str]) -> Activity:
+    return Activity(
+        last_used_at=_float(raw.get("last_used_at")),
+        status=raw.get("status") or None,
+        status_since=_float(raw.get("status_since")),
+        last_spot_migration_at=_float(raw.get("last_spot_migration_at")),
+    )
 
 
 # Keep the larger of the stored and the new time, atomically (heartbeats from several replicas arrive out of order).

@@ -1,10 +1,12 @@
 """The lifecycle automations assembled for one app process: what the lifespan starts and stops.
 
 `LifecycleAutomation` builds the activity store, webhook outbox and notifier, reconciler, cost guards and spot
-recovery from a `LifecycleConfig`, and runs them from one `LifecycleScheduler`. `start()` reconciles once, bounded by
-`startup_reconcile_timeout_seconds` (so records lost with Valkey are rebuilt from Novita before the app serves or any
-guard decides, while a Novita outage delays start-up by that bound at most), then ticks the scheduler in the
-background. Every replica does this; the leases make each piece of work happen once.
+recovery from a `LifecycleConfig`, and runs them from one `LifecycleScheduler`. `start()` returns at once: start-up
+never waits on the fleet's size or on Novita. In the background it reconciles first and waits for that up to
+`startup_reconcile_timeout_seconds` before the periodic work starts (so records lost with Valkey are usually back
+before any guard decides); a longer reconciliation goes on in the background (a warning says so, `/health` shows its
+progress) while the scheduler ticks. Every replica does this; the leases make each piece of work happen once. All of
+it runs at the background priority of the shared Novita budget.
 """
 from __future__ import annotations
 
@@ -27,11 +29,14 @@ from app.lifecycle.spot import SpotPolicy, SpotRecovery
 from app.lifecycle.webhooks import DeliveryPolicy, UrlGuard, WebhookNotifier, WebhookOutbox
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError
+from app.novita.ratebudget import Priority, novita_priority
 
 logger = logging.getLogger(__name__)
 
 
 RECONCILE_TASK = "reconcile"
+# How often the scheduler asks whether a sync is due (on its interval, or because a job asked for one).
+_SYNC_CHECK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class LifecycleConfig:
@@ -44,8 +49,9 @@ class LifecycleConfig:
     guards: CostGuardPolicy = field(default_factory=CostGuardPolicy)
     spot: SpotPolicy = field(default_factory=SpotPolicy)
     cost_guard_interval_seconds: float = 60.0
-    reconcile_interval_seconds: float = 300.0
-    reconcile_lease_seconds: float = 120.0
+    reconcile_interval_seconds: float = 10.0
+    reconcile_lease_seconds: float = 15.0
+    reconcile_max_vanish_checks: int = 10
     webhook_delivery_interval_seconds: float = 5.0
     spot_check_interval_seconds: float = 300.0
     scheduler_tick_seconds: float = 1.0
@@ -79,6 +85,7 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
         cost_guard_interval_seconds=settings.cost_guard_interval_seconds,
         reconcile_interval_seconds=settings.reconcile_interval_seconds,
         reconcile_lease_seconds=settings.reconcile_lease_seconds,
+        reconcile_max_vanish_checks=settings.reconcile_max_vanish_checks,
         webhook_delivery_interval_seconds=settings.webhook_delivery_interval_seconds,
         spot_check_interval_seconds=settings.spot_check_interval_seconds,
         scheduler_tick_seconds=settings.lifecycle_tick_seconds,
@@ -98,9 +105,13 @@ class LifecycleAutomation:
         *,
         recover_spot: Callable[[str], Awaitable[None]] | None = None,
         extra_tasks: Sequence[PeriodicTask] = (),
+        wake_jobs: Callable[[list[str]], Awaitable[None]] | None = None,
+        forget_cached: Callable[[list[str]], Awaitable[None]] | None = None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
+        self._store = store
+        self._clock = clock
         self.activity = ActivityStore(redis)
         guard = UrlGuard(block_private=config.webhook_block_private)
         self.outbox = (
@@ -113,11 +124,13 @@ class LifecycleAutomation:
         self.reconciler = Reconciler(novita, store, redis, self.activity, self.events,
                                      lease_seconds=config.reconcile_lease_seconds,
                                      adopt_pending_after_seconds=config.guards.provisioning_timeout_seconds,
-                                     clock=clock)
+                                     max_vanish_checks=config.reconcile_max_vanish_checks, wake_jobs=wake_jobs,
+                                     forget_cached=forget_cached, clock=clock)
         self.cost_guards = CostGuardExecutor(store, novita, redis, self.activity, self.events, config.guards, clock)
         tasks = [
-            PeriodicTask(RECONCILE_TASK, config.reconcile_interval_seconds, self.reconciler.run,
-                         lease_seconds=config.reconcile_lease_seconds),
+            # Checked every second: a sync runs once its interval passed, or sooner when a job asked for one.
+            PeriodicTask(RECONCILE_TASK, min(_SYNC_CHECK_SECONDS, config.reconcile_interval_seconds),
+                         self._sync_if_due, lease_seconds=config.reconcile_lease_seconds),
             PeriodicTask("cost-guards", config.cost_guard_interval_seconds, self.cost_guards.run_once),
         ]
         if self.outbox is not None:
@@ -133,27 +146,50 @@ class LifecycleAutomation:
         tasks.extend(extra_tasks)  # periodic work of other parts of the app (the background Novita health check)
         self.scheduler = LifecycleScheduler(redis, tasks, tick_seconds=config.scheduler_tick_seconds, clock=clock)
         self._loop: asyncio.Task[None] | None = None
+        self.startup_reconcile: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Reconcile once (bounded), then run the periodic work in the background."""
+        """Reconcile and then run the periodic work, all in the background; returns at once."""
+        with novita_priority(Priority.BACKGROUND):  # the tasks inherit the priority
+            self.startup_reconcile = asyncio.create_task(self._reconcile_at_startup(), name="startup-reconcile")
+            self._loop = asyncio.create_task(self._run(self.startup_reconcile), name="lifecycle-scheduler")
+
+    async def _sync_if_due(self) -> None:
+        """Reconcile (the status sync) when its interval has passed since the last one began, or a job asked."""
+        last_started = float((await self._store.sync_status()).get("startedAt") or 0.0)
+        if self._clock() - last_started >= self.config.reconcile_interval_seconds or \
+                await self._store.take_sync_request():
+            await self.reconciler.run()
+
+    async def _reconcile_at_startup(self) -> None:
         try:
-            async with asyncio.timeout(self.config.startup_reconcile_timeout_seconds):
-                if await self.reconciler.run() is not None:
-                    await self.scheduler.record_run(RECONCILE_TASK)  # the first tick need not do it again
-        except (NovitaError, RedisError, OSError, TimeoutError) as error:
-            logger.warning("start-up reconciliation did not finish; the periodic one will retry",
+            if await self.reconciler.run() is not None:
+                await self.scheduler.record_run(RECONCILE_TASK)  # the first tick need not do it again
+        except (NovitaError, RedisError, OSError) as error:
+            logger.warning("start-up reconciliation failed; the periodic one will retry",
                            extra={"error": str(error) or type(error).__name__})
-        self._loop = asyncio.create_task(self.scheduler.run_forever(), name="lifecycle-scheduler")
+
+    async def _run(self, startup: asyncio.Task[None]) -> None:
+        bound = self.config.startup_reconcile_timeout_seconds
+        done, _ = await asyncio.wait({startup}, timeout=bound)
+        if not done:
+            logger.warning("start-up reconciliation is taking longer than its bound; it goes on in the background "
+                           "(progress in /health) and the periodic work starts now",
+                           extra={"boundSeconds": bound})
+        await self.scheduler.run_forever()
 
     async def stop(self, timeout_seconds: float = 5.0) -> None:
         """Stop ticking (a task cut short runs again next period) and close the outbox's connections."""
-        if self._loop is not None:
-            self._loop.cancel()
-            done, _ = await asyncio.wait({self._loop}, timeout=timeout_seconds)
-            if not done:
+        tasks = {task for task in (self.startup_reconcile, self._loop) if task is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
+            if pending:
                 logger.error("the lifecycle scheduler did not stop in time; leaving it behind")
-            elif not self._loop.cancelled() and self._loop.exception() is not None:
-                logger.error("the lifecycle scheduler had failed", exc_info=self._loop.exception())
+            for task in tasks - pending:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("the lifecycle work had failed", exc_info=task.exception())
         if self.outbox is not None:
             await self.outbox.aclose()
 

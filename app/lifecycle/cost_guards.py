@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 # Our states in which an action was already requested (by a user or a guard): the guards wait for its outcome.
 _ACTION_PENDING = frozenset({InstanceState.STOPPING, InstanceState.DELETING, InstanceState.DELETED})
 _EVENT_TYPES = {"stop": "instance.auto_stopped", "delete": "instance.auto_deleted"}
+# Records decided per round trip of activity reads.
+_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -172,8 +174,21 @@ class CostGuardExecutor:
     async def run_once(self) -> list[GuardOutcome]:
         """One pass over every record; returns the decisions taken (in dry run: the ones that would be)."""
         outcomes: list[GuardOutcome] = []
-        for record in await self._store.list_all():
-            decision = decide(record, await self._activity.get(record.id), self._clock(), self._policy)
+        batch: list[InstanceRecord] = []
+        async for record in self._store.iter_records():
+            batch.append(record)
+            if len(batch) == _BATCH:
+                outcomes.extend(await self._run_batch(batch))
+                batch = []
+        outcomes.extend(await self._run_batch(batch))
+        return outcomes
+
+    async def _run_batch(self, records: list[InstanceRecord]) -> list[GuardOutcome]:
+        """Decide on a batch of records (their activity read in one round trip), then act where needed."""
+        outcomes: list[GuardOutcome] = []
+        activities = await self._activity.get_many([record.id for record in records]) if records else []
+        for record, activity in zip(records, activities, strict=True):
+            decision = decide(record, activity, self._clock(), self._policy)
             if decision is None:
                 continue
             if self._policy.dry_run:

@@ -1,26 +1,38 @@
-"""Reconciliation: Novita is the truth about what exists; our records follow it.
+"""Reconciliation, which is also the shared status sync: Novita is the truth about what exists; our records follow it.
 
-One pass lists every instance on Novita and, under a lease in Valkey (so one replica at a time does it):
+One pass lists every instance on Novita once (one call per page, whatever the fleet size) and, under a lease in Valkey
+(so one replica at a time does it):
 - refreshes each record whose Novita status changed (and emits `instance.state_changed`);
 - adopts an instance created for a record that never learned its id (a create whose answer was lost): the record
   is found by the unique upstream name (`app.instances.service.upstream_name`). A record still `pending` is left
   to its create job (which looks the name up itself) for `adopt_pending_after_seconds`;
 - rebuilds records lost with Valkey (a flush, an RDB snapshot older than the last writes) from instances whose name
   carries our record id;
-- marks records whose instance vanished from Novita as deleted (after a direct lookup confirms it).
-Instances whose name is not ours are left alone: the account may hold instances made by other tools.
+- marks records whose instance vanished from Novita as deleted (after a direct lookup confirms it; at most
+  `max_vanish_checks` lookups per pass, the rest wait for the next one, so a pass costs pages + that many calls);
+- notes in the list index when it saw each instance (`syncedAt`: the time its listing began), keeps the views of
+  instances made elsewhere, and prunes index entries of expired records.
+The job handlers watch their instances through what this pass records instead of polling Novita one by one.
+Instances whose name is not ours are never changed: the account may hold instances made by other tools.
+Records are read in batches and kept only as small summaries, so memory does not grow with the records' size.
+Progress (listing, applying n of N, done or failed) is written to the index's sync status for `/health`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.core.redis import Lease
+from app.instances.index import external_member
 from app.instances.schemas import NAME_PATTERN, BillingMode, InstanceRecord, InstanceState, PortSpec
-from app.instances.service import upstream_name
+from app.instances.service import external_view, upstream_name
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 from app.lifecycle.records import RecordNotFound, RecordStore
@@ -34,6 +46,8 @@ logger = logging.getLogger(__name__)
 LEASE_KEY = f"{KEY_PREFIX}lease:reconcile"
 # `upstream_name(name, record_id)` is `<name>-<16 hex record id>`; the name part follows the API's name rule.
 _UPSTREAM_NAME = re.compile(r"^(?P<name>" + NAME_PATTERN.strip("^$") + r")-(?P<record_id>[0-9a-f]{16})$")
+# Novita statuses an instance's job may end on (settled, or gone): worth waking the job for.
+_NEWS_FOR_JOBS = frozenset({"running", "exited", "removed"})
 _BILLING_MODES: dict[str | None, BillingMode] = {"onDemand": "onDemand", "spot": "spot", "monthly": "monthly"}
 
 
@@ -43,6 +57,25 @@ def parse_upstream_name(novita_name: str) -> tuple[str, str] | None:
     if match is None or upstream_name(match["name"], match["record_id"]) != novita_name:
         return None
     return match["name"], match["record_id"]
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What a pass needs of one record (the full record is read again only when it changes)."""
+
+    id: str
+    novita_instance_id: str | None
+    upstream_name: str
+    state: InstanceState
+    novita_status: str | None
+    status_error: str | None
+    created_at: float
+    last_job_id: str | None
+
+    @classmethod
+    def of(cls, record: InstanceRecord) -> _Known:
+        return cls(record.id, record.novita_instance_id, record.upstream_name, record.state, record.novita_status,
+                   record.status_error, record.created_at, record.last_job_id)
 
 
 @dataclass
@@ -68,6 +101,9 @@ class Reconciler:
         *,
         lease_seconds: float = 120.0,
         adopt_pending_after_seconds: float = 1800.0,
+        max_vanish_checks: int = 10,
+        wake_jobs: Callable[[list[str]], Awaitable[None]] | None = None,
+        forget_cached: Callable[[list[str]], Awaitable[None]] | None = None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self._novita = novita
@@ -77,6 +113,9 @@ class Reconciler:
         self._events = events
         self._lease_seconds = lease_seconds
         self._adopt_pending_after_seconds = adopt_pending_after_seconds
+        self._max_vanish_checks = max_vanish_checks
+        self._wake_jobs = wake_jobs
+        self._forget_cached = forget_cached
         self._clock = clock
 
     async def run(self) -> ReconcileReport | None:
@@ -84,66 +123,145 @@ class Reconciler:
         lease = Lease(self._redis, LEASE_KEY, self._lease_seconds)
         if not await lease.acquire():
             return None
+        # The lease is short and kept alive while the pass runs: a replica killed mid-pass blocks the sync for at
+        # most `lease_seconds`, however long a pass over a large fleet takes.
+        keeper = asyncio.create_task(self._keep(lease), name="reconcile-lease")
         try:
             return await self._reconcile()
         finally:
+            keeper.cancel()
             await lease.release()
 
+    async def _keep(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                if not await lease.extend():
+                    logger.warning("reconciliation lease lost mid-pass; another replica may start one")
+                    return
+            except (RedisError, OSError) as error:
+                logger.warning("could not extend the reconciliation lease", extra={"error": type(error).__name__})
+
     async def _reconcile(self) -> ReconcileReport:
+        listed_at = self._clock()
+        await self._store.write_sync_status({"state": "listing", "startedAt": listed_at, "error": ""})
+        try:
+            report = await self._pass(listed_at)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}" if not isinstance(error, NovitaError) else str(error)
+            await _best_effort(self._store.write_sync_status({"state": "failed", "finishedAt": self._clock(),
+                                                              "error": reason[:300]}))
+            raise
+        finished = self._clock()
+        await self._store.write_sync_status({
+            "state": "done", "finishedAt": finished, "lastSuccessAt": finished,
+            "lastDurationSeconds": round(finished - listed_at, 3), "refreshed": len(report.refreshed),
+            "adopted": len(report.adopted), "rebuilt": len(report.rebuilt), "vanished": len(report.vanished),
+        })
+        return report
+
+    async def _pass(self, listed_at: float) -> ReconcileReport:
         # List Novita first: if it fails, nothing may be marked vanished.
         live_instances = await self._novita.list_instances()
-        records = await self._store.list_all()
-        by_novita_id = {r.novita_instance_id: r for r in records if r.novita_instance_id}
-        by_upstream_name = {r.upstream_name: r for r in records if not r.novita_instance_id}
-        record_ids = {r.id for r in records}
+        by_novita_id: dict[str, _Known] = {}
+        by_upstream_name: dict[str, _Known] = {}
+        record_ids: set[str] = set()
+        async for record in self._store.iter_records():
+            known = _Known.of(record)
+            record_ids.add(known.id)
+            if known.novita_instance_id:
+                by_novita_id[known.novita_instance_id] = known
+            else:
+                by_upstream_name[known.upstream_name] = known
         report = ReconcileReport()
         seen: set[str] = set()
+        synced: list[str] = []
+        news: list[_Known] = []  # records whose job may finish now
+        changed_ids: list[str] = []  # Novita ids whose cached view (GET /api/instances/{id}) is now stale
+        statuses: dict[str, str] = {}
+        externals: dict[str, dict[str, Any]] = {}
+        external_scores: dict[str, float] = {}
+        total = len(live_instances)
+        await self._store.write_sync_status({"state": "applying", "listed": total, "applied": 0})
 
-        for live in live_instances:
-            record = by_novita_id.get(live.id)
-            if record is not None:
+        for position, live in enumerate(live_instances, start=1):
+            if position % 1000 == 0:
+                await self._store.write_sync_status({"applied": position})
+            known = by_novita_id.get(live.id)
+            if known is not None:
                 seen.add(live.id)
-                if await self._refresh(record, live):
-                    report.refreshed.append(record.id)
+                synced.append(known.id)
+                statuses[known.id] = live.status
+                if await self._refresh(known, live):
+                    report.refreshed.append(known.id)
+                    changed_ids.append(live.id)
+                    if live.status in _NEWS_FOR_JOBS or live.error_text:
+                        news.append(known)
                 continue
             if live.removed:
                 continue  # a deleted instance we do not know: nothing to adopt
-            record = by_upstream_name.get(live.name)
-            if record is not None:
-                if not self._create_job_had_its_chance(record):
+            known = by_upstream_name.get(live.name)
+            if known is not None:
+                if not self._create_job_had_its_chance(known):
                     continue
-                await self._adopt(record, live)
-                report.adopted.append(record.id)
+                await self._adopt(known, live)
+                synced.append(known.id)
+                news.append(known)
+                report.adopted.append(known.id)
                 continue
             parsed = parse_upstream_name(live.name)
-            if parsed is not None and parsed[1] not in record_ids:
+            if parsed is None:
+                externals[live.id] = external_view(live).model_dump(mode="json", by_alias=True)
+                external_scores[live.id] = _created_at(live, listed_at)
+            elif parsed[1] not in record_ids:
                 await self._rebuild(parsed[0], parsed[1], live)
                 record_ids.add(parsed[1])
+                synced.append(parsed[1])
                 report.rebuilt.append(parsed[1])
 
-        for novita_id, record in by_novita_id.items():
-            if novita_id not in seen and record.state != InstanceState.DELETED and await self._vanished(novita_id):
-                await self._mark_vanished(record)
-                report.vanished.append(record.id)
+        checks = 0
+        for novita_id, known in by_novita_id.items():
+            if novita_id in seen:
+                continue
+            if known.state == InstanceState.DELETED:
+                if known.novita_status == "removed":
+                    synced.append(known.id)  # still gone: a job watching its delete may count this pass
+                continue
+            if checks >= self._max_vanish_checks:
+                break  # the next pass checks the rest: a pass costs at most pages + max_vanish_checks calls
+            checks += 1
+            if await self._vanished(novita_id):
+                await self._mark_vanished(known)
+                synced.append(known.id)
+                news.append(known)
+                report.vanished.append(known.id)
+        await self._activity.observe_many(statuses, self._clock())
+        await self._store.mark_synced(synced + [external_member(novita_id) for novita_id in externals], listed_at)
+        if self._forget_cached is not None and changed_ids:
+            await self._forget_cached(changed_ids)
+        if self._wake_jobs is not None:
+            # A job watching an instance that reached a status it may end on need not wait for its next poll.
+            await self._wake_jobs([known.last_job_id for known in news if known.last_job_id])
+        await self._store.put_externals(externals, external_scores)
+        await self._store.prune_expired(self._clock())
         if any((report.adopted, report.rebuilt, report.vanished)):
             logger.info("reconciled with Novita", extra={"adopted": report.adopted, "rebuilt": report.rebuilt,
                                                          "vanished": report.vanished,
                                                          "refreshed": len(report.refreshed)})
         return report
 
-    def _create_job_had_its_chance(self, record: InstanceRecord) -> bool:
+    def _create_job_had_its_chance(self, record: _Known) -> bool:
         """A pending record's create job finds its instance by name itself; adopt only once it clearly has not."""
         if record.state != InstanceState.PENDING:
             return True
         return self._clock() - record.created_at >= self._adopt_pending_after_seconds
 
-    async def _refresh(self, record: InstanceRecord, live: Instance) -> bool:
+    async def _refresh(self, record: _Known, live: Instance) -> bool:
         """Take Novita's status when Novita's side changed.
 
         An action requested but not yet visible on Novita keeps its transitional state, and a failure we decided
         (e.g. a timeout) keeps its reason, until Novita reports a new status or an error of its own.
         """
-        await self._activity.observe_status(record.id, live.status, self._clock())
         error_text = live.error_text
         if live.status == record.novita_status and error_text in (None, record.status_error):
             return False
@@ -166,7 +284,7 @@ class Reconciler:
             })
         return True
 
-    async def _adopt(self, record: InstanceRecord, live: Instance) -> None:
+    async def _adopt(self, record: _Known, live: Instance) -> None:
         error_text = live.error_text
 
         def adopt(current: InstanceRecord) -> None:
@@ -185,7 +303,7 @@ class Reconciler:
 
     async def _rebuild(self, name: str, record_id: str, live: Instance) -> None:
         now = self._clock()
-        created_at = float(live.created_at) if live.created_at and live.created_at.isdigit() else now
+        created_at = _created_at(live, now)
         record = InstanceRecord(
             id=record_id,
             name=name,
@@ -224,7 +342,7 @@ class Reconciler:
             return False
         return live.status == "removed"
 
-    async def _mark_vanished(self, record: InstanceRecord) -> None:
+    async def _mark_vanished(self, record: _Known) -> None:
         before = record.state
 
         def mark(current: InstanceRecord) -> None:
@@ -244,3 +362,16 @@ class Reconciler:
 def _endpoints(live: Instance) -> list[dict[str, object]]:
     return [m.model_dump() for m in live.port_mappings if m.endpoint]
 
+
+
+def _created_at(live: Instance, default: float) -> float:
+    """Novita's creation time (Unix seconds) when it sends one as digits, else `default`."""
+    return float(live.created_at) if live.created_at and live.created_at.isdigit() else default
+
+
+async def _best_effort(write: Awaitable[None]) -> None:
+    """Report progress if Valkey lets us; a failed pass must surface its own error, not Valkey's."""
+    try:
+        await write
+    except Exception:  # noqa: BLE001 - the original error is re-raised by the caller
+        logger.debug("could not record the sync's failure", exc_info=True)

@@ -1,7 +1,7 @@
 """The part of the instance record store the automations use; `app.instances.store.InstanceStore` satisfies it."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
 from app.instances.schemas import InstanceRecord
@@ -19,6 +19,34 @@ class RecordStore(Protocol):
 
     async def list_all(self) -> list[InstanceRecord]:
         """Every record, newest first."""
+        ...
+
+    def iter_records(self) -> AsyncIterator[InstanceRecord]:
+        """Every record, read in batches (memory bounded whatever the fleet size)."""
+        ...
+
+    async def write_sync_status(self, fields: dict[str, str | float | int]) -> None:
+        """Record the background sync's progress."""
+        ...
+
+    async def mark_synced(self, members: Iterable[str], at: float) -> None:
+        """Note that a sync whose listing began at `at` saw these instances."""
+        ...
+
+    async def put_externals(self, views: dict[str, dict[str, Any]], scores: dict[str, float]) -> None:
+        """Replace the views of instances made outside this service."""
+        ...
+
+    async def prune_expired(self, now: float) -> int:
+        """Drop index entries of expired records."""
+        ...
+
+    async def sync_status(self) -> dict[str, str]:
+        """The background sync's last reported progress."""
+        ...
+
+    async def take_sync_request(self) -> bool:
+        """Whether a job asked for a sync since the last one (clearing the request)."""
         ...
 
     async def create(self, record: InstanceRecord, spec: dict[str, Any]) -> bool:

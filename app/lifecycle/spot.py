@@ -95,8 +95,10 @@ class SpotRecovery:
         if not self._policy.enabled:
             return []
         outcomes = []
-        for record in await self._store.list_all():
+        async for record in self._store.iter_records():
+            # Only what the sync last saw stopped can have been reclaimed: the others cost no Novita call.
             if (record.billing_mode != "spot" or not record.auto_migrate or record.novita_instance_id is None
+                    or record.novita_status != STOPPED_STATUS
                     or record.state in (InstanceState.DELETING, InstanceState.DELETED)):
                 continue
             outcome = await self._check(record)

@@ -36,7 +36,8 @@ from app.novita.models import (
     RegistryAuth,
     Template,
 )
-from app.novita.resilience import CircuitBreaker, Clock, RetryPolicy, TokenBucket
+from app.novita.ratebudget import LocalBudget, RateBudget, current_priority
+from app.novita.resilience import CircuitBreaker, Clock, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class NovitaClient:
         page_size: int = _DEFAULT_PAGE_SIZE,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        rate_budget: RateBudget | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("the Novita API key must not be empty")
@@ -119,7 +121,8 @@ class NovitaClient:
         self._clock = clock or Clock()
         self._retry = RetryPolicy(max_attempts, backoff_base_seconds, backoff_max_seconds, rng or random.Random())
         self._breaker = CircuitBreaker(breaker_failure_threshold, breaker_reset_seconds, self._clock)
-        self._limiter = TokenBucket(rate_limit_per_second, self._clock, burst=rate_limit_burst)
+        # The app passes the deployment's shared budget (app/novita/ratebudget.py); alone, the client limits itself.
+        self._limiter = rate_budget or LocalBudget(rate_limit_per_second, self._clock, burst=rate_limit_burst)
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={
@@ -370,7 +373,7 @@ class NovitaClient:
         except NovitaError:
             NOVITA_CALLS.labels(endpoint=endpoint, outcome="circuit_open").inc()
             raise
-        await self._limiter.acquire()
+        await self._limiter.acquire(current_priority())
         self._calls += 1
         try:
             async with asyncio.timeout(self._timeout_seconds):
@@ -401,6 +404,9 @@ class NovitaClient:
                    else "rate_limited" if isinstance(error, NovitaRateLimited) else "client_error")
         upstream_trouble = failing or isinstance(error, NovitaRateLimited | NovitaAuthError)
         self._record(endpoint, outcome, breaker_ok=not failing, error=error if upstream_trouble else None)
+        if isinstance(error, NovitaRateLimited):  # Novita's limit is the account's: every replica holds back
+            retry_after = error.retry_after
+            await self._limiter.slow_down(min(retry_after, self._retry.backoff_max_seconds) if retry_after else None)
         raise error
 
     def _transport_failure(self, endpoint: str, exc: Exception, *, request_sent: bool) -> NovitaUnavailable:

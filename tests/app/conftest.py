@@ -67,6 +67,10 @@ def make_test_settings(redis_url: str, novita: FakeNovitaHandle, pid_file: Path,
         "log_level": "INFO",
         "instance_poll_interval_seconds": 0.2,
         "instance_provisioning_timeout_seconds": 30.0,
+        # Jobs watch their instances through the background sync: run it often, like the polls above.
+        "reconcile_interval_seconds": 0.2,
+        "reconcile_lease_seconds": 3.0,
+        "lifecycle_tick_seconds": 0.05,
     }
     values.update(overrides)
     return Settings(**values)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -78,3 +79,18 @@ def run_action(client: httpx.Client, instance_id: str, action: str) -> dict[str,
         response = client.post(f"/api/instances/{instance_id}/{action}")
     assert response.status_code == 202, response.text
     return wait_for_job(client, response.json()["jobId"])
+
+
+def wait_for_list(
+    client: httpx.Client, condition: Callable[[dict[str, Any]], bool], timeout: float = JOB_TIMEOUT_SECONDS,
+    **params: Any,
+) -> dict[str, Any]:
+    """Poll `GET /api/instances` until `condition(page)` holds (lists show what the background sync saw last)."""
+    deadline = time.monotonic() + timeout
+    page: Any = None
+    while time.monotonic() < deadline:
+        page = client.get("/api/instances", params=params).json()
+        if condition(page):
+            return page
+        time.sleep(0.05)
+    pytest.fail(f"the list did not reach the expected state within {timeout} s; last seen: {page}")

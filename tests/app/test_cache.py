@@ -83,24 +83,32 @@ async def test_concurrent_misses_across_replicas_make_one_upstream_call(managers
     assert all(result == {"call": 1} for result in results)
 
 
-async def test_invalidate_by_key_and_by_prefix(managers: list[RedisManager]) -> None:
+async def test_invalidate_drops_exactly_the_named_keys(managers: list[RedisManager]) -> None:
     cache = Cache(managers[0], Metrics())
-    loaders = {key: CountingLoader() for key in ("instances:list:p1", "instances:list:p2", "products")}
+    loaders = {key: CountingLoader() for key in ("instances:novita:a", "instances:novita:b", "products")}
     for key, loader in loaders.items():
         await cache.get_or_load(key, 30, loader)
 
-    await cache.invalidate(prefix="instances:")
+    await cache.invalidate(keys=["instances:novita:a", "products"])
     for key, loader in loaders.items():
         await cache.get_or_load(key, 30, loader)
     assert {key: loader.calls for key, loader in loaders.items()} == {
-        "instances:list:p1": 2,
-        "instances:list:p2": 2,
-        "products": 1,
+        "instances:novita:a": 2,
+        "instances:novita:b": 1,
+        "products": 2,
     }
 
-    await cache.invalidate(keys=["products"])
-    await cache.get_or_load("products", 30, loaders["products"])
-    assert loaders["products"].calls == 2
+
+async def test_invalidate_never_scans_the_keyspace(managers: list[RedisManager]) -> None:
+    cache = Cache(managers[0], Metrics())
+    client = managers[0].client
+    await cache.get_or_load("products", 30, CountingLoader())
+    await client.config_resetstat()
+
+    await cache.invalidate(keys=["products", "clusters"])
+
+    stats = await client.info("commandstats")
+    assert "cmdstat_unlink" in stats and "cmdstat_scan" not in stats and "cmdstat_keys" not in stats
 
 
 async def test_failed_load_stores_nothing_and_frees_the_key_at_once(managers: list[RedisManager]) -> None:

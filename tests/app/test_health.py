@@ -36,7 +36,7 @@ def test_health_documents_have_the_agreed_format(api_server: ApiServer) -> None:
     assert readyz.status_code == 200 and readyz.json() == {"status": "ready"}
     assert health.status_code == 200
     body = health.json()
-    assert set(body) == {"status", "services", "version", "uptimeSeconds", "queue", "reasons"}
+    assert set(body) == {"status", "services", "version", "uptimeSeconds", "queue", "reasons", "reconciliation"}
     assert body["status"] == "healthy"
     assert body["services"] == {name: "up" for name in SEED_SERVICES}
     assert body["version"] == "0.1.0" and body["uptimeSeconds"] >= 0
@@ -105,14 +105,18 @@ def test_shutdown_before_valkey_ever_answered_is_prompt(api_server_factory: Star
 def test_production_health_makes_no_live_novita_call(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle, redis_server: RedisServer
 ) -> None:
-    server = api_server_factory(app_env="production")
+    server = api_server_factory(app_env="production", reconcile_interval_seconds=3600)
     deadline = time.monotonic() + 10
     with redis_server.client() as raw:  # the background check ran at start-up and shared what it saw
         while raw.get(CHECK_KEY) is None:
             assert time.monotonic() < deadline, "the background Novita check never ran"
             time.sleep(0.05)
-    calls_before = fake_novita.calls()
     with server.client(authenticated=False) as client:
+        # The start-up reconciliation (in the background) lists Novita once; wait for it to finish.
+        while (client.get("/health").json()["reconciliation"] or {}).get("state") != "done":
+            assert time.monotonic() < deadline, "the start-up reconciliation never finished"
+            time.sleep(0.05)
+        calls_before = fake_novita.calls()
         answers = [client.get("/health") for _ in range(20)]
     assert all(a.status_code == 200 and a.json()["services"]["novitaApi"] == "up" for a in answers)
     assert fake_novita.calls() == calls_before

@@ -41,7 +41,7 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 def test_start_up_reconciles_once_not_again_on_the_first_tick(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle
 ) -> None:
-    api_server_factory(lifecycle_tick_seconds=0.1)
+    api_server_factory(lifecycle_tick_seconds=0.1, reconcile_interval_seconds=60)
     time.sleep(1.0)  # ten scheduler ticks
 
     assert fake_novita.call_count("GET", "/gpu/instances") == 1

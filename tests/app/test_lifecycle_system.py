@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
 from redis.asyncio import Redis
 
 from app.instances.schemas import InstanceState
@@ -86,23 +87,32 @@ async def test_start_reconciles_at_once_and_keeps_ticking(
                                      clock=env.clock)
 
     await automation.start()
+    assert automation.startup_reconcile is not None
+    await asyncio.wait_for(automation.startup_reconcile, 5)  # start() returned at once; this runs in the background
 
-    assert await env.store.get(record.id) is not None  # rebuilt before start() returned
+    assert await env.store.get(record.id) is not None
     assert automation.running
     await automation.stop()
     assert not automation.running
 
 
-async def test_start_is_bounded_when_novita_hangs(lifecycle_env: LifecycleEnv) -> None:
+async def test_a_long_startup_reconciliation_goes_on_in_the_background_with_visible_progress(
+    lifecycle_env: LifecycleEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     env = lifecycle_env
     env.fake.add_faults({"path": "/gpu/instances", "kind": "timeout", "delaySeconds": 5, "count": None})
-    bounded = LifecycleConfig(startup_reconcile_timeout_seconds=0.5)
+    bounded = LifecycleConfig(startup_reconcile_timeout_seconds=0.5, scheduler_tick_seconds=0.05)
     automation = LifecycleAutomation(bounded, env.redis, env.novita, env.store, clock=env.clock)
     loop = asyncio.get_running_loop()
     began = loop.time()
 
     await automation.start()
+    assert loop.time() - began < 0.1 and automation.running  # start-up never waits on Novita or the fleet
+    await asyncio.sleep(1.0)
 
-    assert loop.time() - began < 2.0 and automation.running
+    assert automation.startup_reconcile is not None and not automation.startup_reconcile.done()
+    assert (await env.store.sync_status())["state"] == "listing"  # what /health shows
+    assert await env.redis.exists("ngpu:lifecycle:next-run:cost-guards")  # past the bound, the periodic work runs
+    assert "start-up reconciliation is taking longer than its bound" in caplog.text
     await automation.stop()
     env.fake.clear_faults()

@@ -63,6 +63,10 @@ class FakeNovitaHandle:
         """Requests received for one endpoint, e.g. ``call_count("POST", "/gpu/instance/create")``."""
         return self.calls().get(f"{method} {path}", 0)
 
+    def preload(self, instances: list[dict[str, Any]]) -> list[str]:
+        """Add instances at once (``{"name", "status", "billingMode", "createdAt"}`` each); returns their ids."""
+        return self._post("/preload", {"instances": instances})["ids"]
+
     def instances(self, name: str | None = None) -> list[dict[str, Any]]:
         """Every instance the fake holds (as Novita lists them), optionally only those named exactly ``name``."""
         instances = self._control.get("/instances").json()["instances"]

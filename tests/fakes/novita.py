@@ -24,6 +24,9 @@ message, metadata}`` envelope. Tests steer it through control endpoints under ``
   they answer 200 while the instance runs and ``portsAnswer`` is true (the default), else 502 like Novita's proxy,
   so readiness probes never leave the machine.
 - ``POST /_fake/advance``: ``{"instanceId": optional, "steps": 1}`` moves instances along their lifecycle.
+- ``POST /_fake/preload``: ``{"instances": [{"name", "status" ("running"), "billingMode" ("onDemand"),
+  "createdAt" (now)}, ...]}`` adds instances at once (fleets of thousands for the scale benchmark); returns their ids.
+- Listing calls filtered by name (the lookup after a lost create) are also counted as ``GET /gpu/instances?name``.
 - ``GET``/``POST /_fake/config``: any of ``{"stepSeconds": 0.2}`` (``null`` turns automatic progress off) and the
   readings of Novita's docs that differ (reference section 2), each a switch: ``pageBase`` 0 or 1 (default 1) and,
   when 1-based, ``pageZero`` ``"first"`` (page 0 answers page 1, the default) or ``"empty"``; ``pageCap`` (a
@@ -305,6 +308,7 @@ class FakeNovita:
             Route("/_fake/instances/{instance_id}/state", self.control_set_state, methods=["POST"]),
             Route("/_fake/instances/{instance_id}", self.control_vanish, methods=["DELETE"]),
             Route("/_fake/advance", self.control_advance, methods=["POST"]),
+            Route("/_fake/preload", self.control_preload, methods=["POST"]),
             Route("/_fake/ports/{instance_id}/{port}", self.port_endpoint, methods=["GET"]),
             Route("/_fake/config", self.control_config, methods=["GET", "POST"]),
             Route(BASE_PREFIX + "/{path:path}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
@@ -317,6 +321,8 @@ class FakeNovita:
         path = "/" + request.path_params["path"]
         method = request.method
         self.calls[f"{method} {path}"] += 1
+        if path == "/gpu/instances" and request.query_params.get("name"):
+            self.calls[f"{method} {path}?name"] += 1
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             if self.listing.key_refusal != "401":
                 return novita_error(400, self.listing.key_refusal, "invalid user token")
@@ -430,11 +436,13 @@ class FakeNovita:
         name = query.get("name", "").lower()
         product_name = query.get("productName", "").lower()
         matching = [
-            instance.to_wire() for instance in self.instances.values()
+            instance for instance in self.instances.values()
             if name in instance.name.lower() and product_name in instance.product["name"].lower()
             and query.get("status") in (None, "", instance.status)
         ]
-        return JSONResponse(self.listing.page("instances", matching, page_num, page_size))
+        body = self.listing.page("instances", matching, page_num, page_size)
+        body["instances"] = [instance.to_wire() for instance in body["instances"]]  # only the page: fleets are large
+        return JSONResponse(body)
 
     async def get_instance(self, request: Request) -> Response:
         return JSONResponse(self._instance(request.query_params.get("instanceId")).to_wire())
@@ -584,6 +592,25 @@ class FakeNovita:
                 if instance.status in AUTOMATIC_NEXT_STATUS:
                     instance.set_status(AUTOMATIC_NEXT_STATUS[instance.status], now)
         return JSONResponse({"instances": [self._inspect(instance) for instance in targets]})
+
+    async def control_preload(self, request: Request) -> Response:
+        data = await _control_json(request)
+        items = data.get("instances") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(isinstance(item, dict) and item.get("name") for item in items):
+            return JSONResponse({"error": "body must be {\"instances\": [{\"name\": ...}, ...]}"}, status_code=400)
+        product = PRODUCTS[0]
+        now, ids = time.monotonic(), []
+        for item in items:
+            instance = FakeInstance(
+                id=secrets.token_hex(8), name=str(item["name"]), product=product, gpu_num=1, rootfs_size=60,
+                image_url="docker.io/library/ubuntu:22.04", image_auth_id="", ports=[(8888, "http")], envs=[],
+                command="", billing_mode=str(item.get("billingMode") or "onDemand"),
+                status=str(item.get("status") or "running"), status_since=now,
+                created_at=int(item.get("createdAt") or time.time()), address=request.url.netloc,
+            )
+            self.instances[instance.id] = instance
+            ids.append(instance.id)
+        return JSONResponse({"ids": ids})
 
     async def control_config(self, request: Request) -> Response:
         if request.method == "POST":

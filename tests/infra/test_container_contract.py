@@ -34,6 +34,8 @@ INTERNAL_APP_SETTINGS = {
     "NOVITA_RATE_LIMIT_PER_SECOND": "client tuning", "NOVITA_BREAKER_FAILURE_THRESHOLD": "client tuning",
     "NOVITA_BREAKER_RESET_SECONDS": "client tuning", "NOVITA_HEALTH_TIMEOUT_SECONDS": "client tuning",
     "NOVITA_HEALTH_CHECK_INTERVAL_SECONDS": "health pacing: one shared key check per minute across replicas",
+    "NOVITA_RATE_LIMIT_BURST": "client tuning", "NOVITA_RATE_LIMIT_FALLBACK_PER_SECOND": "client tuning",
+    "RECONCILE_MAX_VANISH_CHECKS": "automation pacing",
     # Queue internals: polling and retry pacing (the knobs that matter are stack keys: jobConcurrency, ...).
     "JOB_READ_BLOCK_SECONDS": "queue pacing", "JOB_RECLAIM_INTERVAL_SECONDS": "queue pacing",
     "JOB_SCHEDULER_INTERVAL_SECONDS": "queue pacing", "JOB_RETRY_BASE_SECONDS": "queue pacing",
