@@ -144,8 +144,9 @@ def test_a_refused_key_turns_novita_down_on_every_replica_without_traffic(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle, status: int, reason: str
 ) -> None:
     """Two production replicas that serve no request learn from the shared background check."""
-    replicas = [api_server_factory(app_env="production", novita_health_check_interval_seconds=0.3)
-                for _ in range(2)]
+    # The status sync (every 0.2 s in tests) would list Novita too: slow it down so every call counted is the check's.
+    replicas = [api_server_factory(app_env="production", novita_health_check_interval_seconds=0.3,
+                                   reconcile_interval_seconds=3600) for _ in range(2)]
     fake_novita.add_faults({"path": "*", "kind": "error", "status": status, "reason": reason,
                             "message": "failed to authenticate API key", "count": None})
     for replica in replicas:

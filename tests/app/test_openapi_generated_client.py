@@ -49,8 +49,10 @@ def generate_client(spec: dict[str, Any], directory: Path) -> ModuleType:
 
 @pytest.fixture
 def generated(api_server_factory: StartServer, tmp_path: Path) -> Iterator[tuple[ApiServer, ModuleType]]:
+    # The status sync runs only when a job asks (a long interval): its own successful listings would otherwise reset
+    # the breaker's count of consecutive failures that the last step of the workflow opens it with.
     server = api_server_factory(rate_limit_requests=0, novita_timeout_seconds=0.5, novita_breaker_reset_seconds=0.5,
-                                novita_breaker_failure_threshold=3)
+                                novita_breaker_failure_threshold=3, reconcile_interval_seconds=3600)
     spec = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()
     package = generate_client(spec, tmp_path)
     try:
