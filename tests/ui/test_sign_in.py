@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from app.core.config import ConfigError, load_settings
 from tests.app.conftest import ApiServer, StartServer
 from tests.app.test_hardening_secrets import _app_log_into
 from tests.fixtures_redis import RedisServer
@@ -124,3 +125,12 @@ def test_dashboard_routes_stay_out_of_the_openapi_schema(server: ApiServer) -> N
     with server.client() as client:
         paths = client.get("/openapi.json").json()["paths"]
     assert paths and not [path for path in paths if path.startswith("/ui")]
+
+
+def test_a_bad_session_lifetime_is_a_config_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOVITA_API_KEY", "sk_novita_0123456789abcdef")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("UI_SESSION_TTL_SECONDS", "5")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "UI_SESSION_TTL_SECONDS" in str(raised.value)
