@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
@@ -250,7 +250,8 @@ class ListingQuery:
             raise ValidationFailed("page must be 1 or more", field="query.page")
         if len(name) > 255:
             raise ValidationFailed("name must be at most 255 characters", field="query.name")
-        return cls(InstanceState(status) if status else None, name.strip(), sort, page, page_size)  # type: ignore[arg-type]
+        state = InstanceState(status) if status else None
+        return cls(state, name.strip(), sort, page, page_size)  # type: ignore[arg-type]  (sort checked above)
 
     def link(self, **changes: Any) -> str:
         """This query with some values changed, as a URL query string."""
@@ -284,10 +285,12 @@ async def _listing(container: AppContainer, query: ListingQuery) -> dict[str, An
             "query": query}
 
 
-def listing_query(status: str = "", name: str = "", sort: str = "newest", page: int = 1,
-                  pageSize: int = views.DEFAULT_PAGE_SIZE) -> ListingQuery:  # noqa: N803  (the API's spelling)
-    """FastAPI dependency: the list page's query."""
-    return ListingQuery.of(status, name, sort, page, pageSize)
+def listing_query(
+    status: str = "", name: str = "", sort: str = "newest", page: int = 1,
+    page_size: Annotated[int, Query(alias="pageSize")] = views.DEFAULT_PAGE_SIZE,
+) -> ListingQuery:
+    """FastAPI dependency: the list page's query (`pageSize` spelt as in the API)."""
+    return ListingQuery.of(status, name, sort, page, page_size)
 
 
 Listing = Annotated[ListingQuery, Depends(listing_query)]
@@ -419,10 +422,11 @@ async def instance_action(request: Request, session: Session, _form: Form, insta
 
 
 @router.get("/jobs")
-async def jobs_page(request: Request, session: Session, id: str = "") -> Response:  # noqa: A002  (the query name)
-    """A job by id, and the dead letters."""
+async def jobs_page(request: Request, session: Session,
+                    job_id: Annotated[str, Query(alias="id")] = "") -> Response:
+    """A job by id (`?id=`), and the dead letters."""
     queue = _container(request).queue
-    job_id = id.strip()
+    job_id = job_id.strip()
     job, missing = None, False
     if job_id:
         if not _JOB_ID.match(job_id):

@@ -90,7 +90,7 @@ def test_no_connection_details_while_novita_cannot_be_reached(
     fake_novita.add_faults({"path": "*", "kind": "server_error", "status": 503, "count": None})
 
     items = client.get("/api/instances").json()
-    view = [item for item in items["items"] if item["id"] == created["id"]][0]
+    view = next(item for item in items["items"] if item["id"] == created["id"])
 
     assert items["novitaSynced"] is False
     assert view["connection"] is None

@@ -49,6 +49,22 @@ document.addEventListener("click", async (event) => {
   window.setTimeout(() => { button.textContent = label; }, 2000);
 });
 
+// What identifies a focusable control across a refresh (its copy text, its form's action, or its link).
+function focusKey(control) {
+  if (!control || control === document.body) {
+    return null;
+  }
+  const form = control.closest("form");
+  return control.dataset.copy || (form && form.getAttribute("action")) || control.getAttribute("href");
+}
+
+function refocus(element, key) {
+  const match = Array.from(element.querySelectorAll("button, a")).find((control) => focusKey(control) === key);
+  if (match) {
+    match.focus();
+  }
+}
+
 function poll(element) {
   const url = element.dataset.pollUrl;
   const seconds = Math.max(1, Number(element.dataset.pollSeconds) || 5);
@@ -71,10 +87,16 @@ function poll(element) {
       }
       if (response.ok) {
         const html = await response.text();
-        // Replace only on change, so focus and text selection survive quiet polls.
-        if (html !== last && !element.contains(document.activeElement)) {
+        // Replace only on change; keyboard focus moves to the same control in the new content.
+        const focused = element.contains(document.activeElement) ? document.activeElement : null;
+        const typing = focused && focused.matches("input, select, textarea");
+        if (html !== last && !typing) {
+          const key = focusKey(focused);
           element.innerHTML = html;
           last = html;
+          if (key) {
+            refocus(element, key);
+          }
         }
       }
     } catch (error) {
