@@ -33,6 +33,7 @@ from app.instances.handlers import register_handlers
 from app.instances.router import router as instances_router
 from app.jobs.router import router as jobs_router
 from app.products.router import router as products_router
+from app.ui import install_dashboard
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LivenessEndpoint, lifecycle=container.lifecycle)  # outermost: liveness depends on nothing
     for router in (health_router, jobs_router, instances_router, products_router, compat_router):
         app.include_router(router)
+    install_dashboard(app, container)  # /ui, outside the OpenAPI schema
     if not settings.client_api_keys:
         logger.warning("API_KEYS is not set: the API is open to anyone who can reach it (development only)")
     if settings.fault_injection:

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bench import container, http_load, jobqueue, memory, profile, pulumi_eval, scale, startup, upstream, wrk_runner
+from bench import (
+    container, http_load, jobqueue, memory, profile, pulumi_eval, scale, startup, ui_pages, upstream, wrk_runner,
+)
 from bench.report import Report
 from bench.services import FASTAPI_BASELINE_APP, REPO_ROOT, ServerProcess, Services
 
@@ -46,14 +48,16 @@ class Plan:
     pulumi_repeats: int
     image_build_timeout_seconds: int
     profile_misses: bool
+    ui_fleet: int
+    ui_requests: int
 
 
 FULL = Plan(startup_repeats=5, queue_burst=5000, queue_paced=300, concurrency_levels=(1, 16, 64),
             load_seconds=10, upstream_seconds=15, pulumi_repeats=3, image_build_timeout_seconds=600,
-            profile_misses=True)
+            profile_misses=True, ui_fleet=1000, ui_requests=30)
 QUICK = Plan(startup_repeats=1, queue_burst=300, queue_paced=30, concurrency_levels=(1, 16, 64),
              load_seconds=1, upstream_seconds=2, pulumi_repeats=1, image_build_timeout_seconds=180,
-             profile_misses=False)
+             profile_misses=False, ui_fleet=100, ui_requests=3)
 
 
 class Sections:
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             ready = sections.run("start-up", lambda: startup.run(services, report, plan.startup_repeats))
             sections.run("job queue", lambda: jobqueue.run(services, report, plan.queue_burst, plan.queue_paced))
             sections.run("HTTP, upstream calls, memory", lambda: _serve_and_load(services, report, plan, work_dir))
+            sections.run("dashboard pages", lambda: ui_pages.measure(services, report, plan.ui_fleet,
+                                                                     plan.ui_requests))
             sections.run("container", lambda: container.run(services, report, ready,
                                                             plan.image_build_timeout_seconds))
         sections.run("Pulumi program", lambda: pulumi_eval.run(report, plan.pulumi_repeats))

@@ -59,6 +59,12 @@ def _authenticate(presented: str | None, keys: dict[str, SecretStr]) -> str:
         return ANONYMOUS
     if presented is None:
         raise Unauthorized("missing API key: send it in the X-API-Key header or as a Bearer token")
+    return key_name(presented, keys)
+
+
+def key_name(presented: str, keys: dict[str, SecretStr]) -> str:
+    """The name of the configured key equal to `presented` (every key compared, in constant time), or
+    `Unauthorized`; also used by the dashboard's sign-in."""
     matched: str | None = None
     for name, key in keys.items():
         if hmac.compare_digest(presented.encode(), key.get_secret_value().encode()):

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     rate_limit_window_seconds: int = Field(60, ge=1, le=3600)
     # Browser origins allowed to call the API, comma-separated; empty (the default) serves no CORS headers at all.
     cors_allow_origins: str = ""
+    # Dashboard (/ui) sign-in: how long a session lasts in Valkey before the key must be entered again.
+    ui_session_ttl_seconds: int = Field(8 * 3600, ge=60, le=30 * 86400)
     fault_injection: bool = False
 
     # Job queue.

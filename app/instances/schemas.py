@@ -356,6 +356,24 @@ class InstanceRecord(BaseModel):
             self.ready_at = None  # readiness is proven again after every start
 
 
+class ExposedPort(ApiModel):
+    """A port of the instance and the public address Novita maps it to."""
+
+    port: int | None = None
+    type: str | None = Field(None, description="tcp or http")
+    endpoint: str
+
+
+class ConnectionDetails(ApiModel):
+    """How a person reaches the machine, from Novita's instance data.  Novita's SSH and web-terminal passwords are
+    never read, so they cannot appear here."""
+
+    ssh_command: str | None = Field(None, description="e.g. ssh root@proxy.us-ca-6.gpu-instance.novita.ai -p 32787")
+    jupyter_url: str | None = None
+    web_terminal_url: str | None = None
+    ports: list[ExposedPort] = Field(default_factory=list, description="exposed ports with their public endpoints")
+
+
 class InstanceView(ApiModel):
     """An instance as the API returns it: our record, or an instance found on Novita that we did not create."""
 
@@ -388,6 +406,9 @@ class InstanceView(ApiModel):
     events: list[InstanceEvent] = Field(default_factory=list)
     synced_at: float | None = Field(None, description="when the background sync last saw it on Novita (Unix "
                                                       "seconds); null: not seen yet")
+    connection: ConnectionDetails | None = Field(
+        None, description="SSH, Jupyter, web terminal and port endpoints; null while Novita's data is not at hand"
+    )
 
     @classmethod
     def from_record(cls, record: InstanceRecord, *, synced_at: float | None = None) -> InstanceView:

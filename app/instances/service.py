@@ -17,7 +17,9 @@ from app.instances.index import Cursor, external_member
 from app.instances.schemas import (
     REVEAL_SECRETS,
     AcceptedResponse,
+    ConnectionDetails,
     CreateInstanceRequest,
+    ExposedPort,
     HeartbeatView,
     InstancePage,
     InstanceRecord,
@@ -288,6 +290,19 @@ def _endpoints(live: Instance) -> list[dict[str, Any]]:
     return [m.model_dump() for m in live.port_mappings if m.endpoint]
 
 
+def connection_details(live: Instance) -> ConnectionDetails:
+    """What a person needs to use the machine, from Novita's instance data (blank values left out)."""
+    ssh = live.connect_component_ssh
+    jupyter = live.connect_component_jupyter
+    terminal = live.connect_component_web_terminal
+    return ConnectionDetails(
+        ssh_command=(ssh.ssh_command or None) if ssh else None,
+        jupyter_url=(jupyter.address or None) if jupyter else None,
+        web_terminal_url=(terminal.address or None) if terminal else None,
+        ports=[ExposedPort(port=m.port, type=m.type, endpoint=m.endpoint) for m in live.port_mappings if m.endpoint],
+    )
+
+
 def _overlay(view: InstanceView, live: Instance) -> InstanceView:
     """`view` with Novita's current status, cluster and endpoints.
 
@@ -305,6 +320,7 @@ def _overlay(view: InstanceView, live: Instance) -> InstanceView:
         "cluster_id": live.cluster_id or view.cluster_id,
         "endpoints": _endpoints(live) or view.endpoints,
         "ready_at": view.ready_at if state == InstanceState.RUNNING else None,
+        "connection": connection_details(live),
     })
 
 
@@ -328,4 +344,5 @@ def external_view(live: Instance) -> InstanceView:
         image_url=live.image_url,
         env_keys=[env.key for env in live.envs],
         endpoints=_endpoints(live),
+        connection=connection_details(live),
     )

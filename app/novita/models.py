@@ -109,6 +109,22 @@ class SshComponent(NovitaModel):
     is_running: bool | None = None
 
 
+class WebTerminalComponent(NovitaModel):
+    """The browser terminal's address and user, without the password (which is deliberately not modelled)."""
+
+    address: str | None = None
+    username: str | None = None
+    is_running: bool | None = None
+
+
+class JupyterComponent(NovitaModel):
+    """The Jupyter server Novita runs for the instance, when one was asked for."""
+
+    address: str | None = None
+    port: OptionalInt = None
+    is_running: bool | None = None
+
+
 class Instance(NovitaModel):
     """A GPU instance as Novita reports it (list item or single get)."""
 
@@ -139,6 +155,8 @@ class Instance(NovitaModel):
     last_stopped_at: OptionalStr = None
     template_id: str | None = None
     connect_component_ssh: SshComponent | None = Field(default=None, alias="connectComponentSSH")
+    connect_component_web_terminal: WebTerminalComponent | None = None
+    connect_component_jupyter: JupyterComponent | None = None
 
     @property
     def failed(self) -> bool:

@@ -23,6 +23,10 @@ message, metadata}`` envelope. Tests steer it through control endpoints under ``
 - Port endpoints point back at the fake on loopback (``http://<fake>/_fake/ports/{id}/{port}``, ``<fake>`` for TCP):
   they answer 200 while the instance runs and ``portsAnswer`` is true (the default), else 502 like Novita's proxy,
   so readiness probes never leave the machine.
+- Connection details: ``connectComponentSSH.sshCommand`` (a proxy host nobody connects to; its ``password`` is a
+  secret the service must drop), ``connectComponentJupyter`` (the 8888/http port's endpoint when the instance
+  exposes it) and ``connectComponentWebTerminal.address`` (``http://<fake>/_fake/terminal/{id}``, 200 while
+  running), all on loopback like the port endpoints.
 - ``POST /_fake/advance``: ``{"instanceId": optional, "steps": 1}`` moves instances along their lifecycle.
 - ``POST /_fake/preload``: ``{"instances": [{"name", "status" ("running"), "billingMode" ("onDemand"),
   "createdAt" (now)}, ...]}`` adds instances at once (fleets of thousands for the scale benchmark); returns their ids.
@@ -63,6 +67,7 @@ from starlette.routing import Route
 BASE_PREFIX = "/gpu-instance/openapi/v1"
 DEFAULT_STEP_SECONDS = 1.0
 STALLING_IMAGE_MARKER = "does-not-exist"
+JUPYTER_PORT = 8888
 
 # The statuses an instance passes through by itself (reference §1.6).
 AUTOMATIC_NEXT_STATUS = {
@@ -193,19 +198,23 @@ class FakeInstance:
         """True where the instance stops progressing by itself (frozen, or a failed image pull)."""
         return self.frozen or (self.status == "pulling" and STALLING_IMAGE_MARKER in self.image_url)
 
+    def public_endpoint(self, port: int, kind: str) -> str:
+        """The public endpoint of an exposed port: back to the fake on loopback (``host:port`` for TCP)."""
+        return f"http://{self.address}/_fake/ports/{self.id}/{port}" if kind == "http" else self.address
+
     def to_wire(self) -> dict[str, Any]:
         """The instance as Novita's list/get answers show it (numbers as strings, secrets included)."""
         cluster_id = self.product["_clusterId"]
         running = self.status == "running"
+        # Novita serves Jupyter on an exposed 8888/http port; the web terminal is its own proxied page.
+        jupyter = JUPYTER_PORT in {port for port, kind in self.ports if kind == "http"}
         return {
             "id": self.id, "name": self.name, "clusterId": cluster_id, "clusterName": _CLUSTER_NAMES[cluster_id],
             "status": self.status, "statusError": dict(self.status_error), "imageUrl": self.image_url,
             "imageAuthId": self.image_auth_id, "command": self.command, "cpuNum": str(16 * self.gpu_num),
             "memory": str(62 * self.gpu_num), "gpuNum": str(self.gpu_num),
             "portMappings": [
-                {"port": port, "type": kind,
-                 "endpoint": f"http://{self.address}/_fake/ports/{self.id}/{port}" if kind == "http" else self.address}
-                for port, kind in self.ports
+                {"port": port, "type": kind, "endpoint": self.public_endpoint(port, kind)} for port, kind in self.ports
             ],
             "productId": self.product["id"], "productName": self.product["name"], "rootfsSize": self.rootfs_size,
             "volumeMounts": [], "envs": list(self.envs), "kind": "gpu", "billingMode": self.billing_mode,
@@ -213,8 +222,14 @@ class FakeInstance:
             "spotReclaimTime": "0", "createdAt": str(self.created_at),
             "connectComponentSSH": {"sshCommand": f"ssh -p 32787 root@proxy.{cluster_id}.fake-novita.local",
                                     "password": f"ssh-pass-{self.id}", "isRunning": running},
-            "connectComponentWebTerminal": {"address": "", "username": "root", "password": f"web-pass-{self.id}",
+            "connectComponentWebTerminal": {"address": f"http://{self.address}/_fake/terminal/{self.id}",
+                                            "username": "root", "password": f"web-pass-{self.id}",
                                             "isRunning": running},
+            "connectComponentJupyter": {
+                "port": JUPYTER_PORT if jupyter else 0,
+                "address": self.public_endpoint(JUPYTER_PORT, "http") if jupyter else "",
+                "isRunning": running and jupyter,
+            },
         }
 
 
@@ -310,6 +325,7 @@ class FakeNovita:
             Route("/_fake/advance", self.control_advance, methods=["POST"]),
             Route("/_fake/preload", self.control_preload, methods=["POST"]),
             Route("/_fake/ports/{instance_id}/{port}", self.port_endpoint, methods=["GET"]),
+            Route("/_fake/terminal/{instance_id}", self.web_terminal, methods=["GET"]),
             Route("/_fake/config", self.control_config, methods=["GET", "POST"]),
             Route(BASE_PREFIX + "/{path:path}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
         ])
@@ -573,6 +589,13 @@ class FakeNovita:
         if instance is None or instance.status != "running" or not instance.ports_answer:
             return JSONResponse({"error": "upstream not answering"}, status_code=502)
         return JSONResponse({"port": request.path_params["port"]})
+
+    async def web_terminal(self, request: Request) -> Response:
+        """The instance's browser terminal page, reachable while it runs."""
+        instance = self.instances.get(request.path_params["instance_id"])
+        if instance is None or instance.status != "running":
+            return JSONResponse({"error": "terminal not running"}, status_code=502)
+        return Response("<html><body><h1>web terminal</h1></body></html>", media_type="text/html")
 
     async def control_vanish(self, request: Request) -> Response:
         removed = self.instances.pop(request.path_params["instance_id"], None)

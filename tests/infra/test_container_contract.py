@@ -36,6 +36,7 @@ INTERNAL_APP_SETTINGS = {
     "NOVITA_HEALTH_CHECK_INTERVAL_SECONDS": "health pacing: one shared key check per minute across replicas",
     "NOVITA_RATE_LIMIT_BURST": "client tuning", "NOVITA_RATE_LIMIT_FALLBACK_PER_SECOND": "client tuning",
     "RECONCILE_MAX_VANISH_CHECKS": "automation pacing",
+    "UI_SESSION_TTL_SECONDS": "dashboard session lifetime (8 h), a product default like the idempotency window",
     # Queue internals: polling and retry pacing (the knobs that matter are stack keys: jobConcurrency, ...).
     "JOB_READ_BLOCK_SECONDS": "queue pacing", "JOB_RECLAIM_INTERVAL_SECONDS": "queue pacing",
     "JOB_SCHEDULER_INTERVAL_SECONDS": "queue pacing", "JOB_RETRY_BASE_SECONDS": "queue pacing",

@@ -1,0 +1,437 @@
+"""Routes of the dashboard: thin like the API's, calling the same services (never Novita directly).
+
+Every page but sign-in needs a session; every POST needs the session's CSRF token. Errors become HTML pages with the
+status the API would answer (`DashboardRoute`), never a stack trace. `Server-Timing` gives each page's server time.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.core.auth import ANONYMOUS, key_name
+from app.core.container import AppContainer
+from app.core.errors import AppError, ServiceUnavailable, ValidationFailed, novita_error_to_app_error
+from app.instances.schemas import InstanceState, InstanceView
+from app.instances.service import ACTION_ALLOWED_FROM, Action
+from app.jobs.router import JobView
+from app.novita.errors import NovitaError
+from app.products.service import ProductView
+from app.ui import views
+from app.ui.forms import GENERAL, CreateForm, parse_create_form, read_form
+from app.ui.sessions import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, SessionStore, UiSession, key_digest, tokens_match
+
+STATIC_DIR = Path(__file__).parent / "static"
+FRAGMENT_HEADER = "x-dashboard-fragment"  # sent by dashboard.js when it polls a fragment
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_ALL = 1_000_000  # "every instance" for a sort the service does not do itself
+DONE_MESSAGES = {
+    "create": "Create requested",
+    "start": "Start requested",
+    "stop": "Stop requested",
+    "restart": "Restart requested",
+    "delete": "Delete requested",
+    "heartbeat": "Heartbeat recorded: the idle auto-stop clock starts again",
+}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.globals.update(when=views.when, duration=views.duration, usd=views.usd, states=list(InstanceState),
+                             sort_keys=views.SORT_KEYS, page_sizes=views.PAGE_SIZES)
+
+
+class SignInRequired(Exception):
+    """No valid session: a page goes to sign-in, a polled fragment answers 401 so the page reloads."""
+
+
+class CsrfRejected(Exception):
+    """A form came without this session's CSRF token."""
+
+
+class DashboardRoute(APIRoute):
+    """Renders every failure of a dashboard route as an HTML page and adds the security and timing headers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def dashboard_handler(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await handle(request)
+            except SignInRequired:
+                response = (Response(status_code=401) if FRAGMENT_HEADER in request.headers
+                            else RedirectResponse("/ui/login", status_code=303))
+            except CsrfRejected:
+                response = _error_page(request, 403, "The form was refused: it did not carry this session's "
+                                                    "security token. Reload the page and try again.")
+            except RequestValidationError as error:
+                fields = ", ".join(str(item["loc"][-1]) for item in error.errors())
+                response = _error_page(request, 422, f"Invalid value for: {fields}.")
+            except AppError as error:
+                response = _error_page(request, error.status, error.detail, error.headers())
+            except NovitaError as error:
+                mapped = novita_error_to_app_error(error)
+                response = _error_page(request, mapped.status, mapped.detail, mapped.headers())
+            except (RedisConnectionError, RedisTimeoutError):
+                unavailable = ServiceUnavailable("Valkey (state store) is unavailable; retry later")
+                response = _error_page(request, unavailable.status, unavailable.detail, unavailable.headers())
+            response.headers.update(_SECURITY_HEADERS)
+            response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+            return response
+
+        return dashboard_handler
+
+
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=DashboardRoute)
+
+
+def _container(request: Request) -> AppContainer:
+    container: AppContainer = request.app.state.container
+    return container
+
+
+def _sessions(request: Request) -> SessionStore:
+    sessions: SessionStore = request.app.state.ui_sessions
+    return sessions
+
+
+async def current_session(request: Request) -> UiSession:
+    """The signed-in session, acting as its key exactly like the API does (identity in the log, rate limit)."""
+    container = _container(request)
+    session = await _sessions(request).get(request.cookies.get(SESSION_COOKIE))
+    if session is None or not session.still_valid_for(container.settings.client_api_keys):
+        raise SignInRequired
+    request.state.api_key_name = session.key_name
+    await container.rate_limiter.enforce(session.key_name)
+    return session
+
+
+Session = Annotated[UiSession, Depends(current_session)]
+
+
+async def checked_form(request: Request, session: Session) -> dict[str, str]:
+    """The posted form, once its CSRF token matched the session's."""
+    form = await read_form(request)
+    if not tokens_match(session.csrf_token, form.get("csrf_token")):
+        raise CsrfRejected
+    return form
+
+
+Form = Annotated[dict[str, str], Depends(checked_form)]
+
+
+def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    return templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def _error_page(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    response = _render(request, "error.html", status, status=status, detail=detail)
+    response.headers.update(headers or {})
+    return response
+
+
+def _is_https(request: Request) -> bool:
+    """Behind a TLS-terminating proxy the scheme arrives in X-Forwarded-Proto."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="strict",
+                        secure=_is_https(request))
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# -- sign-in -----------------------------------------------------------------------------------------------------
+
+
+@router.get("")
+async def home() -> Response:
+    """The instances list is the dashboard's home."""
+    return _redirect("/ui/instances")
+
+
+@router.get("/login")
+async def sign_in_page(request: Request, signed_out: bool = False) -> Response:
+    """The sign-in form, with a CSRF token of its own (there is no session yet)."""
+    if await _sessions(request).get(request.cookies.get(SESSION_COOKIE)) is not None:
+        return _redirect("/ui/instances")
+    return _sign_in_form(request, 200, notice="You are signed out." if signed_out else None)
+
+
+def _sign_in_form(request: Request, status: int, *, error: str | None = None, notice: str | None = None) -> Response:
+    token = secrets.token_urlsafe(32)
+    open_access = not _container(request).settings.client_api_keys
+    response = _render(request, "login.html", status, csrf_token=token, error=error, notice=notice,
+                       open_access=open_access)
+    _set_cookie(request, response, SIGN_IN_CSRF_COOKIE, token, max_age=3600)
+    return response
+
+
+@router.post("/login")
+async def sign_in(request: Request) -> Response:
+    """Exchange an API key for a session cookie; the key itself goes nowhere else."""
+    form = await read_form(request)
+    if not tokens_match(request.cookies.get(SIGN_IN_CSRF_COOKIE, ""), form.get("csrf_token")):
+        raise CsrfRejected
+    keys = _container(request).settings.client_api_keys
+    if keys:
+        try:
+            name = key_name(form.get("api_key", "").strip(), keys)
+        except AppError:
+            return _sign_in_form(request, 401, error="That API key is not valid.")
+    else:
+        name = ANONYMOUS
+    token, _ = await _sessions(request).open(name, key_digest(name, keys))
+    response = _redirect("/ui/instances")
+    _set_cookie(request, response, SESSION_COOKIE, token, max_age=_sessions(request).ttl_seconds)
+    response.delete_cookie(SIGN_IN_CSRF_COOKIE, path="/ui")
+    return response
+
+
+@router.post("/logout")
+async def sign_out(request: Request, _form: Form) -> Response:
+    """End the session in Valkey and in the browser."""
+    await _sessions(request).close(request.cookies.get(SESSION_COOKIE))
+    response = _redirect("/ui/login?signed_out=true")
+    response.delete_cookie(SESSION_COOKIE, path="/ui")
+    return response
+
+
+# -- instances ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListingQuery:
+    """The list page's filters, sort and page, checked like the API checks its query."""
+
+    state: InstanceState | None
+    name: str
+    sort: views.SortKey
+    page: int
+    page_size: int
+
+    @classmethod
+    def of(cls, status: str, name: str, sort: str, page: int, page_size: int) -> ListingQuery:
+        """The query, or a 422 naming the parameter that is wrong."""
+        if status and status not in {state.value for state in InstanceState}:
+            raise ValidationFailed(f"unknown status {status!r}", field="query.status")
+        if sort not in views.SORT_KEYS:
+            raise ValidationFailed(f"sort must be one of {', '.join(views.SORT_KEYS)}", field="query.sort")
+        if page_size not in views.PAGE_SIZES:
+            raise ValidationFailed("pageSize must be one of 10, 25, 50, 100", field="query.pageSize")
+        if page < 1:
+            raise ValidationFailed("page must be 1 or more", field="query.page")
+        if len(name) > 255:
+            raise ValidationFailed("name must be at most 255 characters", field="query.name")
+        state = InstanceState(status) if status else None
+        return cls(state, name.strip(), sort, page, page_size)  # type: ignore[arg-type]  (sort checked above)
+
+    def link(self, **changes: Any) -> str:
+        """This query with some values changed, as a URL query string."""
+        values = {"status": self.state.value if self.state else "", "name": self.name, "sort": self.sort,
+                  "page": self.page, "pageSize": self.page_size, **changes}
+        return "?" + urlencode({key: value for key, value in values.items() if value not in ("", None)})
+
+
+async def _products_by_id(container: AppContainer) -> dict[str, ProductView]:
+    """The catalogue (cached like `GET /api/products`) by product id; empty when Novita cannot be reached: the
+    pages then show no prices rather than fail."""
+    try:
+        return {product.id: product for product in await container.products.list_products()}
+    except NovitaError:
+        return {}
+
+
+async def _listing(container: AppContainer, query: ListingQuery) -> dict[str, Any]:
+    service = container.instances
+    products = await _products_by_id(container)
+    if query.sort == "newest":  # the service's own order: let it page
+        page = await service.list_instances(state=query.state, name=query.name or None, page=query.page,
+                                            page_size=query.page_size)
+        page_rows, total, synced = views.rows(page.items, products), page.total, page.novita_synced
+    else:
+        whole = await service.list_instances(state=query.state, name=query.name or None, page=1, page_size=_ALL)
+        ordered = views.sort_rows(views.rows(whole.items, products), query.sort)
+        start = (query.page - 1) * query.page_size
+        page_rows, total, synced = ordered[start:start + query.page_size], whole.total, whole.novita_synced
+    return {"rows": page_rows, "pager": views.Pager(query.page, query.page_size, total), "synced": synced,
+            "query": query}
+
+
+def listing_query(
+    status: str = "", name: str = "", sort: str = "newest", page: int = 1,
+    page_size: Annotated[int, Query(alias="pageSize")] = views.DEFAULT_PAGE_SIZE,
+) -> ListingQuery:
+    """FastAPI dependency: the list page's query (`pageSize` spelt as in the API)."""
+    return ListingQuery.of(status, name, sort, page, page_size)
+
+
+Listing = Annotated[ListingQuery, Depends(listing_query)]
+
+
+@router.get("/instances")
+async def instances_page(request: Request, session: Session, query: Listing) -> Response:
+    """Every instance, filtered, sorted and paged; the rows refresh themselves."""
+    listing = await _listing(_container(request), query)
+    return _render(request, "instances.html", session=session, **listing)
+
+
+@router.get("/instances/rows")
+async def instance_rows(request: Request, session: Session, query: Listing) -> Response:
+    """The list's rows alone, for polling."""
+    listing = await _listing(_container(request), query)
+    return _render(request, "_instance_rows.html", session=session, **listing)
+
+
+@router.get("/instances/new")
+async def create_page(request: Request, session: Session) -> Response:
+    """The create form."""
+    return await _create_form(request, session, CreateForm(values={"gpuNum": "1", "rootfsSize": "60",
+                                                                  "billingMode": "onDemand"}))
+
+
+async def _create_form(request: Request, session: UiSession, form: CreateForm, status: int = 200) -> Response:
+    products = sorted((await _products_by_id(_container(request))).values(),
+                      key=lambda product: (not product.available, product.name, product.regions))
+    return _render(request, "create.html", status, session=session, form=form, products=products,
+                   idempotency_key="ui-" + secrets.token_hex(16))
+
+
+@router.post("/instances")
+async def create_instance(request: Request, session: Session, form: Form) -> Response:
+    """Validate with the API's own model; errors go beside their fields, a valid form is queued like the API does."""
+    create, shown = parse_create_form(form)
+    if create is None:
+        return await _create_form(request, session, shown, status=422)
+    idempotency_key = form.get("idempotencyKey") or None
+    try:
+        accepted = await _container(request).instances.create(create, idempotency_key)
+    except ValidationFailed as error:
+        shown.add_error(GENERAL, error.detail)
+        return await _create_form(request, session, shown, status=422)
+    return _redirect(f"/ui/instances/{accepted.instance.id}?done=create&job={accepted.job_id}")
+
+
+def _checked_id(instance_id: str) -> str:
+    if not _ID.match(instance_id):
+        raise ValidationFailed("an instance id is 1-64 letters, digits, '_' or '-'", field="path.instanceId")
+    return instance_id
+
+
+async def _instance_context(container: AppContainer, instance_id: str) -> dict[str, Any]:
+    view: InstanceView = await container.instances.get(_checked_id(instance_id))
+    job = await container.queue.get(view.last_job_id) if view.last_job_id else None
+    products = await _products_by_id(container)
+    allowed = [action for action in ("start", "stop", "restart") if view.state in ACTION_ALLOWED_FROM[action]]
+    return {
+        "row": views.rows([view], products)[0],
+        "job": JobView.of(job) if job else None,
+        "actions": allowed,
+        "can_delete": view.state in ACTION_ALLOWED_FROM["delete"],
+        "can_heartbeat": view.state not in (InstanceState.DELETING, InstanceState.DELETED),
+    }
+
+
+@router.get("/instances/{instance_id}")
+async def instance_page(request: Request, session: Session, instance_id: str, done: str = "",
+                        job: str = "") -> Response:
+    """One instance: state, connection, events, its latest job, actions; the panel refreshes itself."""
+    context = await _instance_context(_container(request), instance_id)
+    message = DONE_MESSAGES.get(done)
+    if message and _JOB_ID.match(job):
+        message = f"{message} (job {job})."
+    return _render(request, "instance.html", session=session, done=message, **context)
+
+
+@router.get("/instances/{instance_id}/panel")
+async def instance_panel(request: Request, session: Session, instance_id: str) -> Response:
+    """The instance's live part alone, for polling."""
+    context = await _instance_context(_container(request), instance_id)
+    return _render(request, "_instance_panel.html", session=session, **context)
+
+
+@router.get("/instances/{instance_id}/delete")
+async def confirm_delete_page(request: Request, session: Session, instance_id: str) -> Response:
+    """Ask before deleting, naming the instance."""
+    view = await _container(request).instances.get(_checked_id(instance_id))
+    return _render(request, "confirm_delete.html", session=session, view=view)
+
+
+async def _act(request: Request, session: UiSession, instance_id: str, action: Action) -> Response:
+    container = _container(request)
+    try:
+        accepted = await container.instances.request_action(_checked_id(instance_id), action)
+    except AppError as error:
+        if error.status != 409:
+            raise
+        context = await _instance_context(container, instance_id)
+        return _render(request, "instance.html", 409, session=session, error=error.detail, **context)
+    return _redirect(f"/ui/instances/{instance_id}?done={action}&job={accepted.job_id}")
+
+
+@router.post("/instances/{instance_id}/delete")
+async def delete_instance(request: Request, session: Session, _form: Form, instance_id: str) -> Response:
+    """Queue the deletion (after the confirmation page)."""
+    return await _act(request, session, instance_id, "delete")
+
+
+@router.post("/instances/{instance_id}/heartbeat")
+async def heartbeat(request: Request, session: Session, _form: Form, instance_id: str) -> Response:
+    """Say the instance is in use."""
+    await _container(request).instances.heartbeat(_checked_id(instance_id))
+    return _redirect(f"/ui/instances/{instance_id}?done=heartbeat")
+
+
+@router.post("/instances/{instance_id}/{action}")
+async def instance_action(request: Request, session: Session, _form: Form, instance_id: str,
+                          action: str) -> Response:
+    """Queue a start, stop or restart."""
+    if action not in ("start", "stop", "restart"):
+        raise ValidationFailed("the action must be start, stop or restart", field="path.action")
+    return await _act(request, session, instance_id, action)  # type: ignore[arg-type]
+
+
+# -- jobs --------------------------------------------------------------------------------------------------------
+
+
+@router.get("/jobs")
+async def jobs_page(request: Request, session: Session,
+                    job_id: Annotated[str, Query(alias="id")] = "") -> Response:
+    """A job by id (`?id=`), and the dead letters."""
+    queue = _container(request).queue
+    job_id = job_id.strip()
+    job, missing = None, False
+    if job_id:
+        if not _JOB_ID.match(job_id):
+            raise ValidationFailed("a job id is 1-128 letters, digits or . _ : -", field="query.id")
+        found = await queue.get(job_id)
+        job, missing = (JobView.of(found) if found else None), found is None
+    dead = [JobView.of(item) for item in await queue.dead_letters(100)]
+    return _render(request, "jobs.html", session=session, job=job, job_id=job_id, missing=missing, dead=dead)

@@ -1,0 +1,135 @@
+"""What the dashboard's pages show, computed from the services' views: prices per hour, sorting, paging, times."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from app.instances.schemas import InstanceState, InstanceView
+from app.products.service import ProductView
+
+# Novita's raw price unit as the Novita SDK reads it (docs/../reference: likely, not confirmed by Novita).
+RAW_PRICE_UNITS_PER_USD = 100_000
+PAGE_SIZES = (10, 25, 50, 100)
+DEFAULT_PAGE_SIZE = 25
+SortKey = Literal["newest", "name", "state", "price", "gpu"]
+SORT_KEYS: tuple[SortKey, ...] = ("newest", "name", "state", "price", "gpu")
+
+# Badge colour group of each state (the text always says the state; colour is never the only signal).
+STATE_TONES: dict[InstanceState, str] = {
+    InstanceState.RUNNING: "good",
+    InstanceState.FAILED: "bad",
+    InstanceState.DELETED: "muted",
+    InstanceState.STOPPED: "muted",
+    InstanceState.UNKNOWN: "warn",
+    InstanceState.FROZEN: "warn",
+}
+
+
+def usd(raw: float | None) -> str | None:
+    """A raw Novita price as dollars, e.g. 67000 -> "$0.67"."""
+    if raw is None or raw <= 0:
+        return None
+    return f"${raw / RAW_PRICE_UNITS_PER_USD:,.2f}"
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One instance as the list and the detail page show it."""
+
+    view: InstanceView
+    price_per_hour: float | None  # raw units, for all its GPUs
+    tone: str
+    gpu: str | None  # e.g. "2 × RTX 4090 24GB"
+
+    @property
+    def price_label(self) -> str | None:
+        """Dollars per hour, or None when not known (monthly billing, unknown product)."""
+        return usd(self.price_per_hour)
+
+
+def hourly_price(view: InstanceView, products: dict[str, ProductView]) -> float | None:
+    """Price per hour of the instance's GPUs in its billing mode; None when the product or its price is unknown."""
+    product = products.get(view.product_id or "")
+    if product is None:
+        return None
+    per_gpu = product.spot_price if view.billing_mode == "spot" else (
+        product.on_demand_price if view.billing_mode in (None, "onDemand") else None)
+    return per_gpu * (view.gpu_num or 1) if per_gpu else None
+
+
+def gpu_label(view: InstanceView, products: dict[str, ProductView]) -> str | None:
+    """GPUs of the instance; a create by product id names the GPU only through the catalogue."""
+    product = products.get(view.product_id or "")
+    name = view.product_name or (product.name if product else None)
+    return f"{view.gpu_num or 1} × {name}" if name else None
+
+
+def rows(views: list[InstanceView], products: dict[str, ProductView]) -> list[InstanceRow]:
+    """The rows of a page."""
+    return [
+        InstanceRow(view, hourly_price(view, products), STATE_TONES.get(view.state, "busy"), gpu_label(view, products))
+        for view in views
+    ]
+
+
+_SORTS: dict[SortKey, tuple[Callable[[InstanceRow], Any], bool]] = {
+    "newest": (lambda row: row.view.created_at or 0.0, True),
+    "name": (lambda row: row.view.name.casefold(), False),
+    "state": (lambda row: (row.view.state.value, row.view.name.casefold()), False),
+    "price": (lambda row: (row.price_per_hour is None, row.price_per_hour or 0.0), False),
+    "gpu": (lambda row: (row.gpu or "").casefold(), False),
+}
+
+
+def sort_rows(items: list[InstanceRow], key: SortKey) -> list[InstanceRow]:
+    """Rows in the order the person chose (stable, so equal rows keep the service's newest-first order)."""
+    order, descending = _SORTS[key]
+    return sorted(items, key=order, reverse=descending)
+
+
+@dataclass(frozen=True)
+class Pager:
+    """Where a page sits in the whole list."""
+
+    page: int
+    page_size: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        """How many pages there are (at least one, even when empty)."""
+        return max(1, math.ceil(self.total / self.page_size))
+
+    @property
+    def first_item(self) -> int:
+        """1-based number of the page's first item (0 when empty)."""
+        return 0 if self.total == 0 else (self.page - 1) * self.page_size + 1
+
+    @property
+    def last_item(self) -> int:
+        """1-based number of the page's last item."""
+        return min(self.total, self.page * self.page_size)
+
+
+def when(timestamp: float | None) -> str:
+    """A Unix time as UTC text, e.g. "2026-12-02 01:30:05 UTC"; an em dash when unknown."""
+    if timestamp is None:
+        return "—"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(seconds: float | None) -> str:
+    """A short duration, e.g. "42 s", "3 min 5 s"; an em dash when unknown."""
+    if seconds is None or seconds < 0:
+        return "—"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
