@@ -307,6 +307,24 @@ class InstanceEvent(ApiModel):
 MAX_EVENTS = 20
 
 
+class ExposedPort(ApiModel):
+    """A port of the instance and the public address Novita maps it to."""
+
+    port: int | None = None
+    type: str | None = Field(None, description="tcp or http")
+    endpoint: str
+
+
+class ConnectionDetails(ApiModel):
+    """How a person reaches the machine, from Novita's instance data.  Novita's SSH and web-terminal passwords are
+    never read, so they cannot appear here."""
+
+    ssh_command: str | None = Field(None, description="e.g. ssh root@proxy.us-ca-6.gpu-instance.novita.ai -p 32787")
+    jupyter_url: str | None = None
+    web_terminal_url: str | None = None
+    ports: list[ExposedPort] = Field(default_factory=list, description="exposed ports with their public endpoints")
+
+
 class InstanceRecord(BaseModel):
     """What we store per instance.  Never holds a secret: env values and registry credentials are not kept here."""
 
@@ -330,6 +348,7 @@ class InstanceRecord(BaseModel):
     ports: list[PortSpec] = Field(default_factory=list)
     env_keys: list[str] = Field(default_factory=list)
     endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    connection: ConnectionDetails | None = None  # as Novita last reported it (the sync keeps it current)
     ready_at: float | None = None  # every exposed port answered since the instance last became `running`
     created_at: float
     updated_at: float
@@ -354,24 +373,6 @@ class InstanceRecord(BaseModel):
         self.state = state_from_novita(status, status_error)
         if self.state != InstanceState.RUNNING:
             self.ready_at = None  # readiness is proven again after every start
-
-
-class ExposedPort(ApiModel):
-    """A port of the instance and the public address Novita maps it to."""
-
-    port: int | None = None
-    type: str | None = Field(None, description="tcp or http")
-    endpoint: str
-
-
-class ConnectionDetails(ApiModel):
-    """How a person reaches the machine, from Novita's instance data.  Novita's SSH and web-terminal passwords are
-    never read, so they cannot appear here."""
-
-    ssh_command: str | None = Field(None, description="e.g. ssh root@proxy.us-ca-6.gpu-instance.novita.ai -p 32787")
-    jupyter_url: str | None = None
-    web_terminal_url: str | None = None
-    ports: list[ExposedPort] = Field(default_factory=list, description="exposed ports with their public endpoints")
 
 
 class InstanceView(ApiModel):

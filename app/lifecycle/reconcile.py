@@ -31,8 +31,10 @@ from redis.exceptions import RedisError
 
 from app.core.redis import Lease
 from app.instances.index import external_member
-from app.instances.schemas import NAME_PATTERN, BillingMode, InstanceRecord, InstanceState, PortSpec
-from app.instances.service import external_view, upstream_name
+from app.instances.schemas import (
+    NAME_PATTERN, BillingMode, ConnectionDetails, InstanceRecord, InstanceState, PortSpec,
+)
+from app.instances.service import connection_details, external_view, upstream_name
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
 from app.lifecycle.records import RecordNotFound, RecordStore
@@ -71,11 +73,12 @@ class _Known:
     status_error: str | None
     created_at: float
     last_job_id: str | None
+    connection: ConnectionDetails | None
 
     @classmethod
     def of(cls, record: InstanceRecord) -> _Known:
         return cls(record.id, record.novita_instance_id, record.upstream_name, record.state, record.novita_status,
-                   record.status_error, record.created_at, record.last_job_id)
+                   record.status_error, record.created_at, record.last_job_id, record.connection)
 
 
 @dataclass
@@ -263,13 +266,16 @@ class Reconciler:
         (e.g. a timeout) keeps its reason, until Novita reports a new status or an error of its own.
         """
         error_text = live.error_text
-        if live.status == record.novita_status and error_text in (None, record.status_error):
+        connection = connection_details(live)
+        if (live.status == record.novita_status and error_text in (None, record.status_error)
+                and connection == record.connection):
             return False
         before = record.state
 
         def apply(current: InstanceRecord) -> None:
             current.apply_novita(live.status, error_text)
             current.endpoints = _endpoints(live) or current.endpoints
+            current.connection = connection
             current.cluster_id = live.cluster_id or current.cluster_id
             current.updated_at = self._clock()
 
@@ -293,6 +299,7 @@ class Reconciler:
             current.cluster_id = live.cluster_id or current.cluster_id
             current.product_id = live.product_id or current.product_id
             current.endpoints = _endpoints(live)
+            current.connection = connection_details(live)
             current.updated_at = self._clock()
             current.add_event("adopted", f"found on Novita as {live.id} (the create's answer was lost)")
 
@@ -321,6 +328,7 @@ class Reconciler:
                    for m in live.port_mappings if m.port],
             env_keys=[env.key for env in live.envs],
             endpoints=_endpoints(live),
+            connection=connection_details(live),
             created_at=created_at,
             updated_at=now,
         )

@@ -106,6 +106,10 @@ def test_every_operation_survives_generated_requests(fuzzed_server: ApiServer) -
         existing = create_running(client)
         job_id = client.get(f"/api/instances/{existing['id']}").json()["lastJobId"]
     schema = schemathesis.openapi.from_url(f"{fuzzed_server.base_url}/openapi.json")
+    # The key headers are ours (a valid X-API-Key on every request), not generated: the spec offers two alternative
+    # schemes, so a mangled Authorization beside a valid X-API-Key is rightly accepted, which the negative check
+    # would call a schema violation. Authentication has its own tests (test_errors_and_auth.py).
+    schema.config.generation.update(with_security_parameters=False)
     operations = [result.ok() for result in schema.get_all_operations()]
     fuzzed = [op for op in operations if op.path not in NOT_FUZZED]
     assert len(fuzzed) >= 12, [op.label for op in fuzzed]  # every route of the API, not a silently empty run
