@@ -1,12 +1,13 @@
 """The API container: the restart policy, healthcheck, limits and secrets that fixed the seed's outages."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
 
+from components.edge_proxy import REPLICAS_ALIAS
 from components.settings import StackSettings
 
 CONTAINER_PORT = 3003
@@ -20,6 +21,10 @@ class ApiServiceArgs:
     image_id: pulumi.Input[str]
     valkey_url: pulumi.Output[str]
     network_name: Optional[pulumi.Input[str]] = None  # None = host network
+    labels: dict[str, str] = field(default_factory=dict)
+    provider: Optional[docker.Provider] = None  # None: the default provider (the local engine)
+    replica_name_prefix: str = ""  # default: settings.container_name; per-host prefixes keep resource names unique
+    after: Optional[pulumi.Resource] = None  # the previous host's last replica: hosts roll one after another
 
     def __post_init__(self) -> None:
         if (self.network_name is None) != self.settings.uses_host_network:
@@ -68,28 +73,24 @@ def hardening(settings: StackSettings) -> dict:
 
 
 class ApiService(pulumi.ComponentResource):
-    """Runs the API image as one named container; `pulumi up` fails if it never turns healthy."""
+    """The API replicas of one Docker host; `pulumi up` fails naming the first replica that never turns healthy.
 
-    container_name: pulumi.Output[str]
+    On the private network (bridge) each replica is auto-named `<containerName>-<i>-<suffix>`, publishes nothing
+    (the edge proxy does) and is replaced create-before-delete: the new replica must be healthy (`wait=True`)
+    before Pulumi deletes the old one. Replica i depends on replica i-1, so a rollout goes one replica at a time
+    and a bad image stops at the first. On the host network (tests) there is one fixed-name container.
+    """
+
+    container_names: pulumi.Output[list[str]]
     api_url: pulumi.Output[str]
     health_url: pulumi.Output[str]
+    last_replica: docker.Container
 
     def __init__(self, name: str, args: ApiServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("novita-gpu-api:index:ApiService", name, None, opts)
         s = args.settings
         hc = s.healthcheck
-        network: dict = (
-            {"network_mode": "host"}
-            if s.uses_host_network
-            else {
-                "networks_advanced": [docker.ContainerNetworksAdvancedArgs(name=args.network_name)],
-                # Published on one address only (loopback by default): a reverse proxy or an SSH tunnel fronts it.
-                "ports": [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.api_port, ip=s.api_host_address)],
-            }
-        )
-        container = docker.Container(
-            f"{name}-container",
-            name=s.container_name,
+        common = dict(
             image=args.image_id,
             restart=s.restart_policy,
             healthcheck=docker.ContainerHealthcheckArgs(
@@ -104,6 +105,7 @@ class ApiService(pulumi.ComponentResource):
             memory_swap=s.memory_swap_mb,
             cpus=s.cpus,
             envs=environment(args),
+            labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(args.labels.items())],
             log_driver="json-file",
             log_opts={"max-size": s.log_max_size, "max-file": str(s.log_max_file)},
             init=True,
@@ -113,19 +115,39 @@ class ApiService(pulumi.ComponentResource):
             must_run=True,
             wait=True,
             wait_timeout=hc.wait_timeout_seconds,
-            **network,
             **hardening(s),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
-                replace_on_changes=["healthcheck", "init"],
-                # Fixed name and port: the old container must go before the new one can start.
-                delete_before_replace=True,
-            ),
         )
-        self.container_name = container.name
+        # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
+        replace_on_changes = ["healthcheck", "init"]
+        if s.uses_host_network:
+            # Listens on the host's port itself: the old container must go before the new one can start.
+            replicas = [docker.Container(
+                f"{name}-container", name=s.container_name, network_mode="host", **common,
+                opts=pulumi.ResourceOptions(
+                    parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
+                    delete_before_replace=True,
+                ),
+            )]
+        else:
+            replicas = []
+            previous = args.after
+            for index in range(1, s.edge.api_replicas + 1):
+                # No `name`: Pulumi auto-names it from the resource name, so old and new can run side by side.
+                replica = docker.Container(
+                    f"{args.replica_name_prefix or s.container_name}-{index}",
+                    networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[REPLICAS_ALIAS])],
+                    **common,
+                    opts=pulumi.ResourceOptions(
+                        parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
+                        depends_on=[previous] if previous is not None else None,
+                    ),
+                )
+                replicas.append(replica)
+                previous = replica
+        self.last_replica = replicas[-1]
+        self.container_names = pulumi.Output.all(*[replica.name for replica in replicas])
         self.api_url = pulumi.Output.from_input(f"http://{s.api_host_address}:{s.api_port}")
         self.health_url = self.api_url.apply(lambda url: f"{url}/health")
         self.register_outputs(
-            {"container_name": self.container_name, "api_url": self.api_url, "health_url": self.health_url}
+            {"container_names": self.container_names, "api_url": self.api_url, "health_url": self.health_url}
         )

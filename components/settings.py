@@ -49,7 +49,7 @@ KEYS: dict[str, ConfigKey] = {
     "logLevel": ConfigKey("string", "INFO", "LOG_LEVEL of the API: DEBUG, INFO, WARNING or ERROR"),
     "novitaBaseUrl": ConfigKey("string", "https://api.novita.ai/gpu-instance/openapi/v1", "Novita v1 base URL"),
     "faultInjection": ConfigKey("boolean", False, "Enable the API's /debug fault endpoints (refused in production)"),
-    "containerName": ConfigKey("string", "novita-gpu-instance-api", "Name of the API container (fixed, so replaced delete-first)"),
+    "containerName": ConfigKey("string", "novita-gpu-instance-api", "Name prefix of the API replicas (<name>-<i>-<suffix>); the exact container name with networkMode host"),
     "apiPort": ConfigKey("integer", 3003, "Host port of the API (1-65535)"),
     "apiHostAddress": ConfigKey("string", "127.0.0.1", "Address the API is reachable at: the published port's IP (bridge) or the listen address (host)"),
     "networkMode": ConfigKey("string", "bridge", "bridge: a private Docker network for the API and local Valkey; host: the host's network (tests)"),
@@ -285,6 +285,7 @@ class StackSettings:
     local_valkey: LocalValkeySettings
     aiven_valkey: AivenValkeySettings
     secrets: Secrets
+    edge: "EdgeSettings"
 
     @property
     def is_production(self) -> bool:
@@ -355,6 +356,7 @@ class StackSettings:
                 aiven_token=read.secret("aivenToken", required=valkey_mode == "aiven"),
                 registry_password=read.secret("registryPassword", required=image.push and bool(image.registry_username)),
             ),
+            edge=_read_edge(read, network_mode=read.choice("networkMode", NETWORK_MODES), valkey_mode=valkey_mode),
         )
 
 
@@ -538,6 +540,16 @@ class _Reader:
         except ValueError as exc:
             raise StackConfigError(key, f"not a CIDR: {exc}") from None
 
+    def string_list(self, key: str) -> list[str]:
+        raw = self.text(key, allow_empty=True) or "[]"
+        try:
+            items = json.loads(raw)
+        except json.JSONDecodeError:
+            items = None
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise StackConfigError(key, "must be a list of strings")
+        return [item.strip() for item in items]
+
     def secret(self, key: str, required: bool) -> Optional[pulumi.Output[str]]:
         value = self._config.get(key) or ""
         if not value:
@@ -548,3 +560,87 @@ class _Reader:
         if not (is_config_secret(full_key) or full_key in get_config_secret_keys_env()):
             raise StackConfigError(key, f"is stored in plain text; set it with: pulumi config set --secret {key}")
         return pulumi.Output.secret(value)
+
+
+# ---- issue 11: API replicas, the edge proxy and the Docker hosts ---------------------------------------------
+# One self-contained block (keys, settings object, reader), so it can move as a unit when the settings are ported.
+
+MAX_API_REPLICAS = 8
+DOCKER_HOST_FORMS = "ssh://[user@]host[:port], tcp://host:port (TLS) or unix:///path/to/docker.sock"
+_DOCKER_HOST = re.compile(
+    r"ssh://([a-zA-Z0-9._-]+@)?[a-zA-Z0-9.-]+(:\d{1,5})?"
+    r"|tcp://[a-zA-Z0-9.-]+:\d{1,5}"
+    r"|unix:///[a-zA-Z0-9._/-]+"
+)
+
+EDGE_KEYS: dict[str, ConfigKey] = {
+    "apiReplicas": ConfigKey("integer", 1, f"API containers per Docker host behind the edge proxy (1-{MAX_API_REPLICAS}; limits are per replica)"),
+    "proxyImage": ConfigKey("string", "haproxy:3.2", "Image of the edge proxy (HAProxy; the official image, or a local build of the same program)"),
+    "proxyPullImage": ConfigKey("boolean", True, "Pull proxyImage (false: use a locally built image as is)"),
+    "proxyContainerName": ConfigKey("string", "novita-gpu-api-proxy", "Name of the edge proxy container on each Docker host"),
+    "proxyMemoryMb": ConfigKey("integer", 128, "Memory limit of the edge proxy in MB (>= 32); swap is disabled"),
+    "proxyCpus": ConfigKey("string", "0.5", "CPU limit of the edge proxy (e.g. 0.5)"),
+    "dockerHosts": ConfigKey("array", [], f"Docker engines to deploy to, rolled one after another; empty = the local engine. Each: {DOCKER_HOST_FORMS}"),
+    "dockerTlsCa": ConfigKey("string", "", "CA certificate (PEM) of the tcp:// Docker hosts (secret)", secret=True),
+    "dockerTlsCert": ConfigKey("string", "", "Client certificate (PEM) for the tcp:// Docker hosts (secret)", secret=True),
+    "dockerTlsKey": ConfigKey("string", "", "Client key (PEM) for the tcp:// Docker hosts (secret)", secret=True),
+}
+KEYS.update(EDGE_KEYS)
+
+
+@dataclass(frozen=True)
+class DockerTlsSecrets:
+    """Client TLS material for tcp:// Docker hosts, as secret Outputs."""
+
+    ca: pulumi.Output[str]
+    cert: pulumi.Output[str]
+    key: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """Replicas per host, the edge proxy in front of them, and the Docker hosts they run on."""
+
+    api_replicas: int
+    proxy_image: str
+    proxy_pull_image: bool
+    proxy_container_name: str
+    proxy_memory_mb: int
+    proxy_cpus: str
+    docker_hosts: tuple[str, ...]  # empty: the local engine through the default provider
+    docker_tls: Optional[DockerTlsSecrets]
+
+    @property
+    def proxy_memory_swap_mb(self) -> int:
+        """Equal to memory: no swap, and no drift against Docker's default of twice the memory."""
+        return self.proxy_memory_mb
+
+
+def _read_edge(read: "_Reader", network_mode: str, valkey_mode: str) -> EdgeSettings:
+    replicas = read.integer("apiReplicas", minimum=1, maximum=MAX_API_REPLICAS)
+    if network_mode == "host" and replicas != 1:
+        raise StackConfigError("apiReplicas", "networkMode host runs exactly 1 replica (they would share one port)")
+    hosts = read.string_list("dockerHosts")
+    for index, host in enumerate(hosts):
+        if not _DOCKER_HOST.fullmatch(host):
+            raise StackConfigError("dockerHosts", f"item {index} {host!r} is not a Docker host URL; use {DOCKER_HOST_FORMS}")
+    if len(set(hosts)) != len(hosts):
+        raise StackConfigError("dockerHosts", "lists a host twice")
+    if len(hosts) > 1 and network_mode == "host":
+        raise StackConfigError("dockerHosts", "networkMode host supports one host only")
+    if len(hosts) > 1 and valkey_mode == "local":
+        raise StackConfigError(
+            "dockerHosts", "more than one host needs valkeyMode aiven: the local Valkey is reachable from its own host only"
+        )
+    needs_tls = any(host.startswith("tcp://") for host in hosts)
+    tls_values = [read.secret(key, required=needs_tls) for key in ("dockerTlsCa", "dockerTlsCert", "dockerTlsKey")]
+    return EdgeSettings(
+        api_replicas=replicas,
+        proxy_image=read.text("proxyImage"),
+        proxy_pull_image=read.boolean("proxyPullImage"),
+        proxy_container_name=read.name("proxyContainerName"),
+        proxy_memory_mb=read.integer("proxyMemoryMb", minimum=32, unit=" MB"),
+        proxy_cpus=read.cpus("proxyCpus"),
+        docker_hosts=tuple(hosts),
+        docker_tls=DockerTlsSecrets(*tls_values) if needs_tls else None,
+    )

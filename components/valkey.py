@@ -1,7 +1,7 @@
 """The Valkey the API queues and caches on: Aiven for Valkey (prod) or a local container (dev, tests)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import quote
 
@@ -44,6 +44,7 @@ class ValkeyArgs:
     production: bool
     aiven_token: Optional[pulumi.Output[str]] = None
     network_name: Optional[pulumi.Input[str]] = None  # the private network; None = host network
+    labels: dict[str, str] = field(default_factory=dict)  # of the local container
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "aiven"):
@@ -163,6 +164,7 @@ class Valkey(pulumi.ComponentResource):
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", cfg.cli_binary, "-p", str(cfg.port), "ping"], **LOCAL_HEALTHCHECK
             ),
+            labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(args.labels.items())],
             read_only=True,
             tmpfs={"/tmp": "rw,noexec,nosuid,size=16m"},
             security_opts=["no-new-privileges:true"],
