@@ -189,6 +189,7 @@ def e2e_overrides(container_name: str, api_port: int, valkey_port: int, novita_u
     """Stack config for the real-engine run: host network, loopback URLs, locally built images."""
     return {
         "networkMode": "host",
+        "apiReplicas": "1",  # one container listening on the host's port (replicas run behind the proxy: proxied.py)
         "apiHostAddress": "127.0.0.1",
         "apiPort": str(api_port),
         "containerName": container_name,

@@ -6,7 +6,7 @@ import pytest
 from tests.e2e.container_spec import MB, UnmappedInputError, container_spec, duration_ns
 from tests.e2e.harness import render
 
-RENDERED_PROD_OVERRIDES = {"networkMode": "host", "valkeyMode": "local", "valkeyPullImage": "false"}
+RENDERED_PROD_OVERRIDES = {"networkMode": "host", "apiReplicas": "1", "valkeyMode": "local", "valkeyPullImage": "false"}
 
 
 @pytest.fixture(scope="module")
