@@ -41,7 +41,7 @@ EXPECTED = {
 def api_container(run: ProgramRun) -> Registration:
     """The first API replica (on the host network: the one fixed-name container)."""
     replicas = [r for r in run.all(CONTAINER) if run.by_urn(r.parent).type == "novita-gpu-api:index:ApiService"]
-    return replicas[0]
+    return min(replicas, key=lambda r: r.name)
 
 
 def env_map(container: Registration) -> dict[str, str]:
