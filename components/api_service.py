@@ -7,7 +7,7 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from components.edge_proxy import REPLICAS_ALIAS
+from components.edge_proxy import REPLICA_DRAIN_SECONDS, REPLICAS_ALIAS
 from components.settings import StackSettings
 
 CONTAINER_PORT = 3003
@@ -48,6 +48,8 @@ def environment(args: ApiServiceArgs) -> list[pulumi.Input[str]]:
         f"FAULT_INJECTION={'true' if s.fault_injection else 'false'}",
         f"HEALTHCHECK_TIMEOUT_SECONDS={s.healthcheck.probe_timeout_seconds}",
         f"HEALTHCHECK_KILL_AFTER={s.healthcheck.kill_after}",
+        # Behind the proxy: not ready first, then stop, so the proxy takes the replica out before it stops serving.
+        f"SHUTDOWN_DRAIN_SECONDS={0 if s.uses_host_network else REPLICA_DRAIN_SECONDS}",
         _secret_env("REDIS_URL", args.valkey_url),
         _secret_env("NOVITA_API_KEY", s.secrets.novita_api_key),
     ]

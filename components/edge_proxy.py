@@ -34,9 +34,13 @@ HEALTH_PROBE = (
     "&& read -r -t 2 status <&3 && [[ $status == *' 200 '* ]]"
 )
 # Readiness checks of the replicas: every second; 2 failures take a replica out, 2 passes put it in.
-CHECK_INTERVAL = "1s"
+CHECK_INTERVAL_SECONDS = 1
+CHECK_INTERVAL = f"{CHECK_INTERVAL_SECONDS}s"
 CHECK_FALL = 2
 CHECK_RISE = 2
+# How long a stopping replica answers /readyz 503 while still serving (the app's SHUTDOWN_DRAIN_SECONDS): long
+# enough for the proxy to take it out (CHECK_FALL failed checks) before its listener closes, plus one check more.
+REPLICA_DRAIN_SECONDS = (CHECK_FALL + 1) * CHECK_INTERVAL_SECONDS
 # Each request is tried at most this many more times, each time on another replica.
 RETRIES = 3
 

@@ -108,6 +108,7 @@ async def test_environment_follows_the_container_contract(stack: str) -> None:
         "FAULT_INJECTION": "false",
         "HEALTHCHECK_TIMEOUT_SECONDS": "5.0",
         "HEALTHCHECK_KILL_AFTER": "5",
+        "SHUTDOWN_DRAIN_SECONDS": "3",
         "REDIS_URL": EXPECTED[stack]["REDIS_URL"],
         "NOVITA_API_KEY": TEST_SECRETS["novitaApiKey"],
         "API_KEYS": TEST_SECRETS["apiKeys"],
@@ -215,6 +216,7 @@ async def test_host_network_publishes_nothing_and_listens_where_configured() -> 
     assert inputs["networkMode"] == "host"
     assert "ports" not in inputs and "networksAdvanced" not in inputs
     assert (env_map(api_container(run))["HOST"], env_map(api_container(run))["PORT"]) == ("127.0.0.1", "18080")
+    assert env_map(api_container(run))["SHUTDOWN_DRAIN_SECONDS"] == "0"  # no proxy to drain from
     assert run.all("docker:index/network:Network") == []
     assert run.outputs["apiUrl"].value == "http://127.0.0.1:18080"
 
