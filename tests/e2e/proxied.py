@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +31,8 @@ from tests.loopback import free_port
 FAKE_NOVITA_ALIAS = "novita-fake"
 FAKE_NOVITA_PORT = 8080
 API_KEY = TEST_SECRETS["apiKeys"].split(":", 1)[1]
-# The API limits requests per client key name (600 a minute by default): each load thread has a key of its own.
-LOAD_THREADS = 4
-LOAD_KEYS = [f"test-load-client-key-{number}" for number in range(LOAD_THREADS)]
+# The API limits requests per client key name (600 a minute by default): the load spreads over several keys.
+LOAD_KEYS = [f"test-load-client-key-{number}" for number in range(4)]
 CLIENT_KEYS = ",".join([TEST_SECRETS["apiKeys"], *(f"load{number}:{key}" for number, key in enumerate(LOAD_KEYS))])
 
 
@@ -126,6 +126,7 @@ class ProxiedDeployment:
         )
         created = self.client.api.create_container(
             image_id, name=f"{self.prefix}-novita", labels=self.labels, ports=[FAKE_NOVITA_PORT], host_config=host_config,
+            healthcheck={"test": ["NONE"]},  # the API image's probe means nothing for the fake
             command=["python", "-m", "tests.fakes.novita", "--host", "0.0.0.0", "--port", str(FAKE_NOVITA_PORT),
                      "--api-key", TEST_SECRETS["novitaApiKey"], "--step-seconds", "0.2"],
             networking_config=self.client.api.create_networking_config(
@@ -208,52 +209,60 @@ class Failure:
 
 
 class SteadyLoad:
-    """Threads sending GETs on 127.0.0.1 (`/livez`, `/api/products`, `/api/instances/{id}` in turn) until stopped.
+    """An open-loop client on 127.0.0.1: `rate` GETs a second (`/livez`, `/api/products`, `/api/instances/{id}` in
+    turn), each sent on schedule from a pool of workers whether or not earlier ones have been answered, so a request
+    held up on a frozen replica does not slow the load down.
 
-    Each thread stays under the API's per-key rate limit (about 10 keyed requests/s at most) with a key of its own.
     A request fails when it gets no answer or any status but 200. The client waits up to `timeout` for an answer:
-    a request caught on a frozen replica is resent by the proxy after its server timeout (30 s).
+    a request caught on a frozen replica is resent by the proxy after its server timeout (30 s). Requests rotate over
+    the load's client keys, each staying well under the API's per-key rate limit (600 a minute).
     """
 
-    def __init__(self, base_url: str, instance_id: str, pause: float = 0.05, timeout: float = 45.0):
+    def __init__(self, base_url: str, instance_id: str, rate: float = 30.0, timeout: float = 45.0):
         self.paths = ["/livez", "/api/products", f"/api/instances/{instance_id}"]
-        self.base_url, self.pause, self.timeout = base_url, pause, timeout
+        self.base_url, self.interval, self.timeout = base_url, 1.0 / rate, timeout
         self.sent = 0
         self.failures: list[Failure] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(offset,), daemon=True) for offset in range(LOAD_THREADS)]
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="steady-load")
+        self._futures: list[Future] = []
+        self._dispatcher = threading.Thread(target=self._dispatch, daemon=True)
         self.started = self.stopped = 0.0
 
     def __enter__(self) -> "SteadyLoad":
         self.started = time.monotonic()
-        for thread in self._threads:
-            thread.start()
+        self._dispatcher.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + 5)
+        self._dispatcher.join()
         self.stopped = time.monotonic()
+        wait(self._futures, timeout=self.timeout + 5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def rate(self) -> float:
+        """Requests sent per second while the load ran."""
         return self.sent / max((self.stopped or time.monotonic()) - self.started, 1e-9)
 
-    def _run(self, offset: int) -> None:
-        for number in itertools.count(offset):
-            if self._stop.is_set():
+    def _dispatch(self) -> None:
+        for number in itertools.count():
+            due = self.started + number * self.interval
+            if self._stop.wait(max(0.0, due - time.monotonic())):
                 return
-            path = self.paths[number % len(self.paths)]
-            try:
-                status, body = http("GET", f"{self.base_url}{path}", headers={"X-API-Key": LOAD_KEYS[offset]},
-                                    timeout=self.timeout)
-                detail = None if status == 200 else f"{status} {str(body)[:200]}"
-            except OSError as error:
-                detail = f"{type(error).__name__}: {error}"
+            self._futures.append(self._pool.submit(self._send, number))
+            self.sent += 1
+
+    def _send(self, number: int) -> None:
+        path = self.paths[number % len(self.paths)]
+        key = LOAD_KEYS[number % len(LOAD_KEYS)]
+        try:
+            status, body = http("GET", f"{self.base_url}{path}", headers={"X-API-Key": key}, timeout=self.timeout)
+            detail = None if status == 200 else f"{status} {str(body)[:200]}"
+        except OSError as error:
+            detail = f"{type(error).__name__}: {error}"
+        if detail is not None:
             with self._lock:
-                self.sent += 1
-                if detail is not None:
-                    self.failures.append(Failure(time.monotonic() - self.started, path, detail))
-            time.sleep(self.pause)
+                self.failures.append(Failure(time.monotonic() - self.started, path, detail))
