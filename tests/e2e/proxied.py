@@ -57,6 +57,52 @@ def _component_containers(rendered: RenderedStack, component: str) -> list[dict[
     return [c for c in rendered.of_type(CONTAINER_TYPE) if c["parent"] and marker in c["parent"]]
 
 
+def create_replicas(client: docker.DockerClient, rendered_replicas: list[dict[str, Any]], image_id: str,
+                    labels: dict[str, str], generation: int, created: list[str],
+                    env: dict[str, str] | None = None) -> list[Replica]:
+    """Create the rendered replicas in order, each healthy before the next (wait=True + the depends_on chain); the
+    first that is not healthy in time stops it, named, with its last probe output and log line. `env` replaces
+    variables of the rendered environment (for engines that reach Valkey or Novita elsewhere)."""
+    replicas = []
+    for rendered in rendered_replicas:
+        resource_name = rendered["name"]
+        envs = [entry for entry in rendered["inputs"]["envs"] if entry.split("=", 1)[0] not in (env or {})]
+        inputs = {**rendered["inputs"], "image": image_id, "envs": envs + [f"{k}={v}" for k, v in (env or {}).items()]}
+        spec = container_spec(inputs, auto_name=f"{resource_name}-g{generation}")
+        replica = Replica(resource_name, ApiContainer(client, spec, "", API_KEY))
+        replica.container.create_and_start(labels)
+        created.append(replica.container.container_id)
+        replicas.append(replica)
+        try:
+            replica.container.wait_health("healthy", spec.provider.wait_timeout_seconds)
+        except WaitTimeout:
+            probes = replica.container.health_log()
+            log_lines = replica.container.logs().strip().splitlines()
+            raise RolloutFailed(
+                f"replica {resource_name} ({replica.name}) did not turn healthy within "
+                f"{spec.provider.wait_timeout_seconds}s; last probe: {probes[-1] if probes else 'none'!r}; "
+                f"last log line: {log_lines[-1] if log_lines else 'none'!r}"
+            ) from None
+    return replicas
+
+
+def create_instance(proxy_url: str) -> str:
+    """An instance record through a proxy, for `GET /api/instances/{id}` in the load."""
+    status, body = http("POST", f"{proxy_url}/api/instances",
+                        body={"name": "rollout", "productId": "4090-us-ca-6", "imageUrl": "nginx:latest"},
+                        headers={"X-API-Key": API_KEY})
+    assert status == 202, body
+    return body["instance"]["id"]
+
+
+def delete_replaced(replicas: list[Replica]) -> None:
+    """What Pulumi does to replaced replicas at the end of an update: stop (SIGTERM, grace period), remove."""
+    for old in replicas:
+        grace = old.container.spec.provider.destroy_grace_seconds or 10
+        old.container.client.api.stop(old.container.container_id, timeout=grace)
+        old.container.remove()
+
+
 @dataclass
 class ProxiedDeployment:
     """One bridge-mode stack on the engine; `proxy_url` is the proxy's port on 127.0.0.1."""
@@ -141,47 +187,19 @@ class ProxiedDeployment:
         return (self.client.api.inspect_container(container_id)["State"].get("Health") or {}).get("Status", "none")
 
     def _create_replicas(self, image_id: str) -> list[Replica]:
-        """Create the rendered replicas in order, each healthy before the next (wait=True + the depends_on chain)."""
-        generation = next(self._generations)
-        replicas = []
-        for rendered in _component_containers(self.rendered, "ApiService"):
-            resource_name = rendered["name"]
-            inputs = {**rendered["inputs"], "image": image_id}
-            spec = container_spec(inputs, auto_name=f"{resource_name}-g{generation}")
-            replica = Replica(resource_name, ApiContainer(self.client, spec, "", API_KEY))
-            replica.container.create_and_start(self.labels)
-            self.created.append(replica.container.container_id)
-            replicas.append(replica)
-            try:
-                replica.container.wait_health("healthy", spec.provider.wait_timeout_seconds)
-            except WaitTimeout:
-                probes = replica.container.health_log()
-                log_lines = replica.container.logs().strip().splitlines()
-                raise RolloutFailed(
-                    f"replica {resource_name} ({replica.name}) did not turn healthy within "
-                    f"{spec.provider.wait_timeout_seconds}s; last probe: {probes[-1] if probes else 'none'!r}; "
-                    f"last log line: {log_lines[-1] if log_lines else 'none'!r}"
-                ) from None
-        return replicas
+        return create_replicas(self.client, _component_containers(self.rendered, "ApiService"), image_id, self.labels,
+                               next(self._generations), self.created)
 
     def roll(self, image_id: str) -> float:
         """Pulumi's create-before-delete rollout to `image_id`; returns its seconds. Old replicas go last."""
         started = time.monotonic()
         new = self._create_replicas(image_id)
-        for old in self.replicas:
-            grace = old.container.spec.provider.destroy_grace_seconds or 10
-            self.client.api.stop(old.container.container_id, timeout=grace)
-            old.container.remove()
+        delete_replaced(self.replicas)
         self.replicas = new
         return time.monotonic() - started
 
     def create_instance(self) -> str:
-        """An instance record through the proxy, for `GET /api/instances/{id}` in the load."""
-        status, body = http("POST", f"{self.proxy_url}/api/instances",
-                            body={"name": "rollout", "productId": "4090-us-ca-6", "imageUrl": "nginx:latest"},
-                            headers={"X-API-Key": API_KEY})
-        assert status == 202, body
-        return body["instance"]["id"]
+        return create_instance(self.proxy_url)
 
     def remove(self) -> None:
         for container_id in reversed(self.created):
