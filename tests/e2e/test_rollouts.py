@@ -21,7 +21,8 @@ SETTLE_SECONDS = 3.0
 
 @pytest.fixture
 def derived_image(docker_client: docker.DockerClient, api_image: str) -> Iterator:
-    """Factory: an image built FROM the session's API image with extra Dockerfile lines; removed afterwards."""
+    """Factory: an image built FROM the session's API image with extra Dockerfile lines; removed afterwards (request
+    it before `proxied_deploy`, so the containers that use it are gone by then)."""
     from tests.e2e.conftest import SESSION_ID
 
     built: list[str] = []
@@ -47,7 +48,7 @@ def assert_no_failed_request(load: SteadyLoad) -> None:
     assert load.rate >= MIN_RATE, f"the load ran at {load.rate:.1f} requests/s only"
 
 
-def test_rollout_to_a_changed_image_fails_no_request(proxied_deploy, derived_image, measurements: Measurements):
+def test_rollout_to_a_changed_image_fails_no_request(derived_image, proxied_deploy, measurements: Measurements):
     deployment: ProxiedDeployment = proxied_deploy("prod", replicas=2)
     changed = derived_image("changed", "LABEL novita-gpu-api.e2e.generation=2")
     old_names = [replica.name for replica in deployment.replicas]
@@ -62,7 +63,7 @@ def test_rollout_to_a_changed_image_fails_no_request(proxied_deploy, derived_ima
     assert not {replica.name for replica in deployment.replicas} & set(old_names)
 
 
-def test_rollout_to_an_image_that_never_turns_ready_stops_at_the_first_replica(proxied_deploy, derived_image):
+def test_rollout_to_an_image_that_never_turns_ready_stops_at_the_first_replica(derived_image, proxied_deploy):
     deployment: ProxiedDeployment = proxied_deploy("prod", replicas=2)
     broken = derived_image("broken", 'CMD ["python", "-c", "raise SystemExit(\'start-up raises on purpose\')"]')
     before = [replica.container.container_id for replica in deployment.replicas]
