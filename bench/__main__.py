@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bench import container, http_load, jobqueue, memory, profile, pulumi_eval, startup, upstream, wrk_runner
+from bench import container, edge_proxy, http_load, jobqueue, memory, profile, pulumi_eval, startup, upstream, wrk_runner
 from bench.report import Report
 from bench.services import FASTAPI_BASELINE_APP, REPO_ROOT, ServerProcess, Services
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.run("HTTP, upstream calls, memory", lambda: _serve_and_load(services, report, plan, work_dir))
             sections.run("container", lambda: container.run(services, report, ready,
                                                             plan.image_build_timeout_seconds))
+        sections.run("edge proxy", lambda: edge_proxy.run(report, plan.load_seconds, plan.image_build_timeout_seconds))
         sections.run("Pulumi program", lambda: pulumi_eval.run(report, plan.pulumi_repeats))
 
     _write(report, output)

@@ -215,3 +215,21 @@ def cluster_id_list(raw: Any) -> list[str]:
     if len(set(items)) != len(items):
         raise ValueError("lists a cluster id twice")
     return items
+
+
+_DOCKER_HOST = re.compile(
+    r"ssh://([a-zA-Z0-9._-]+@)?[a-zA-Z0-9.-]+(:\d{1,5})?"
+    r"|tcp://[a-zA-Z0-9.-]+:\d{1,5}"
+    r"|unix:///[a-zA-Z0-9._/-]+"
+)
+
+
+def docker_host_list(raw: Any, forms: str) -> list[str]:
+    """Docker engine URLs (`forms` says which, in words), each listed once."""
+    items = string_list(raw, "Docker host URLs", '["ssh://deploy@api-a"]')
+    for index, host in enumerate(items):
+        if not _DOCKER_HOST.fullmatch(host):
+            raise ValueError(f"item {index} {host!r} is not a Docker host URL; use {forms}")
+    if len(set(items)) != len(items):
+        raise ValueError("lists a host twice")
+    return items

@@ -6,10 +6,13 @@ import pytest
 
 from tests.infra.harness import ProgramRun
 
-COMPONENTS = {"novita-gpu-api:index:Valkey", "novita-gpu-api:index:ApiImage", "novita-gpu-api:index:ApiService"}
+COMPONENTS = {
+    "novita-gpu-api:index:Valkey", "novita-gpu-api:index:ApiImage", "novita-gpu-api:index:ApiService",
+    "novita-gpu-api:index:EdgeProxy",
+}
 STACK_OUTPUTS = {
-    "apiUrl", "healthUrl", "containerName", "imageId", "imageName", "restartPolicy", "healthcheck",
-    "valkeyHost", "valkeyPort", "valkeyTls", "valkeyUrl",
+    "apiUrl", "healthUrl", "containerNames", "proxyContainerNames", "apiReplicas", "dockerHosts", "imageId",
+    "imageName", "restartPolicy", "healthcheck", "valkeyHost", "valkeyPort", "valkeyTls", "valkeyUrl",
 }
 
 
