@@ -9,6 +9,7 @@ from components.api_service import CONTAINER_PORT, ApiService, ApiServiceArgs
 from components.config import load_settings
 from components.config.types import secret_output
 from components.edge_proxy import EdgeProxy, EdgeProxyArgs
+from components.tls_front import TlsFront, TlsFrontArgs
 from components.valkey import Valkey, ValkeyArgs
 
 settings = load_settings()  # raises StackConfigError before any resource exists
@@ -70,10 +71,17 @@ for number, (provider, network_name) in enumerate(zip(providers, networks), star
             proxy=settings.proxy, container=container, healthcheck=settings.healthcheck, api_port=CONTAINER_PORT,
             network_name=network_name, labels=labels("proxy"), provider=provider,
         )))
+    if network_name is not None and settings.tls.enabled:
+        TlsFront(f"tls{suffix}", TlsFrontArgs(
+            tls=settings.tls, proxy=settings.proxy, container=container, healthcheck=settings.healthcheck,
+            production=settings.is_production, upstream_port=CONTAINER_PORT, network_name=network_name,
+            labels=labels("tls"), provider=provider,
+        ))
 
 api, image = apis[0], images[0]
 pulumi.export("apiUrl", api.api_url)  # the proxy's published address on each host (the API's own in host mode)
 pulumi.export("healthUrl", api.health_url)
+pulumi.export("httpsUrl", settings.tls.https_url)  # the domain's HTTPS address; "" without a domain
 every_replica = pulumi.Output.all(*[host_api.container_names for host_api in apis])
 pulumi.export("containerNames", every_replica.apply(lambda per_host: [name for names in per_host for name in names]))
 pulumi.export("proxyContainerNames", pulumi.Output.all(*[proxy.container_name for proxy in proxies]))

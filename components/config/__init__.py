@@ -15,6 +15,7 @@ from components.config.models import (
     ProxySettings,
     ServiceSettings,
     StackSettings,
+    TlsSettings,
     ValkeySettings,
     WebhookSettings,
 )
@@ -22,5 +23,5 @@ from components.config.models import (
 __all__ = [
     "KEYS", "PROJECT", "StackConfigError", "load_settings", "AivenValkeySettings", "ContainerSettings", "DockerHostSettings",
     "HardeningSettings", "HealthcheckSettings", "ImageSettings", "JobSettings", "LifecycleSettings",
-    "LocalValkeySettings", "ProxySettings", "ServiceSettings", "StackSettings", "ValkeySettings", "WebhookSettings",
+    "LocalValkeySettings", "ProxySettings", "ServiceSettings", "StackSettings", "TlsSettings", "ValkeySettings", "WebhookSettings",
 ]

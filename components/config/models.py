@@ -263,6 +263,41 @@ class ProxySettings(Concern):
         return self.memory_mb
 
 
+class TlsSettings(Concern):
+    """HTTPS for a domain: a Caddy container in front of the edge proxy on each host (none without a domain)."""
+
+    domain: t.OptionalDomain = setting("domain")
+    acme_email: t.OptionalEmail = setting("acmeEmail")
+    image: t.Text = setting("tlsImage")
+    pull_image: t.Flag = setting("tlsPullImage")
+    container_name: t.DockerName = setting("tlsContainerName")
+    https_port: t.Port = setting("httpsPort")
+    http_port: t.Port = setting("httpPort")
+    public_address: t.IpAddress = setting("publicAddress")
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> "TlsSettings":
+        if self.domain and self.https_port == self.http_port:
+            raise RuleViolation("httpPort", f"must differ from httpsPort ({self.http_port})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.domain)
+
+    @property
+    def volume_name(self) -> str:
+        """The named volume holding the certificates (and the internal CA), so a replaced container keeps them."""
+        return f"{self.container_name}-data"
+
+    @property
+    def https_url(self) -> str:
+        """The API's public HTTPS address ("" without a domain)."""
+        if not self.domain:
+            return ""
+        return f"https://{self.domain}" + ("" if self.https_port == 443 else f":{self.https_port}")
+
+
 class DockerHostSettings(Concern):
     """The Docker engines the replicas and proxies run on (empty: the local engine), and the TLS client material
     of the tcp:// ones."""
@@ -401,6 +436,7 @@ class StackSettings(Concern):
     image: ImageSettings
     valkey: ValkeySettings
     proxy: ProxySettings
+    tls: TlsSettings
     hosts: DockerHostSettings
 
     @property
@@ -435,4 +471,14 @@ class StackSettings(Concern):
             raise RuleViolation(
                 "dockerHosts", "more than one host needs valkeyMode aiven: the local Valkey is reachable from its own host only"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _domain_needs(self) -> "StackSettings":
+        if not self.tls.enabled:
+            return self
+        if self.container.uses_host_network:
+            raise RuleViolation("domain", "needs networkMode bridge (the HTTPS front reaches the edge proxy over the private network)")
+        if self.is_production and not self.tls.acme_email:
+            raise RuleViolation("acmeEmail", "required with domain in production (the ACME account's contact for its certificates)")
         return self

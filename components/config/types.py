@@ -52,6 +52,8 @@ OptionalHttpUrl = Annotated[str, BeforeValidator(partial(check.http_url, allow_e
 CidrList = Annotated[tuple[str, ...], BeforeValidator(check.cidr_list)]
 OriginList = Annotated[tuple[str, ...], BeforeValidator(check.origin_list)]
 ClusterIdList = Annotated[tuple[str, ...], BeforeValidator(check.cluster_id_list)]
+OptionalDomain = Annotated[str, BeforeValidator(check.domain_name)]
+OptionalEmail = Annotated[str, BeforeValidator(check.email_address)]
 DockerHostList = Annotated[tuple[str, ...], BeforeValidator(partial(check.docker_host_list, forms=DOCKER_HOST_FORMS))]
 # A secret config value; empty means not set. The loader has already refused one stored in plain text.
 OptionalSecret = Annotated[Optional[SecretStr], BeforeValidator(lambda raw: SecretStr(raw) if raw else None)]

@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.container_spec import container_spec
 from tests.e2e.harness import (
-    API_IMAGE_TAG, BASE_IMAGE, E2E_LABEL, E2E_OWNER_PID_LABEL, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
+    API_IMAGE_TAG, BASE_IMAGE, CADDY_IMAGE, E2E_LABEL, E2E_OWNER_PID_LABEL, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
     Measurements, RenderedStack, api_container_from_render, http, render, status_or_none, wait_for,
 )
 from tests.e2e.proxied import ProxiedDeployment
@@ -111,7 +111,7 @@ def _process_exists(pid: int) -> bool:
 @pytest.fixture(scope="session")
 def base_images(docker_client: docker.DockerClient) -> None:
     """The locally built base and Valkey images (no registry is reachable); built here if missing."""
-    missing = [tag for tag in (BASE_IMAGE, VALKEY_IMAGE, HAPROXY_IMAGE) if not docker_client.images.list(name=tag)]
+    missing = [tag for tag in (BASE_IMAGE, VALKEY_IMAGE, HAPROXY_IMAGE, CADDY_IMAGE) if not docker_client.images.list(name=tag)]
     if missing:
         result = subprocess.run([str(REPO_ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True,
                                 timeout=900)

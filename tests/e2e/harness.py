@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_LABEL = "novita-gpu-api.e2e"  # value: the run's id
 E2E_OWNER_PID_LABEL = "novita-gpu-api.e2e.pid"  # the run's process: a later run removes leftovers only once it is gone
 HAPROXY_IMAGE = "novita-gpu-api/haproxy-test:bookworm"
+CADDY_IMAGE = "novita-gpu-api/caddy-test:bookworm"
 BASE_IMAGE = "novita-gpu-api/base:bookworm"
 VALKEY_IMAGE = "novita-gpu-api/valkey-test:bookworm"
 API_IMAGE_TAG = "novita-gpu-api:e2e"

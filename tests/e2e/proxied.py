@@ -22,7 +22,7 @@ import docker.errors
 
 from tests.e2e.container_spec import container_spec
 from tests.e2e.harness import (
-    API_IMAGE_TAG, BASE_IMAGE, CONTAINER_TYPE, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
+    API_IMAGE_TAG, BASE_IMAGE, CADDY_IMAGE, CONTAINER_TYPE, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
     RenderedStack, WaitTimeout, http, render, status_or_none, wait_for,
 )
 from tests.infra.harness import TEST_SECRETS
@@ -115,6 +115,7 @@ class ProxiedDeployment:
     fake_novita_url: str = ""
     replicas: list[Replica] = field(default_factory=list)
     proxy: ApiContainer | None = None
+    tls: ApiContainer | None = None  # the HTTPS front, when the stack sets a domain
     created: list[str] = field(default_factory=list)
     network_id: str = ""
     volumes: list[str] = field(default_factory=list)
@@ -128,6 +129,7 @@ class ProxiedDeployment:
             "networkMode": "bridge", "networkName": f"{prefix}-net", "containerName": f"{prefix}-api",
             "apiHostAddress": "127.0.0.1", "apiPort": str(api_port),
             "proxyContainerName": f"{prefix}-proxy", "proxyImage": HAPROXY_IMAGE, "proxyPullImage": "false",
+            "tlsContainerName": f"{prefix}-tls", "tlsImage": CADDY_IMAGE, "tlsPullImage": "false",
             "valkeyMode": "local", "valkeyContainerName": f"{prefix}-valkey", "valkeyImage": VALKEY_IMAGE,
             "valkeyPullImage": "false", "valkeyServerBinary": "redis-server", "valkeyCliBinary": "redis-cli",
             "novitaBaseUrl": f"http://{FAKE_NOVITA_ALIAS}:{FAKE_NOVITA_PORT}/gpu-instance/openapi/v1",
@@ -147,9 +149,7 @@ class ProxiedDeployment:
         self.network_id = self.client.networks.create(network["inputs"]["name"], driver="bridge", labels=self.labels).id
         (valkey,) = _component_containers(self.rendered, "Valkey")
         valkey_spec = container_spec(valkey["inputs"])
-        for volume in valkey_spec.host_config_kwargs.get("binds", {}):
-            self.client.volumes.create(volume, labels=self.labels)
-            self.volumes.append(volume)
+        self._create_volumes(valkey_spec)
         valkey_id = valkey_spec.create(self.client, self.labels)
         self.created.append(valkey_id)
         self.client.api.start(valkey_id)
@@ -163,6 +163,18 @@ class ProxiedDeployment:
         self.proxy.wait_health("healthy", self.proxy.spec.provider.wait_timeout_seconds)
         wait_for("the proxy to answer /readyz through a replica",
                  lambda: status_or_none("GET", f"{self.proxy_url}/readyz", timeout=2) == 200, 30)
+        for tls in _component_containers(self.rendered, "TlsFront"):
+            spec = container_spec(tls["inputs"])
+            self._create_volumes(spec)
+            self.tls = ApiContainer(self.client, spec, "", API_KEY)
+            self.tls.create_and_start(self.labels)
+            self.created.append(self.tls.container_id)
+            self.tls.wait_health("healthy", spec.provider.wait_timeout_seconds)
+
+    def _create_volumes(self, spec) -> None:
+        for volume in spec.host_config_kwargs.get("binds", {}):
+            self.client.volumes.create(volume, labels=self.labels)
+            self.volumes.append(volume)
 
     def _start_fake_novita(self, image_id: str, network: str) -> None:
         port = free_port()
