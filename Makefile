@@ -55,8 +55,11 @@ down: ## destroy the dev stack
 prod: $(INSTALLED) ## deploy prod (Aiven for Valkey) with the policy pack; shows the plan and asks before changing anything
 	$(PULUMI) up --stack $(PROD) $(POLICY_PACK)
 
-prod-stop: ## stop the prod API container; the managed Valkey is untouched (`make prod` starts it again)
-	docker stop $(call output,containerName,$(PROD))
+# The containers of a stack on this Docker host, selected by the labels the program puts on each of them.
+stack_containers = docker ps $(2) --filter label=novita-gpu-api.stack=$(1) --format '{{.Names}}'
+
+prod-stop: ## stop the prod API replicas and proxy on this host; the managed Valkey is untouched (`make prod` starts them again)
+	docker stop $$($(call stack_containers,$(PROD)))
 
 rollback: $(INSTALLED) ## redeploy STACK's previous build through Pulumi (asks before `up`; YES=1 does not); run it where the builds are
 	$(PY) scripts/rollback.py --stack $(STACK) --apply $(if $(YES),--yes)
@@ -65,16 +68,17 @@ KEEP ?= 5
 prune-images: $(INSTALLED) ## remove STACK's builds but the KEEP (5) newest and the running one
 	$(PY) scripts/rollback.py --stack $(STACK) --prune --keep $(KEEP) --apply
 
-verify: $(INSTALLED) ## the seed's checklist against the deployed STACK; CRASH_TEST=1 adds a real crash (root)
+verify: $(INSTALLED) ## the seed's checklist on every replica and the proxy of STACK, and the API through the proxy; CRASH_TEST=1 adds a real crash (root)
 	$(PY) scripts/verify.py --stack $(STACK) $(if $(CRASH_TEST),--crash-test)
 
-health: ## GET /health of STACK: prints the body, fails when it is not 200
+health: ## GET /health of STACK through the proxy: prints the body, fails when it is not 200
 	curl -sS --fail-with-body $(call output,healthUrl,$(STACK)); echo
 
-status-prod: ## container state, health and restart policy of prod
-	@name=$(call output,containerName,$(PROD)); \
-	docker ps --all --filter "name=^/$$name$$" --format 'table {{.Names}}\t{{.Status}}\t{{.Image}}'; \
-	docker inspect --format 'health={{.State.Health.Status}} restart={{.HostConfig.RestartPolicy.Name}} restarts={{.RestartCount}}' "$$name"
+status-prod: ## state, health and restart policy of every prod container on this host (replicas, proxy)
+	@docker ps --all --filter label=novita-gpu-api.stack=$(PROD) \
+		--format 'table {{.Names}}\t{{.Label "novita-gpu-api.role"}}\t{{.Status}}\t{{.Image}}'
+	@for name in $$($(call stack_containers,$(PROD),--all)); do \
+		docker inspect --format '{{.Name}} health={{.State.Health.Status}} restart={{.HostConfig.RestartPolicy.Name}} restarts={{.RestartCount}}' "$$name"; done
 
-logs-prod: ## follow the prod API logs
-	docker logs --follow --tail 100 $(call output,containerName,$(PROD))
+logs-prod: ## follow the logs of every prod replica and the proxy on this host, each line prefixed with its container
+	$(call stack_containers,$(PROD)) | xargs -r -P 0 -I{} sh -c 'docker logs --follow --tail 100 {} 2>&1 | sed "s/^/{} | /"'

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench import (
-    container, http_load, jobqueue, memory, profile, pulumi_eval, scale, startup, ui_pages, upstream, wrk_runner,
+    container, edge_proxy, http_load, jobqueue, memory, profile, pulumi_eval, scale, startup, ui_pages, upstream,
+    wrk_runner,
 )
 from bench.report import Report
 from bench.services import FASTAPI_BASELINE_APP, REPO_ROOT, ServerProcess, Services
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      plan.ui_requests))
             sections.run("container", lambda: container.run(services, report, ready,
                                                             plan.image_build_timeout_seconds))
+        sections.run("edge proxy", lambda: edge_proxy.run(report, plan.load_seconds, plan.image_build_timeout_seconds))
         sections.run("Pulumi program", lambda: pulumi_eval.run(report, plan.pulumi_repeats))
 
     _write(report, output)

@@ -1,7 +1,7 @@
 """The API container: the restart policy, healthcheck, limits and secrets that fixed the seed's outages."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pulumi
@@ -19,6 +19,7 @@ from components.config import (
 )
 from components.config.models import Concern, container_variables
 from components.config.types import secret_output
+from components.edge_proxy import REPLICA_DRAIN_SECONDS, REPLICAS_ALIAS
 
 CONTAINER_PORT = 3003
 # Variables the program derives rather than passes through from one setting: {name: sent as a secret}.
@@ -27,6 +28,7 @@ DERIVED_VARIABLES = {
     "PORT": False,
     "HEALTHCHECK_TIMEOUT_SECONDS": False,
     "HEALTHCHECK_KILL_AFTER": False,
+    "SHUTDOWN_DRAIN_SECONDS": False,  # follows the edge proxy's readiness check timing, not a setting of its own
     "REDIS_URL": True,
 }
 # The settings models whose fields declare an environment variable (models.setting(env=...)).
@@ -55,6 +57,10 @@ class ApiServiceArgs:
     image_id: pulumi.Input[str]
     valkey_url: pulumi.Output[str]
     network_name: Optional[pulumi.Input[str]] = None  # None = host network
+    labels: dict[str, str] = field(default_factory=dict)
+    provider: Optional[docker.Provider] = None  # None: the default provider (the local engine)
+    replica_name_prefix: str = ""  # default: containerName; per-host prefixes keep resource names unique
+    after: Optional[pulumi.Resource] = None  # the previous host's last replica: hosts roll one after another
 
     def __post_init__(self) -> None:
         if (self.network_name is None) != self.container.uses_host_network:
@@ -89,6 +95,8 @@ def environment(args: ApiServiceArgs) -> list[pulumi.Input[str]]:
         f"PORT={listen_port}",
         f"HEALTHCHECK_TIMEOUT_SECONDS={hc.probe_timeout_seconds}",
         f"HEALTHCHECK_KILL_AFTER={hc.kill_after}",
+        # Behind the proxy: not ready first, then stop, so the proxy takes the replica out before it stops serving.
+        f"SHUTDOWN_DRAIN_SECONDS={0 if c.uses_host_network else REPLICA_DRAIN_SECONDS}",
         _secret_env("REDIS_URL", args.valkey_url),
     ]
     for concern in args.runtime:
@@ -121,27 +129,23 @@ def hardening(h: HardeningSettings) -> dict:
 
 
 class ApiService(pulumi.ComponentResource):
-    """Runs the API image as one named container; `pulumi up` fails if it never turns healthy."""
+    """The API replicas of one Docker host; `pulumi up` fails naming the first replica that never turns healthy.
 
-    container_name: pulumi.Output[str]
+    On the private network (bridge) each replica is auto-named `<containerName>-<i>-<suffix>`, publishes nothing
+    (the edge proxy does) and is replaced create-before-delete: the new replica must be healthy (`wait=True`)
+    before Pulumi deletes the old one. Replica i depends on replica i-1, so a rollout goes one replica at a time
+    and a bad image stops at the first. On the host network (tests) there is one fixed-name container.
+    """
+
+    container_names: pulumi.Output[list[str]]
     api_url: pulumi.Output[str]
     health_url: pulumi.Output[str]
+    last_replica: docker.Container
 
     def __init__(self, name: str, args: ApiServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("novita-gpu-api:index:ApiService", name, None, opts)
         c, hc = args.container, args.healthcheck
-        network: dict = (
-            {"network_mode": "host"}
-            if c.uses_host_network
-            else {
-                "networks_advanced": [docker.ContainerNetworksAdvancedArgs(name=args.network_name)],
-                # Published on one address only (loopback by default): a reverse proxy or an SSH tunnel fronts it.
-                "ports": [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=c.api_port, ip=c.api_host_address)],
-            }
-        )
-        container = docker.Container(
-            f"{name}-container",
-            name=c.name,
+        common = dict(
             image=args.image_id,
             restart=c.restart_policy,
             healthcheck=docker.ContainerHealthcheckArgs(
@@ -156,6 +160,7 @@ class ApiService(pulumi.ComponentResource):
             memory_swap=c.memory_swap_mb,
             cpus=c.cpus,
             envs=environment(args),
+            labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(args.labels.items())],
             log_driver="json-file",
             log_opts={"max-size": c.log_max_size, "max-file": str(c.log_max_file)},
             init=True,
@@ -165,19 +170,39 @@ class ApiService(pulumi.ComponentResource):
             must_run=True,
             wait=True,
             wait_timeout=hc.wait_timeout_seconds,
-            **network,
             **hardening(args.hardening),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
-                replace_on_changes=["healthcheck", "init"],
-                # Fixed name and port: the old container must go before the new one can start.
-                delete_before_replace=True,
-            ),
         )
-        self.container_name = container.name
+        # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
+        replace_on_changes = ["healthcheck", "init"]
+        if c.uses_host_network:
+            # Listens on the host's port itself: the old container must go before the new one can start.
+            replicas = [docker.Container(
+                f"{name}-container", name=c.name, network_mode="host", **common,
+                opts=pulumi.ResourceOptions(
+                    parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
+                    delete_before_replace=True,
+                ),
+            )]
+        else:
+            replicas = []
+            previous = args.after
+            for index in range(1, c.replicas + 1):
+                # No `name`: Pulumi auto-names it from the resource name, so old and new can run side by side.
+                replica = docker.Container(
+                    f"{args.replica_name_prefix or c.name}-{index}",
+                    networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[REPLICAS_ALIAS])],
+                    **common,
+                    opts=pulumi.ResourceOptions(
+                        parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
+                        depends_on=[previous] if previous is not None else None,
+                    ),
+                )
+                replicas.append(replica)
+                previous = replica
+        self.last_replica = replicas[-1]
+        self.container_names = pulumi.Output.all(*[replica.name for replica in replicas])
         self.api_url = pulumi.Output.from_input(f"http://{c.api_host_address}:{c.api_port}")
         self.health_url = self.api_url.apply(lambda url: f"{url}/health")
         self.register_outputs(
-            {"container_name": self.container_name, "api_url": self.api_url, "health_url": self.health_url}
+            {"container_names": self.container_names, "api_url": self.api_url, "health_url": self.health_url}
         )

@@ -1,7 +1,7 @@
 """The Valkey the API queues and caches on: Aiven for Valkey (prod) or a local container (dev, tests)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 from urllib.parse import quote
 
@@ -43,6 +43,7 @@ class ValkeyArgs:
     target: Union[LocalValkeySettings, AivenValkeySettings]
     production: bool
     network_name: Optional[pulumi.Input[str]] = None  # the private network; None = host network
+    labels: dict[str, str] = field(default_factory=dict)  # of the local container
 
     def __post_init__(self) -> None:
         if isinstance(self.target, AivenValkeySettings) and (self.target.token is None or not self.target.project):
@@ -83,7 +84,7 @@ class Valkey(pulumi.ComponentResource):
         if isinstance(args.target, AivenValkeySettings):
             self._aiven(name, args.target, args.production)
         else:
-            self._local(name, args.target, args.network_name)
+            self._local(name, args.target, args.network_name, args.labels)
         self.register_outputs({"host": self.host, "port": self.port, "tls": self.tls, "url": self.url})
 
     def _aiven(self, name: str, cfg: AivenValkeySettings, production: bool) -> None:
@@ -129,7 +130,9 @@ class Valkey(pulumi.ComponentResource):
         # everywhere it flows (and so the mocks, which ignore that option, can check it).
         self.url = pulumi.Output.secret(url.apply(require_tls))
 
-    def _local(self, name: str, cfg: LocalValkeySettings, network_name: Optional[pulumi.Input[str]]) -> None:
+    def _local(
+        self, name: str, cfg: LocalValkeySettings, network_name: Optional[pulumi.Input[str]], labels: dict[str, str]
+    ) -> None:
         child = pulumi.ResourceOptions(parent=self)
         image: pulumi.Input[str] = cfg.image
         if cfg.pull_image:
@@ -156,6 +159,7 @@ class Valkey(pulumi.ComponentResource):
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", cfg.cli_binary, "-p", str(cfg.port), "ping"], **LOCAL_HEALTHCHECK
             ),
+            labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(labels.items())],
             read_only=True,
             tmpfs={"/tmp": "rw,noexec,nosuid,size=16m"},
             security_opts=["no-new-privileges:true"],

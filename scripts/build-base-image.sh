@@ -2,6 +2,10 @@
 # Build the local base images that tests and CI use, because no image can be pulled from a registry here:
 #   novita-gpu-api/base:bookworm         Debian bookworm (minbase) + python3 + venv; base of app/Dockerfile
 #   novita-gpu-api/valkey-test:bookworm  Debian bookworm (minbase) + redis-server; the dev stack's test Valkey image
+#   novita-gpu-api/haproxy-test:bookworm Debian bookworm (minbase) + haproxy; the edge proxy's test image (users run
+#                                        the official haproxy image; the tests run Debian's build of the same program)
+#   novita-gpu-api/caddy-test:bookworm   Debian bookworm (minbase) + caddy + wget; the HTTPS front's test image (users
+#                                        run the official caddy image, whose busybox wget the healthcheck also uses)
 # Each image is built (debootstrap, then `docker import`) only when it is missing. The host CA bundle is copied in so
 # that pip inside an image build can reach the package index.
 # Env: DEBIAN_MIRROR (default http://deb.debian.org/debian), CA_BUNDLE (default /etc/ssl/certs/ca-certificates.crt).
@@ -12,6 +16,8 @@ mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 ca_bundle="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 base_image="novita-gpu-api/base:bookworm"
 valkey_image="novita-gpu-api/valkey-test:bookworm"
+haproxy_image="novita-gpu-api/haproxy-test:bookworm"
+caddy_image="novita-gpu-api/caddy-test:bookworm"
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -51,4 +57,23 @@ else
     build_image "$valkey_image" "redis-server" \
         --change 'EXPOSE 6379' \
         --change 'CMD ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"]'
+fi
+
+if image_exists "$haproxy_image"; then
+    echo "$haproxy_image already present: nothing to do"
+else
+    # The official image's conventions: config at /usr/local/etc/haproxy/haproxy.cfg, runs as the haproxy user
+    # (its STOPSIGNAL, SIGUSR1, is set by the program on the container; `docker import` cannot set it).
+    build_image "$haproxy_image" "haproxy" \
+        --change 'USER haproxy' \
+        --change 'CMD ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
+fi
+
+if image_exists "$caddy_image"; then
+    echo "$caddy_image already present: nothing to do"
+else
+    # The program starts it with its own command (the rendered Caddyfile); this CMD only documents the image.
+    build_image "$caddy_image" "caddy,wget" \
+        --change 'ENV XDG_DATA_HOME=/data' --change 'ENV XDG_CONFIG_HOME=/config' \
+        --change 'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]'
 fi

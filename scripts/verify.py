@@ -1,12 +1,13 @@
 """`make verify`: the seed's verification checklist, run against a live deployment of a stack.
 
-    python scripts/verify.py --stack prod [--container NAME] [--url URL] [--expect-restart POLICY] [--crash-test]
+    python scripts/verify.py --stack prod [--container NAME ...] [--url URL] [--expect-restart POLICY] [--crash-test]
 
 Without --container/--url/--expect-restart the values come from the stack's outputs (`pulumi stack output`:
-containerName, apiUrl, restartPolicy). Checks: container running, health passing, restart policy as configured,
-API answering, Valkey connected (/health services.redis), logs readable and, with --crash-test, a real crash: the
-container's main process is killed with SIGKILL from the host (what a crash looks like to Docker; `docker stop` and
-`docker kill` never trigger a restart), then the container must be restarted by Docker and healthy again.
+containerNames and proxyContainerNames, apiUrl, restartPolicy). Per container (every API replica and the edge
+proxy): running, health passing, restart policy as configured, logs readable; through the URL (the proxy): API
+answering and Valkey connected (/health services.redis). With --crash-test, a real crash of the first container: its
+main process is killed with SIGKILL from the host (what a crash looks like to Docker; `docker stop` and
+`docker kill` never trigger a restart), then it must be restarted by Docker and healthy again.
 Prints one line per item and exits 1 naming the failed items. The crash test needs to run on the Docker host as root.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Target:
     """What to verify."""
 
     stack: str
-    container: str
+    containers: tuple[str, ...]
     url: str
     expected_restart: str
 
@@ -81,15 +82,16 @@ def health_status(container: Container) -> str:
 
 
 class Verifier:
-    """Runs the checklist against one container."""
+    """Runs the checklist against one container (and the API through the target's URL)."""
 
-    def __init__(self, client: docker.DockerClient, target: Target, wait_seconds: float) -> None:
+    def __init__(self, client: docker.DockerClient, target: Target, container: str, wait_seconds: float) -> None:
         self.client = client
         self.target = target
+        self.name = container
         self.wait_seconds = wait_seconds
 
     def container(self) -> Container:
-        return self.client.containers.get(self.target.container)
+        return self.client.containers.get(self.name)
 
     def check_running(self) -> Check:
         state = self.container().attrs["State"]
@@ -166,12 +168,25 @@ class Verifier:
         try:
             self.container()
         except docker.errors.NotFound:
-            return [Check("container running", False, f"no container named {self.target.container!r}")]
-        checks = [self.check_running(), self.check_health(), self.check_restart_policy(), self.check_api(),
-                  self.check_valkey(), self.check_logs()]
+            return [Check("container running", False, f"no container named {self.name!r}")]
+        checks = [self.check_running(), self.check_health(), self.check_restart_policy(), self.check_logs()]
         if crash_test:
             checks.append(self.check_crash_recovery(recovery_timeout))
         return checks
+
+
+def run_checklist(client: docker.DockerClient, target: Target, wait_seconds: float, crash_test: bool,
+                  recovery_timeout: float) -> list[Check]:
+    """Every container's checks (named after the container when there are several), then the API's."""
+    checks: list[Check] = []
+    several = len(target.containers) > 1
+    for index, name in enumerate(target.containers):
+        verifier = Verifier(client, target, name, wait_seconds)
+        for check in verifier.run(crash_test and index == 0, recovery_timeout):
+            checks.append(Check(f"{check.name} [{name}]", check.passed, check.detail) if several else check)
+    through = Verifier(client, target, target.containers[0], wait_seconds)
+    checks[len(checks):] = [through.check_api(), through.check_valkey()]
+    return checks
 
 
 def stack_outputs(stack: str) -> dict[str, Any]:
@@ -190,20 +205,21 @@ def resolve_target(args: argparse.Namespace) -> Target:
     outputs: dict[str, Any] = {}
     if not (args.container and args.url and args.expect_restart):
         outputs = stack_outputs(args.stack)
-    container = args.container or outputs.get("containerName")
+    containers = args.container or [*outputs.get("containerNames", []), *outputs.get("proxyContainerNames", [])]
     url = args.url or outputs.get("apiUrl")
     expected = args.expect_restart or outputs.get("restartPolicy")
-    missing = [name for name, value in (("--container", container), ("--url", url),
+    missing = [name for name, value in (("--container", containers), ("--url", url),
                                         ("--expect-restart", expected)) if not value]
     if missing:
         raise SystemExit(f"verify: stack {args.stack!r} outputs do not give {', '.join(missing)}; pass them")
-    return Target(stack=args.stack, container=container, url=url.rstrip("/"), expected_restart=expected)
+    return Target(stack=args.stack, containers=tuple(containers), url=url.rstrip("/"), expected_restart=expected)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Verify a live deployment (the seed's checklist).")
     parser.add_argument("--stack", required=True, help="stack name, e.g. prod")
-    parser.add_argument("--container", help="container name (default: stack output containerName)")
+    parser.add_argument("--container", action="append",
+                        help="a container to check; repeat for several (default: every replica and proxy of the stack)")
     parser.add_argument("--url", help="API base URL (default: stack output apiUrl)")
     parser.add_argument("--expect-restart", choices=("no", "on-failure", "always", "unless-stopped"),
                         help="expected restart policy (default: stack output restartPolicy)")
@@ -225,15 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     except docker.errors.DockerException as error:
         print(f"verify: cannot reach the Docker engine: {error}", file=sys.stderr)
         return 2
-    print(f"Verifying stack {target.stack}: container {target.container} at {target.url}")
-    checks = Verifier(client, target, args.wait_seconds).run(args.crash_test, args.recovery_timeout)
+    print(f"Verifying stack {target.stack}: container {', '.join(target.containers)} at {target.url}")
+    checks = run_checklist(client, target, args.wait_seconds, args.crash_test, args.recovery_timeout)
     for check in checks:
         print(f"  [{'PASS' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
     failed = [check.name for check in checks if not check.passed]
     if failed:
-        print(f"FAILED ({target.stack}/{target.container}): {', '.join(failed)}")
+        print(f"FAILED ({target.stack}/{','.join(target.containers)}): {', '.join(failed)}")
         return 1
-    print(f"OK ({target.stack}/{target.container}): all {len(checks)} checks passed")
+    print(f"OK ({target.stack}/{','.join(target.containers)}): all {len(checks)} checks passed")
     return 0
 
 

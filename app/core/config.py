@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     docs_enabled: bool | None = None  # default: on in development, off in production
     max_request_body_bytes: int = Field(1_048_576, gt=0)
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # After SIGTERM: seconds of answering /readyz 503 while still serving, before the listener closes, so a proxy
+    # that routes on readiness stops sending here first (the Pulumi program sets it behind the edge proxy).
+    shutdown_drain_seconds: float = Field(0.0, ge=0, le=60)
 
     # Valkey: either one URL, or the seed's host/port/password/tls quadruple.
     redis_url: SecretStr | None = None

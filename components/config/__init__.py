@@ -5,20 +5,23 @@ from components.config.load import load_settings
 from components.config.models import (
     AivenValkeySettings,
     ContainerSettings,
+    DockerHostSettings,
     HardeningSettings,
     HealthcheckSettings,
     ImageSettings,
     JobSettings,
     LifecycleSettings,
     LocalValkeySettings,
+    ProxySettings,
     ServiceSettings,
     StackSettings,
+    TlsSettings,
     ValkeySettings,
     WebhookSettings,
 )
 
 __all__ = [
-    "KEYS", "PROJECT", "StackConfigError", "load_settings", "AivenValkeySettings", "ContainerSettings",
+    "KEYS", "PROJECT", "StackConfigError", "load_settings", "AivenValkeySettings", "ContainerSettings", "DockerHostSettings",
     "HardeningSettings", "HealthcheckSettings", "ImageSettings", "JobSettings", "LifecycleSettings",
-    "LocalValkeySettings", "ServiceSettings", "StackSettings", "ValkeySettings", "WebhookSettings",
+    "LocalValkeySettings", "ProxySettings", "ServiceSettings", "StackSettings", "TlsSettings", "ValkeySettings", "WebhookSettings",
 ]

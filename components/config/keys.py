@@ -13,6 +13,10 @@ import pulumi
 
 PROJECT = "novita-gpu-api"
 
+# Bounds and wording shared by the key table and the validators of the replicas and Docker hosts.
+MAX_API_REPLICAS = 8
+DOCKER_HOST_FORMS = "ssh://[user@]host[:port], tcp://host:port (TLS) or unix:///path/to/docker.sock"
+
 ConfigType = Literal["string", "integer", "boolean", "array"]
 ConfigValue = Union[str, int, bool, list]
 
@@ -35,7 +39,7 @@ KEYS: dict[str, ConfigKey] = {
     "logLevel": ConfigKey("string", "INFO", "LOG_LEVEL of the API: DEBUG, INFO, WARNING or ERROR"),
     "novitaBaseUrl": ConfigKey("string", "https://api.novita.ai/gpu-instance/openapi/v1", "Novita v1 base URL"),
     "faultInjection": ConfigKey("boolean", False, "Enable the API's /debug fault endpoints (refused in production)"),
-    "containerName": ConfigKey("string", "novita-gpu-instance-api", "Name of the API container (fixed, so replaced delete-first)"),
+    "containerName": ConfigKey("string", "novita-gpu-instance-api", "Name prefix of the API replicas (<name>-<i>-<suffix>); the exact container name with networkMode host"),
     "apiPort": ConfigKey("integer", 3003, "Host port of the API (1-65535)"),
     "apiHostAddress": ConfigKey("string", "127.0.0.1", "Address the API is reachable at: the published port's IP (bridge) or the listen address (host)"),
     "networkMode": ConfigKey("string", "bridge", "bridge: a private Docker network for the API and local Valkey; host: the host's network (tests)"),
@@ -103,9 +107,29 @@ KEYS: dict[str, ConfigKey] = {
     "webhookUrl": ConfigKey("string", "", "WEBHOOK_URL: where lifecycle events are POSTed, signed (empty = no webhooks); passed to the container as a secret"),
     "webhookAllowPrivateTargets": ConfigKey("boolean", False, "WEBHOOK_ALLOW_PRIVATE_TARGETS: allow a webhook URL on a private or loopback address in production"),
     "webhookMaxAttempts": ConfigKey("integer", 8, "WEBHOOK_MAX_ATTEMPTS: delivery attempts of one event"),
+    # Issue 11: replicas behind the edge proxy, on one or more Docker hosts.
+    "apiReplicas": ConfigKey("integer", 1, f"API containers per Docker host behind the edge proxy (1-{MAX_API_REPLICAS}; limits are per replica)"),
+    "proxyImage": ConfigKey("string", "haproxy:3.2", "Image of the edge proxy (HAProxy; the official image, or a local build of the same program)"),
+    "proxyPullImage": ConfigKey("boolean", True, "Pull proxyImage (false: use a locally built image as is)"),
+    "proxyContainerName": ConfigKey("string", "novita-gpu-api-proxy", "Name of the edge proxy container on each Docker host"),
+    "proxyMemoryMb": ConfigKey("integer", 128, "Memory limit of the edge proxy, and of the HTTPS front with a domain, in MB (>= 32); swap is disabled"),
+    "proxyCpus": ConfigKey("string", "0.5", "CPU limit of the edge proxy, and of the HTTPS front with a domain (e.g. 0.5)"),
+    "dockerHosts": ConfigKey("array", [], f"Docker engines to deploy to, rolled one after another; empty = the local engine. Each: {DOCKER_HOST_FORMS}"),
+    # Issue 11 item 1: HTTPS for a domain, in front of the edge proxy.
+    "domain": ConfigKey("string", "", "Public DNS name of the API: when set, an HTTPS front (Caddy) serves it with automatic certificates (ACME in production, an internal CA in development) and redirects HTTP to HTTPS; empty = none"),
+    "acmeEmail": ConfigKey("string", "", "Contact email of the ACME account (Let's Encrypt); required with domain in production"),
+    "tlsImage": ConfigKey("string", "caddy:2", "Image of the HTTPS front (Caddy; the official image, or a local build of the same program)"),
+    "tlsPullImage": ConfigKey("boolean", True, "Pull tlsImage (false: use a locally built image as is)"),
+    "tlsContainerName": ConfigKey("string", "novita-gpu-api-tls", "Name of the HTTPS front container on each Docker host; its certificates volume is <name>-data"),
+    "httpsPort": ConfigKey("integer", 443, "Host port of HTTPS for the domain (1-65535)"),
+    "httpPort": ConfigKey("integer", 80, "Host port of HTTP for the domain: redirects to HTTPS and answers ACME HTTP challenges (1-65535)"),
+    "publicAddress": ConfigKey("string", "0.0.0.0", "Address httpsPort and httpPort are published on"),
     "novitaApiKey": ConfigKey("string", None, "Novita API key (secret)", secret=True),
     "apiKeys": ConfigKey("string", "", "Client API keys name:key,name:key (secret; required in production)", secret=True),
     "aivenToken": ConfigKey("string", "", "Aiven API token (secret; required in aiven mode)", secret=True),
+    "dockerTlsCa": ConfigKey("string", "", "CA certificate (PEM) of the tcp:// Docker hosts (secret)", secret=True),
+    "dockerTlsCert": ConfigKey("string", "", "Client certificate (PEM) for the tcp:// Docker hosts (secret)", secret=True),
+    "dockerTlsKey": ConfigKey("string", "", "Client key (PEM) for the tcp:// Docker hosts (secret)", secret=True),
     "webhookSecret": ConfigKey("string", "", "WEBHOOK_SECRET: signing secret of the webhooks (secret; required with webhookUrl, at least 24 characters)", secret=True),
 }
 

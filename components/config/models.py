@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.config import types as t
+from components.config.keys import MAX_API_REPLICAS
 from components.config.validators import parse_duration_ms
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
@@ -161,6 +162,13 @@ class ContainerSettings(Concern):
     stop_grace_seconds: t.Count = setting("stopGraceSeconds")
     log_max_size: t.matching(r"[1-9]\d*[kmg]", "a size such as 10m (k, m or g)") = setting("logMaxSize")
     log_max_file: t.Count = setting("logMaxFile")
+    replicas: t.whole_number(1, MAX_API_REPLICAS) = setting("apiReplicas")  # per Docker host; limits are per replica
+
+    @model_validator(mode="after")
+    def _one_replica_on_the_host_network(self) -> "ContainerSettings":
+        if self.uses_host_network and self.replicas != 1:
+            raise RuleViolation("apiReplicas", "networkMode host runs exactly 1 replica (they would share one port)")
+        return self
 
     @property
     def memory_swap_mb(self) -> int:
@@ -235,6 +243,84 @@ class HardeningSettings(Concern):
     user: t.matching(r"[1-9]\d*(:\d+)?", "a non-root numeric uid[:gid] such as 10001:10001") = setting("containerUser")
     tmpfs_size_mb: t.whole_number(1, unit=" MB") = setting("tmpfsSizeMb")
     pids_limit: t.whole_number(16) = setting("pidsLimit")
+
+
+# ---- the edge proxy and the Docker hosts (issue 11) ------------------------------------------------------------
+
+
+class ProxySettings(Concern):
+    """The edge proxy container in front of the replicas, one per Docker host."""
+
+    image: t.Text = setting("proxyImage")
+    pull_image: t.Flag = setting("proxyPullImage")
+    container_name: t.DockerName = setting("proxyContainerName")
+    memory_mb: t.whole_number(32, unit=" MB") = setting("proxyMemoryMb")
+    cpus: t.Cpus = setting("proxyCpus")
+
+    @property
+    def memory_swap_mb(self) -> int:
+        """Equal to memory: no swap, and no drift against Docker's default of twice the memory."""
+        return self.memory_mb
+
+
+class TlsSettings(Concern):
+    """HTTPS for a domain: a Caddy container in front of the edge proxy on each host (none without a domain)."""
+
+    domain: t.OptionalDomain = setting("domain")
+    acme_email: t.OptionalEmail = setting("acmeEmail")
+    image: t.Text = setting("tlsImage")
+    pull_image: t.Flag = setting("tlsPullImage")
+    container_name: t.DockerName = setting("tlsContainerName")
+    https_port: t.Port = setting("httpsPort")
+    http_port: t.Port = setting("httpPort")
+    public_address: t.IpAddress = setting("publicAddress")
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> "TlsSettings":
+        if self.domain and self.https_port == self.http_port:
+            raise RuleViolation("httpPort", f"must differ from httpsPort ({self.http_port})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.domain)
+
+    @property
+    def volume_name(self) -> str:
+        """The named volume holding the certificates (and the internal CA), so a replaced container keeps them."""
+        return f"{self.container_name}-data"
+
+    @property
+    def https_url(self) -> str:
+        """The API's public HTTPS address ("" without a domain)."""
+        if not self.domain:
+            return ""
+        return f"https://{self.domain}" + ("" if self.https_port == 443 else f":{self.https_port}")
+
+
+class DockerHostSettings(Concern):
+    """The Docker engines the replicas and proxies run on (empty: the local engine), and the TLS client material
+    of the tcp:// ones."""
+
+    urls: t.DockerHostList = setting("dockerHosts")
+    tls_ca: t.OptionalSecret = setting("dockerTlsCa")
+    tls_cert: t.OptionalSecret = setting("dockerTlsCert")
+    tls_key: t.OptionalSecret = setting("dockerTlsKey")
+
+    TLS_KEYS: ClassVar[tuple[str, ...]] = ("dockerTlsCa", "dockerTlsCert", "dockerTlsKey")
+
+    @model_validator(mode="after")
+    def _tcp_needs_tls(self) -> "DockerHostSettings":
+        if any(url.startswith("tcp://") for url in self.urls):
+            for key, value in zip(self.TLS_KEYS, (self.tls_ca, self.tls_cert, self.tls_key)):
+                if value is None:
+                    raise missing_secret(key, " for the tcp:// dockerHosts")
+        return self
+
+    @staticmethod
+    def uses_tls(url: str) -> bool:
+        """tcp:// engines are reached with the TLS client material; ssh:// and unix:// need none."""
+        return url.startswith("tcp://")
 
 
 # ---- the image and Valkey ------------------------------------------------------------------------------------
@@ -349,6 +435,9 @@ class StackSettings(Concern):
     hardening: HardeningSettings
     image: ImageSettings
     valkey: ValkeySettings
+    proxy: ProxySettings
+    tls: TlsSettings
+    hosts: DockerHostSettings
 
     @property
     def is_production(self) -> bool:
@@ -372,4 +461,24 @@ class StackSettings(Concern):
                 f"must be shorter than stopGraceSeconds ({self.jobs.shutdown_grace_seconds} >= "
                 f"{self.container.stop_grace_seconds}), or Docker kills the API before its jobs are handed back",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _hosts_reach_everything(self) -> "StackSettings":
+        if len(self.hosts.urls) > 1 and self.container.uses_host_network:
+            raise RuleViolation("dockerHosts", "networkMode host supports one host only")
+        if len(self.hosts.urls) > 1 and self.valkey.mode == "local":
+            raise RuleViolation(
+                "dockerHosts", "more than one host needs valkeyMode aiven: the local Valkey is reachable from its own host only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _domain_needs(self) -> "StackSettings":
+        if not self.tls.enabled:
+            return self
+        if self.container.uses_host_network:
+            raise RuleViolation("domain", "needs networkMode bridge (the HTTPS front reaches the edge proxy over the private network)")
+        if self.is_production and not self.tls.acme_email:
+            raise RuleViolation("acmeEmail", "required with domain in production (the ACME account's contact for its certificates)")
         return self

@@ -13,6 +13,7 @@ import pulumi
 from pydantic import BeforeValidator, SecretStr
 
 from components.config import validators as check
+from components.config.keys import DOCKER_HOST_FORMS
 
 
 def whole_number(minimum: int, maximum: Optional[int] = None, unit: str = "") -> Any:
@@ -51,6 +52,9 @@ OptionalHttpUrl = Annotated[str, BeforeValidator(partial(check.http_url, allow_e
 CidrList = Annotated[tuple[str, ...], BeforeValidator(check.cidr_list)]
 OriginList = Annotated[tuple[str, ...], BeforeValidator(check.origin_list)]
 ClusterIdList = Annotated[tuple[str, ...], BeforeValidator(check.cluster_id_list)]
+OptionalDomain = Annotated[str, BeforeValidator(check.domain_name)]
+OptionalEmail = Annotated[str, BeforeValidator(check.email_address)]
+DockerHostList = Annotated[tuple[str, ...], BeforeValidator(partial(check.docker_host_list, forms=DOCKER_HOST_FORMS))]
 # A secret config value; empty means not set. The loader has already refused one stored in plain text.
 OptionalSecret = Annotated[Optional[SecretStr], BeforeValidator(lambda raw: SecretStr(raw) if raw else None)]
 

@@ -215,3 +215,42 @@ def cluster_id_list(raw: Any) -> list[str]:
     if len(set(items)) != len(items):
         raise ValueError("lists a cluster id twice")
     return items
+
+
+_DOCKER_HOST = re.compile(
+    r"ssh://([a-zA-Z0-9._-]+@)?[a-zA-Z0-9.-]+(:\d{1,5})?"
+    r"|tcp://[a-zA-Z0-9.-]+:\d{1,5}"
+    r"|unix:///[a-zA-Z0-9._/-]+"
+)
+
+
+def docker_host_list(raw: Any, forms: str) -> list[str]:
+    """Docker engine URLs (`forms` says which, in words), each listed once."""
+    items = string_list(raw, "Docker host URLs", '["ssh://deploy@api-a"]')
+    for index, host in enumerate(items):
+        if not _DOCKER_HOST.fullmatch(host):
+            raise ValueError(f"item {index} {host!r} is not a Docker host URL; use {forms}")
+    if len(set(items)) != len(items):
+        raise ValueError("lists a host twice")
+    return items
+
+
+_DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})+")
+
+
+def domain_name(raw: Any) -> str:
+    """A fully qualified DNS name such as api.example.com (lower-cased), or empty; no scheme, port or path."""
+    value = text_value(raw, allow_empty=True).lower().rstrip(".")
+    if value and (len(value) > 253 or not _DOMAIN.fullmatch(value)):
+        raise ValueError(f"{value!r} is not allowed; expected a DNS name such as api.example.com (no scheme, port or path)")
+    return value
+
+
+def email_address(raw: Any) -> str:
+    """An email address such as ops@example.com, or empty."""
+    value = text_value(raw, allow_empty=True)
+    local, _, domain = value.partition("@")
+    if value and not (re.fullmatch(r"[A-Za-z0-9._%+-]+", local) and _DOMAIN.fullmatch(domain.lower())):
+        raise ValueError(f"{value!r} is not allowed; expected an email address such as ops@example.com")
+    return value

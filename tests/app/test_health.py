@@ -201,32 +201,41 @@ def _wait_for_novita(server: ApiServer, state: str, timeout: float = 10.0) -> ht
             time.sleep(0.05)
 
 
-def test_python_m_app_serves_writes_its_pid_and_drains_on_sigterm(
-    redis_server: RedisServer, fake_novita: FakeNovitaHandle, tmp_path: Path
-) -> None:
-    """The real entry point: one command, the pid file for the container probe, a clean SIGTERM shutdown."""
+def _start_python_m_app(redis_server: RedisServer, fake_novita: FakeNovitaHandle, pid_file: Path,
+                        **extra: str) -> tuple[subprocess.Popen, int]:
+    """`python -m app` on a free loopback port, returned once /readyz answers 200."""
     redis_server.start()
     redis_server.flushall()
     port = free_port()
-    pid_file = tmp_path / "app.pid"
     environment = {key: value for key, value in os.environ.items() if key.upper() not in _SETTING_NAMES}
     environment.update({
         "REDIS_URL": redis_server.url, "NOVITA_API_KEY": fake_novita.api_key, "NOVITA_BASE_URL": fake_novita.base_url,
         "API_KEYS": "ci:0123456789abcdef0123", "HOST": "127.0.0.1", "PORT": str(port), "PID_FILE": str(pid_file),
-        "JOB_READ_BLOCK_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "2",
+        "JOB_READ_BLOCK_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "2", **extra,
     })
     process = subprocess.Popen([sys.executable, "-m", "app"], env=environment, cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process, port
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("python -m app did not become ready")
+        time.sleep(0.1)
+
+
+def test_python_m_app_serves_writes_its_pid_and_drains_on_sigterm(
+    redis_server: RedisServer, fake_novita: FakeNovitaHandle, tmp_path: Path
+) -> None:
+    """The real entry point: one command, the pid file for the container probe, a clean SIGTERM shutdown."""
+    pid_file = tmp_path / "app.pid"
+    process, _ = _start_python_m_app(redis_server, fake_novita, pid_file)
     try:
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "python -m app did not become ready"
-            time.sleep(0.1)
         assert int(pid_file.read_text()) == process.pid
         job_id = asyncio.run(_enqueue_unknown_job(redis_server.url))  # the worker reads it (and retries it)
         with redis_server.client() as raw:
@@ -255,3 +264,29 @@ async def _enqueue_unknown_job(redis_url: str) -> str:
         return (await JobQueue(manager).enqueue("test.unknown", {})).id
     finally:
         await manager.close()
+
+
+def test_sigterm_reports_not_ready_while_still_serving_for_the_drain_time_then_stops(
+    redis_server: RedisServer, fake_novita: FakeNovitaHandle, tmp_path: Path
+) -> None:
+    """Behind the edge proxy (SHUTDOWN_DRAIN_SECONDS > 0): the proxy sees /readyz 503 and takes the replica out
+    while it still answers, and only then does the listener close."""
+    process, port = _start_python_m_app(redis_server, fake_novita, tmp_path / "app.pid", SHUTDOWN_DRAIN_SECONDS="2")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.3)
+        readiness = httpx.get(f"{url}/readyz", timeout=1)
+        assert (readiness.status_code, readiness.json()["reason"]) == (503, "shutting down")
+        assert httpx.get(f"{url}/livez", timeout=1).status_code == 200
+        products = httpx.get(f"{url}/api/products", headers={"X-API-Key": "0123456789abcdef0123"}, timeout=5)
+        assert products.status_code == 200  # still serving requests that arrive during the drain
+        assert time.monotonic() - signalled < 2, "the checks above took too long to prove anything"
+        process.communicate(timeout=15)
+        stopped_after = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert stopped_after >= 2  # the listener stayed open for the whole drain

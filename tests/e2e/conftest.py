@@ -23,13 +23,15 @@ import pytest
 
 from tests.e2e.container_spec import container_spec
 from tests.e2e.harness import (
-    API_IMAGE_TAG, BASE_IMAGE, E2E_LABEL, FAST_HEALTHCHECK, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
+    API_IMAGE_TAG, BASE_IMAGE, CADDY_IMAGE, E2E_LABEL, E2E_OWNER_PID_LABEL, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
     Measurements, RenderedStack, api_container_from_render, http, render, status_or_none, wait_for,
 )
+from tests.e2e.proxied import ProxiedDeployment
 from tests.infra.harness import TEST_SECRETS
 from tests.loopback import free_port
 
-SESSION_ID = uuid.uuid4().hex[:8]
+SESSION_ID = uuid.uuid4().hex[:8]  # this run's id: in every name and label it creates, and what cleanup selects on
+RUN_LABELS = {E2E_LABEL: SESSION_ID, E2E_OWNER_PID_LABEL: str(os.getpid())}
 _deployment_numbers = itertools.count(1)  # container names stay unique across the session
 MEASUREMENTS_FILE = REPO_ROOT / "build" / "e2e-measurements.json"
 _measurements = Measurements()
@@ -69,23 +71,47 @@ def docker_client() -> Iterator[docker.DockerClient]:
         if os.environ.get("CI"):
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    _remove_labelled(client)  # leftovers of an interrupted earlier session
+    _remove_leftovers_of_dead_runs(client)
     yield client
-    _remove_labelled(client)
+    _remove_run(client, SESSION_ID)
     client.close()
 
 
-def _remove_labelled(client: docker.DockerClient) -> None:
-    for container in client.containers.list(all=True, filters={"label": E2E_LABEL}):
+def _remove_run(client: docker.DockerClient, run_id: str) -> None:
+    """Remove what one run created, and nothing else: another run on the same engine carries another id."""
+    selector = {"label": f"{E2E_LABEL}={run_id}"}
+    for container in client.containers.list(all=True, filters=selector):
         container.remove(force=True, v=True)
-    for volume in client.volumes.list(filters={"label": E2E_LABEL}):
+    for volume in client.volumes.list(filters=selector):
         volume.remove(force=True)
+    for network in client.networks.list(filters=selector):
+        network.remove()
+
+
+def _remove_leftovers_of_dead_runs(client: docker.DockerClient) -> None:
+    """Runs interrupted before their cleanup: their owner process (same machine) no longer exists."""
+    owners: dict[str, str] = {}
+    for container in client.containers.list(all=True, filters={"label": E2E_OWNER_PID_LABEL}):
+        owners[container.labels[E2E_LABEL]] = container.labels[E2E_OWNER_PID_LABEL]
+    for run_id, pid in owners.items():
+        if not _process_exists(int(pid)):
+            _remove_run(client, run_id)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
 def base_images(docker_client: docker.DockerClient) -> None:
     """The locally built base and Valkey images (no registry is reachable); built here if missing."""
-    missing = [tag for tag in (BASE_IMAGE, VALKEY_IMAGE) if not docker_client.images.list(name=tag)]
+    missing = [tag for tag in (BASE_IMAGE, VALKEY_IMAGE, HAPROXY_IMAGE, CADDY_IMAGE) if not docker_client.images.list(name=tag)]
     if missing:
         result = subprocess.run([str(REPO_ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True,
                                 timeout=900)
@@ -163,6 +189,7 @@ def e2e_overrides(container_name: str, api_port: int, valkey_port: int, novita_u
     """Stack config for the real-engine run: host network, loopback URLs, locally built images."""
     return {
         "networkMode": "host",
+        "apiReplicas": "1",  # one container listening on the host's port (replicas run behind the proxy: proxied.py)
         "apiHostAddress": "127.0.0.1",
         "apiPort": str(api_port),
         "containerName": container_name,
@@ -193,7 +220,7 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
     http("POST", f"{novita_fake}/_fake/reset")
     created: list[str] = []
     volumes: list[str] = []
-    labels = {E2E_LABEL: SESSION_ID}
+    labels = RUN_LABELS
 
     def _deploy(stack: str, overrides: dict[str, str] | None = None, valkey_running: bool = True,
                 wait_healthy: bool = True, fast_healthcheck: bool = True) -> Deployment:
@@ -235,3 +262,21 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
             docker_client.volumes.get(volume).remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+@pytest.fixture
+def proxied_deploy(docker_client: docker.DockerClient, api_image: str) -> Iterator[Callable[..., ProxiedDeployment]]:
+    """Factory: proxied_deploy(stack, replicas=2) -> the program's bridge-mode stack on the engine: a private network
+    of this run, the local Valkey, a fake Novita, the API replicas and the edge proxy (published on loopback)."""
+    deployments: list[ProxiedDeployment] = []
+
+    def _deploy(stack: str, replicas: int = 2, overrides: dict[str, str] | None = None) -> ProxiedDeployment:
+        prefix = f"e2e-{SESSION_ID}-{stack}-{next(_deployment_numbers)}"
+        deployment = ProxiedDeployment.create(
+            docker_client, stack, prefix, api_image, RUN_LABELS, {"apiReplicas": str(replicas), **(overrides or {})})
+        deployments.append(deployment)
+        return deployment
+
+    yield _deploy
+    for deployment in deployments:
+        deployment.remove()

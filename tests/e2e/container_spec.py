@@ -53,12 +53,17 @@ class ContainerSpec:
     create_kwargs: dict[str, Any] = field(default_factory=dict)  # APIClient.create_container(...)
     host_config_kwargs: dict[str, Any] = field(default_factory=dict)  # APIClient.create_host_config(...)
     provider: ProviderBehaviour = field(default_factory=ProviderBehaviour)
+    network: tuple[str, list[str]] | None = None  # networksAdvanced: (network name, aliases)
 
     def create(self, client: docker.DockerClient, labels: dict[str, str]) -> str:
         """Create (not start) the container with extra `labels`; returns its id."""
         create_kwargs = dict(self.create_kwargs)
         create_kwargs["labels"] = {**create_kwargs.get("labels", {}), **labels}
         host_config = client.api.create_host_config(**self.host_config_kwargs)
+        if self.network is not None:
+            name, aliases = self.network
+            create_kwargs["networking_config"] = client.api.create_networking_config(
+                {name: client.api.create_endpoint_config(aliases=aliases or None)})
         created = client.api.create_container(self.image, name=self.name, host_config=host_config, **create_kwargs)
         return created["Id"]
 
@@ -84,10 +89,11 @@ def _refuse_unknown(where: str, value: dict[str, Any], known: set[str]) -> None:
         raise UnmappedInputError(f"{where}: no mapping for {unknown}")
 
 
-def container_spec(inputs: dict[str, Any]) -> ContainerSpec:
+def container_spec(inputs: dict[str, Any], auto_name: str = "") -> ContainerSpec:
     """Map rendered Container inputs (the provider's camelCase names) to docker-py arguments; refuse unknown ones."""
     remaining = dict(inputs)
-    spec = ContainerSpec(image=remaining.pop("image"), name=remaining.pop("name"))
+    # No name: Pulumi auto-names the container; the caller gives the harness's stand-in for that name.
+    spec = ContainerSpec(image=remaining.pop("image"), name=remaining.pop("name", None) or auto_name)
     create, host = spec.create_kwargs, spec.host_config_kwargs
 
     def take(key: str) -> Any:
@@ -120,6 +126,8 @@ def container_spec(inputs: dict[str, Any]) -> ContainerSpec:
         "stopSignal": lambda: create.update(stop_signal=take("stopSignal")),
         "stopTimeout": lambda: create.update(stop_timeout=int(take("stopTimeout"))),
         "labels": lambda: create.update(labels={item["label"]: item["value"] for item in take("labels")}),
+        "networksAdvanced": lambda: setattr(spec, "network", _network(take("networksAdvanced"))),
+        "ports": lambda: _ports(take("ports"), create, host),
         # Provider-side behaviour, reproduced by the harness (create -> start -> wait for healthy -> remove).
         "wait": lambda: setattr(spec.provider, "wait_for_healthy", bool(take("wait"))),
         "waitTimeout": lambda: setattr(spec.provider, "wait_timeout_seconds", int(take("waitTimeout"))),
@@ -136,6 +144,22 @@ def container_spec(inputs: dict[str, Any]) -> ContainerSpec:
     if remaining:  # e.g. `logOpts` without `logDriver`
         raise UnmappedInputError(f"container inputs {sorted(remaining)} were not mapped")
     return spec
+
+
+def _network(networks: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    if len(networks) != 1:
+        raise UnmappedInputError(f"networksAdvanced: exactly one network is mapped, got {len(networks)}")
+    _refuse_unknown("networksAdvanced[]", networks[0], {"name", "aliases"})
+    return networks[0]["name"], list(networks[0].get("aliases", []))
+
+
+def _ports(ports: list[dict[str, Any]], create: dict[str, Any], host: dict[str, Any]) -> None:
+    for port in ports:
+        _refuse_unknown("ports[]", port, {"internal", "external", "ip", "protocol"})
+        if port.get("protocol", "tcp") != "tcp":
+            raise UnmappedInputError(f"ports[]: protocol {port['protocol']!r} is not mapped")
+    create["ports"] = [int(port["internal"]) for port in ports]
+    host["port_bindings"] = {int(port["internal"]): (port.get("ip", ""), int(port["external"])) for port in ports}
 
 
 def _binds(volumes: list[dict[str, Any]]) -> dict[str, dict[str, str]]:

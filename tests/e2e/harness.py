@@ -1,7 +1,9 @@
 """The e2e harness: render the program's container, create it on the real engine, watch and measure it.
 
-Everything the tests create carries the label `E2E_LABEL`, so the session can remove all of it at the end.
-All traffic goes to 127.0.0.1: the containers use the host's network.
+Everything a run creates carries the label `E2E_LABEL`=<the run's id> (and the id in its name), so the run removes
+exactly what it created and never what another run on the same engine created. All test traffic goes to 127.0.0.1:
+the containers use the host's network, or (replicas behind the proxy) a network of the run's own whose proxy
+publishes on loopback.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ import docker.errors
 from tests.e2e.container_spec import ContainerSpec, container_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-E2E_LABEL = "novita-gpu-api.e2e"
+E2E_LABEL = "novita-gpu-api.e2e"  # value: the run's id
+E2E_OWNER_PID_LABEL = "novita-gpu-api.e2e.pid"  # the run's process: a later run removes leftovers only once it is gone
+HAPROXY_IMAGE = "novita-gpu-api/haproxy-test:bookworm"
+CADDY_IMAGE = "novita-gpu-api/caddy-test:bookworm"
 BASE_IMAGE = "novita-gpu-api/base:bookworm"
 VALKEY_IMAGE = "novita-gpu-api/valkey-test:bookworm"
 API_IMAGE_TAG = "novita-gpu-api:e2e"
@@ -117,11 +122,13 @@ class RenderedStack:
         return image
 
 
-def render(stack: str, overrides: dict[str, str]) -> RenderedStack:
-    """Run the Pulumi program under mocks with the stack's settings plus `overrides`."""
+def render(stack: str, overrides: dict[str, str], secrets: dict[str, str] | None = None) -> RenderedStack:
+    """Run the Pulumi program under mocks with the stack's settings plus `overrides` (and `secrets` over the tests')."""
     command = [sys.executable, "-m", "tests.infra.render", stack]
     for key, value in overrides.items():
         command += ["--config", f"{key}={value}"]
+    for key, value in (secrets or {}).items():
+        command += ["--secret", f"{key}={value}"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise AssertionError(f"render of stack {stack} failed ({result.returncode}):\n{result.stderr[-3000:]}")

@@ -6,7 +6,7 @@ import pytest
 from tests.e2e.container_spec import MB, UnmappedInputError, container_spec, duration_ns
 from tests.e2e.harness import render
 
-RENDERED_PROD_OVERRIDES = {"networkMode": "host", "valkeyMode": "local", "valkeyPullImage": "false"}
+RENDERED_PROD_OVERRIDES = {"networkMode": "host", "apiReplicas": "1", "valkeyMode": "local", "valkeyPullImage": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,17 @@ def test_companion_input_alone_is_not_dropped(prod_container_inputs):
     del inputs["logDriver"]
     with pytest.raises(UnmappedInputError, match="logOpts"):
         container_spec(inputs)
+
+
+def test_bridge_mode_replicas_and_proxy_map_their_network_and_published_port():
+    rendered = render("prod", {"valkeyMode": "local", "valkeyPullImage": "false", "proxyPullImage": "false"})
+    containers = {c["name"]: c["inputs"] for c in rendered.of_type("docker:index/container:Container")}
+    replica = container_spec(containers["novita-gpu-instance-api-1"], auto_name="novita-gpu-instance-api-1-test")
+    assert replica.name == "novita-gpu-instance-api-1-test"  # auto-named by Pulumi; the harness stands in for it
+    assert replica.network == ("novita-gpu-api-prod", ["api-replicas"])
+    assert "port_bindings" not in replica.host_config_kwargs
+    proxy = container_spec(containers["proxy-container"])
+    assert proxy.network == ("novita-gpu-api-prod", [])
+    assert (proxy.create_kwargs["ports"], proxy.host_config_kwargs["port_bindings"]) == ([3003], {3003: ("127.0.0.1", 3003)})
+    with pytest.raises(UnmappedInputError, match="exactly one network"):
+        container_spec({**containers["proxy-container"], "networksAdvanced": [{"name": "a"}, {"name": "b"}]})

@@ -111,6 +111,9 @@ class ProgramMocks(pulumi.runtime.Mocks):
         outputs = dict(args.inputs)
         if args.typ == "docker:index/image:Image":
             outputs["repoDigest"] = _digest(args.inputs)  # the local image ID of a skip_push build
+        elif args.typ == "docker:index/container:Container" and "name" not in args.inputs:
+            # Pulumi's auto-naming: the resource name plus a random suffix (here derived from the inputs).
+            outputs["name"] = f"{args.name}-{_digest(args.inputs)[7:14]}"
         elif args.typ == "docker:index/remoteImage:RemoteImage":
             outputs["imageId"] = _digest(args.inputs.get("name"))
         elif args.typ == "aiven:index/valkey:Valkey":

@@ -1,6 +1,8 @@
 """The API container, per stack: every value the seed's incidents taught, read from the real stack files."""
 from __future__ import annotations
 
+import re
+
 import pulumi
 import pytest
 
@@ -37,7 +39,9 @@ EXPECTED = {
 
 
 def api_container(run: ProgramRun) -> Registration:
-    return run.one(CONTAINER, "api-container")
+    """The first API replica (on the host network: the one fixed-name container)."""
+    replicas = [r for r in run.all(CONTAINER) if run.by_urn(r.parent).type == "novita-gpu-api:index:ApiService"]
+    return min(replicas, key=lambda r: r.name)
 
 
 def env_map(container: Registration) -> dict[str, str]:
@@ -78,14 +82,17 @@ async def test_limits_and_no_swap(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 @pulumi.runtime.test
-async def test_port_3003_published_on_loopback_only(stack: str) -> None:
+async def test_replicas_publish_nothing_and_are_auto_named(stack: str) -> None:
     run = await ProgramRun.for_stack(stack).run()
     container = api_container(run)
-    assert container.inputs["ports"] == [{"internal": 3003, "external": 3003, "ip": "127.0.0.1"}]
-    assert container.inputs["name"] == EXPECTED[stack]["name"]
+    assert "ports" not in container.inputs and "name" not in container.inputs
+    assert container.name == f"{EXPECTED[stack]['name']}-1"
+    names = run.outputs["containerNames"].value
+    assert len(names) == {"dev": 1, "prod": 2}[stack] and len(set(names)) == len(names)
+    for index, name in enumerate(names, start=1):
+        assert re.fullmatch(rf"{EXPECTED[stack]['name']}-{index}-[0-9a-f]{{7}}", name), name
     assert run.outputs["apiUrl"].value == "http://127.0.0.1:3003"
     assert run.outputs["healthUrl"].value == "http://127.0.0.1:3003/health"
-    assert run.outputs["containerName"].value == EXPECTED[stack]["name"]
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -101,6 +108,7 @@ async def test_environment_follows_the_container_contract(stack: str) -> None:
         "FAULT_INJECTION": "false",
         "HEALTHCHECK_TIMEOUT_SECONDS": "5.0",
         "HEALTHCHECK_KILL_AFTER": "5",
+        "SHUTDOWN_DRAIN_SECONDS": "3",
         "REDIS_URL": EXPECTED[stack]["REDIS_URL"],
         "NOVITA_API_KEY": TEST_SECRETS["novitaApiKey"],
         "API_KEYS": TEST_SECRETS["apiKeys"],
@@ -182,13 +190,22 @@ async def test_hardening_can_be_turned_off() -> None:
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 @pulumi.runtime.test
-async def test_replaced_delete_first_on_healthcheck_or_init_change(stack: str) -> None:
+async def test_replicas_are_replaced_create_before_delete_on_healthcheck_or_init_change(stack: str) -> None:
     run = await ProgramRun.for_stack(stack).run()
     container = api_container(run)
     assert container.replace_on_changes == ["healthcheck", "init"]
-    assert container.delete_before_replace is True
+    assert container.delete_before_replace is False  # the new replica is healthy before the old one goes
     assert container.protect is False
     assert run.by_urn(container.parent).type == "novita-gpu-api:index:ApiService"
+
+
+@pulumi.runtime.test
+async def test_the_host_network_container_keeps_its_fixed_name_and_goes_delete_first() -> None:
+    run = await ProgramRun.for_stack("dev", {"networkMode": "host"}).run()
+    (container,) = [r for r in run.all(CONTAINER) if run.by_urn(r.parent).type == "novita-gpu-api:index:ApiService"]
+    assert (container.name, container.inputs["name"]) == ("api-container", "novita-gpu-instance-api-dev")
+    assert container.delete_before_replace is True  # it listens on the host's port itself
+    assert run.outputs["containerNames"].value == ["novita-gpu-instance-api-dev"]
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -219,6 +236,7 @@ async def test_host_network_publishes_nothing_and_listens_where_configured() -> 
     assert inputs["networkMode"] == "host"
     assert "ports" not in inputs and "networksAdvanced" not in inputs
     assert (env_map(api_container(run))["HOST"], env_map(api_container(run))["PORT"]) == ("127.0.0.1", "18080")
+    assert env_map(api_container(run))["SHUTDOWN_DRAIN_SECONDS"] == "0"  # no proxy to drain from
     assert run.all("docker:index/network:Network") == []
     assert run.outputs["apiUrl"].value == "http://127.0.0.1:18080"
 
@@ -228,7 +246,7 @@ async def test_bridge_mode_joins_the_private_network() -> None:
     run = await ProgramRun.for_stack("dev").run()
     network = run.one("docker:index/network:Network")
     assert network.inputs == {"name": "novita-gpu-api-dev"}
-    assert api_container(run).inputs["networksAdvanced"] == [{"name": "novita-gpu-api-dev"}]
+    assert api_container(run).inputs["networksAdvanced"] == [{"name": "novita-gpu-api-dev", "aliases": ["api-replicas"]}]
 
 
 @pulumi.runtime.test

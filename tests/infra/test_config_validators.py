@@ -58,6 +58,31 @@ def test_lists_come_as_json_text_or_lists() -> None:
 
 
 @pulumi.runtime.test
+def test_docker_hosts_are_ssh_tcp_or_unix_urls_each_once() -> None:
+    hosts = '["ssh://deploy@api-a", "ssh://api-b:2222", "tcp://10.0.0.5:2376", "unix:///run/docker-2.sock"]'
+    assert check.docker_host_list(hosts, forms="FORMS") == [
+        "ssh://deploy@api-a", "ssh://api-b:2222", "tcp://10.0.0.5:2376", "unix:///run/docker-2.sock",
+    ]
+    assert check.docker_host_list("", forms="FORMS") == []
+    assert _refused(check.docker_host_list, '["ssh://a", "api-b"]', forms="FORMS") == (
+        "item 1 'api-b' is not a Docker host URL; use FORMS"
+    )
+    for bad in ("tcp://10.0.0.5", "http://api-b:2375", "ssh://a b", "unix://relative.sock"):
+        assert "is not a Docker host URL" in _refused(check.docker_host_list, [bad], forms="FORMS"), bad
+    assert _refused(check.docker_host_list, ["ssh://a", "ssh://a"], forms="FORMS") == "lists a host twice"
+
+
+@pulumi.runtime.test
+def test_domains_and_emails() -> None:
+    assert check.domain_name(" API.Example.com. ") == "api.example.com" and check.domain_name("") == ""
+    for bad in ("https://api.example.com", "api.example.com:443", "api.example.com/x", "localhost", "-a.example.com"):
+        assert "expected a DNS name such as api.example.com" in _refused(check.domain_name, bad), bad
+    assert check.email_address("ops+api@example.com") == "ops+api@example.com" and check.email_address("") == ""
+    for bad in ("ops", "ops@", "@example.com", "ops@localhost", "o ps@example.com"):
+        assert "expected an email address" in _refused(check.email_address, bad), bad
+
+
+@pulumi.runtime.test
 def test_urls_are_http_and_never_echoed() -> None:
     assert check.http_url(" https://h.example/x ") == "https://h.example/x"
     assert check.http_url("", allow_empty=True) == ""

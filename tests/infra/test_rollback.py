@@ -38,7 +38,7 @@ INSPECTED = [
 async def test_a_pinned_earlier_build_is_deployed_by_id_without_building() -> None:
     run = await ProgramRun.for_stack("prod", {"apiImage": B}).run()
     assert run.all(IMAGE) == []
-    pinned = run.one(REMOTE_IMAGE)
+    pinned = run.one(REMOTE_IMAGE, "api-image-pinned")
     assert pinned.inputs == {"name": B, "keepLocally": True}  # destroying it never deletes the image
     assert run.by_urn(pinned.parent).type == "novita-gpu-api:index:ApiImage"
     image_id = run.outputs["imageId"].value
@@ -49,7 +49,7 @@ async def test_a_pinned_earlier_build_is_deployed_by_id_without_building() -> No
 @pulumi.runtime.test
 async def test_without_a_pin_the_stack_builds_and_reports_the_build_tag() -> None:
     run = await ProgramRun.for_stack("prod").run()
-    assert run.all(REMOTE_IMAGE) == []
+    assert [pulled.name for pulled in run.all(REMOTE_IMAGE)] == ["proxy-image"]  # the edge proxy's, not the API's
     name = run.one(IMAGE).inputs["imageName"]
     assert re.fullmatch(r"novita-gpu-api:prod-[0-9a-f]{12}", name) and run.outputs["imageName"].value == name
 

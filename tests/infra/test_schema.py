@@ -30,6 +30,14 @@ VARIANTS = {
     "dev-unhardened": ("dev", {"containerHardening": "false"}, {}),
     "prod-valkey-app-user": ("prod", {"valkeyAppUser": "ngpu-api"}, {}),
     "prod-rollback": ("prod", {"apiImage": "novita-gpu-api:prod-3f9a1c2b7d10"}, {}),
+    "dev-domain": ("dev", {"domain": "api.example.com"}, {}),
+    "prod-domain": ("prod", {"domain": "api.example.com", "acmeEmail": "ops@example.com", "httpsPort": "8443"}, {}),
+    "prod-two-ssh-hosts": ("prod", {"dockerHosts": '["ssh://deploy@api-a", "ssh://deploy@api-b:2222"]', "apiReplicas": "3"}, {}),
+    "prod-tcp-host": (
+        "prod",
+        {"dockerHosts": '["tcp://10.0.0.5:2376"]', "proxyPullImage": "false"},
+        {"dockerTlsCa": "ca", "dockerTlsCert": "cert", "dockerTlsKey": "key"},
+    ),
 }
 
 

@@ -143,6 +143,19 @@ CONFIG_ERRORS = [
     ("dev", {"webhookUrl": "https://hooks.example.com/x", "webhookSecret": "whsec_plain_text_secret_123456"}, {}, "webhookSecret", "plain text"),
     ("dev", {"webhookAllowPrivateTargets": "sometimes"}, {}, "webhookAllowPrivateTargets", "use true or false"),
     ("dev", {"webhookMaxAttempts": "0"}, {}, "webhookMaxAttempts", "at least 1"),
+    ("prod", {"apiReplicas": "0"}, {}, "apiReplicas", "between 1 and 8"),
+    ("prod", {"apiReplicas": "9"}, {}, "apiReplicas", "between 1 and 8"),
+    ("dev", {"apiReplicas": "two"}, {}, "apiReplicas", "not a whole number"),
+    ("dev", {"networkMode": "host", "apiReplicas": "2"}, {}, "apiReplicas", "exactly 1 replica"),
+    ("prod", {"dockerHosts": '["api-a.example.com"]'}, {}, "dockerHosts", "item 0 'api-a.example.com' is not a Docker host URL"),
+    ("prod", {"dockerHosts": '["ssh://deploy@api-a", "http://api-b:2375"]'}, {}, "dockerHosts", "item 1"),
+    ("prod", {"dockerHosts": '["ssh://a", "ssh://a"]'}, {}, "dockerHosts", "lists a host twice"),
+    ("prod", {"dockerHosts": '"ssh://a"'}, {}, "dockerHosts", "must be a list of Docker host URLs"),
+    ("dev", {"dockerHosts": '["ssh://a", "ssh://b"]'}, {}, "dockerHosts", "needs valkeyMode aiven"),
+    ("prod", {"dockerHosts": '["tcp://10.0.0.5:2376"]'}, {}, "dockerTlsCa", "missing required secret"),
+    ("prod", {"proxyMemoryMb": "16"}, {}, "proxyMemoryMb", "at least 32 MB"),
+    ("prod", {"proxyCpus": "0"}, {}, "proxyCpus", "positive number of CPUs"),
+    ("prod", {"proxyContainerName": "edge proxy"}, {}, "proxyContainerName", "a Docker name"),
 ]
 
 

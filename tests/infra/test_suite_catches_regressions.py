@@ -53,6 +53,7 @@ def test_unedited_copies_pass(tmp_path: Path) -> None:
         ("prod", "restartPolicy", "unless-stopped", "restartPolicy"),
         ("prod", "healthcheckStartPeriod", "90s", "test_healthcheck_every_field_in_canonical_form[prod]"),
         ("dev", "memoryMb", "1024", "test_limits_and_no_swap[dev]"),
+        ("prod", "apiReplicas", "1", "test_replicas_publish_nothing_and_are_auto_named[prod]"),
     ],
 )
 @pulumi.runtime.test

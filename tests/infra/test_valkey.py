@@ -34,7 +34,7 @@ async def test_prod_is_aiven_with_tls_rdb_noeviction_and_an_allow_list() -> None
             "ipFilterStrings": ["203.0.113.10/32"],
         },
     }
-    assert run.all(CONTAINER) == [run.one(CONTAINER, "api-container")]  # no local Valkey in prod
+    assert sorted(r.name for r in run.all(CONTAINER)) == ["novita-gpu-instance-api-1", "novita-gpu-instance-api-2", "proxy-container"]  # no local Valkey in prod
 
 
 @pulumi.runtime.test
@@ -75,7 +75,7 @@ def test_aiven_schemes_are_rewritten_for_redis_py() -> None:
 async def test_dev_is_a_local_valkey_container_on_the_private_network() -> None:
     run = await ProgramRun.for_stack("dev").run()
     assert run.all(AIVEN_VALKEY) == [] and run.all("pulumi:providers:aiven") == []
-    image = run.one("docker:index/remoteImage:RemoteImage")
+    image = run.one("docker:index/remoteImage:RemoteImage", "valkey-image")
     volume = run.one("docker:index/volume:Volume")
     valkey = run.one(CONTAINER, "valkey-container")
     assert image.inputs == {"name": "valkey/valkey:8-alpine", "keepLocally": True}
@@ -95,6 +95,7 @@ async def test_dev_is_a_local_valkey_container_on_the_private_network() -> None:
     }
     assert (inputs["wait"], inputs["waitTimeout"], inputs["restart"]) == (True, 60, "unless-stopped")
     assert (inputs["readOnly"], inputs["securityOpts"]) == (True, ["no-new-privileges:true"])
+    assert inputs["labels"] == [{"label": "novita-gpu-api.role", "value": "valkey"}, {"label": "novita-gpu-api.stack", "value": "dev"}]
     assert valkey.delete_before_replace and valkey.replace_on_changes == ["healthcheck"]
     for child in (image, volume, valkey):
         assert run.by_urn(child.parent).type == "novita-gpu-api:index:Valkey"
@@ -113,7 +114,7 @@ async def test_local_valkey_for_tests_host_network_local_image_and_redis_binarie
         "networkMode": "host", "valkeyPort": "16379", "valkeyImage": "novita-test-valkey:local", "valkeyPullImage": "false",
         "valkeyServerBinary": "redis-server", "valkeyCliBinary": "redis-cli",
     }).run()
-    assert run.all("docker:index/remoteImage:RemoteImage") == []
+    assert [r.name for r in run.all("docker:index/remoteImage:RemoteImage")] == []  # no proxy on the host network either
     inputs = run.one(CONTAINER, "valkey-container").inputs
     assert inputs["image"] == "novita-test-valkey:local"
     assert inputs["networkMode"] == "host" and "networksAdvanced" not in inputs
@@ -126,7 +127,7 @@ async def test_local_valkey_for_tests_host_network_local_image_and_redis_binarie
 @pulumi.runtime.test
 async def test_the_api_gets_the_component_url(stack: str) -> None:
     run = await ProgramRun.for_stack(stack).run()
-    envs = run.one(CONTAINER, "api-container").inputs["envs"]
+    envs = run.one(CONTAINER, "novita-gpu-instance-api-1" if stack == "prod" else "novita-gpu-instance-api-dev-1").inputs["envs"]
     assert f"REDIS_URL={run.outputs['valkeyUrl'].value}" in envs
 
 
@@ -153,7 +154,7 @@ async def test_the_app_user_password_reaches_the_api_only_as_a_secret_tls_url() 
     run = await ProgramRun.for_stack("prod", {"valkeyAppUser": "ngpu-api"}).run()
     expected = f"rediss://ngpu-api:{quote(MOCK_VALKEY_USER_PASSWORD, safe='')}@{AIVEN_HOST}:13345"
     assert run.outputs["valkeyUrl"].secret and run.outputs["valkeyUrl"].value == expected
-    container = run.one(CONTAINER, "api-container")
+    container = run.one(CONTAINER, "novita-gpu-instance-api-1")
     envs = container.inputs["envs"]
     index = envs.index(f"REDIS_URL={expected}")
     assert container.is_secret(f"envs[{index}]")

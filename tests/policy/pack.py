@@ -50,6 +50,12 @@ def _options(protect: bool = False) -> PolicyResourceOptions:
     return PolicyResourceOptions(protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
 
 
+def api_container(run: ProgramRun) -> Registration:
+    """The first API replica (by its role label)."""
+    replicas = [r for r in run.all(rules.CONTAINER) if rules.labels(r.inputs).get(rules.ROLE_LABEL) == rules.API_ROLE]
+    return min(replicas, key=lambda r: r.name)
+
+
 def resource(type_: str, props: dict, name: str = "api-container", protect: bool = False) -> ResourceValidationArgs:
     """One resource's validation args, as the library's Analyze handler builds them."""
     return ResourceValidationArgs(type_, unknown_checking_proxy(props), f"urn:test::{name}", name, _options(protect), None)

@@ -19,7 +19,7 @@ from pulumi.runtime.proto import analyzer_pb2_grpc
 
 from policy import rules
 from tests.infra.harness import REPO_ROOT, Registration
-from tests.policy.pack import ADVISORY, MANDATORY, RawRecordingMonitor, edited, run_program
+from tests.policy.pack import ADVISORY, MANDATORY, RawRecordingMonitor, api_container, edited, run_program
 
 POLICY_DIR = REPO_ROOT / "policy"
 START_TIMEOUT_SECONDS = 30
@@ -75,7 +75,7 @@ def test_the_started_pack_lists_its_policies_and_levels() -> None:
 async def test_the_started_pack_judges_the_prod_program_and_leaves_dev_alone() -> None:
     prod = await run_program("prod")
     monitor: RawRecordingMonitor = prod.monitor  # type: ignore[assignment]
-    container = prod.one(rules.CONTAINER, "api-container")
+    container = api_container(prod)
     raw = monitor.raw[container.urn]
     restart_changed = edited(raw, lambda document: document.update(restart="on-failure"))
     with started_pack("prod", prod.config) as stub:
