@@ -20,6 +20,7 @@ Progress (listing, applying n of N, done or failed) is written to the index's sy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -267,8 +268,9 @@ class Reconciler:
         """
         error_text = live.error_text
         connection = connection_details(live)
-        if (live.status == record.novita_status and error_text in (None, record.status_error)
-                and connection == record.connection):
+        if live.status == record.novita_status and error_text in (None, record.status_error):
+            if connection != record.connection:  # only how to reach it changed: keep it, no state change to report
+                await self._keep_connection(record.id, connection)
             return False
         before = record.state
 
@@ -289,6 +291,13 @@ class Reconciler:
                 "statusError": error_text,
             })
         return True
+
+    async def _keep_connection(self, record_id: str, connection: ConnectionDetails) -> None:
+        def keep(current: InstanceRecord) -> None:
+            current.connection = connection
+
+        with contextlib.suppress(RecordNotFound):
+            await self._store.update(record_id, keep)
 
     async def _adopt(self, record: _Known, live: Instance) -> None:
         error_text = live.error_text

@@ -126,7 +126,8 @@ def test_a_novita_outage_is_reported_with_its_reason_and_the_recovery_too(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle
 ) -> None:
     server = api_server_factory(novita_health_check_interval_seconds=0.2)
-    fake_novita.add_faults({"path": "/clusters", "kind": "server_error", "status": 503, "count": None})
+    # Every call fails: the status sync's listings too, or the check would take their success as Novita's answer.
+    fake_novita.add_faults({"path": "*", "kind": "server_error", "status": 503, "count": None})
     down = _wait_for_novita(server, "down")
     assert down.status_code == 200  # Novita is not required for the API to accept work
     body = down.json()
