@@ -16,6 +16,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.config import ContainerSettings, HealthcheckSettings, ProxySettings
+from components.edge_standards import edge_container_args, edge_container_options
 
 # The rendered configuration reaches the container in this env var and is written to the tmpfs at start: Docker
 # refuses file uploads into a read-only root filesystem, and the proxy keeps the API's hardening.
@@ -146,44 +147,15 @@ class EdgeProxy(pulumi.ComponentResource):
             f"{name}-container",
             name=proxy.container_name,
             image=image,
-            restart=c.restart_policy,
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD", "bash", "-c", HEALTH_PROBE],
-                interval=hc.interval,
-                timeout=hc.timeout,
-                retries=hc.retries,
-                start_period=hc.start_period,
-            ),
-            memory=proxy.memory_mb,
-            memory_swap=proxy.memory_swap_mb,
-            cpus=proxy.cpus,
             command=START_COMMAND,
             envs=[f"{CONFIG_ENV}={config}"],
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args.network_name)],
             # The only published port of the stack: loopback by default, as the API's was.
             ports=[docker.ContainerPortArgs(internal=args.api_port, external=c.api_port, ip=c.api_host_address)],
-            labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(args.labels.items())],
-            log_driver="json-file",
-            log_opts={"max-size": c.log_max_size, "max-file": str(c.log_max_file)},
             # SIGUSR1 is HAProxy's soft stop (the official image's STOPSIGNAL): finish in-flight requests, then exit.
-            stop_signal="SIGUSR1",
-            stop_timeout=c.stop_grace_seconds,
-            destroy_grace_seconds=c.stop_grace_seconds,
-            read_only=True,
-            tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=16m"},
-            security_opts=["no-new-privileges:true"],
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            must_run=True,
-            wait=True,
-            wait_timeout=hc.wait_timeout_seconds,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                provider=args.provider,
-                # Fixed name and published port: the old proxy goes first. Its config only changes with the
-                # settings (not with a rollout of the API), so this costs a short gap only on such a change.
-                delete_before_replace=True,
-                replace_on_changes=["healthcheck"],
-            ),
+            **edge_container_args(proxy=proxy, container=c, healthcheck=hc, probe=["CMD", "bash", "-c", HEALTH_PROBE],
+                                  stop_signal="SIGUSR1", labels=args.labels),
+            opts=edge_container_options(self, args.provider),
         )
         self.container_name = container.name
         self.register_outputs({"container_name": self.container_name})

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.config import ContainerSettings, HealthcheckSettings, ProxySettings, TlsSettings
+from components.edge_standards import edge_container_args, edge_container_options
 
 # Like the edge proxy: the rendered Caddyfile reaches the container in an env var and is written to the tmpfs at start.
 CONFIG_ENV = "CADDYFILE"
@@ -114,17 +115,6 @@ class TlsFront(pulumi.ComponentResource):
             f"{name}-container",
             name=tls.container_name,
             image=image,
-            restart=c.restart_policy,
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=HEALTH_PROBE,
-                interval=hc.interval,
-                timeout=hc.timeout,
-                retries=hc.retries,
-                start_period=hc.start_period,
-            ),
-            memory=proxy.memory_mb,
-            memory_swap=proxy.memory_swap_mb,
-            cpus=proxy.cpus,
             command=START_COMMAND,
             envs=[f"{CONFIG_ENV}={caddyfile}", f"XDG_DATA_HOME={DATA_PATH}", "XDG_CONFIG_HOME=/tmp/config"],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=DATA_PATH)],
@@ -133,26 +123,10 @@ class TlsFront(pulumi.ComponentResource):
                 docker.ContainerPortArgs(internal=HTTPS_LISTEN_PORT, external=tls.https_port, ip=tls.public_address),
                 docker.ContainerPortArgs(internal=HTTP_LISTEN_PORT, external=tls.http_port, ip=tls.public_address),
             ],
-            labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(args.labels.items())],
-            log_driver="json-file",
-            log_opts={"max-size": c.log_max_size, "max-file": str(c.log_max_file)},
-            stop_signal="SIGTERM",  # Caddy's graceful stop: in-flight requests finish
-            stop_timeout=c.stop_grace_seconds,
-            destroy_grace_seconds=c.stop_grace_seconds,
-            read_only=True,
-            tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=16m"},
-            security_opts=["no-new-privileges:true"],
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            must_run=True,
-            wait=True,
-            wait_timeout=hc.wait_timeout_seconds,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                provider=args.provider,
-                # Fixed name and published ports: the old container goes first (a short gap on a settings change).
-                delete_before_replace=True,
-                replace_on_changes=["healthcheck"],
-            ),
+            # SIGTERM is Caddy's graceful stop: in-flight requests finish.
+            **edge_container_args(proxy=proxy, container=c, healthcheck=hc, probe=HEALTH_PROBE, stop_signal="SIGTERM",
+                                  labels=args.labels),
+            opts=edge_container_options(self, args.provider),
         )
         self.container_name = container.name
         self.register_outputs({"container_name": self.container_name})
