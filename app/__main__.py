@@ -9,7 +9,7 @@ from types import FrameType
 import uvicorn
 
 from app.core.config import ConfigError, load_settings
-from app.core.container import Lifecycle
+from app.core.process import ProcessState
 from app.main import create_app
 
 # uvicorn's exit code when the app's start-up fails.
@@ -21,16 +21,16 @@ class DrainingServer(uvicorn.Server):
     `drain_seconds` before uvicorn's own shutdown (listener closed, in-flight requests finished, lifespan drain).
     A second signal shuts down at once."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, process: ProcessState, drain_seconds: float) -> None:
         super().__init__(config)
-        self._lifecycle = lifecycle
+        self._process = process
         self._drain_seconds = drain_seconds
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_seconds <= 0 or self._lifecycle.shutting_down:
+        if self._drain_seconds <= 0 or self._process.shutting_down:
             super().handle_exit(sig, frame)
             return
-        self._lifecycle.shutting_down = True
+        self._process.shutting_down = True
         timer = threading.Timer(self._drain_seconds, super().handle_exit, (sig, frame))
         timer.daemon = True
         timer.start()
@@ -55,7 +55,7 @@ def main() -> int:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
         server_header=False,
     )
-    server = DrainingServer(config, app.state.container.lifecycle, settings.shutdown_drain_seconds)
+    server = DrainingServer(config, app.state.container.process, settings.shutdown_drain_seconds)
     server.run()
     return 0 if server.started else STARTUP_FAILURE
 

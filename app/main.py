@@ -20,18 +20,19 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.compat.router import router as compat_router
+from app.container import AppContainer
 from app.core.config import ConfigError, Settings, load_settings
-from app.core.container import AppContainer
 from app.core.errors import ServiceUnavailable, install_exception_handlers
 from app.core.faults import router as faults_router
 from app.core.logging import configure_logging
 from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.core.openapi import install_openapi
-from app.health.liveness import LivenessEndpoint
+from app.health.liveness import LIVEZ_OPERATION, LIVEZ_PATH, LivenessEndpoint
 from app.health.router import router as health_router
-from app.instances.handlers import register_handlers
 from app.instances.router import router as instances_router
 from app.jobs.router import router as jobs_router
+from app.novita.errors import NovitaError
+from app.novita.problems import novita_error_to_app_error
 from app.products.router import router as products_router
 from app.ui import install_dashboard
 
@@ -58,9 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # operationId = the route function's name (`get_instance`): what generated clients call their functions.
         generate_unique_id_function=lambda route: route.name,
     )
-    app.state.container = container
-    install_exception_handlers(app)
-    install_openapi(app)
+    app.state.container = container  # the lifespan and the server's drain read it
+    app.state.services = container.services()
+    install_exception_handlers(app, upstream={NovitaError: novita_error_to_app_error})
+    install_openapi(app, extra_paths={LIVEZ_PATH: {"get": LIVEZ_OPERATION}})
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:  # no CORS headers at all unless origins are configured
         app.add_middleware(
@@ -71,16 +73,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After", "X-Request-ID"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # sees every answer but /livez
-    app.add_middleware(LivenessEndpoint, lifecycle=container.lifecycle)  # outermost: liveness depends on nothing
+    app.add_middleware(LivenessEndpoint, process=container.process)  # outermost: liveness depends on nothing
     for router in (health_router, jobs_router, instances_router, products_router, compat_router):
         app.include_router(router)
-    install_dashboard(app, container)  # /ui, outside the OpenAPI schema
+    install_dashboard(app, container.redis.client, settings.ui_session_ttl_seconds)  # /ui, outside the OpenAPI schema
     if not settings.client_api_keys:
         logger.warning("API_KEYS is not set: the API is open to anyone who can reach it (development only)")
     if settings.fault_injection:
         logger.warning("FAULT_INJECTION is on: /debug endpoints are served")
         app.include_router(faults_router)
-    register_handlers(container.worker, container)
+    container.register_job_handlers()
     return app
 
 
@@ -97,7 +99,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        container.lifecycle.shutting_down = True
+        container.process.shutting_down = True
         logger.info("shutting down: draining the job worker")
         readiness.cancel()
         await asyncio.wait({readiness}, timeout=2.0)
@@ -117,8 +119,8 @@ async def _become_ready(container: AppContainer) -> None:
     await container.redis.wait_until_connected()
     await _ensure_index(container)
     await container.worker.start()
-    container.lifecycle.ready_once = True
-    logger.info("ready", extra={"startupSeconds": round(container.lifecycle.uptime_seconds, 2)})
+    container.process.ready_once = True
+    logger.info("ready", extra={"startupSeconds": round(container.process.uptime_seconds, 2)})
     await container.automation.start()
     await container.redis.monitor(container.settings.redis_monitor_interval_seconds)
 
@@ -132,7 +134,7 @@ async def _ensure_index(container: AppContainer) -> None:
             logger.warning("cannot build the instance list index yet; retrying", extra={"error": str(error)})
             await asyncio.sleep(1.0)
             continue
-        container.lifecycle.index_ready = True
+        container.process.index_ready = True
         return
 
 

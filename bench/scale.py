@@ -23,9 +23,10 @@ import httpx
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
-from app.instances.schemas import InstanceRecord
-from app.instances.service import new_record_id, upstream_name
-from app.instances.store import InstanceStore
+from app.fleet.schemas import InstanceRecord
+from app.fleet.store import InstanceStore
+from app.fleet.views import upstream_name
+from app.instances.service import new_record_id
 from app.jobs.queue import job_key
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.cost_guards import CostGuardExecutor, CostGuardPolicy

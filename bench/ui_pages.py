@@ -21,9 +21,10 @@ import httpx
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
-from app.instances.schemas import InstanceRecord, InstanceState, PortSpec
-from app.instances.service import new_record_id, upstream_name
-from app.instances.store import InstanceStore
+from app.fleet.schemas import InstanceRecord, InstanceState, PortSpec
+from app.fleet.store import InstanceStore
+from app.fleet.views import upstream_name
+from app.instances.service import new_record_id
 from bench.report import Report, Row
 from bench.services import ServerProcess, Services
 from bench.upstream import _forget_cache

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Body, Depends, Path, Response, status
 from app.compat.schemas import ByNameAction, ByNameStart, LastUsedRequest, StopAllRequest, StopAllResult
 from app.compat.service import CompatService
 from app.core.auth import require_api_key
-from app.core.container import AppContainer, get_container
+from app.core.deps import provide
 from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
-from app.instances.schemas import AcceptedResponse, HeartbeatView
-from app.instances.service import Action
+from app.fleet.actions import Action
+from app.fleet.schemas import AcceptedResponse, HeartbeatView
+from app.instances.service import InstanceService
 
 router = APIRouter(prefix="/api/instances", tags=["compat"], dependencies=[Depends(require_api_key)],
                    responses=AUTHENTICATED_RESPONSES)
@@ -25,9 +26,9 @@ _BY_NAME_RESPONSES = {
 }
 
 
-async def get_compat_service(container: Annotated[AppContainer, Depends(get_container)]) -> CompatService:
+async def get_compat_service(instances: Annotated[InstanceService, Depends(provide(InstanceService))]) -> CompatService:
     """The compatibility layer over the running app's instance service."""
-    return CompatService(container.instances)
+    return CompatService(instances)
 
 
 Service = Annotated[CompatService, Depends(get_compat_service)]

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from app.instances.schemas import ApiModel, InstanceState, StrictRequestModel, WebhookUrl
+from app.core.schemas import ApiModel, StrictRequestModel
+from app.fleet.schemas import InstanceState, WebhookUrl
 
 # The original's name rule; names it accepted with `_` never existed here (ours are letters, digits and hyphens).
 ORIGINAL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"

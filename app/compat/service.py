@@ -10,8 +10,9 @@ import time
 
 from app.compat.schemas import StopAllItem, StopAllResult
 from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.instances.schemas import AcceptedResponse, HeartbeatView, InstanceRecord, InstanceState
-from app.instances.service import Action, InstanceService
+from app.fleet.actions import Action
+from app.fleet.schemas import AcceptedResponse, HeartbeatView, InstanceRecord, InstanceState
+from app.instances.service import InstanceService
 
 # What stop-all stops: this service's instances that run (and bill) or are about to.
 STOP_ALL_STATES = frozenset({InstanceState.RUNNING, InstanceState.STARTING, InstanceState.RESTARTING})

@@ -14,7 +14,9 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from app.core.config import Settings
 from app.core.errors import Unauthorized
+from app.core.ratelimit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +48,10 @@ async def require_api_key(request: Request, header_key: HeaderKey = None, bearer
     Every configured key is compared in constant time, and all of them always, so timing reveals neither a key nor
     which one matched. Without configured keys (development only; production refuses to start) access is open.
     """
-    container = request.app.state.container
-    name = _authenticate(presented_key(header_key, bearer), container.settings.client_api_keys)
+    services = request.app.state.services
+    name = _authenticate(presented_key(header_key, bearer), services.get(Settings).client_api_keys)
     request.state.api_key_name = name
-    await container.rate_limiter.enforce(name)
+    await services.get(RateLimiter).enforce(name)
     return name
 
 

@@ -6,7 +6,7 @@ maps them all, so no route builds an error body by hand and bad input never beco
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -16,18 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.logging import request_id_var
-from app.novita.errors import (
-    NovitaAuthError,
-    NovitaBadRequest,
-    NovitaCircuitOpen,
-    NovitaError,
-    NovitaInsufficientResource,
-    NovitaNotFound,
-    NovitaRateLimited,
-    NovitaStateConflict,
-    NovitaTimeout,
-)
+from app.core.deps import services_of
+from app.core.logging import SecretRedactor, request_id_var
 
 PROBLEM_JSON = "application/problem+json"
 BODY_TOO_LARGE = "request body too large"
@@ -163,8 +153,8 @@ def problem_response(
 
 def _redactor(request: Request) -> Callable[[str], str]:
     """The app's secret redactor; a no-op before the container exists (nothing secret is known then)."""
-    container = getattr(request.app.state, "container", None) if "app" in request.scope else None
-    return container.redact if container is not None else str
+    services = services_of(request.app) if "app" in request.scope else None
+    return services.get(SecretRedactor) if services is not None else str
 
 
 def app_error_to_problem(request: Request, error: AppError) -> JSONResponse:
@@ -180,29 +170,15 @@ def app_error_to_problem(request: Request, error: AppError) -> JSONResponse:
     )
 
 
-def novita_error_to_app_error(error: NovitaError) -> AppError:
-    """Translate a Novita client error into what our client should see, keeping Novita's reason."""
-    detail = f"Novita: {error.message}"
-    if isinstance(error, NovitaNotFound):
-        return NotFound(detail, extra={"reason": error.reason} if error.reason else None)
-    if isinstance(error, NovitaStateConflict):
-        return Conflict(detail, extra={"reason": error.reason} if error.reason else None)
-    if isinstance(error, NovitaRateLimited):
-        return RateLimited(detail, retry_after=error.retry_after, reason=error.reason)
-    if isinstance(error, NovitaBadRequest):
-        return UpstreamRejected(detail, reason=error.reason)
-    if isinstance(error, NovitaInsufficientResource | NovitaCircuitOpen):
-        return UpstreamError(detail, status=503, reason=error.reason)
-    if isinstance(error, NovitaTimeout):
-        return UpstreamError(detail, status=504, reason=error.reason or "TIMEOUT")
-    if isinstance(error, NovitaAuthError):
-        # Our own Novita key was refused: the client cannot fix that, so it is a bad gateway, not a 401.
-        return UpstreamError(detail, status=502, reason=error.reason or "FAILED_TO_AUTH")
-    return UpstreamError(detail, status=502, reason=error.reason)
+# Turns an exception of an outside system's client (Novita's) into what our client should see.
+UpstreamTranslator = Callable[[Any], AppError]
 
 
-def install_exception_handlers(app: FastAPI) -> None:
+def install_exception_handlers(app: FastAPI, upstream: dict[type[Exception], UpstreamTranslator]) -> None:
     """Map every known exception a request can raise to problem+json.
+
+    `upstream` maps each outside client's error base class to its translator (`app.novita.problems`), so this module,
+    at the bottom of the app, renders every problem without knowing the clients above it.
 
     Unexpected exceptions are caught by `RequestContextMiddleware` (app/core/middleware.py), which logs them once with
     the request id and answers `internal_error_response`; a handler for `Exception` here would let Starlette re-raise
@@ -213,10 +189,8 @@ def install_exception_handlers(app: FastAPI) -> None:
     async def _app_error(request: Request, error: AppError) -> JSONResponse:
         return app_error_to_problem(request, error)
 
-    @app.exception_handler(NovitaError)
-    async def _novita_error(request: Request, error: NovitaError) -> JSONResponse:
-        logger.warning("novita call failed", extra={"novitaError": error.kind, "reason": error.reason})
-        return app_error_to_problem(request, novita_error_to_app_error(error))
+    for error_type, translate in upstream.items():
+        app.add_exception_handler(error_type, _upstream_handler(translate))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -251,6 +225,13 @@ def install_exception_handlers(app: FastAPI) -> None:
     async def _valkey_down(request: Request, error: Exception) -> JSONResponse:
         logger.warning("valkey unavailable during request", extra={"error": type(error).__name__})
         return app_error_to_problem(request, ServiceUnavailable("Valkey (state store) is unavailable; retry later"))
+
+
+def _upstream_handler(translate: UpstreamTranslator) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(request: Request, error: Exception) -> JSONResponse:
+        return app_error_to_problem(request, translate(error))
+
+    return handle
 
 
 def internal_error_response(request: Request) -> JSONResponse:

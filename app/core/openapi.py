@@ -21,7 +21,6 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.core.errors import PROBLEM_JSON
-from app.health.liveness import LIVEZ_PATH
 
 OpenApiDocument = dict[str, Any]
 
@@ -83,37 +82,23 @@ _WITH_INPUT = {"422": "invalid parameters or body: `errors` names each field"}
 # Invalid JSON is a 422 like any invalid body; bytes that are not text at all are a 400.
 _WITH_BODY = {"400": "body is not decodable (not UTF-8 text)", "413": "request body over the size limit"}
 _WITH_PATH_PARAMETERS = {"404": "nothing with this id"}
-_LIVEZ_OPERATION: dict[str, Any] = {
-    "tags": ["health"],
-    "summary": "Livez",
-    "description": "200 while the event loop answers; answered before routing, depends on nothing.",
-    "operationId": "livez",
-    "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {
-        "title": "Liveness",
-        "type": "object",
-        "required": ["status", "readyOnce"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok"]},
-            "readyOnce": {"type": "boolean", "description": "the app has been ready (Valkey connected) once"},
-        },
-    }}}}},
-}
+def install_openapi(app: FastAPI, extra_paths: dict[str, Any]) -> None:
+    """Replace `app.openapi` with a version that completes the generated document (built once).
 
-
-def install_openapi(app: FastAPI) -> None:
-    """Replace `app.openapi` with a version that completes the generated document (built once)."""
+    `extra_paths` documents what is answered before routing (FastAPI cannot see it), e.g. `/livez`.
+    """
     generate: Callable[[], OpenApiDocument] = app.openapi
 
     def openapi() -> OpenApiDocument:
         if app.openapi_schema is None:
-            complete_document(generate())  # FastAPI caches it in app.openapi_schema; completed in place
+            complete_document(generate(), extra_paths)  # FastAPI caches it in app.openapi_schema; completed in place
         return app.openapi_schema  # type: ignore[return-value]  # set by generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def complete_document(document: OpenApiDocument) -> None:
-    """Add the answers every operation of its shape can give, the Problem body, and `/livez`."""
+def complete_document(document: OpenApiDocument, extra_paths: dict[str, Any]) -> None:
+    """Add the answers every operation of its shape can give, the Problem body, and `extra_paths`."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
@@ -136,4 +121,4 @@ def complete_document(document: OpenApiDocument) -> None:
                 # An error answer that declares no body of its own (FastAPI's 422 body is not what we send).
                 if status.isdigit() and int(status) >= 400 and (status == "422" or "content" not in response):
                     response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
-    paths[LIVEZ_PATH] = {"get": _LIVEZ_OPERATION}  # constant bytes before routing: it answers nothing but 200
+    paths.update(extra_paths)

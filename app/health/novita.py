@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.lifecycle.leases import SYSTEM_CLOCK, WallClock
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.novita.client import NovitaClient, UpstreamStatus
 from app.novita.errors import NovitaError
 

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.config import Settings
-from app.instances.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
-from app.instances.service import ACTION_JOBS, CREATE_JOB, Action, InstanceService
-from app.instances.store import InstanceStore, RecordNotFound
+from app.fleet.actions import ACTION_JOBS, CREATE_JOB, READINESS_JOB, Action
+from app.fleet.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
+from app.fleet.store import InstanceStore, RecordNotFound
+from app.instances.service import InstanceService
 from app.jobs.queue import Job, JobContext, JobFailed, RetryLater
 from app.jobs.service import JobControl
-from app.lifecycle.leases import SYSTEM_CLOCK, WallClock
 from app.lifecycle.placement import (
     LaunchSpec,
     NoCapacity,
@@ -49,14 +50,12 @@ from app.novita.errors import (
 )
 from app.novita.models import CreateInstanceRequest as NovitaCreateRequest
 from app.novita.models import EnvVar as NovitaEnvVar
-from app.novita.models import Instance
 from app.novita.models import JupyterTool as NovitaTool
 from app.novita.models import NetworkStorageMount as NovitaNetworkStorage
 from app.novita.ratebudget import Priority, at_priority
 from app.products.service import ProductService
 
 if TYPE_CHECKING:
-    from app.core.container import AppContainer
     from app.jobs.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -463,8 +462,6 @@ class InstanceJobHandlers:
         raise JobFailed(reason)
 
 
-READINESS_JOB = "instance.readiness"
-
 # Upstream failures that time cures; the client has already retried them with backoff.
 _NOVITA_OUTAGE = (NovitaUnavailable, NovitaRateLimited)
 
@@ -539,12 +536,3 @@ def _mark_deleted(detail: str, job_id: str) -> RecordChange:
         record.add_event("deleted", detail, job_id)
 
     return mark
-
-
-def register_handlers(worker: Worker, container: AppContainer) -> None:
-    """Register the instance job handlers on `worker`, built from the app container."""
-    handlers = InstanceJobHandlers(
-        container.settings, container.instances.store, container.novita, container.products, container.instances,
-        container.automation.events,
-    )
-    handlers.register(worker, container.jobs)

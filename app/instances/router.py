@@ -6,9 +6,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 
 from app.core.auth import require_api_key
-from app.core.container import AppContainer, get_container
+from app.core.deps import provide
 from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
-from app.instances.schemas import (
+from app.fleet.actions import Action
+from app.fleet.schemas import (
     AcceptedResponse,
     CreateInstanceRequest,
     HeartbeatView,
@@ -16,7 +17,7 @@ from app.instances.schemas import (
     InstanceState,
     InstanceView,
 )
-from app.instances.service import Action, InstanceService
+from app.instances.service import InstanceService
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], dependencies=[Depends(require_api_key)],
                    responses=AUTHENTICATED_RESPONSES)
@@ -28,12 +29,7 @@ _CONFLICT = {409: problem("the instance's current state does not allow this acti
 _ACTION_RESPONSES = {**accepted_response("queued: follow the job at `Location`"), **_NOT_FOUND, **_CONFLICT}
 
 
-async def get_instance_service(container: Annotated[AppContainer, Depends(get_container)]) -> InstanceService:
-    """The instance service of the running app."""
-    return container.instances
-
-
-Service = Annotated[InstanceService, Depends(get_instance_service)]
+Service = Annotated[InstanceService, Depends(provide(InstanceService))]
 
 
 def _accepted(response: Response, accepted: AcceptedResponse) -> AcceptedResponse:

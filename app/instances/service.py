@@ -8,42 +8,31 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Any, Literal
+from typing import Any
 
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.instances.index import Cursor, external_member
-from app.instances.schemas import (
+from app.fleet.actions import ACTION_JOBS, CREATE_JOB, Action
+from app.fleet.index import Cursor, external_member
+from app.fleet.schemas import (
     REVEAL_SECRETS,
     AcceptedResponse,
-    ConnectionDetails,
     CreateInstanceRequest,
-    ExposedPort,
     HeartbeatView,
     InstancePage,
     InstanceRecord,
     InstanceState,
     InstanceView,
-    state_from_novita,
 )
-from app.instances.store import InstanceStore
+from app.fleet.store import InstanceStore
+from app.fleet.views import overlay, upstream_name
 from app.jobs.queue import JobQueue
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.webhooks import UnsafeWebhookUrl, WebhookNotifier
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError, NovitaNotFound
 from app.novita.models import Instance
-
-Action = Literal["start", "stop", "restart", "delete"]
-
-CREATE_JOB = "instance.create"
-ACTION_JOBS: dict[Action, str] = {
-    "start": "instance.start",
-    "stop": "instance.stop",
-    "restart": "instance.restart",
-    "delete": "instance.delete",
-}
 
 # From which of our states each action may be requested (anything else is 409).  The state a request moves the record
 # to at once makes a second identical request a 409 too, until Novita reports the outcome.
@@ -81,11 +70,6 @@ def new_record_id() -> str:
 def new_job_id() -> str:
     """A job id chosen before enqueueing, so an idempotency key can name it before the job exists."""
     return secrets.token_hex(12)
-
-
-def upstream_name(name: str, record_id: str) -> str:
-    """The instance's name on Novita: unique, and findable from our record alone after an ambiguous create."""
-    return f"{name}-{record_id}"
 
 
 def create_spec(request: CreateInstanceRequest) -> dict[str, Any]:
@@ -224,7 +208,7 @@ class InstanceService:
             return view.model_copy(update={"state": InstanceState.DELETED, "novita_status": "removed"})
         except NovitaError:
             return view
-        return _overlay(view, live)
+        return overlay(view, live)
 
     async def list_instances(
         self, *, state: InstanceState | None, name: str | None, page: int, page_size: int, cursor: str | None = None
@@ -285,64 +269,3 @@ class InstanceService:
             raise NotFound(f"no instance with id {instance_id!r}")
         return record
 
-
-def _endpoints(live: Instance) -> list[dict[str, Any]]:
-    return [m.model_dump() for m in live.port_mappings if m.endpoint]
-
-
-def connection_details(live: Instance) -> ConnectionDetails:
-    """What a person needs to use the machine, from Novita's instance data (blank values left out)."""
-    ssh = live.connect_component_ssh
-    jupyter = live.connect_component_jupyter
-    terminal = live.connect_component_web_terminal
-    return ConnectionDetails(
-        ssh_command=(ssh.ssh_command or None) if ssh else None,
-        jupyter_url=(jupyter.address or None) if jupyter else None,
-        web_terminal_url=(terminal.address or None) if terminal else None,
-        ports=[ExposedPort(port=m.port, type=m.type, endpoint=m.endpoint) for m in live.port_mappings if m.endpoint],
-    )
-
-
-def _overlay(view: InstanceView, live: Instance) -> InstanceView:
-    """`view` with Novita's current status, cluster and endpoints.
-
-    A failure we decided (provisioning timeout, no capacity) stays visible while Novita reports no error itself.
-    """
-    error = live.error_text
-    if view.state == InstanceState.FAILED and error is None:
-        state, error = InstanceState.FAILED, view.status_error
-    else:
-        state = state_from_novita(live.status, error)
-    return view.model_copy(update={
-        "state": state,
-        "novita_status": live.status,
-        "status_error": error,
-        "cluster_id": live.cluster_id or view.cluster_id,
-        "endpoints": _endpoints(live) or view.endpoints,
-        "ready_at": view.ready_at if state == InstanceState.RUNNING else None,
-        "connection": connection_details(live),
-    })
-
-
-def external_view(live: Instance) -> InstanceView:
-    """An instance on the Novita account that this service did not create."""
-    error = live.error_text
-    return InstanceView(
-        id=None,
-        managed=False,
-        name=live.name,
-        novita_instance_id=live.id,
-        state=state_from_novita(live.status, error),
-        novita_status=live.status,
-        status_error=error,
-        product_id=live.product_id,
-        product_name=live.product_name,
-        gpu_num=live.gpu_num,
-        rootfs_size=live.rootfs_size,
-        cluster_id=live.cluster_id,
-        billing_mode=live.billing_mode,
-        image_url=live.image_url,
-        env_keys=[env.key for env in live.envs],
-        endpoints=_endpoints(live),
-        connection=connection_details(live),
-    )

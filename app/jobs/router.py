@@ -8,17 +8,18 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from app.core.auth import require_api_key
-from app.core.container import AppContainer, get_container
-from app.core.openapi import AUTHENTICATED_RESPONSES, problem
+from app.core.deps import provide
 from app.core.errors import NotFound
-from app.instances.handlers import READINESS_JOB
-from app.instances.service import ACTION_JOBS, CREATE_JOB
-from app.jobs.queue import Job
+from app.core.openapi import AUTHENTICATED_RESPONSES, problem
+from app.fleet.actions import ACTION_JOBS, CREATE_JOB, READINESS_JOB
+from app.jobs.queue import Job, JobQueue
+from app.jobs.service import JobControl
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)],
                    responses=AUTHENTICATED_RESPONSES)
 
-Container = Annotated[AppContainer, Depends(get_container)]
+Queue = Annotated[JobQueue, Depends(provide(JobQueue))]
+Control = Annotated[JobControl, Depends(provide(JobControl))]
 # Enums in the schema, so that generated clients get them as types: every state a job passes through (see
 # app/jobs/queue.py) and every kind of job this app queues. The queue itself is generic (a newer replica may queue
 # a kind this one does not know), so a kind outside the enum is still a string, not a 500.
@@ -65,19 +66,19 @@ class DeadLetterList(BaseModel):
 
 @router.get("/dead-letters", response_model=DeadLetterList)
 async def list_dead_letters(
-    container: Container, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    queue: Queue, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> DeadLetterList:
     """Jobs that exhausted their attempts."""
-    return DeadLetterList(items=[JobView.of(job) for job in await container.queue.dead_letters(limit)])
+    return DeadLetterList(items=[JobView.of(job) for job in await queue.dead_letters(limit)])
 
 
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
 
 @router.get("/{job_id}", response_model=JobView, responses={404: problem("no job with this id")})
-async def get_job(container: Container, job_id: JobId) -> JobView:
+async def get_job(queue: Queue, job_id: JobId) -> JobView:
     """State, attempts and last error of a job."""
-    job = await container.queue.get(job_id)
+    job = await queue.get(job_id)
     if job is None:
         raise NotFound(f"no job with id '{job_id}'")
     return JobView.of(job)
@@ -86,15 +87,15 @@ async def get_job(container: Container, job_id: JobId) -> JobView:
 @router.post("/{job_id}/cancel", response_model=JobView,
              responses={404: problem("no job with this id"),
                         409: problem("the job is running or finished: only a waiting job can be cancelled")})
-async def cancel_job(container: Container, job_id: JobId) -> JobView:
+async def cancel_job(control: Control, job_id: JobId) -> JobView:
     """Cancel a job that has not started (queued, or scheduled for a retry or its next step); it will never run.
     404 for an unknown job, 409 when it is running or finished."""
-    return JobView.of(await container.jobs.cancel(job_id))
+    return JobView.of(await control.cancel(job_id))
 
 
 @router.post("/{job_id}/requeue", response_model=JobView,
              responses={404: problem("no job with this id"), 409: problem("the job is not dead-lettered")})
-async def requeue_job(container: Container, job_id: JobId) -> JobView:
+async def requeue_job(control: Control, job_id: JobId) -> JobView:
     """Queue a dead-lettered job again, with its attempts reset and its deadlines counted from now.
     404 for an unknown job, 409 when it is not dead."""
-    return JobView.of(await container.jobs.requeue(job_id))
+    return JobView.of(await control.requeue(job_id))

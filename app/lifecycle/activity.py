@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from app.lifecycle.leases import KEY_PREFIX
+from app.lifecycle.keys import KEY_PREFIX
 
 # An instance's activity outlives a stopped period of Novita's data retention (7 days) with a margin.
 ACTIVITY_TTL_SECONDS = 14 * 24 * 3600

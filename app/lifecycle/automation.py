@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.config import Settings
+from app.fleet.records import RecordStore
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.cost_guards import CostGuardExecutor, CostGuardPolicy
-from app.lifecycle.leases import SYSTEM_CLOCK, WallClock
 from app.lifecycle.reconcile import Reconciler
-from app.lifecycle.records import RecordStore
 from app.lifecycle.scheduler import LifecycleScheduler, PeriodicTask
 from app.lifecycle.spot import SpotPolicy, SpotRecovery
 from app.lifecycle.webhooks import DeliveryPolicy, UrlGuard, WebhookNotifier, WebhookOutbox

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.lifecycle.states import RUNNING_STATUS
+from app.fleet.states import RUNNING_STATUS
 from app.novita.models import Instance, PortMapping
 
 

@@ -30,15 +30,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.redis import Lease
-from app.instances.index import external_member
-from app.instances.schemas import (
-    NAME_PATTERN, BillingMode, ConnectionDetails, InstanceRecord, InstanceState, PortSpec,
-)
-from app.instances.service import connection_details, external_view, upstream_name
+from app.fleet.index import external_member
+from app.fleet.records import RecordNotFound, RecordStore
+from app.fleet.schemas import NAME_PATTERN, BillingMode, ConnectionDetails, InstanceRecord, InstanceState, PortSpec
+from app.fleet.views import connection_details, external_view, upstream_name
 from app.lifecycle.activity import ActivityStore
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
-from app.lifecycle.records import RecordNotFound, RecordStore
+from app.lifecycle.keys import KEY_PREFIX
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError, NovitaNotFound

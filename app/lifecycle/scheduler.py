@@ -20,8 +20,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.redis import Lease
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
+from app.lifecycle.keys import KEY_PREFIX
 
 logger = logging.getLogger(__name__)
 

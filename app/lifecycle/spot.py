@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.redis import Lease
-from app.instances.schemas import InstanceRecord, InstanceState
+from app.fleet.records import RecordNotFound, RecordStore
+from app.fleet.schemas import InstanceRecord, InstanceState
+from app.fleet.states import STOPPED_STATUS
 from app.lifecycle.activity import ActivityStore
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
-from app.lifecycle.records import RecordNotFound, RecordStore
-from app.lifecycle.states import STOPPED_STATUS
+from app.lifecycle.keys import KEY_PREFIX
 from app.lifecycle.webhooks import EventSink
 from app.novita.client import NovitaClient
 from app.novita.errors import NovitaError

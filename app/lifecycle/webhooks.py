@@ -34,8 +34,9 @@ from urllib.parse import urlsplit
 import httpx
 from redis.asyncio import Redis
 
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.redis import Lease
-from app.lifecycle.leases import KEY_PREFIX, SYSTEM_CLOCK, WallClock
+from app.lifecycle.keys import KEY_PREFIX
 
 logger = logging.getLogger(__name__)
 

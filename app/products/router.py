@@ -6,9 +6,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.core.auth import require_api_key
-from app.core.container import AppContainer, get_container
+from app.core.deps import provide
 from app.core.openapi import AUTHENTICATED_RESPONSES, NOVITA_RESPONSES
-from app.instances.schemas import ApiModel
+from app.core.schemas import ApiModel
 from app.products.service import BillingMode, ProductService, ProductView, RegionView
 
 # Both operations call Novita on a cache miss: its failures are theirs to answer.
@@ -28,12 +28,7 @@ class RegionList(ApiModel):
     items: list[RegionView]
 
 
-async def get_product_service(container: Annotated[AppContainer, Depends(get_container)]) -> ProductService:
-    """The product service of the running app."""
-    return container.products
-
-
-Service = Annotated[ProductService, Depends(get_product_service)]
+Service = Annotated[ProductService, Depends(provide(ProductService))]
 
 
 @router.get("/products", response_model=ProductList)

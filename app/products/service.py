@@ -7,7 +7,7 @@ from pydantic import Field
 
 from app.core.cache import Cache
 from app.core.config import Settings
-from app.instances.schemas import ApiModel
+from app.core.schemas import ApiModel
 from app.novita.client import NovitaClient
 from app.novita.models import Cluster, Product
 

@@ -7,15 +7,15 @@ None of these routes is in the OpenAPI schema.
 from __future__ import annotations
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from starlette.staticfiles import StaticFiles
 
-from app.core.container import AppContainer
 from app.ui.router import STATIC_DIR, router
 from app.ui.sessions import SessionStore
 
 
-def install_dashboard(app: FastAPI, container: AppContainer) -> None:
+def install_dashboard(app: FastAPI, valkey: Redis, session_ttl_seconds: int) -> None:
     """Serve the dashboard from `app`: its routes, its static files, and its session store on the app's Valkey."""
-    app.state.ui_sessions = SessionStore(container.redis.client, container.settings.ui_session_ttl_seconds)
+    app.state.ui_sessions = SessionStore(valkey, session_ttl_seconds)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

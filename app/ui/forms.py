@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 from fastapi import Request
 from pydantic import ValidationError
 
-from app.instances.schemas import CreateInstanceRequest
+from app.fleet.schemas import CreateInstanceRequest
 
 MAX_FORM_FIELDS = 64
 _PORT = re.compile(r"^(\d{1,5})(?:/(tcp|http))?$")

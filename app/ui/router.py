@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -23,13 +23,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.auth import ANONYMOUS, key_name
-from app.core.container import AppContainer
-from app.core.errors import AppError, ServiceUnavailable, ValidationFailed, novita_error_to_app_error
-from app.instances.schemas import InstanceState, InstanceView
-from app.instances.service import ACTION_ALLOWED_FROM, Action
+from app.core.config import Settings
+from app.core.deps import Services, services_of
+from app.core.errors import AppError, ServiceUnavailable, ValidationFailed
+from app.core.ratelimit import RateLimiter
+from app.fleet.actions import Action
+from app.fleet.schemas import InstanceState, InstanceView
+from app.instances.service import ACTION_ALLOWED_FROM, InstanceService
+from app.jobs.queue import JobQueue
 from app.jobs.router import JobView
 from app.novita.errors import NovitaError
-from app.products.service import ProductView
+from app.novita.problems import novita_error_to_app_error
+from app.products.service import ProductService, ProductView
 from app.ui import views
 from app.ui.forms import GENERAL, CreateForm, parse_create_form, read_form
 from app.ui.sessions import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, SessionStore, UiSession, key_digest, tokens_match
@@ -108,9 +113,8 @@ class DashboardRoute(APIRoute):
 router = APIRouter(prefix="/ui", include_in_schema=False, route_class=DashboardRoute)
 
 
-def _container(request: Request) -> AppContainer:
-    container: AppContainer = request.app.state.container
-    return container
+def _services(request: Request) -> Services:
+    return cast(Services, services_of(request.app))
 
 
 def _sessions(request: Request) -> SessionStore:
@@ -120,12 +124,12 @@ def _sessions(request: Request) -> SessionStore:
 
 async def current_session(request: Request) -> UiSession:
     """The signed-in session, acting as its key exactly like the API does (identity in the log, rate limit)."""
-    container = _container(request)
+    services = _services(request)
     session = await _sessions(request).get(request.cookies.get(SESSION_COOKIE))
-    if session is None or not session.still_valid_for(container.settings.client_api_keys):
+    if session is None or not session.still_valid_for(services.get(Settings).client_api_keys):
         raise SignInRequired
     request.state.api_key_name = session.key_name
-    await container.rate_limiter.enforce(session.key_name)
+    await services.get(RateLimiter).enforce(session.key_name)
     return session
 
 
@@ -187,7 +191,7 @@ async def sign_in_page(request: Request, signed_out: bool = False) -> Response:
 
 def _sign_in_form(request: Request, status: int, *, error: str | None = None, notice: str | None = None) -> Response:
     token = secrets.token_urlsafe(32)
-    open_access = not _container(request).settings.client_api_keys
+    open_access = not _services(request).get(Settings).client_api_keys
     response = _render(request, "login.html", status, csrf_token=token, error=error, notice=notice,
                        open_access=open_access)
     _set_cookie(request, response, SIGN_IN_CSRF_COOKIE, token, max_age=3600)
@@ -200,7 +204,7 @@ async def sign_in(request: Request) -> Response:
     form = await read_form(request)
     if not tokens_match(request.cookies.get(SIGN_IN_CSRF_COOKIE, ""), form.get("csrf_token")):
         raise CsrfRejected
-    keys = _container(request).settings.client_api_keys
+    keys = _services(request).get(Settings).client_api_keys
     if keys:
         try:
             name = key_name(form.get("api_key", "").strip(), keys)
@@ -260,18 +264,18 @@ class ListingQuery:
         return "?" + urlencode({key: value for key, value in values.items() if value not in ("", None)})
 
 
-async def _products_by_id(container: AppContainer) -> dict[str, ProductView]:
+async def _products_by_id(services: Services) -> dict[str, ProductView]:
     """The catalogue (cached like `GET /api/products`) by product id; empty when Novita cannot be reached: the
     pages then show no prices rather than fail."""
     try:
-        return {product.id: product for product in await container.products.list_products()}
+        return {product.id: product for product in await services.get(ProductService).list_products()}
     except NovitaError:
         return {}
 
 
-async def _listing(container: AppContainer, query: ListingQuery) -> dict[str, Any]:
-    service = container.instances
-    products = await _products_by_id(container)
+async def _listing(services: Services, query: ListingQuery) -> dict[str, Any]:
+    service = services.get(InstanceService)
+    products = await _products_by_id(services)
     if query.sort == "newest":  # the service's own order: let it page
         page = await service.list_instances(state=query.state, name=query.name or None, page=query.page,
                                             page_size=query.page_size)
@@ -299,14 +303,14 @@ Listing = Annotated[ListingQuery, Depends(listing_query)]
 @router.get("/instances")
 async def instances_page(request: Request, session: Session, query: Listing) -> Response:
     """Every instance, filtered, sorted and paged; the rows refresh themselves."""
-    listing = await _listing(_container(request), query)
+    listing = await _listing(_services(request), query)
     return _render(request, "instances.html", session=session, **listing)
 
 
 @router.get("/instances/rows")
 async def instance_rows(request: Request, session: Session, query: Listing) -> Response:
     """The list's rows alone, for polling."""
-    listing = await _listing(_container(request), query)
+    listing = await _listing(_services(request), query)
     return _render(request, "_instance_rows.html", session=session, **listing)
 
 
@@ -318,7 +322,7 @@ async def create_page(request: Request, session: Session) -> Response:
 
 
 async def _create_form(request: Request, session: UiSession, form: CreateForm, status: int = 200) -> Response:
-    products = sorted((await _products_by_id(_container(request))).values(),
+    products = sorted((await _products_by_id(_services(request))).values(),
                       key=lambda product: (not product.available, product.name, product.regions))
     return _render(request, "create.html", status, session=session, form=form, products=products,
                    idempotency_key="ui-" + secrets.token_hex(16))
@@ -332,7 +336,7 @@ async def create_instance(request: Request, session: Session, form: Form) -> Res
         return await _create_form(request, session, shown, status=422)
     idempotency_key = form.get("idempotencyKey") or None
     try:
-        accepted = await _container(request).instances.create(create, idempotency_key)
+        accepted = await _services(request).get(InstanceService).create(create, idempotency_key)
     except ValidationFailed as error:
         shown.add_error(GENERAL, error.detail)
         return await _create_form(request, session, shown, status=422)
@@ -345,10 +349,10 @@ def _checked_id(instance_id: str) -> str:
     return instance_id
 
 
-async def _instance_context(container: AppContainer, instance_id: str) -> dict[str, Any]:
-    view: InstanceView = await container.instances.get(_checked_id(instance_id))
-    job = await container.queue.get(view.last_job_id) if view.last_job_id else None
-    products = await _products_by_id(container)
+async def _instance_context(services: Services, instance_id: str) -> dict[str, Any]:
+    view: InstanceView = await services.get(InstanceService).get(_checked_id(instance_id))
+    job = await services.get(JobQueue).get(view.last_job_id) if view.last_job_id else None
+    products = await _products_by_id(services)
     allowed = [action for action in ("start", "stop", "restart") if view.state in ACTION_ALLOWED_FROM[action]]
     return {
         "row": views.rows([view], products)[0],
@@ -363,7 +367,7 @@ async def _instance_context(container: AppContainer, instance_id: str) -> dict[s
 async def instance_page(request: Request, session: Session, instance_id: str, done: str = "",
                         job: str = "") -> Response:
     """One instance: state, connection, events, its latest job, actions; the panel refreshes itself."""
-    context = await _instance_context(_container(request), instance_id)
+    context = await _instance_context(_services(request), instance_id)
     message = DONE_MESSAGES.get(done)
     if message and _JOB_ID.match(job):
         message = f"{message} (job {job})."
@@ -373,25 +377,25 @@ async def instance_page(request: Request, session: Session, instance_id: str, do
 @router.get("/instances/{instance_id}/panel")
 async def instance_panel(request: Request, session: Session, instance_id: str) -> Response:
     """The instance's live part alone, for polling."""
-    context = await _instance_context(_container(request), instance_id)
+    context = await _instance_context(_services(request), instance_id)
     return _render(request, "_instance_panel.html", session=session, **context)
 
 
 @router.get("/instances/{instance_id}/delete")
 async def confirm_delete_page(request: Request, session: Session, instance_id: str) -> Response:
     """Ask before deleting, naming the instance."""
-    view = await _container(request).instances.get(_checked_id(instance_id))
+    view = await _services(request).get(InstanceService).get(_checked_id(instance_id))
     return _render(request, "confirm_delete.html", session=session, view=view)
 
 
 async def _act(request: Request, session: UiSession, instance_id: str, action: Action) -> Response:
-    container = _container(request)
+    services = _services(request)
     try:
-        accepted = await container.instances.request_action(_checked_id(instance_id), action)
+        accepted = await services.get(InstanceService).request_action(_checked_id(instance_id), action)
     except AppError as error:
         if error.status != 409:
             raise
-        context = await _instance_context(container, instance_id)
+        context = await _instance_context(services, instance_id)
         return _render(request, "instance.html", 409, session=session, error=error.detail, **context)
     return _redirect(f"/ui/instances/{instance_id}?done={action}&job={accepted.job_id}")
 
@@ -405,7 +409,7 @@ async def delete_instance(request: Request, session: Session, _form: Form, insta
 @router.post("/instances/{instance_id}/heartbeat")
 async def heartbeat(request: Request, session: Session, _form: Form, instance_id: str) -> Response:
     """Say the instance is in use."""
-    await _container(request).instances.heartbeat(_checked_id(instance_id))
+    await _services(request).get(InstanceService).heartbeat(_checked_id(instance_id))
     return _redirect(f"/ui/instances/{instance_id}?done=heartbeat")
 
 
@@ -425,7 +429,7 @@ async def instance_action(request: Request, session: Session, _form: Form, insta
 async def jobs_page(request: Request, session: Session,
                     job_id: Annotated[str, Query(alias="id")] = "") -> Response:
     """A job by id (`?id=`), and the dead letters."""
-    queue = _container(request).queue
+    queue = _services(request).get(JobQueue)
     job_id = job_id.strip()
     job, missing = None, False
     if job_id:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from app.instances.schemas import InstanceState, InstanceView
+from app.fleet.schemas import InstanceState, InstanceView
 from app.products.service import ProductView
 
 # Novita's raw price unit as the Novita SDK reads it (docs/../reference: likely, not confirmed by Novita).

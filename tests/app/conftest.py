@@ -21,8 +21,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from app.container import AppContainer
 from app.core.config import Settings
-from app.core.container import AppContainer
 from app.main import create_app
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer

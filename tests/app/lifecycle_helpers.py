@@ -18,9 +18,10 @@ from redis.asyncio import Redis
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
-from app.instances.schemas import InstanceRecord, InstanceState, PortSpec
-from app.instances.service import new_record_id, upstream_name
-from app.instances.store import InstanceStore
+from app.fleet.schemas import InstanceRecord, InstanceState, PortSpec
+from app.fleet.store import InstanceStore
+from app.fleet.views import upstream_name
+from app.instances.service import new_record_id
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.webhooks import WebhookEvent
 from app.novita.client import NovitaClient

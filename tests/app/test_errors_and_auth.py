@@ -8,7 +8,6 @@ import threading
 import time
 
 import httpx
-
 from fastapi import Depends
 
 from app.core.auth import require_api_key

@@ -8,9 +8,9 @@ import asyncio
 import random
 import time
 
-from app.instances.index import Cursor
-from app.instances.schemas import InstanceRecord, InstanceState
-from app.instances.service import upstream_name
+from app.fleet.index import Cursor
+from app.fleet.schemas import InstanceRecord, InstanceState
+from app.fleet.views import upstream_name
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.reconcile import Reconciler
 from tests.app.conftest import StartServer

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from app.instances.schemas import InstanceState
+from app.fleet.schemas import InstanceState
 from app.lifecycle.activity import Activity, ActivityStore
 from app.lifecycle.cost_guards import (
     CostGuardExecutor,

@@ -13,7 +13,8 @@ import pytest
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.metrics import Metrics
-from app.instances.handlers import READINESS_JOB, InstanceJobHandlers
+from app.fleet.actions import READINESS_JOB
+from app.instances.handlers import InstanceJobHandlers
 from app.instances.service import InstanceService
 from app.jobs.queue import Job, JobContext, JobQueue, RetryLater
 from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, Ready, RetryAfter

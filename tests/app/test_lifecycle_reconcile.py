@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from app.instances.schemas import InstanceState
+from app.fleet.schemas import InstanceState
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.reconcile import Reconciler, parse_upstream_name
 from app.novita.errors import NovitaCreateOutcomeUnknown, NovitaError

@@ -1,7 +1,7 @@
 """Every Novita status maps to one of our documented states; the guards' status groups are real Novita statuses."""
 from __future__ import annotations
 
-from app.lifecycle.states import (
+from app.fleet.states import (
     NOVITA_STATUSES,
     PROVISIONING_STATUSES,
     REMOVAL_STATUSES,

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from redis.asyncio import Redis
 
-from app.instances.schemas import InstanceState
-from app.instances.store import InstanceStore
+from app.fleet.schemas import InstanceState
+from app.fleet.store import InstanceStore
 from app.lifecycle.automation import LifecycleAutomation, LifecycleConfig
 from app.lifecycle.cost_guards import CostGuardPolicy
 from app.lifecycle.webhooks import DeliveryPolicy

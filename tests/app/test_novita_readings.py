@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.instances.schemas import InstanceState
+from app.fleet.schemas import InstanceState
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.reconcile import Reconciler
 from app.novita import (

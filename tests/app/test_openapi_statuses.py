@@ -16,7 +16,6 @@ import httpx
 import redis
 
 from app.core.cache import CACHE_PREFIX
-
 from tests.app.conftest import ApiServer, StartServer
 from tests.app.instances_client import create_body, create_running
 from tests.fakes.fixtures import FakeNovitaHandle

@@ -1,11 +1,11 @@
-"""The part of the instance record store the automations use; `app.instances.store.InstanceStore` satisfies it."""
+"""The part of the instance record store the automations use; `app.fleet.store.InstanceStore` satisfies it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
-from app.instances.schemas import InstanceRecord
-from app.instances.store import RecordNotFound
+from app.fleet.schemas import InstanceRecord
+from app.fleet.store import RecordNotFound
 
 __all__ = ["RecordNotFound", "RecordStore"]
 

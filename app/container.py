@@ -1,20 +1,25 @@
-"""The app's long-lived objects, built once per app and reached from routes through `get_container`."""
+"""The composition root: the app's long-lived objects, built and wired once per app.
+
+It sits at the top of `app/` (it imports every package; none imports it). Routes reach what it built through
+`app.core.deps.provide`, by type; job handlers are registered on the worker here.
+"""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-
-from fastapi import Request
+from dataclasses import dataclass
 
 from app.core.cache import Cache
 from app.core.config import Settings
+from app.core.deps import Services
 from app.core.logging import SecretRedactor
 from app.core.metrics import Metrics
+from app.core.process import ProcessState
 from app.core.ratelimit import RateLimiter
 from app.core.redis import RedisManager
+from app.fleet.store import InstanceStore
 from app.health.novita import CHECK_TASK, NovitaHealth
+from app.health.sources import HealthSources
+from app.instances.handlers import InstanceJobHandlers
 from app.instances.service import InstanceService, cached_view_keys
-from app.instances.store import InstanceStore
 from app.jobs.queue import JobQueue
 from app.jobs.service import JobControl
 from app.jobs.worker import Worker
@@ -24,21 +29,6 @@ from app.novita.client import NovitaClient
 from app.novita.ratebudget import LocalBudget, SharedRateBudget
 from app.novita.resilience import Clock
 from app.products.service import ProductService
-
-
-@dataclass
-class Lifecycle:
-    """Start-up progress that health endpoints report."""
-
-    started_at: float = field(default_factory=time.monotonic)
-    index_ready: bool = False  # the instance list index exists (built from older records if needed)
-    ready_once: bool = False  # Valkey answered and the worker started, at least once since the process began
-    shutting_down: bool = False
-
-    @property
-    def uptime_seconds(self) -> float:
-        """Seconds since the app was built."""
-        return time.monotonic() - self.started_at
 
 
 @dataclass
@@ -58,7 +48,7 @@ class AppContainer:
     products: ProductService
     automation: LifecycleAutomation  # reconciliation, cost guards, webhooks, spot recovery
     worker: Worker
-    lifecycle: Lifecycle
+    process: ProcessState
     redact: SecretRedactor  # for any text that leaves the process (health reasons), besides the log filter
 
     @classmethod
@@ -116,12 +106,34 @@ class AppContainer:
             products=ProductService(settings, novita, cache),
             automation=automation,
             worker=Worker(queue, settings, metrics),
-            lifecycle=Lifecycle(),
+            process=ProcessState(),
             redact=SecretRedactor(settings.secret_values()),
         )
 
+    def services(self) -> Services:
+        """What routes may ask for by type (`app.core.deps.provide`)."""
+        services = Services()
+        services.add(Settings, self.settings)
+        services.add(Metrics, self.metrics)
+        services.add(RedisManager, self.redis)
+        services.add(NovitaHealth, self.novita_health)
+        services.add(JobQueue, self.queue)
+        services.add(JobControl, self.jobs)
+        services.add(RateLimiter, self.rate_limiter)
+        services.add(InstanceService, self.instances)
+        services.add(ProductService, self.products)
+        services.add(Worker, self.worker)
+        services.add(ProcessState, self.process)
+        services.add(SecretRedactor, self.redact)
+        services.add(HealthSources, HealthSources(
+            redis=self.redis, queue=self.queue, worker=self.worker, process=self.process,
+            novita_health=self.novita_health, records=self.instances.store, metrics=self.metrics, redact=self.redact,
+        ))
+        return services
 
-async def get_container(request: Request) -> AppContainer:
-    """FastAPI dependency: the container of the app serving this request (async: no threadpool hop per request)."""
-    container: AppContainer = request.app.state.container
-    return container
+    def register_job_handlers(self) -> None:
+        """Put the instance job handlers on the worker."""
+        handlers = InstanceJobHandlers(
+            self.settings, self.instances.store, self.novita, self.products, self.instances, self.automation.events,
+        )
+        handlers.register(self.worker, self.jobs)

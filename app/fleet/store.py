@@ -4,7 +4,7 @@ Keys (all under `ngpu:`):
 - `ngpu:instance:<id>`        JSON of an `InstanceRecord` (no secrets).
 - `ngpu:instance-spec:<id>`   JSON of the create request as the create job needs it, env values included; deleted as
                               soon as Novita has the instance, so secret env values live in Valkey only until then.
-- `ngpu:instances...`         the list index (`app.instances.index`), written in the record's own transactions.
+- `ngpu:instances...`         the list index (`app.fleet.index`), written in the record's own transactions.
 - `ngpu:idempotency:<key>`    JSON `{fingerprint, instance_id, job_id}`, written with SET NX and a TTL.
 
 Every Valkey failure surfaces as `ServiceUnavailable` (503), never as a 500.
@@ -26,8 +26,8 @@ from redis.exceptions import RedisError, WatchError
 
 from app.core.errors import ServiceUnavailable
 from app.core.redis import Lease, RedisManager
-from app.instances import index
-from app.instances.schemas import InstanceRecord, InstanceState
+from app.fleet import index
+from app.fleet.schemas import InstanceRecord, InstanceState
 
 logger = logging.getLogger(__name__)
 

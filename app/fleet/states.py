@@ -1,6 +1,6 @@
 """Our instance states and how every Novita status maps to them, as the lifecycle automations see them.
 
-The mapping itself lives in `app.instances.schemas` (`NOVITA_STATUS_TO_STATE`, `state_from_novita`) and is re-exported
+The mapping itself lives in `app.fleet.schemas` (`NOVITA_STATUS_TO_STATE`, `state_from_novita`) and is re-exported
 here, so there is one table. This module adds the groupings the automations decide on, in Novita's own statuses
 (reference section 1.6), because our `failed` state hides whether a failed instance is still pulling (and billed).
 
@@ -17,7 +17,7 @@ here, so there is one table. This module adds the groupings the automations deci
 """
 from __future__ import annotations
 
-from app.instances.schemas import NOVITA_STATUS_TO_STATE, InstanceState, state_from_novita
+from app.fleet.schemas import NOVITA_STATUS_TO_STATE, InstanceState, state_from_novita
 from app.novita.models import REMOVAL_STATUSES
 
 __all__ = [

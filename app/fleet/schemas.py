@@ -12,8 +12,8 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     FieldSerializationInfo,
     SecretStr,
@@ -22,7 +22,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+
+from app.core.schemas import ApiModel, StrictRequestModel
 
 
 class InstanceState(StrEnum):
@@ -84,36 +85,22 @@ RESERVED_PORTS = frozenset({2222, 2223, 2224})  # Novita's SSH and tool ports
 MAX_PORTS = 15  # Novita: ports + tools together at most 15
 
 
-class ApiModel(BaseModel):
-    """A model the API shows: camelCase on the wire (like the rest of the API), snake_case in Python."""
-
-    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True)
-
-
-class StrictRequestModel(BaseModel):
-    """Strict request model: camelCase, no coercion ("2" is not 2), unknown fields are an error, not dropped."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, validate_by_name=True, strict=True, extra="forbid", str_strip_whitespace=True
-    )
-
-
 def _not_reserved(port: int) -> int:
     if port in RESERVED_PORTS:
         raise ValueError(f"port {port} is reserved by Novita (2222-2224)")
     return port
 
 
+# A port the instance exposes (its own or a tool's), and how Novita exposes it.
+ExposablePort = Annotated[int, Field(ge=1, le=65535), AfterValidator(_not_reserved)]
+PortType = Literal["tcp", "http"]
+
+
 class PortSpec(StrictRequestModel):
     """One exposed port of the container."""
 
-    port: int = Field(ge=1, le=65535)
-    type: Literal["tcp", "http"] = "http"
-
-    @field_validator("port")
-    @classmethod
-    def _not_reserved(cls, port: int) -> int:
-        return _not_reserved(port)
+    port: ExposablePort
+    type: PortType = "http"
 
 
 class EnvVar(StrictRequestModel):
@@ -132,13 +119,8 @@ class ToolSpec(StrictRequestModel):
     """A tool Novita runs beside the image on its own port; Jupyter is the only one Novita offers."""
 
     name: Literal["Jupyter"] = "Jupyter"
-    port: int = Field(ge=1, le=65535)
-    type: Literal["tcp", "http"] = "http"
-
-    @field_validator("port")
-    @classmethod
-    def _not_reserved(cls, port: int) -> int:
-        return _not_reserved(port)
+    port: ExposablePort
+    type: PortType = "http"
 
 
 class NetworkStorageSpec(StrictRequestModel):
