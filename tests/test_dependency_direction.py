@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_LAYERS: list[set[str]] = [
     {"core"},  # config, logging, Valkey, errors -> problem+json, auth, metrics: no domain knowledge
     {"novita"},  # the one client of Novita's API
+    {"access"},  # who is asking: API keys as principals (name, team, scopes)
     {"fleet"},  # the instance model: records, states, index, store, views
     {"jobs"},  # the durable queue and its worker, generic over job kinds
     {"products"},  # Novita's catalogue as the API shows it

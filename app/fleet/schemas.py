@@ -313,6 +313,7 @@ class InstanceRecord(BaseModel):
     id: str
     name: str
     upstream_name: str  # unique on Novita, derived from `id`: how we find it again after an ambiguous create
+    team: str | None = None  # the owner: the team of the key that created it; None = adopted, admins only
     novita_instance_id: str | None = None
     state: InstanceState = InstanceState.PENDING
     novita_status: str | None = None
