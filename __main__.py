@@ -1,4 +1,5 @@
 """novita-gpu-api: stack config -> StackSettings -> Valkey, then per Docker host: API image, replicas, edge proxy."""
+
 from typing import Optional
 
 import pulumi
@@ -46,10 +47,16 @@ def private_network(number: int, provider: Optional[docker.Provider]) -> Optiona
 # One Docker provider per configured host; none configured: the default provider (the local engine).
 providers = [provider_for(number, url) for number, url in enumerate(hosts.urls, start=1)] or [None]
 networks = [private_network(number, provider) for number, provider in enumerate(providers, start=1)]
-valkey = Valkey("valkey", ValkeyArgs(
-    target=settings.valkey.target, production=settings.is_production, network_name=networks[0],
-    labels=labels("valkey"),
-), opts=pulumi.ResourceOptions(provider=providers[0]))
+valkey = Valkey(
+    "valkey",
+    ValkeyArgs(
+        target=settings.valkey.target,
+        production=settings.is_production,
+        network_name=networks[0],
+        labels=labels("valkey"),
+    ),
+    opts=pulumi.ResourceOptions(provider=providers[0]),
+)
 
 images: list[ApiImage] = []
 apis: list[ApiService] = []
@@ -59,24 +66,57 @@ for number, (provider, network_name) in enumerate(zip(providers, networks), star
     # Each engine builds its own copy of the image (without a registry, a host has only what it built).
     on_host = pulumi.ResourceOptions(provider=provider)
     images.append(ApiImage(f"api-image{suffix}", ApiImageArgs(image=settings.image), opts=on_host))
-    apis.append(ApiService(f"api{suffix}", ApiServiceArgs(
-        service=settings.service, jobs=settings.jobs, lifecycle=settings.lifecycle, webhooks=settings.webhooks,
-        container=container, healthcheck=settings.healthcheck, hardening=settings.hardening,
-        image_id=images[-1].image_id, valkey_url=valkey.url, network_name=network_name, labels=labels("api"),
-        provider=provider, replica_name_prefix=f"{container.name}{suffix}",
-        after=apis[-1].last_replica if apis else None,  # hosts roll one after another
-    )))
+    apis.append(
+        ApiService(
+            f"api{suffix}",
+            ApiServiceArgs(
+                service=settings.service,
+                jobs=settings.jobs,
+                lifecycle=settings.lifecycle,
+                webhooks=settings.webhooks,
+                container=container,
+                healthcheck=settings.healthcheck,
+                hardening=settings.hardening,
+                image_id=images[-1].image_id,
+                valkey_url=valkey.url,
+                network_name=network_name,
+                labels=labels("api"),
+                provider=provider,
+                replica_name_prefix=f"{container.name}{suffix}",
+                after=apis[-1].last_replica if apis else None,  # hosts roll one after another
+            ),
+        )
+    )
     if network_name is not None:
-        proxies.append(EdgeProxy(f"proxy{suffix}", EdgeProxyArgs(
-            proxy=settings.proxy, container=container, healthcheck=settings.healthcheck, api_port=CONTAINER_PORT,
-            network_name=network_name, labels=labels("proxy"), provider=provider,
-        )))
+        proxies.append(
+            EdgeProxy(
+                f"proxy{suffix}",
+                EdgeProxyArgs(
+                    proxy=settings.proxy,
+                    container=container,
+                    healthcheck=settings.healthcheck,
+                    api_port=CONTAINER_PORT,
+                    network_name=network_name,
+                    labels=labels("proxy"),
+                    provider=provider,
+                ),
+            )
+        )
     if network_name is not None and settings.tls.enabled:
-        TlsFront(f"tls{suffix}", TlsFrontArgs(
-            tls=settings.tls, proxy=settings.proxy, container=container, healthcheck=settings.healthcheck,
-            production=settings.is_production, upstream_port=CONTAINER_PORT, network_name=network_name,
-            labels=labels("tls"), provider=provider,
-        ))
+        TlsFront(
+            f"tls{suffix}",
+            TlsFrontArgs(
+                tls=settings.tls,
+                proxy=settings.proxy,
+                container=container,
+                healthcheck=settings.healthcheck,
+                production=settings.is_production,
+                upstream_port=CONTAINER_PORT,
+                network_name=network_name,
+                labels=labels("tls"),
+                provider=provider,
+            ),
+        )
 
 api, image = apis[0], images[0]
 pulumi.export("apiUrl", api.api_url)  # the proxy's published address on each host (the API's own in host mode)

@@ -1,5 +1,6 @@
 """The API image, built from `app/` by the Docker daemon under a tag of its own per build, or an earlier build
 pinned for a rollback (`apiImage`)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,7 +46,7 @@ def build_tag(context: Path, dockerfile: Path, build_args: dict[str, str], platf
     another's tag and every earlier image stays available for a rollback."""
     ignore_file = context / ".dockerignore"
     rules = []
-    for line in (ignore_file.read_text().splitlines() if ignore_file.is_file() else []):
+    for line in ignore_file.read_text().splitlines() if ignore_file.is_file() else []:
         line = line.strip()
         if line and not line.startswith("#"):
             rules.append((line.startswith("!"), _dockerignore_pattern(line.lstrip("!"))))
@@ -113,7 +114,9 @@ class ApiImage(pulumi.ComponentResource):
             )
         image = docker.Image(
             f"{name}-build",
-            image_name=tagged_name(settings.name, build_tag(Path(CONTEXT), Path(DOCKERFILE), build_args, settings.platform)),
+            image_name=tagged_name(
+                settings.name, build_tag(Path(CONTEXT), Path(DOCKERFILE), build_args, settings.platform)
+            ),
             build=docker.DockerBuildArgs(
                 context=CONTEXT,
                 dockerfile=DOCKERFILE,

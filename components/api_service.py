@@ -1,4 +1,5 @@
 """The API container: the restart policy, healthcheck, limits and secrets that fixed the seed's outages."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -176,13 +177,20 @@ class ApiService(pulumi.ComponentResource):
         replace_on_changes = ["healthcheck", "init"]
         if c.uses_host_network:
             # Listens on the host's port itself: the old container must go before the new one can start.
-            replicas = [docker.Container(
-                f"{name}-container", name=c.name, network_mode="host", **common,
-                opts=pulumi.ResourceOptions(
-                    parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
-                    delete_before_replace=True,
-                ),
-            )]
+            replicas = [
+                docker.Container(
+                    f"{name}-container",
+                    name=c.name,
+                    network_mode="host",
+                    **common,
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        provider=args.provider,
+                        replace_on_changes=replace_on_changes,
+                        delete_before_replace=True,
+                    ),
+                )
+            ]
         else:
             replicas = []
             previous = args.after
@@ -190,10 +198,14 @@ class ApiService(pulumi.ComponentResource):
                 # No `name`: Pulumi auto-names it from the resource name, so old and new can run side by side.
                 replica = docker.Container(
                     f"{args.replica_name_prefix or c.name}-{index}",
-                    networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[REPLICAS_ALIAS])],
+                    networks_advanced=[
+                        docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[REPLICAS_ALIAS])
+                    ],
                     **common,
                     opts=pulumi.ResourceOptions(
-                        parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
+                        parent=self,
+                        provider=args.provider,
+                        replace_on_changes=replace_on_changes,
                         depends_on=[previous] if previous is not None else None,
                     ),
                 )

@@ -7,6 +7,7 @@ the proxy container is not touched by one. Each address it resolves gets its own
 a request on another replica when one goes away mid-request (idempotent requests only, or POSTs carrying an
 Idempotency-Key). Users run the official image (`haproxy:3.2`); the tests run Debian's build of the same program.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ class ProxyConfig:
 
     @classmethod
     def for_replicas(cls, replicas: int, port: int, stop_grace_seconds: int) -> "ProxyConfig":
-        return cls(listen_port=port, replica_port=port, server_slots=2 * replicas, stop_grace_seconds=stop_grace_seconds)
+        return cls(
+            listen_port=port, replica_port=port, server_slots=2 * replicas, stop_grace_seconds=stop_grace_seconds
+        )
 
 
 def render_haproxy_config(config: ProxyConfig) -> str:
@@ -153,8 +156,14 @@ class EdgeProxy(pulumi.ComponentResource):
             # The only published port of the stack: loopback by default, as the API's was.
             ports=[docker.ContainerPortArgs(internal=args.api_port, external=c.api_port, ip=c.api_host_address)],
             # SIGUSR1 is HAProxy's soft stop (the official image's STOPSIGNAL): finish in-flight requests, then exit.
-            **edge_container_args(proxy=proxy, container=c, healthcheck=hc, probe=["CMD", "bash", "-c", HEALTH_PROBE],
-                                  stop_signal="SIGUSR1", labels=args.labels),
+            **edge_container_args(
+                proxy=proxy,
+                container=c,
+                healthcheck=hc,
+                probe=["CMD", "bash", "-c", HEALTH_PROBE],
+                stop_signal="SIGUSR1",
+                labels=args.labels,
+            ),
             opts=edge_container_options(self, args.provider),
         )
         self.container_name = container.name

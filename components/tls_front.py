@@ -9,6 +9,7 @@ Caddy listens inside the container on unprivileged ports (the container has no c
 as `httpsPort` and `httpPort`; its certificates and the internal CA live on a named volume, so a replaced container
 keeps them (and ACME's rate limits are not spent again).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from components.edge_standards import edge_container_args, edge_container_option
 CONFIG_ENV = "CADDYFILE"
 CONFIG_PATH = "/tmp/Caddyfile"
 START_COMMAND = [
-    "sh", "-c", f'printf "%s" "${CONFIG_ENV}" > {CONFIG_PATH} && exec caddy run --config {CONFIG_PATH} --adapter caddyfile',
+    "sh",
+    "-c",
+    f'printf "%s" "${CONFIG_ENV}" > {CONFIG_PATH} && exec caddy run --config {CONFIG_PATH} --adapter caddyfile',
 ]
 HTTPS_LISTEN_PORT = 8443
 HTTP_LISTEN_PORT = 8080
@@ -105,12 +108,14 @@ class TlsFront(pulumi.ComponentResource):
         if tls.pull_image:
             image = docker.RemoteImage(f"{name}-image", name=tls.image, keep_locally=True, opts=child).image_id
         volume = docker.Volume(f"{name}-data", name=tls.volume_name, opts=child)
-        caddyfile = render_caddyfile(CaddyConfig(
-            domain=tls.domain,
-            acme_email=tls.acme_email if args.production else None,
-            https_port=tls.https_port,
-            upstream=f"{proxy.container_name}:{args.upstream_port}",
-        ))
+        caddyfile = render_caddyfile(
+            CaddyConfig(
+                domain=tls.domain,
+                acme_email=tls.acme_email if args.production else None,
+                https_port=tls.https_port,
+                upstream=f"{proxy.container_name}:{args.upstream_port}",
+            )
+        )
         container = docker.Container(
             f"{name}-container",
             name=tls.container_name,
@@ -124,8 +129,9 @@ class TlsFront(pulumi.ComponentResource):
                 docker.ContainerPortArgs(internal=HTTP_LISTEN_PORT, external=tls.http_port, ip=tls.public_address),
             ],
             # SIGTERM is Caddy's graceful stop: in-flight requests finish.
-            **edge_container_args(proxy=proxy, container=c, healthcheck=hc, probe=HEALTH_PROBE, stop_signal="SIGTERM",
-                                  labels=args.labels),
+            **edge_container_args(
+                proxy=proxy, container=c, healthcheck=hc, probe=HEALTH_PROBE, stop_signal="SIGTERM", labels=args.labels
+            ),
             opts=edge_container_options(self, args.provider),
         )
         self.container_name = container.name

@@ -1,4 +1,5 @@
 """The Valkey the API queues and caches on: Aiven for Valkey (prod) or a local container (dev, tests)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ LOCAL_NETWORK_ALIAS = "valkey"
 # those inside its Lua scripts). tests/app/test_hardening_valkey_acl.py runs the API against a real server with
 # exactly these rules, so a command the API starts using without being listed here fails that test.
 APP_KEY_PATTERNS = ("ngpu:*",)
+# One line per kind of command: connection, transactions, strings, hashes, sets, sorted sets, streams, Lua.
+# fmt: off
 APP_COMMANDS = (
     "hello", "ping",
     "multi", "exec", "discard", "watch", "unwatch",
@@ -34,6 +37,7 @@ APP_COMMANDS = (
     "xgroup|create", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
     "eval", "evalsha",
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,9 @@ class Valkey(pulumi.ComponentResource):
         self.register_outputs({"host": self.host, "port": self.port, "tls": self.tls, "url": self.url})
 
     def _aiven(self, name: str, cfg: AivenValkeySettings, production: bool) -> None:
-        provider = aiven.Provider(f"{name}-aiven", api_token=secret_output(cfg.token), opts=pulumi.ResourceOptions(parent=self))
+        provider = aiven.Provider(
+            f"{name}-aiven", api_token=secret_output(cfg.token), opts=pulumi.ResourceOptions(parent=self)
+        )
         service = aiven.Valkey(
             f"{name}-service",
             project=cfg.project,
@@ -147,14 +153,25 @@ class Valkey(pulumi.ComponentResource):
             name=cfg.container_name,
             image=image,
             command=[
-                cfg.server_binary, "--port", str(cfg.port), "--bind", bind, "--protected-mode", "no",
-                "--dir", "/data", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
+                cfg.server_binary,
+                "--port",
+                str(cfg.port),
+                "--bind",
+                bind,
+                "--protected-mode",
+                "no",
+                "--dir",
+                "/data",
+                "--appendonly",
+                "yes",
+                "--maxmemory-policy",
+                "noeviction",
             ],
             restart="unless-stopped",
             network_mode="host" if on_host_network else "bridge",
-            networks_advanced=None if on_host_network else [
-                docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=[LOCAL_NETWORK_ALIAS])
-            ],
+            networks_advanced=None
+            if on_host_network
+            else [docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=[LOCAL_NETWORK_ALIAS])],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/data")],
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", cfg.cli_binary, "-p", str(cfg.port), "ping"], **LOCAL_HEALTHCHECK
@@ -165,9 +182,7 @@ class Valkey(pulumi.ComponentResource):
             security_opts=["no-new-privileges:true"],
             wait=True,
             wait_timeout=LOCAL_WAIT_TIMEOUT_SECONDS,
-            opts=pulumi.ResourceOptions(
-                parent=self, delete_before_replace=True, replace_on_changes=["healthcheck"]
-            ),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, replace_on_changes=["healthcheck"]),
         )
         host = "127.0.0.1" if on_host_network else LOCAL_NETWORK_ALIAS
         self.host = container.id.apply(lambda _: host)  # known once the container exists, so the API waits for it

@@ -14,6 +14,7 @@ before it creates the resource. Env entries are read one by one so that one unkn
 
 Kept free of imports from this repository: the CLI runs the pack from `policy/` as its own program.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -182,8 +183,10 @@ def validate_healthcheck_start_period(args: ResourceValidationArgs, report_viola
         return
     healthcheck = args.props.get("healthcheck")
     if not healthcheck or not healthcheck.get("tests") or healthcheck["tests"][0] == "NONE":
-        report_violation(f"{args.name}: no healthcheck; production needs one with a start period of "
-                         f"{MIN_START_PERIOD_SECONDS}s or more")
+        report_violation(
+            f"{args.name}: no healthcheck; production needs one with a start period of "
+            f"{MIN_START_PERIOD_SECONDS}s or more"
+        )
         return
     start_period = healthcheck.get("startPeriod")
     seconds = duration_seconds(str(start_period or "0s"))
@@ -202,8 +205,10 @@ def validate_limits_without_swap(args: ResourceValidationArgs, report_violation:
     if (_number(memory) or 0) <= 0:
         report_violation(f"{args.name}: no memory limit (memory is {memory!r})")
     elif _number(swap) != _number(memory):
-        report_violation(f"{args.name}: memorySwap is {swap!r}; set it equal to memory ({memory}) so the "
-                         "container never swaps and the limit is what the provider reads back")
+        report_violation(
+            f"{args.name}: memorySwap is {swap!r}; set it equal to memory ({memory}) so the "
+            "container never swaps and the limit is what the provider reads back"
+        )
     if (_number(cpus) or 0) <= 0:
         report_violation(f"{args.name}: no CPU limit (cpus is {cpus!r})")
 
@@ -229,8 +234,10 @@ def validate_no_credential_in_plain_env(args: ResourceValidationArgs, report_vio
         kind = credential_kind(value)
         if kind:
             # Never repeat the value: the violation is printed and kept in the CI log.
-            report_violation(f"{args.name}: env {name} holds {kind}; pass it as a Pulumi secret through a "
-                             f"secret variable of the container contract ({', '.join(sorted(SECRET_ENV_NAMES))})")
+            report_violation(
+                f"{args.name}: env {name} holds {kind}; pass it as a Pulumi secret through a "
+                f"secret variable of the container contract ({', '.join(sorted(SECRET_ENV_NAMES))})"
+            )
 
 
 def validate_secret_named_env_is_contract_secret(
@@ -241,9 +248,11 @@ def validate_secret_named_env_is_contract_secret(
     _skip_unless_production(args)
     for name, value in env_entries(args.props):
         if value and name not in SECRET_ENV_NAMES and _SECRET_NAME.search(name):
-            report_violation(f"{args.name}: env {name} is named like a secret but is not one of the contract's "
-                             "secret variables, which the program passes as Pulumi secrets; add it to the contract "
-                             "(and to SECRET_ENV_NAMES) or rename it")
+            report_violation(
+                f"{args.name}: env {name} is named like a secret but is not one of the contract's "
+                "secret variables, which the program passes as Pulumi secrets; add it to the contract "
+                "(and to SECRET_ENV_NAMES) or rename it"
+            )
 
 
 def validate_aiven_valkey_protected(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -284,8 +293,10 @@ def validate_aiven_allow_list_not_open(args: ResourceValidationArgs, report_viol
     if open_entries is None:
         report_violation(f"{args.name}: no IP allow-list; Aiven then admits every address (0.0.0.0/0)")
     elif open_entries:
-        report_violation(f"{args.name}: the IP allow-list admits every address ({', '.join(open_entries)}); "
-                         "list the API hosts' egress addresses")
+        report_violation(
+            f"{args.name}: the IP allow-list admits every address ({', '.join(open_entries)}); "
+            "list the API hosts' egress addresses"
+        )
 
 
 # ---- stack policy ------------------------------------------------------------------------------------------
@@ -299,8 +310,10 @@ def validate_api_replicas(args: StackValidationArgs, report_violation: ReportVio
         args.not_applicable(f"no container carries the {ROLE_LABEL} label: the program predates API replicas")
     replicas = [r for r in containers if role(r.props) == API_ROLE]
     if len(replicas) < MIN_API_REPLICAS:
-        report_violation(f"{len(replicas)} API container(s) ({ROLE_LABEL}={API_ROLE}); production needs at least "
-                         f"{MIN_API_REPLICAS} so a deploy or a crash never takes the API away")
+        report_violation(
+            f"{len(replicas)} API container(s) ({ROLE_LABEL}={API_ROLE}); production needs at least "
+            f"{MIN_API_REPLICAS} so a deploy or a crash never takes the API away"
+        )
 
 
 # ---- the pack ----------------------------------------------------------------------------------------------
@@ -318,7 +331,7 @@ POLICIES = [
     ResourceValidationPolicy(
         name="api-healthcheck-start-period",
         description=f"Production API containers have a healthcheck with a start period of "
-                    f"{MIN_START_PERIOD_SECONDS}s or more.",
+        f"{MIN_START_PERIOD_SECONDS}s or more.",
         enforcement_level=EnforcementLevel.MANDATORY,
         validate=validate_healthcheck_start_period,
     ),

@@ -4,6 +4,7 @@ Each is session-scoped, listens on a free 127.0.0.1 port with its own temporary 
 started and restarted on the same port so tests can take Valkey away and bring it back. `stop(save=True)` runs
 `SHUTDOWN SAVE`, so what was written survives the restart (the RDB lives in the server's directory).
 """
+
 from __future__ import annotations
 
 import shutil

@@ -6,6 +6,7 @@ models are, and pydantic validates the lot. The first problem becomes `StackConf
 the field's alias, or from the `RuleViolation` a cross-field rule raised. pydantic's own text, which can include the
 input, is never shown.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

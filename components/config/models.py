@@ -10,6 +10,7 @@ How to add a setting or a concern (e.g. `proxy`):
 4. A new concern is a `Concern` subclass and one field of `StackSettings`; the loader (`load.py`) fills it.
 Components take the concern models they use, never `StackSettings` itself.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -74,7 +75,9 @@ class ServiceSettings(Concern):
     docs_enabled: t.OptionalFlag = setting("docsEnabled", env="DOCS_ENABLED")
     max_request_body_bytes: t.Count = setting("maxRequestBodyBytes", env="MAX_REQUEST_BODY_BYTES")
     rate_limit_requests: t.CountOrZero = setting("rateLimitRequests", env="RATE_LIMIT_REQUESTS")
-    rate_limit_window_seconds: t.whole_number(1, 3600) = setting("rateLimitWindowSeconds", env="RATE_LIMIT_WINDOW_SECONDS")
+    rate_limit_window_seconds: t.whole_number(1, 3600) = setting(
+        "rateLimitWindowSeconds", env="RATE_LIMIT_WINDOW_SECONDS"
+    )
     cors_allow_origins: t.OriginList = setting("corsAllowOrigins", env="CORS_ALLOW_ORIGINS")
     novita_api_key: t.OptionalSecret = setting("novitaApiKey", env="NOVITA_API_KEY", secret_env=True)
     api_keys: t.OptionalSecret = setting("apiKeys", env="API_KEYS", secret_env=True)
@@ -337,14 +340,18 @@ class ImageSettings(Concern):
     registry_username: t.OptionalText = setting("registryUsername")
     registry_password: t.OptionalSecret = setting("registryPassword")
     # A rollback: run this earlier build (a tag the program gave it) instead of building app/; empty = build.
-    pinned: t.matching(r"([a-z0-9][a-z0-9._/:@-]*)?", "an image tag from an earlier build such as novita-gpu-api:prod-3f9a1c2b7d10") = setting("apiImage")
+    pinned: t.matching(
+        r"([a-z0-9][a-z0-9._/:@-]*)?", "an image tag from an earlier build such as novita-gpu-api:prod-3f9a1c2b7d10"
+    ) = setting("apiImage")
 
     @model_validator(mode="after")
     def _push_target(self) -> "ImageSettings":
         if self.push and not self.registry_server:
             raise RuleViolation("registryServer", "required when imagePush is true")
         if self.push and not self.name.startswith(f"{self.registry_server}/"):
-            raise RuleViolation("imageName", f"must start with '{self.registry_server}/' to be pushed to registryServer")
+            raise RuleViolation(
+                "imageName", f"must start with '{self.registry_server}/' to be pushed to registryServer"
+            )
         if self.push and self.registry_username and self.registry_password is None:
             raise missing_secret("registryPassword", " for registryUsername")
         return self
@@ -372,7 +379,9 @@ class AivenValkeySettings(Concern):
     project: t.OptionalText = setting("aivenProject")
     cloud: t.Text = setting("aivenCloud")
     plan: t.matching(r"[a-z0-9-]+", "a lowercase plan such as startup-4") = setting("aivenPlan")
-    service_name: t.matching(r"[a-z][a-z0-9-]{0,62}", "lowercase letters, digits and dashes") = setting("aivenServiceName")
+    service_name: t.matching(r"[a-z][a-z0-9-]{0,62}", "lowercase letters, digits and dashes") = setting(
+        "aivenServiceName"
+    )
     maintenance_dow: t.one_of(*WEEKDAYS) = setting("aivenMaintenanceDow")
     maintenance_time: t.matching(r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d", "UTC HH:MM:SS") = setting("aivenMaintenanceTime")
     ip_allow_list: t.CidrList = setting("valkeyIpAllowList")
@@ -404,10 +413,14 @@ class ValkeySettings(Concern):
     def _mode_needs(self) -> "ValkeySettings":
         if self.mode != "aiven":
             if self.aiven.app_user:
-                raise RuleViolation("valkeyAppUser", "applies only with valkeyMode aiven (the local Valkey has no users)")
+                raise RuleViolation(
+                    "valkeyAppUser", "applies only with valkeyMode aiven (the local Valkey has no users)"
+                )
             return self
         if not self.aiven.ip_allow_list:
-            raise RuleViolation("valkeyIpAllowList", "aiven mode needs at least one CIDR (Aiven's default is the whole internet)")
+            raise RuleViolation(
+                "valkeyIpAllowList", "aiven mode needs at least one CIDR (Aiven's default is the whole internet)"
+            )
         if not self.aiven.project:
             raise RuleViolation("aivenProject", "must not be empty")
         if self.aiven.token is None:
@@ -450,7 +463,9 @@ class StackSettings(Concern):
             raise RuleViolation("restartPolicy", f"production requires 'always' (got {restart!r})")
         aiven = self.valkey.aiven
         if self.is_production and self.valkey.mode == "aiven" and aiven.opens_to_everyone and not aiven.allow_any_ip:
-            raise RuleViolation("valkeyIpAllowList", "0.0.0.0/0 is refused in production unless valkeyAllowAnyIp is true")
+            raise RuleViolation(
+                "valkeyIpAllowList", "0.0.0.0/0 is refused in production unless valkeyAllowAnyIp is true"
+            )
         return self
 
     @model_validator(mode="after")
@@ -469,7 +484,8 @@ class StackSettings(Concern):
             raise RuleViolation("dockerHosts", "networkMode host supports one host only")
         if len(self.hosts.urls) > 1 and self.valkey.mode == "local":
             raise RuleViolation(
-                "dockerHosts", "more than one host needs valkeyMode aiven: the local Valkey is reachable from its own host only"
+                "dockerHosts",
+                "more than one host needs valkeyMode aiven: the local Valkey is reachable from its own host only",
             )
         return self
 
@@ -478,7 +494,11 @@ class StackSettings(Concern):
         if not self.tls.enabled:
             return self
         if self.container.uses_host_network:
-            raise RuleViolation("domain", "needs networkMode bridge (the HTTPS front reaches the edge proxy over the private network)")
+            raise RuleViolation(
+                "domain", "needs networkMode bridge (the HTTPS front reaches the edge proxy over the private network)"
+            )
         if self.is_production and not self.tls.acme_email:
-            raise RuleViolation("acmeEmail", "required with domain in production (the ACME account's contact for its certificates)")
+            raise RuleViolation(
+                "acmeEmail", "required with domain in production (the ACME account's contact for its certificates)"
+            )
         return self

@@ -4,6 +4,7 @@ A type is `Annotated[<python type>, BeforeValidator(<function>)]`: the function 
 from the Pulumi CLI, or the default from `keys.KEYS`) and returns the canonical value, or raises ValueError with a
 message the loader prefixes with the key. Factories (`whole_number`, `one_of`, `matching`) make bounded variants.
 """
+
 from __future__ import annotations
 
 from functools import partial

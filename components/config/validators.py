@@ -4,6 +4,7 @@ Each message says what was wrong and what is allowed, without the key (the loade
 anything that could be a secret. `types.py` wraps these into reusable `Annotated` field types; they are tested on
 their own in tests/infra/test_config_validators.py.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -243,7 +244,9 @@ def domain_name(raw: Any) -> str:
     """A fully qualified DNS name such as api.example.com (lower-cased), or empty; no scheme, port or path."""
     value = text_value(raw, allow_empty=True).lower().rstrip(".")
     if value and (len(value) > 253 or not _DOMAIN.fullmatch(value)):
-        raise ValueError(f"{value!r} is not allowed; expected a DNS name such as api.example.com (no scheme, port or path)")
+        raise ValueError(
+            f"{value!r} is not allowed; expected a DNS name such as api.example.com (no scheme, port or path)"
+        )
     return value
 
 

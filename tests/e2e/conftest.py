@@ -4,6 +4,7 @@ rendered from the Pulumi program (its Valkey container and its API container) cr
 The engine must be reachable (`scripts/start-dockerd.sh`). When it is not, every test fails with the reason if the
 environment variable CI is set; outside CI the tests are skipped.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,23 @@ import pytest
 
 from tests.e2e.container_spec import container_spec
 from tests.e2e.harness import (
-    API_IMAGE_TAG, BASE_IMAGE, CADDY_IMAGE, E2E_LABEL, E2E_OWNER_PID_LABEL, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
-    Measurements, RenderedStack, api_container_from_render, http, render, status_or_none, wait_for,
+    API_IMAGE_TAG,
+    BASE_IMAGE,
+    CADDY_IMAGE,
+    E2E_LABEL,
+    E2E_OWNER_PID_LABEL,
+    FAST_HEALTHCHECK,
+    HAPROXY_IMAGE,
+    REPO_ROOT,
+    VALKEY_IMAGE,
+    ApiContainer,
+    Measurements,
+    RenderedStack,
+    api_container_from_render,
+    http,
+    render,
+    status_or_none,
+    wait_for,
 )
 from tests.e2e.proxied import ProxiedDeployment
 from tests.infra.harness import TEST_SECRETS
@@ -65,8 +81,10 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client = docker.from_env(version="auto", timeout=120)
         client.ping()
     except Exception as error:  # noqa: BLE001 (any failure to reach the engine means the same thing here)
-        reason = (f"Docker engine not reachable ({type(error).__name__}: {error}); "
-                  "install docker.io and run scripts/start-dockerd.sh as root")
+        reason = (
+            f"Docker engine not reachable ({type(error).__name__}: {error}); "
+            "install docker.io and run scripts/start-dockerd.sh as root"
+        )
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(reason, pytrace=False)
@@ -111,10 +129,13 @@ def _process_exists(pid: int) -> bool:
 @pytest.fixture(scope="session")
 def base_images(docker_client: docker.DockerClient) -> None:
     """The locally built base and Valkey images (no registry is reachable); built here if missing."""
-    missing = [tag for tag in (BASE_IMAGE, VALKEY_IMAGE, HAPROXY_IMAGE, CADDY_IMAGE) if not docker_client.images.list(name=tag)]
+    missing = [
+        tag for tag in (BASE_IMAGE, VALKEY_IMAGE, HAPROXY_IMAGE, CADDY_IMAGE) if not docker_client.images.list(name=tag)
+    ]
     if missing:
-        result = subprocess.run([str(REPO_ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True,
-                                timeout=900)
+        result = subprocess.run(
+            [str(REPO_ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True, timeout=900
+        )
         if result.returncode != 0:
             pytest.fail(f"scripts/build-base-image.sh failed for {missing}:\n{result.stderr[-2000:]}", pytrace=False)
 
@@ -127,8 +148,13 @@ def api_image(docker_client: docker.DockerClient, base_images: None, measurement
     started = time.monotonic()
     try:
         image, _ = docker_client.images.build(
-            path=str(REPO_ROOT / "app"), tag=API_IMAGE_TAG, buildargs=build_args, network_mode="host",
-            rm=True, forcerm=True, timeout=900,
+            path=str(REPO_ROOT / "app"),
+            tag=API_IMAGE_TAG,
+            buildargs=build_args,
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+            timeout=900,
         )
     except docker.errors.BuildError as error:
         log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in error.build_log)
@@ -143,14 +169,30 @@ def novita_fake() -> Iterator[str]:
     """The fake Novita server as a host process on loopback; yields its base URL (without the API path)."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.novita", "--host", "127.0.0.1", "--port", str(port),
-         "--api-key", TEST_SECRETS["novitaApiKey"], "--step-seconds", "0.2"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.novita",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--api-key",
+            TEST_SECRETS["novitaApiKey"],
+            "--step-seconds",
+            "0.2",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for("the fake Novita to listen",
-                 lambda: process.poll() is not None or status_or_none("GET", f"{url}/_fake/calls") == 200, 30)
+        wait_for(
+            "the fake Novita to listen",
+            lambda: process.poll() is not None or status_or_none("GET", f"{url}/_fake/calls") == 200,
+            30,
+        )
         if process.poll() is not None:
             pytest.fail(f"fake Novita exited: {process.stderr.read().decode()[-2000:]}", pytrace=False)
         yield url
@@ -222,8 +264,13 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
     volumes: list[str] = []
     labels = RUN_LABELS
 
-    def _deploy(stack: str, overrides: dict[str, str] | None = None, valkey_running: bool = True,
-                wait_healthy: bool = True, fast_healthcheck: bool = True) -> Deployment:
+    def _deploy(
+        stack: str,
+        overrides: dict[str, str] | None = None,
+        valkey_running: bool = True,
+        wait_healthy: bool = True,
+        fast_healthcheck: bool = True,
+    ) -> Deployment:
         name = f"e2e-{SESSION_ID}-{stack}-{next(_deployment_numbers)}"
         api_port, valkey_port = free_port(), free_port()
         config = e2e_overrides(name, api_port, valkey_port, novita_fake)
@@ -240,8 +287,12 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
         valkey_id = valkey_spec.create(docker_client, labels)
         created.append(valkey_id)
         deployment_api = api_container_from_render(
-            docker_client, rendered, api_image, f"http://127.0.0.1:{api_port}",
-            api_key=TEST_SECRETS["apiKeys"].split(":", 1)[1])
+            docker_client,
+            rendered,
+            api_image,
+            f"http://127.0.0.1:{api_port}",
+            api_key=TEST_SECRETS["apiKeys"].split(":", 1)[1],
+        )
         deployment = Deployment(docker_client, rendered, deployment_api, valkey_id, valkey_port)
         if valkey_running:
             deployment.start_valkey()
@@ -273,7 +324,8 @@ def proxied_deploy(docker_client: docker.DockerClient, api_image: str) -> Iterat
     def _deploy(stack: str, replicas: int = 2, overrides: dict[str, str] | None = None) -> ProxiedDeployment:
         prefix = f"e2e-{SESSION_ID}-{stack}-{next(_deployment_numbers)}"
         deployment = ProxiedDeployment.create(
-            docker_client, stack, prefix, api_image, RUN_LABELS, {"apiReplicas": str(replicas), **(overrides or {})})
+            docker_client, stack, prefix, api_image, RUN_LABELS, {"apiReplicas": str(replicas), **(overrides or {})}
+        )
         deployments.append(deployment)
         return deployment
 

@@ -5,6 +5,7 @@ exactly what it created and never what another run on the same engine created. A
 the containers use the host's network, or (replicas behind the proxy) a network of the run's own whose proxy
 publishes on loopback.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,12 +64,14 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_seconds: float, i
     raise WaitTimeout(f"timed out after {timeout_seconds:g}s waiting for {what} (last: {last!r})")
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 5.0) -> tuple[int, Any]:
+def http(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, Any]:
     """One HTTP call on loopback: (status, JSON body or text). Connection errors raise OSError."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (loopback test URL)
             raw, status = response.read(), response.status
@@ -176,7 +179,9 @@ class ApiContainer:
         return (self.inspect()["State"].get("Health") or {}).get("Status", "none")
 
     def health_log(self) -> list[str]:
-        return [entry.get("Output", "").strip() for entry in (self.inspect()["State"].get("Health") or {}).get("Log") or []]
+        return [
+            entry.get("Output", "").strip() for entry in (self.inspect()["State"].get("Health") or {}).get("Log") or []
+        ]
 
     def restart_count(self) -> int:
         return int(self.inspect()["RestartCount"])
@@ -199,15 +204,25 @@ class ApiContainer:
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
         return http("GET", f"{self.api_url}{path}", headers={"X-API-Key": self.api_key}, timeout=timeout)
 
-    def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             timeout: float = 5.0) -> tuple[int, Any]:
-        return http("POST", f"{self.api_url}{path}", body=body,
-                    headers={"X-API-Key": self.api_key, **(headers or {})}, timeout=timeout)
+    def post(
+        self, path: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, Any]:
+        return http(
+            "POST",
+            f"{self.api_url}{path}",
+            body=body,
+            headers={"X-API-Key": self.api_key, **(headers or {})},
+            timeout=timeout,
+        )
 
     def wait_ready(self, timeout: float) -> float:
         """Seconds from the container start until /readyz answers 200."""
-        wait_for("/readyz 200", lambda: status_or_none("GET", f"{self.api_url}/readyz", timeout=1.0) == 200,
-                 timeout, interval=0.1)
+        wait_for(
+            "/readyz 200",
+            lambda: status_or_none("GET", f"{self.api_url}/readyz", timeout=1.0) == 200,
+            timeout,
+            interval=0.1,
+        )
         return time.monotonic() - self.started_at
 
     def wait_health(self, status: str, timeout: float) -> float:
@@ -215,13 +230,18 @@ class ApiContainer:
         try:
             wait_for(f"Docker health {status!r}", lambda: self.health() == status, timeout, interval=0.1)
         except WaitTimeout as error:
-            raise WaitTimeout(f"{error}\nprobe log: {self.health_log()[-3:]}\n"
-                              f"container log tail:\n{self.logs()[-2000:]}") from None
+            raise WaitTimeout(
+                f"{error}\nprobe log: {self.health_log()[-3:]}\ncontainer log tail:\n{self.logs()[-2000:]}"
+            ) from None
         return time.monotonic() - self.started_at
 
     def wait_restarted(self, before: int, timeout: float) -> int:
-        return wait_for(f"RestartCount > {before}", lambda: (count := self.restart_count()) > before and count,
-                        timeout, interval=0.1)
+        return wait_for(
+            f"RestartCount > {before}",
+            lambda: (count := self.restart_count()) > before and count,
+            timeout,
+            interval=0.1,
+        )
 
     def kill_from_host(self, pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
         os.kill(pid, sig)
@@ -233,8 +253,9 @@ class ApiContainer:
             pass
 
 
-def api_container_from_render(client: docker.DockerClient, rendered: RenderedStack, image_id: str,
-                              api_url: str, api_key: str) -> ApiContainer:
+def api_container_from_render(
+    client: docker.DockerClient, rendered: RenderedStack, image_id: str, api_url: str, api_key: str
+) -> ApiContainer:
     """Map the rendered API container to docker-py; the image is the one this session built from app/."""
     inputs = dict(rendered.api_container()["inputs"])
     inputs["image"] = image_id  # under mocks the image is a fake digest; the build inputs are checked separately

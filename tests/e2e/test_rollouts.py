@@ -1,5 +1,6 @@
 """Issue 11 on the real engine: replicas behind the edge proxy keep answering through rollouts, a bad image, a
 kill -9 and a wedged replica, under a steady load from 127.0.0.1 (>= 20 requests/s)."""
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,9 @@ def derived_image(docker_client: docker.DockerClient, api_image: str) -> Iterato
 
     def _build(kind: str, lines: str) -> str:
         dockerfile = f"FROM {api_image}\n{lines}\n".encode()
-        image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"novita-gpu-api:e2e-{SESSION_ID}-{kind}",
-                                              rm=True, forcerm=True)
+        image, _ = docker_client.images.build(
+            fileobj=io.BytesIO(dockerfile), tag=f"novita-gpu-api:e2e-{SESSION_ID}-{kind}", rm=True, forcerm=True
+        )
         built.append(image.id)
         return image.id
 

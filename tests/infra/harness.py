@@ -7,6 +7,7 @@ because they hold no state.
 
 Used by the mocks suite (conftest.py) and by `python -m tests.infra.render` (the real-Docker tests).
 """
+
 from __future__ import annotations
 
 import contextlib

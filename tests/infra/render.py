@@ -15,6 +15,7 @@ Output (stdout), one JSON object:
 `inputs` use the engine's camelCase names with secrets unwrapped; `secretInputs` lists the paths that were
 secret (e.g. "envs[8]"). Integers are JSON integers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m tests.infra.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml")
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="config override (short key)")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE", help="config override (short key)"
+    )
     parser.add_argument("--secret", action="append", default=[], metavar="KEY=VALUE", help="secret value (short key)")
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,5 @@
 """Fixtures of the policy pack's tests (helpers in tests/policy/pack.py)."""
+
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional

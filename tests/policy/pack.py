@@ -6,6 +6,7 @@ Two ways in:
 - `Analyzer` feeds RPC requests to the library's own analyzer servicer (the object `PolicyPack` serves over gRPC),
   so the program's registrations go through the library's deserialisation: secret envelopes, unknowns, options.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,14 +59,18 @@ def api_container(run: ProgramRun) -> Registration:
 
 def resource(type_: str, props: dict, name: str = "api-container", protect: bool = False) -> ResourceValidationArgs:
     """One resource's validation args, as the library's Analyze handler builds them."""
-    return ResourceValidationArgs(type_, unknown_checking_proxy(props), f"urn:test::{name}", name, _options(protect), None)
+    return ResourceValidationArgs(
+        type_, unknown_checking_proxy(props), f"urn:test::{name}", name, _options(protect), None
+    )
 
 
 def stack(*resources: tuple[str, dict]) -> StackValidationArgs:
     """A stack's validation args, as the library's AnalyzeStack handler builds them."""
     return StackValidationArgs(
         [
-            PolicyResource(type_, unknown_checking_proxy(props), f"urn:test::r{i}", f"r{i}", _options(), None, None, [], {})
+            PolicyResource(
+                type_, unknown_checking_proxy(props), f"urn:test::r{i}", f"r{i}", _options(), None, None, [], {}
+            )
             for i, (type_, props) in enumerate(resources)
         ],
         {},
@@ -155,15 +160,19 @@ class Analyzer:
             not_applicable={n.policy_name: n.reason for n in response.not_applicable},
         )
 
-    def analyze(self, registration: Registration, properties: Optional[struct_pb2.Struct] = None,
-                protect: Optional[bool] = None) -> Analysis:
+    def analyze(
+        self, registration: Registration, properties: Optional[struct_pb2.Struct] = None, protect: Optional[bool] = None
+    ) -> Analysis:
         """The pack's resource policies on one registration (or on `properties` in its place)."""
         options = self._options(registration)
         if protect is not None:
             options.protect = protect
         request = proto.AnalyzeRequest(
-            type=registration.type, urn=registration.urn, name=registration.name,
-            properties=properties if properties is not None else self.raw(registration), options=options,
+            type=registration.type,
+            urn=registration.urn,
+            name=registration.name,
+            properties=properties if properties is not None else self.raw(registration),
+            options=options,
         )
         return self._analysis(self.servicer.Analyze(request, None))
 
@@ -171,7 +180,11 @@ class Analyzer:
         """The pack's stack policies on every custom resource the program registered (URN -> properties to swap)."""
         resources = [
             proto.AnalyzerResource(
-                urn=r.urn, type=r.type, name=r.name, options=self._options(r), parent=r.parent,
+                urn=r.urn,
+                type=r.type,
+                name=r.name,
+                options=self._options(r),
+                parent=r.parent,
                 properties=(replace or {}).get(r.urn, self.raw(r)),
             )
             for r in self.run.monitor.registrations

@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium: sign in, create and watch an instance become ready, copy its SSH command, stop
 and delete it, a 422 beside its field, CSRF refusals, sign out. axe-core runs on every screen."""
+
 from __future__ import annotations
 
 import asyncio
@@ -133,15 +134,18 @@ def test_a_422_is_shown_beside_the_field_the_api_names(dashboard: Dashboard) -> 
     expect(name_field.locator(".field-error")).to_contain_text("should match pattern")
     expect(page.locator("#name")).to_have_attribute("aria-invalid", "true")
     expect(page.locator(".field", has=page.locator("#ports")).locator(".field-error")).to_contain_text(
-        "reserved by Novita")
+        "reserved by Novita"
+    )
     expect(page.locator("#imageUrl")).not_to_have_attribute("aria-invalid", "true")
     # Env values are never shown back, their keys are.
     assert page.locator("#envs").input_value() == "HF_TOKEN="
     assert SECRET_ENV_VALUE not in page.content()
     # The same message the API's 422 gives for that field.
     with dashboard.server.client() as api:
-        problem = api.post("/api/instances", json={
-            "name": "bad name!", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"}).json()
+        problem = api.post(
+            "/api/instances",
+            json={"name": "bad name!", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"},
+        ).json()
     api_message = next(e["message"] for e in problem["errors"] if e["field"] == "body.name")
     expect(name_field.locator(".field-error")).to_have_text(api_message)
     dashboard.assert_accessible("create with errors")
@@ -154,8 +158,10 @@ def test_a_form_without_the_session_csrf_token_is_refused(dashboard: Dashboard) 
     page = dashboard.page
     dashboard.sign_in()
     with dashboard.server.client() as api:
-        created = api.post("/api/instances", json={
-            "name": "target", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"}).json()
+        created = api.post(
+            "/api/instances",
+            json={"name": "target", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"},
+        ).json()
     instance_id = created["instance"]["id"]
     dashboard.goto(f"/ui/instances/{instance_id}")
     token = page.locator("input[name=csrf_token]").first.input_value()
@@ -178,13 +184,22 @@ def test_a_form_without_the_session_csrf_token_is_refused(dashboard: Dashboard) 
 
 def test_instances_filter_sort_and_page(dashboard: Dashboard, fake_novita: FakeNovitaHandle) -> None:
     # Thirty instances on the Novita account (made outside this service): the list shows them with our records.
-    with httpx.Client(base_url=fake_novita.base_url,
-                      headers={"Authorization": f"Bearer {fake_novita.api_key}"}) as novita:
+    with httpx.Client(
+        base_url=fake_novita.base_url, headers={"Authorization": f"Bearer {fake_novita.api_key}"}
+    ) as novita:
         for number in range(30):
             name = f"{'beta' if number % 3 == 0 else 'alpha'}-{number:02d}"
-            novita.post("/gpu/instance/create", json={
-                "name": name, "productId": PRODUCT, "gpuNum": 1, "rootfsSize": 20,
-                "imageUrl": "docker.io/library/ubuntu:22.04", "kind": "gpu"}).raise_for_status()
+            novita.post(
+                "/gpu/instance/create",
+                json={
+                    "name": name,
+                    "productId": PRODUCT,
+                    "gpuNum": 1,
+                    "rootfsSize": 20,
+                    "imageUrl": "docker.io/library/ubuntu:22.04",
+                    "kind": "gpu",
+                },
+            ).raise_for_status()
     fake_novita.advance(steps=3)  # all running
     stopped = fake_novita.instances(name="alpha-01")[0]
     fake_novita.set_state(stopped["id"], status="exited")
