@@ -1,7 +1,5 @@
 """novita-gpu-api: stack config -> StackSettings -> Valkey, then per Docker host: API image, replicas, edge proxy."""
 
-from typing import Optional
-
 import pulumi
 import pulumi_docker as docker
 
@@ -30,13 +28,21 @@ def host_suffix(number: int) -> str:
 
 def provider_for(number: int, url: str) -> docker.Provider:
     """The Docker provider of one host; tcp:// hosts get the TLS client material, as secrets."""
-    tls = {}
-    if hosts.uses_tls(url):
-        tls = {f"{part}_material": secret_output(getattr(hosts, f"tls_{part}")) for part in ("ca", "cert", "key")}
-    return docker.Provider(f"docker{host_suffix(number)}", host=url, **tls)
+    name = f"docker{host_suffix(number)}"
+    if not hosts.uses_tls(url):
+        return docker.Provider(name, host=url)
+    ca, cert, key = hosts.tls_ca, hosts.tls_cert, hosts.tls_key
+    assert ca and cert and key  # DockerHostSettings refuses a tcp:// host without them
+    return docker.Provider(
+        name,
+        host=url,
+        ca_material=secret_output(ca),
+        cert_material=secret_output(cert),
+        key_material=secret_output(key),
+    )
 
 
-def private_network(number: int, provider: Optional[docker.Provider]) -> Optional[pulumi.Output[str]]:
+def private_network(number: int, provider: docker.Provider | None) -> pulumi.Output[str] | None:
     """The private network of one host, shared by its replicas, its proxy and (first host) the local Valkey."""
     if container.uses_host_network:
         return None
@@ -45,7 +51,9 @@ def private_network(number: int, provider: Optional[docker.Provider]) -> Optiona
 
 
 # One Docker provider per configured host; none configured: the default provider (the local engine).
-providers = [provider_for(number, url) for number, url in enumerate(hosts.urls, start=1)] or [None]
+providers: list[docker.Provider | None] = [
+    provider_for(number, url) for number, url in enumerate(hosts.urls, start=1)
+] or [None]
 networks = [private_network(number, provider) for number, provider in enumerate(providers, start=1)]
 valkey = Valkey(
     "valkey",
@@ -61,7 +69,7 @@ valkey = Valkey(
 images: list[ApiImage] = []
 apis: list[ApiService] = []
 proxies: list[EdgeProxy] = []
-for number, (provider, network_name) in enumerate(zip(providers, networks), start=1):
+for number, (provider, network_name) in enumerate(zip(providers, networks, strict=True), start=1):
     suffix = host_suffix(number)
     # Each engine builds its own copy of the image (without a registry, a host has only what it built).
     on_host = pulumi.ResourceOptions(provider=provider)

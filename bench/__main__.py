@@ -157,11 +157,10 @@ def _scale(quick: bool, output: Path | None, argv: list[str] | None) -> int:
     command = shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])
     report = Report(command=command, quick=quick)
     sections = Sections(report)
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work_dir:
-        with Services(Path(work_dir)) as services:
-            sections.run(
-                "fleet scale", lambda: scale.run(services, report, scale.QUICK_SCALE if quick else scale.FULL_SCALE)
-            )
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work_dir, Services(Path(work_dir)) as services:
+        sections.run(
+            "fleet scale", lambda: scale.run(services, report, scale.QUICK_SCALE if quick else scale.FULL_SCALE)
+        )
     scale.write_section(report, output)
     print(f"\n{report.markdown()}\nwritten to {output}")
     return 1 if sections.failed else 0

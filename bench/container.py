@@ -16,6 +16,7 @@ import docker.errors
 
 from bench.report import Report, Row, ms, ratio
 from bench.services import LOOPBACK, REPO_ROOT, Services, answers_200, free_port
+from tests.e2e.harness import id_of
 
 SECTION = "Container (Docker engine, production limits)"
 BASE_IMAGE = "novita-gpu-api/base:bookworm"
@@ -110,7 +111,7 @@ def _start_to_healthy(
     while time.monotonic() < deadline:
         if ready_seconds is None and answers_200(services.http, f"http://{LOOPBACK}:{port}/readyz"):
             ready_seconds = time.monotonic() - started
-        status = client.api.inspect_container(container.id)["State"].get("Health", {}).get("Status", "none")
+        status = client.api.inspect_container(id_of(container))["State"].get("Health", {}).get("Status", "none")
         if status == "healthy":
             break
         time.sleep(0.05)

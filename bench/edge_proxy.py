@@ -7,6 +7,7 @@ when no Docker engine answers or a locally built test image is missing (scripts/
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 import uuid
@@ -18,7 +19,15 @@ from bench import container, wrk_runner
 from bench.report import Report, Row, ratio
 from bench.services import free_port
 from tests.e2e.container_spec import container_spec
-from tests.e2e.harness import BASE_IMAGE, HAPROXY_IMAGE, VALKEY_IMAGE, ApiContainer, status_or_none, wait_for
+from tests.e2e.harness import (
+    BASE_IMAGE,
+    HAPROXY_IMAGE,
+    VALKEY_IMAGE,
+    ApiContainer,
+    id_of,
+    status_or_none,
+    wait_for,
+)
 from tests.e2e.proxied import API_KEY, ProxiedDeployment, SteadyLoad
 
 SECTION = "Edge proxy (HAProxy 2.6, Debian) and rollouts"
@@ -119,7 +128,7 @@ def _rollout(client: docker.DockerClient, report: Report, image_id: str, labels:
     try:
         with SteadyLoad(deployment.proxy_url, deployment.create_instance()) as load:
             time.sleep(2)
-            seconds = deployment.roll(changed.id)
+            seconds = deployment.roll(id_of(changed))
             time.sleep(2)
         report.add(
             Row(SECTION, "rollout of 2 replicas (test healthcheck 3s/2s/3) under steady load", f"{seconds:.1f} s", "-")
@@ -137,10 +146,8 @@ def _rollout(client: docker.DockerClient, report: Report, image_id: str, labels:
         )
     finally:
         deployment.remove()
-        try:
-            client.images.remove(changed.id, force=True)
-        except docker.errors.APIError:
-            pass
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(id_of(changed), force=True)
 
 
 def main() -> None:

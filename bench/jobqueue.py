@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import SecretStr
+
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.core.redis import RedisManager
@@ -91,8 +93,11 @@ async def _measure(enqueue: Enqueue, recorder: Recorder, burst: int, paced: int)
 
 async def _ours(redis_url: str, burst: int, paced: int) -> QueueResult:
     settings = Settings(
-        redis_url=redis_url, novita_api_key="bench-unused", job_concurrency=CONCURRENCY, job_read_block_seconds=1.0
-    )  # type: ignore[call-arg]  # the rest from defaults
+        redis_url=SecretStr(redis_url),
+        novita_api_key=SecretStr("bench-unused"),
+        job_concurrency=CONCURRENCY,
+        job_read_block_seconds=1.0,
+    )
     redis = RedisManager(settings)
     await redis.wait_until_connected()
     queue = JobQueue(redis)
@@ -114,11 +119,12 @@ async def _ours(redis_url: str, burst: int, paced: int) -> QueueResult:
 async def _saq(redis_url: str, burst: int, paced: int) -> QueueResult:
     from saq import Queue
     from saq import Worker as SaqWorker
+    from saq.types import Context
 
     queue = Queue.from_url(redis_url, name="bench")
     recorder = Recorder()
 
-    async def noop(ctx: dict[str, Any], *, enqueued_at: float) -> None:
+    async def noop(ctx: Context, *, enqueued_at: float) -> None:
         recorder.started(enqueued_at)
 
     worker = SaqWorker(queue, functions=[("noop", noop)], concurrency=CONCURRENCY)

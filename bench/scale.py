@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
@@ -235,8 +236,8 @@ def _record(record_id: str, name: str, novita_id: str, created_at: float) -> Ins
 
 def _settings(services: Services) -> Settings:
     return Settings(
-        redis_url=services.redis.url,
-        novita_api_key=services.novita_api_key,
+        redis_url=SecretStr(services.redis.url),
+        novita_api_key=SecretStr(services.novita_api_key),
         novita_base_url=f"{services.novita.url}/gpu-instance/openapi/v1",
     )
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
@@ -86,7 +87,9 @@ def seed_fleet(services: Services, count: int) -> list[str]:
 
 
 async def _store(services: Services, records: list[InstanceRecord]) -> None:
-    redis = RedisManager(Settings(redis_url=services.redis.url, novita_api_key="unused-by-the-store"))
+    redis = RedisManager(
+        Settings(redis_url=SecretStr(services.redis.url), novita_api_key=SecretStr("unused-by-the-store"))
+    )
     try:
         store = InstanceStore(redis)
         for record in records:

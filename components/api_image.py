@@ -7,7 +7,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -91,7 +90,7 @@ class ApiImage(pulumi.ComponentResource):
     image_id: pulumi.Output[str]
     image_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ApiImageArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ApiImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:ApiImage", name, None, opts)
         settings = args.image
         if settings.pinned:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -57,11 +57,11 @@ class ApiServiceArgs:
     hardening: HardeningSettings
     image_id: pulumi.Input[str]
     valkey_url: pulumi.Output[str]
-    network_name: Optional[pulumi.Input[str]] = None  # None = host network
+    network_name: pulumi.Input[str] | None = None  # None = host network
     labels: dict[str, str] = field(default_factory=dict)
-    provider: Optional[docker.Provider] = None  # None: the default provider (the local engine)
+    provider: docker.Provider | None = None  # None: the default provider (the local engine)
     replica_name_prefix: str = ""  # default: containerName; per-host prefixes keep resource names unique
-    after: Optional[pulumi.Resource] = None  # the previous host's last replica: hosts roll one after another
+    after: pulumi.Resource | None = None  # the previous host's last replica: hosts roll one after another
 
     def __post_init__(self) -> None:
         if (self.network_name is None) != self.container.uses_host_network:
@@ -101,8 +101,8 @@ def environment(args: ApiServiceArgs) -> list[pulumi.Input[str]]:
         _secret_env("REDIS_URL", args.valkey_url),
     ]
     for concern in args.runtime:
-        for field, (variable, secret) in container_variables(type(concern)).items():
-            value = getattr(concern, field)
+        for field_name, (variable, secret) in container_variables(type(concern)).items():
+            value = getattr(concern, field_name)
             if value is None or value == "" or value == ():
                 continue
             if isinstance(value, SecretStr):
@@ -143,7 +143,7 @@ class ApiService(pulumi.ComponentResource):
     health_url: pulumi.Output[str]
     last_replica: docker.Container
 
-    def __init__(self, name: str, args: ApiServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ApiServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:ApiService", name, None, opts)
         c, hc = args.container, args.healthcheck
         common = dict(
@@ -175,7 +175,7 @@ class ApiService(pulumi.ComponentResource):
         )
         # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
         replace_on_changes = ["healthcheck", "init"]
-        if c.uses_host_network:
+        if args.network_name is None:  # the host network (ApiServiceArgs checks it matches networkMode)
             # Listens on the host's port itself: the old container must go before the new one can start.
             replicas = [
                 docker.Container(

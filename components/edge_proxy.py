@@ -11,7 +11,6 @@ Idempotency-Key). Users run the official image (`haproxy:3.2`); the tests run De
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -57,7 +56,7 @@ class ProxyConfig:
     stop_grace_seconds: int
 
     @classmethod
-    def for_replicas(cls, replicas: int, port: int, stop_grace_seconds: int) -> "ProxyConfig":
+    def for_replicas(cls, replicas: int, port: int, stop_grace_seconds: int) -> ProxyConfig:
         return cls(
             listen_port=port, replica_port=port, server_slots=2 * replicas, stop_grace_seconds=stop_grace_seconds
         )
@@ -130,7 +129,7 @@ class EdgeProxyArgs:
     api_port: int  # the port inside the network (the replicas') and inside the proxy container
     network_name: pulumi.Input[str]
     labels: dict[str, str]
-    provider: Optional[docker.Provider] = None
+    provider: docker.Provider | None = None
 
 
 class EdgeProxy(pulumi.ComponentResource):
@@ -138,7 +137,7 @@ class EdgeProxy(pulumi.ComponentResource):
 
     container_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: EdgeProxyArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: EdgeProxyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:EdgeProxy", name, None, opts)
         proxy, c, hc = args.proxy, args.container, args.healthcheck
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)

@@ -5,7 +5,7 @@ that the two cannot drift apart."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -52,9 +52,7 @@ def edge_container_args(
     }
 
 
-def edge_container_options(
-    parent: pulumi.Resource, provider: Optional[pulumi.ProviderResource]
-) -> pulumi.ResourceOptions:
+def edge_container_options(parent: pulumi.Resource, provider: pulumi.ProviderResource | None) -> pulumi.ResourceOptions:
     """A fixed name and published ports: the old container goes first, a short gap only when its settings change
     (never on a rollout of the API). A changed healthcheck replaces it (the provider would keep the old one)."""
     return pulumi.ResourceOptions(

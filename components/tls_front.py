@@ -13,7 +13,6 @@ keeps them (and ACME's rate limits are not spent again).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -44,7 +43,7 @@ class CaddyConfig:
     """What the rendered Caddyfile depends on (all from the stack settings)."""
 
     domain: str
-    acme_email: Optional[str]  # None: certificates from Caddy's internal CA (development and tests)
+    acme_email: str | None  # None: certificates from Caddy's internal CA (development and tests)
     https_port: int  # as published on the host: the redirect's target
     upstream: str  # host:port of the edge proxy on the private network
 
@@ -92,7 +91,7 @@ class TlsFrontArgs:
     upstream_port: int  # the edge proxy's port on the private network
     network_name: pulumi.Input[str]
     labels: dict[str, str]
-    provider: Optional[docker.Provider] = None
+    provider: docker.Provider | None = None
 
 
 class TlsFront(pulumi.ComponentResource):
@@ -100,7 +99,7 @@ class TlsFront(pulumi.ComponentResource):
 
     container_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: TlsFrontArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: TlsFrontArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:TlsFront", name, None, opts)
         tls, proxy, c, hc = args.tls, args.proxy, args.container, args.healthcheck
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)

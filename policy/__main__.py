@@ -5,7 +5,6 @@ server and never returns, so the tests import `rules` and never this file.
 """
 
 from pulumi_policy import EnforcementLevel, PolicyPack
-
 from rules import POLICIES
 
 PolicyPack(

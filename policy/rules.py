@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import pulumi
 from pulumi_policy import (
     EnforcementLevel,
-    ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
@@ -74,6 +74,13 @@ _CREDENTIAL_VALUES = (
 _OPEN_NETWORKS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
+class ReportViolation(Protocol):
+    """The callback a policy reports a violation with. pulumi-policy's own `ReportViolation` type declares `urn`
+    required, but the callback it passes defaults it to None, and resource policies never give one."""
+
+    def __call__(self, message: str, urn: str | None = None) -> None: ...
+
+
 # ---- reading what the engine sends --------------------------------------------------------------------------
 
 
@@ -87,7 +94,7 @@ def _skip_unless_production(args: ResourceValidationArgs | StackValidationArgs) 
         args.not_applicable(f"stack {pulumi.get_stack()!r} is not a production stack")
 
 
-def known_items(values: Optional[Sequence[Any]]) -> Iterator[Any]:
+def known_items(values: Sequence[Any] | None) -> Iterator[Any]:
     """The items of a list input that are known; during a preview an item computed from another resource is not."""
     for index in range(len(values or ())):
         try:
@@ -114,7 +121,7 @@ def labels(props: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def role(props: Mapping[str, Any]) -> Optional[str]:
+def role(props: Mapping[str, Any]) -> str | None:
     """The container's role by the label convention; an unlabelled container that gets Novita's key is the API."""
     labelled = labels(props).get(ROLE_LABEL)
     if labelled is not None:
@@ -124,7 +131,7 @@ def role(props: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def duration_seconds(text: str) -> Optional[float]:
+def duration_seconds(text: str) -> float | None:
     """A Go duration (`2m0s`, `120s`, `1m30s`, `500ms`) in seconds; None if it is not one."""
     text = text.strip()
     if not text:
@@ -140,7 +147,7 @@ def duration_seconds(text: str) -> Optional[float]:
     return total if position == len(text) else None
 
 
-def credential_kind(value: str) -> Optional[str]:
+def credential_kind(value: str) -> str | None:
     """What kind of credential `value` looks like, or None."""
     for kind, pattern in _CREDENTIAL_VALUES:
         if pattern.search(value):
@@ -148,7 +155,7 @@ def credential_kind(value: str) -> Optional[str]:
     return None
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -265,7 +272,7 @@ def validate_aiven_valkey_protected(args: ResourceValidationArgs, report_violati
         report_violation(f"{args.name}: the Pulumi `protect` option is off; `pulumi destroy` would delete it")
 
 
-def open_allow_list_entries(user_config: Optional[Mapping[str, Any]]) -> Optional[list[str]]:
+def open_allow_list_entries(user_config: Mapping[str, Any] | None) -> list[str] | None:
     """The entries of an Aiven IP allow-list that admit everyone; None when there is no allow-list at all."""
     user_config = user_config or {}
     networks = [str(n) for n in known_items(user_config.get("ipFilterStrings"))]
@@ -318,63 +325,67 @@ def validate_api_replicas(args: StackValidationArgs, report_violation: ReportVio
 
 # ---- the pack ----------------------------------------------------------------------------------------------
 
+
 # Mandatory: each rule is a lesson of an outage or a leak, and the check reads a value, not a guess.
 # Advisory: `secret-named-env-is-contract-secret` judges by a variable's name only (a token bucket size is not a
 # secret), so it warns and leaves the decision to a person.
-POLICIES = [
-    ResourceValidationPolicy(
-        name="api-restart-always",
-        description="Production API containers restart always.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_restart_always,
+def _policy(
+    name: str,
+    description: str,
+    validate: Callable[[ResourceValidationArgs, ReportViolation], None],
+    level: EnforcementLevel = EnforcementLevel.MANDATORY,
+) -> ResourceValidationPolicy:
+    # arg-type: pulumi-policy's `ResourceValidation` type takes its `ReportViolation` (see the class above).
+    return ResourceValidationPolicy(
+        name=name,
+        description=description,
+        enforcement_level=level,
+        validate=validate,  # type: ignore[arg-type]
+    )
+
+
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
+    _policy("api-restart-always", "Production API containers restart always.", validate_restart_always),
+    _policy(
+        "api-healthcheck-start-period",
+        f"Production API containers have a healthcheck with a start period of {MIN_START_PERIOD_SECONDS}s or more.",
+        validate_healthcheck_start_period,
     ),
-    ResourceValidationPolicy(
-        name="api-healthcheck-start-period",
-        description=f"Production API containers have a healthcheck with a start period of "
-        f"{MIN_START_PERIOD_SECONDS}s or more.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_healthcheck_start_period,
+    _policy(
+        "api-limits-without-swap",
+        "Production API containers have memory and CPU limits, and memorySwap equal to memory.",
+        validate_limits_without_swap,
     ),
-    ResourceValidationPolicy(
-        name="api-limits-without-swap",
-        description="Production API containers have memory and CPU limits, and memorySwap equal to memory.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_limits_without_swap,
+    _policy(
+        "api-image-by-id",
+        "Production API containers run an image by ID or digest, never by a mutable tag.",
+        validate_image_by_id,
     ),
-    ResourceValidationPolicy(
-        name="api-image-by-id",
-        description="Production API containers run an image by ID or digest, never by a mutable tag.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_image_by_id,
+    _policy(
+        "plain-env-has-no-credential",
+        "No container env var outside the contract's secret variables holds a credential.",
+        validate_no_credential_in_plain_env,
     ),
-    ResourceValidationPolicy(
-        name="plain-env-has-no-credential",
-        description="No container env var outside the contract's secret variables holds a credential.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_no_credential_in_plain_env,
+    _policy(
+        "secret-named-env-is-contract-secret",
+        "Env vars named like secrets are the contract's secret variables.",
+        validate_secret_named_env_is_contract_secret,
+        EnforcementLevel.ADVISORY,
     ),
-    ResourceValidationPolicy(
-        name="secret-named-env-is-contract-secret",
-        description="Env vars named like secrets are the contract's secret variables.",
-        enforcement_level=EnforcementLevel.ADVISORY,
-        validate=validate_secret_named_env_is_contract_secret,
+    _policy(
+        "aiven-valkey-protected",
+        "Production's Aiven Valkey has termination protection and Pulumi protect.",
+        validate_aiven_valkey_protected,
     ),
-    ResourceValidationPolicy(
-        name="aiven-valkey-protected",
-        description="Production's Aiven Valkey has termination protection and Pulumi protect.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_aiven_valkey_protected,
-    ),
-    ResourceValidationPolicy(
-        name="aiven-valkey-allow-list-not-open",
-        description="Production's Aiven Valkey admits only listed addresses, never 0.0.0.0/0.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_aiven_allow_list_not_open,
+    _policy(
+        "aiven-valkey-allow-list-not-open",
+        "Production's Aiven Valkey admits only listed addresses, never 0.0.0.0/0.",
+        validate_aiven_allow_list_not_open,
     ),
     StackValidationPolicy(
         name="api-replicas",
         description=f"Production runs at least {MIN_API_REPLICAS} API containers.",
         enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_api_replicas,
+        validate=validate_api_replicas,  # type: ignore[arg-type]  # its `ReportViolation`, as in `_policy`
     ),
 ]

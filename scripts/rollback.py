@@ -21,9 +21,9 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Optional, Sequence
+from datetime import UTC, datetime
 
 BUILD_TAG = r"[0-9a-f]{12}"  # components/api_image.py BUILD_TAG_LENGTH hex digits
 DEFAULT_KEEP = 5
@@ -49,7 +49,7 @@ class Build:
         if match is None:
             raise RollbackError(f"unexpected image creation time {self.created!r}")
         seconds = datetime.fromisoformat(match.group(1) + match.group(3).replace("Z", "+00:00"))
-        return seconds.astimezone(timezone.utc), int((match.group(2) or "0").ljust(9, "0")[:9])
+        return seconds.astimezone(UTC), int((match.group(2) or "0").ljust(9, "0")[:9])
 
 
 def split_build_ref(running: str) -> tuple[str, str]:
@@ -121,7 +121,7 @@ def engine_builds(repository: str, prefix: str) -> list[Build]:
     return builds_of(json.loads(_run(["docker", "image", "inspect", *refs])), repository, prefix)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="scripts/rollback.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)

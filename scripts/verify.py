@@ -67,7 +67,7 @@ def wait_until(condition: Callable[[], bool], timeout_seconds: float) -> bool:
 def http_json(url: str) -> tuple[int, Any]:
     """GET a JSON document; (status, body). Error statuses are answers too (503 from /health carries the reason)."""
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310 (operator's URL)
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         try:
@@ -231,6 +231,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
     ]
     if missing:
         raise SystemExit(f"verify: stack {args.stack!r} outputs do not give {', '.join(missing)}; pass them")
+    assert url and expected  # else named in `missing`
     return Target(stack=args.stack, containers=tuple(containers), url=url.rstrip("/"), expected_restart=expected)
 
 

@@ -53,7 +53,7 @@ class RedisServer:
         options: dict[str, object] = {"decode_responses": True, "socket_timeout": 5}
         if self.tls:
             options["ssl_ca_certs"] = str(self.ca_path)
-        return redis.Redis.from_url(self.url, **options)  # type: ignore[arg-type]
+        return redis.Redis.from_url(self.url, **options)
 
     def start(self) -> None:
         """Start the server (loading its RDB if one was saved) and wait until it answers PING."""

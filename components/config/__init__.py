@@ -24,8 +24,6 @@ from components.config.models import (
 __all__ = [
     "KEYS",
     "PROJECT",
-    "StackConfigError",
-    "load_settings",
     "AivenValkeySettings",
     "ContainerSettings",
     "DockerHostSettings",
@@ -37,8 +35,10 @@ __all__ = [
     "LocalValkeySettings",
     "ProxySettings",
     "ServiceSettings",
+    "StackConfigError",
     "StackSettings",
     "TlsSettings",
     "ValkeySettings",
     "WebhookSettings",
+    "load_settings",
 ]

@@ -8,7 +8,7 @@ here only: the loader hands a model the default of every key the stack does not 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import pulumi
 
@@ -19,7 +19,7 @@ MAX_API_REPLICAS = 8
 DOCKER_HOST_FORMS = "ssh://[user@]host[:port], tcp://host:port (TLS) or unix:///path/to/docker.sock"
 
 ConfigType = Literal["string", "integer", "boolean", "array"]
-ConfigValue = Union[str, int, bool, list]
+ConfigValue = str | int | bool | list[str]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ConfigKey:
     """One stack config key. `default=None` means required; `Pulumi.yaml` declares the same (a test checks)."""
 
     type: ConfigType
-    default: Optional[ConfigValue]
+    default: ConfigValue | None
     description: str
     secret: bool = False
 

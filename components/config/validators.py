@@ -12,7 +12,7 @@ import json
 import re
 import shlex
 from decimal import Decimal, InvalidOperation
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -26,7 +26,7 @@ def parse_duration_ms(text: str) -> int:
         return 0
     if not text or _DURATION_PART.sub("", text):
         raise ValueError(text)
-    total = sum(Decimal(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text))
+    total = sum((Decimal(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text)), Decimal(0))
     if total != total.to_integral_value():
         raise ValueError(text)
     return int(total)
@@ -60,7 +60,7 @@ def canonical_duration(raw: Any, positive: bool) -> str:
     return go_duration(ms)
 
 
-def optional_duration(raw: Any) -> Optional[str]:
+def optional_duration(raw: Any) -> str | None:
     """Empty: off (None); otherwise a positive canonical duration."""
     return canonical_duration(raw, positive=True) if text_value(raw, allow_empty=True) else None
 
@@ -113,7 +113,7 @@ def optional_flag(raw: Any) -> str:
     return value
 
 
-def whole_number(raw: Any, minimum: int, maximum: Optional[int] = None, unit: str = "") -> int:
+def whole_number(raw: Any, minimum: int, maximum: int | None = None, unit: str = "") -> int:
     """An integer within bounds; the message says the bounds (and the unit)."""
     if isinstance(raw, bool):
         raise ValueError(f"{raw!r} is not a whole number")

@@ -107,7 +107,9 @@ def test_every_action_is_pinned_to_a_release() -> None:
 
 def test_the_policy_pack_and_cli_versions_match_the_repository() -> None:
     workflow = deploy_workflow()
-    pinned_sdk = re.search(r"^pulumi==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.MULTILINE).group(1)
+    pinned = re.search(r"^pulumi==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert pinned, "requirements.txt pins no pulumi"
+    pinned_sdk = pinned.group(1)
     for job in workflow["jobs"].values():
         # The CLI the action installs is the release of the SDK the program pins.
         assert step_using(job, "pulumi/actions")["with"]["pulumi-version"] == pinned_sdk

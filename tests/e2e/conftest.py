@@ -7,6 +7,7 @@ environment variable CI is set; outside CI the tests are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -38,6 +39,7 @@ from tests.e2e.harness import (
     RenderedStack,
     api_container_from_render,
     http,
+    id_of,
     render,
     status_or_none,
     wait_for,
@@ -80,7 +82,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
     try:
         client = docker.from_env(version="auto", timeout=120)
         client.ping()
-    except Exception as error:  # noqa: BLE001 (any failure to reach the engine means the same thing here)
+    except Exception as error:  # any failure to reach the engine means the same thing here
         reason = (
             f"Docker engine not reachable ({type(error).__name__}: {error}); "
             "install docker.io and run scripts/start-dockerd.sh as root"
@@ -97,7 +99,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 def _remove_run(client: docker.DockerClient, run_id: str) -> None:
     """Remove what one run created, and nothing else: another run on the same engine carries another id."""
-    selector = {"label": f"{E2E_LABEL}={run_id}"}
+    selector: dict[str, str | list[str] | bool] = {"label": f"{E2E_LABEL}={run_id}"}
     for container in client.containers.list(all=True, filters=selector):
         container.remove(force=True, v=True)
     for volume in client.volumes.list(filters=selector):
@@ -161,7 +163,7 @@ def api_image(docker_client: docker.DockerClient, base_images: None, measurement
         pytest.fail(f"building app/Dockerfile failed: {error}\n{log[-3000:]}", pytrace=False)
     measurements.record("image build seconds", time.monotonic() - started)
     measurements.record("image size MB", image.attrs["Size"] / 1e6)
-    return image.id
+    return id_of(image)
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +196,7 @@ def novita_fake() -> Iterator[str]:
             30,
         )
         if process.poll() is not None:
+            assert process.stderr is not None  # a pipe
             pytest.fail(f"fake Novita exited: {process.stderr.read().decode()[-2000:]}", pytrace=False)
         yield url
     finally:
@@ -304,15 +307,11 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
 
     yield _deploy
     for container_id in reversed(created):
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             docker_client.api.remove_container(container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
     for volume in volumes:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(volume).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 @pytest.fixture

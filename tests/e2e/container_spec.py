@@ -71,7 +71,8 @@ class ContainerSpec:
         if self.network is not None:
             name, aliases = self.network
             create_kwargs["networking_config"] = client.api.create_networking_config(
-                {name: client.api.create_endpoint_config(aliases=aliases or None)}
+                # arg-type: types-docker wants one EndpointConfig; the SDK takes {network: EndpointConfig}
+                {name: client.api.create_endpoint_config(aliases=aliases or None)}  # type: ignore[arg-type]
             )
         created = client.api.create_container(self.image, name=self.name, host_config=host_config, **create_kwargs)
         return created["Id"]

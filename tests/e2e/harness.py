@@ -8,6 +8,7 @@ publishes on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+from docker.models.resource import Model
 
 from tests.e2e.container_spec import ContainerSpec, container_spec
 
@@ -46,6 +48,13 @@ FAST_HEALTHCHECK = {
 }
 
 T = TypeVar("T")
+
+
+def id_of(model: Model) -> str:
+    """The ID of an object the engine created or returned (the SDK's types allow None, for a model made by hand)."""
+    if model.id is None:
+        raise AssertionError(f"{model!r} has no ID")
+    return model.id
 
 
 class WaitTimeout(AssertionError):
@@ -73,7 +82,7 @@ def http(
         url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (loopback test URL)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             raw, status = response.read(), response.status
     except urllib.error.HTTPError as error:
         raw, status = error.read(), error.code
@@ -247,10 +256,8 @@ class ApiContainer:
         os.kill(pid, sig)
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(self.container_id, force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def api_container_from_render(

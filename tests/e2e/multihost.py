@@ -12,9 +12,11 @@ ever talks to 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import zlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from tests.e2e.harness import (
     VALKEY_IMAGE,
     ApiContainer,
     RenderedStack,
+    id_of,
     render,
     status_or_none,
     wait_for,
@@ -60,7 +63,7 @@ class SecondEngine:
     forwarding_rules: list[list[str]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, run_id: str) -> "SecondEngine":
+    def start(cls, run_id: str) -> SecondEngine:
         directory = Path(f"/tmp/novita-e2e-{run_id}-dockerd")
         directory.mkdir(parents=True, exist_ok=True)
         url = f"unix://{directory}/docker.sock"
@@ -116,7 +119,8 @@ class SecondEngine:
     def load(self, source: docker.DockerClient, images: list[str]) -> None:
         """Copy images from the first engine (no registry here): `docker save | docker load`."""
         for image in images:
-            self.client.images.load(source.images.get(image).save(named=True))
+            # arg-type: types-docker wants bytes or a file; the SDK streams any iterable of chunks (the save's).
+            self.client.images.load(source.images.get(image).save(named=True))  # type: ignore[arg-type]
 
     def stop(self) -> None:
         for container in self.client.containers.list(all=True):
@@ -134,10 +138,15 @@ class SecondEngine:
         subprocess.run(["rm", "-rf", str(self.directory)], check=False, timeout=120)
 
 
+def _ready(url: str) -> bool:
+    """`url`'s /readyz answers 200."""
+    return status_or_none("GET", f"{url}/readyz", timeout=2) == 200
+
+
 def _answers(client: docker.DockerClient) -> bool:
     try:
         return bool(client.ping())
-    except Exception:  # noqa: BLE001 (not up yet, whatever the reason)
+    except Exception:  # not up yet, whatever the reason
         return False
 
 
@@ -160,16 +169,15 @@ class MultiHostDeployment:
     prefix: str
     labels: dict[str, str]
     hosts: list[Host]
+    second_engine: SecondEngine
     env: dict[str, str] = field(default_factory=dict)  # where every replica reaches Valkey and Novita
     created: dict[int, list[str]] = field(default_factory=dict)
     generation: int = 0
 
-    second_engine: SecondEngine | None = None
-
     @classmethod
     def create(
         cls, first: docker.DockerClient, second: SecondEngine, prefix: str, image_id: str, labels: dict[str, str]
-    ) -> "MultiHostDeployment":
+    ) -> MultiHostDeployment:
         clients, urls = [first, second.client], ["unix:///var/run/docker.sock", second.url]
         config = {
             "dockerHosts": str(urls).replace("'", '"'),
@@ -191,7 +199,7 @@ class MultiHostDeployment:
             rendered,
             prefix,
             labels,
-            [Host(client, name) for client, name in zip(clients, providers)],
+            [Host(client, name) for client, name in zip(clients, providers, strict=True)],
             second_engine=second,
         )
         try:
@@ -217,9 +225,9 @@ class MultiHostDeployment:
         for number, host in enumerate(self.hosts):
             self.created[number] = []
             (network,) = self._of_host(host, "docker:index/network:Network")
-            host.network_id = host.client.networks.create(
-                network["inputs"]["name"], driver="bridge", labels=self.labels
-            ).id
+            host.network_id = id_of(
+                host.client.networks.create(network["inputs"]["name"], driver="bridge", labels=self.labels)
+            )
             if host.client is self.second_engine.client:
                 self.second_engine.allow_forwarding(host.network_id)
         self._start_shared_services(self.hosts[-1], image_id)
@@ -243,11 +251,7 @@ class MultiHostDeployment:
             self.created[number].append(container.container_id)
             container.wait_health("healthy", container.spec.provider.wait_timeout_seconds)
             host.proxy_url = container.api_url
-            wait_for(
-                f"host {number + 1}'s proxy to answer /readyz",
-                lambda url=host.proxy_url: status_or_none("GET", f"{url}/readyz", timeout=2) == 200,
-                30,
-            )
+            wait_for(f"host {number + 1}'s proxy to answer /readyz", partial(_ready, host.proxy_url), 30)
 
     def _start_shared_services(self, host: Host, image_id: str) -> None:
         """Valkey and the fake Novita on the last engine, published on its network's gateway (a host address)."""
@@ -286,7 +290,7 @@ class MultiHostDeployment:
             volumes={str(REPO_ROOT / "tests"): {"bind": "/srv/tests", "mode": "ro"}},
             ports={f"{FAKE_NOVITA_PORT}/tcp": (gateway, novita_port)},
         )
-        self.created[len(self.hosts) - 1] += [valkey.id, novita.id]
+        self.created[len(self.hosts) - 1] += [id_of(valkey), id_of(novita)]
         self.env = {
             "REDIS_URL": f"redis://{gateway}:{valkey_port}/0",
             "NOVITA_BASE_URL": f"http://{gateway}:{novita_port}/gpu-instance/openapi/v1",
@@ -308,19 +312,15 @@ class MultiHostDeployment:
                     self.env,
                 )
             )
-        for host, replicas in zip(self.hosts, new):
+        for host, replicas in zip(self.hosts, new, strict=True):
             delete_replaced(host.replicas)
             host.replicas = replicas
 
     def remove(self) -> None:
         for number, host in enumerate(self.hosts):
             for container_id in reversed(self.created.get(number, [])):
-                try:
+                with contextlib.suppress(docker.errors.NotFound):
                     host.client.api.remove_container(container_id, force=True, v=True)
-                except docker.errors.NotFound:
-                    pass
             if host.network_id:
-                try:
+                with contextlib.suppress(docker.errors.NotFound):
                     host.client.networks.get(host.network_id).remove()
-                except docker.errors.NotFound:
-                    pass

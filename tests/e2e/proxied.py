@@ -11,6 +11,7 @@ cannot reach the host's loopback); the test process only ever talks to ports pub
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -35,6 +36,7 @@ from tests.e2e.harness import (
     RenderedStack,
     WaitTimeout,
     http,
+    id_of,
     render,
     status_or_none,
     wait_for,
@@ -153,7 +155,7 @@ class ProxiedDeployment:
         image_id: str,
         labels: dict[str, str],
         overrides: dict[str, str],
-    ) -> "ProxiedDeployment":
+    ) -> ProxiedDeployment:
         api_port = free_port()
         config = {
             "networkMode": "bridge",
@@ -190,7 +192,9 @@ class ProxiedDeployment:
 
     def _create_all(self, image_id: str) -> None:
         (network,) = self.rendered.of_type("docker:index/network:Network")
-        self.network_id = self.client.networks.create(network["inputs"]["name"], driver="bridge", labels=self.labels).id
+        self.network_id = id_of(
+            self.client.networks.create(network["inputs"]["name"], driver="bridge", labels=self.labels)
+        )
         (valkey,) = _component_containers(self.rendered, "Valkey")
         valkey_spec = container_spec(valkey["inputs"])
         self._create_volumes(valkey_spec)
@@ -250,7 +254,8 @@ class ProxiedDeployment:
                 "0.2",
             ],
             networking_config=self.client.api.create_networking_config(
-                {network: self.client.api.create_endpoint_config(aliases=[FAKE_NOVITA_ALIAS])}
+                # arg-type: types-docker wants one EndpointConfig; the SDK takes {network: EndpointConfig}
+                {network: self.client.api.create_endpoint_config(aliases=[FAKE_NOVITA_ALIAS])}  # type: ignore[arg-type]
             ),
         )
         self.created.append(created["Id"])
@@ -286,20 +291,14 @@ class ProxiedDeployment:
 
     def remove(self) -> None:
         for container_id in reversed(self.created):
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.client.api.remove_container(container_id, force=True, v=True)
-            except docker.errors.NotFound:
-                pass
         for volume in self.volumes:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.client.volumes.get(volume).remove(force=True)
-            except docker.errors.NotFound:
-                pass
         if self.network_id:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.client.networks.get(self.network_id).remove()
-            except docker.errors.NotFound:
-                pass
 
 
 @dataclass
@@ -331,7 +330,7 @@ class SteadyLoad:
         self._dispatcher = threading.Thread(target=self._dispatch, daemon=True)
         self.started = self.stopped = 0.0
 
-    def __enter__(self) -> "SteadyLoad":
+    def __enter__(self) -> SteadyLoad:
         self.started = time.monotonic()
         self._dispatcher.start()
         return self

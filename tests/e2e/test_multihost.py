@@ -10,7 +10,7 @@ import docker
 import pytest
 
 from tests.e2e.conftest import RUN_LABELS, SESSION_ID
-from tests.e2e.harness import HAPROXY_IMAGE, VALKEY_IMAGE, Measurements
+from tests.e2e.harness import HAPROXY_IMAGE, VALKEY_IMAGE, Measurements, id_of
 from tests.e2e.multihost import MultiHostDeployment, SecondEngine
 from tests.e2e.proxied import RolloutFailed, SteadyLoad, create_instance
 
@@ -37,7 +37,7 @@ def test_two_hosts_both_serve_and_a_bad_image_stops_at_the_first(
         rm=True,
     )
     started = time.monotonic()
-    second_engine.load(docker_client, [api_image, broken.id, HAPROXY_IMAGE, VALKEY_IMAGE])
+    second_engine.load(docker_client, [api_image, id_of(broken), HAPROXY_IMAGE, VALKEY_IMAGE])
     measurements.record("second engine: images copied in (s)", time.monotonic() - started)
     deployment = MultiHostDeployment.create(
         docker_client, second_engine, f"e2e-{SESSION_ID}-hosts", api_image, RUN_LABELS
@@ -52,7 +52,7 @@ def test_two_hosts_both_serve_and_a_bad_image_stops_at_the_first(
         ):  # the one Valkey: same record
             time.sleep(3)
             with pytest.raises(RolloutFailed) as failed:
-                deployment.roll(broken.id)
+                deployment.roll(id_of(broken))
             time.sleep(3)
         print(failed.value)
         for load in (load_first, load_second):  # both hosts served throughout, and after the failed rollout
@@ -71,4 +71,4 @@ def test_two_hosts_both_serve_and_a_bad_image_stops_at_the_first(
         assert all(running for running, _ in states.values()), states
     finally:
         deployment.remove()
-        docker_client.images.remove(broken.id, force=True)
+        docker_client.images.remove(id_of(broken), force=True)

@@ -50,7 +50,8 @@ def test_the_built_image_holds_no_secret_and_no_stray_file(docker_client: docker
                             or path.name.endswith(FORBIDDEN_SUFFIXES)
                         ):
                             stray.append(str(path))
-                        if entry.isfile() and (found := _found_secrets(files.extractfile(entry).read())):
+                        content = files.extractfile(entry) if entry.isfile() else None
+                        if content is not None and (found := _found_secrets(content.read())):
                             leaks.append(f"{path}: {found}")
     assert "/srv/app/main.py" in seen  # the scan really went through the app's layer
     assert leaks == []

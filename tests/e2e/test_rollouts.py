@@ -3,6 +3,7 @@ kill -9 and a wedged replica, under a steady load from 127.0.0.1 (>= 20 requests
 
 from __future__ import annotations
 
+import contextlib
 import io
 import signal
 import time
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.e2e.harness import Measurements
+from tests.e2e.harness import Measurements, id_of
 from tests.e2e.proxied import ProxiedDeployment, RolloutFailed, SteadyLoad
 
 pytestmark = pytest.mark.e2e
@@ -33,15 +34,13 @@ def derived_image(docker_client: docker.DockerClient, api_image: str) -> Iterato
         image, _ = docker_client.images.build(
             fileobj=io.BytesIO(dockerfile), tag=f"novita-gpu-api:e2e-{SESSION_ID}-{kind}", rm=True, forcerm=True
         )
-        built.append(image.id)
-        return image.id
+        built.append(id_of(image))
+        return id_of(image)
 
     yield _build
     for image_id in built:
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(image_id, force=True)
-        except docker.errors.APIError:
-            pass
 
 
 def assert_no_failed_request(load: SteadyLoad) -> None:

@@ -3,6 +3,7 @@ tini exits, and the restart policy starts the container again. Plain Docker alon
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -63,7 +64,5 @@ def test_process_frozen_with_sigstop_is_killed_and_restarted(deploy, measurement
 
 
 def _ignore_errors(call: Callable[[], object]) -> None:
-    try:
+    with contextlib.suppress(OSError):
         call()
-    except OSError:
-        pass

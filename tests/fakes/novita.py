@@ -58,7 +58,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -500,10 +500,10 @@ class FakeNovita:
             await asyncio.sleep(1.0 if fault.delay_seconds is None else fault.delay_seconds)
             return await self._run(handler, request)
         # lost_response: the action happens, the caller does not learn it.
-        response = await self._run(handler, request)
+        answered = await self._run(handler, request)
         if fault.delay_seconds is not None:
             await asyncio.sleep(fault.delay_seconds)
-            return response
+            return answered
         return novita_error(fault.status or 500, "UNKNOWN", "internal error")
 
     async def _run(self, handler: Handler, request: Request) -> Response:
@@ -817,7 +817,7 @@ class ListingReading:
     total: str = "int"
     key_refusal: str = "401"
 
-    _FIELDS = {
+    _FIELDS: ClassVar[dict[str, str]] = {
         "pageBase": "page_base",
         "pageZero": "page_zero",
         "pageCap": "page_cap",

@@ -15,7 +15,7 @@ from tests.infra.harness import Registration
 SCHEMA_FILES = ("docker.schema.json", "aiven.schema.json")
 # Inputs the SDK adds to every provider resource; they belong to the engine, not to the provider's schema.
 PROVIDER_ENGINE_INPUTS = {"version", "pluginDownloadURL"}
-_JSON_TYPES = {
+_JSON_TYPES: dict[str, tuple[type[Any], ...]] = {
     "string": (str,),
     "boolean": (bool,),
     "integer": (int,),

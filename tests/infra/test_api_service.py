@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pulumi
 import pytest
@@ -13,7 +14,7 @@ CONTAINER = "docker:index/container:Container"
 SECRET_ENVS = ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS", "WEBHOOK_URL", "WEBHOOK_SECRET")
 
 # What each stack must deploy (issue 2 and the seed document), in the form the provider reads back.
-EXPECTED = {
+EXPECTED: dict[str, dict[str, Any]] = {
     "dev": {
         "name": "novita-gpu-instance-api-dev",
         "restart": "unless-stopped",

@@ -123,6 +123,7 @@ def test_stack_defaults_are_the_app_defaults() -> None:
             if field.is_required():
                 continue
             key = concern.model_fields[name].alias
+            assert key is not None, f"{concern.__name__}.{name} names no stack key"
             app_default = _env_text(field.default)
             assert _env_text(KEYS[key].default) == app_default, (
                 f"{key} defaults to {KEYS[key].default!r}, the app's {variable} to {app_default!r}"
@@ -219,7 +220,7 @@ async def test_the_app_accepts_everything_the_program_passes(monkeypatch: pytest
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    settings = Settings()  # type: ignore[call-arg]  # raises if the app refuses a value the program passes
+    settings = Settings()  # raises if the app refuses a value the program passes
     assert settings.is_production and settings.webhook_url == "https://hooks.example.com/novita"
     assert settings.placement_regions == ["us-ca-6", "as-sgp-2"]
     assert settings.cors_origins == ["https://app.example.com", "http://localhost:5173"]

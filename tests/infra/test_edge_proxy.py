@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 from pathlib import Path
@@ -143,7 +144,7 @@ async def test_replicas_are_chained_so_a_rollout_goes_one_at_a_time() -> None:
     assert [r.name for r in replicas] == [f"novita-gpu-instance-api-{i}" for i in range(1, 5)]
     replica_urns = {r.urn for r in replicas}
     assert not replica_urns & set(replicas[0].dependencies)
-    for previous, replica in zip(replicas, replicas[1:]):
+    for previous, replica in itertools.pairwise(replicas):
         assert [urn for urn in replica.dependencies if urn in replica_urns] == [previous.urn]
     for replica in replicas:
         assert replica.delete_before_replace is False and "name" not in replica.inputs and "ports" not in replica.inputs

@@ -114,7 +114,9 @@ def test_the_extracts_say_which_provider_and_version_they_were_cut_from(schemas_
         document = json.loads((schemas_dir / filename).read_text())
         source = document["extract"]["source"]
         assert source.startswith(f"{package} ") and " at commit " in source, filename
-        pinned = re.search(rf"^{package}==(\S+)$", requirements, re.MULTILINE).group(1)
+        pin = re.search(rf"^{package}==(\S+)$", requirements, re.MULTILINE)
+        assert pin, f"requirements.txt pins no {package}"
+        pinned = pin.group(1)
         assert f"{package.removeprefix('pulumi-')}@{pinned}" in source, (
             f"{filename} does not name the pinned {package} {pinned}"
         )

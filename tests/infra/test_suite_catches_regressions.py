@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pytest
@@ -24,7 +23,7 @@ THIS_FILE = Path(__file__).resolve()
 
 
 def run_suite_on_edited_stack_files(
-    tmp_path: Path, stack: str, key: Optional[str], value: Optional[str]
+    tmp_path: Path, stack: str, key: str | None, value: str | None
 ) -> subprocess.CompletedProcess:
     for name in ("dev", "prod"):
         document = yaml.safe_load((REPO_ROOT / f"Pulumi.{name}.yaml").read_text())

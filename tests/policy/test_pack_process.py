@@ -9,8 +9,8 @@ import os
 import select
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import grpc
 import pulumi
@@ -42,6 +42,7 @@ def started_pack(stack_name: str, config: dict[str, str]) -> Iterator[analyzer_p
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    assert process.stdout is not None and process.stderr is not None  # both are pipes
     try:
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_SECONDS)
         line = process.stdout.readline() if ready else b""

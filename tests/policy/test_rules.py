@@ -91,13 +91,13 @@ def test_rules_apply_to_production_stacks_only(deploying, stack_name, app_env, a
     if applies:
         assert outcome.not_applicable is None and len(outcome.violations) == 1
     else:
-        assert outcome.violations == [] and "not a production stack" in outcome.not_applicable
+        assert outcome.violations == [] and "not a production stack" in (outcome.not_applicable or "")
 
 
 def test_api_rules_skip_a_container_labelled_with_another_role(production) -> None:
     proxy = api_container(restart="unless-stopped", labels=[{"label": rules.ROLE_LABEL, "value": "proxy"}])
     outcome = validate("api-restart-always", container(proxy, "proxy"))
-    assert outcome.violations == [] and "not an API container" in outcome.not_applicable
+    assert outcome.violations == [] and "not an API container" in (outcome.not_applicable or "")
 
 
 def test_an_unlabelled_container_that_gets_novitas_key_is_held_to_the_api_rules(production) -> None:
@@ -320,7 +320,7 @@ def test_replicas_are_counted_by_role_label(production) -> None:
 def test_replicas_do_not_apply_to_a_program_without_role_labels(production) -> None:
     unlabelled = api_container(labels=None)
     outcome = validate("api-replicas", stack((rules.CONTAINER, unlabelled)))
-    assert outcome.violations == [] and "predates API replicas" in outcome.not_applicable
+    assert outcome.violations == [] and "predates API replicas" in (outcome.not_applicable or "")
 
 
 def test_replicas_do_not_apply_to_dev(deploying) -> None:

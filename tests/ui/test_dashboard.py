@@ -167,7 +167,8 @@ def test_a_form_without_the_session_csrf_token_is_refused(dashboard: Dashboard) 
     token = page.locator("input[name=csrf_token]").first.input_value()
 
     # The browser's own cookies go along (as with a forged cross-site form that SameSite did not stop).
-    for form in ({}, {"csrf_token": "forged-" + token[7:]}, {"csrf_token": ""}):
+    forms: list[dict[str, str | float | bool]] = [{}, {"csrf_token": "forged-" + token[7:]}, {"csrf_token": ""}]
+    for form in forms:
         refused = page.request.post(f"/ui/instances/{instance_id}/delete", form=form, max_redirects=0)
         assert refused.status == 403, (form, refused.status)
         assert "security token" in refused.text()
@@ -210,7 +211,7 @@ def test_instances_filter_sort_and_page(dashboard: Dashboard, fake_novita: FakeN
     rows = page.locator("table.list tbody tr")
     expect(rows).to_have_count(10)
     expect(page.locator("table.list caption")).to_have_text("Instances 1–10 of 30")
-    names = [rows.nth(i).get_attribute("data-instance-name") for i in range(10)]
+    names = [rows.nth(i).get_attribute("data-instance-name") or "" for i in range(10)]
     assert names == sorted(names) and names[0] == "alpha-01"
     expect(rows.first).to_contain_text("$0.67")  # price per hour of one RTX 4090 on demand
     dashboard.screenshot("instances")

@@ -25,7 +25,9 @@ def _sign_in(
     back by hand: behind TLS it is `Secure`, which an HTTP client keeps to itself on this plain-HTTP loopback."""
     form = client.get("/ui/login", headers=headers)
     assert form.status_code == 200
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    field = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert field, "the sign-in form has no CSRF token"
+    token = field.group(1)
     sign_in_cookie = _set_cookie_header(form, "ngpu_ui_signin").split(";")[0]
     return client.post(
         "/ui/login",
