@@ -165,11 +165,19 @@ def _number(value: Any) -> float | None:
 # ---- resource policies -------------------------------------------------------------------------------------
 
 
-def _api_container(args: ResourceValidationArgs) -> bool:
-    """True when `args` is an API container of a production stack (else marks the policy not applicable)."""
-    if args.resource_type != CONTAINER:
+def _production_resource(args: ResourceValidationArgs, resource_type: str) -> bool:
+    """True when `args` is a `resource_type` of a production stack. Another type is not the policy's business;
+    another stack marks the policy not applicable."""
+    if args.resource_type != resource_type:
         return False
     _skip_unless_production(args)
+    return True
+
+
+def _api_container(args: ResourceValidationArgs) -> bool:
+    """True when `args` is an API container of a production stack (else marks the policy not applicable)."""
+    if not _production_resource(args, CONTAINER):
+        return False
     if role(args.props) != API_ROLE:
         args.not_applicable(f"not an API container ({ROLE_LABEL} is not {API_ROLE!r})")
     return True
@@ -232,9 +240,8 @@ def validate_image_by_id(args: ResourceValidationArgs, report_violation: ReportV
 
 
 def validate_no_credential_in_plain_env(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != CONTAINER:
+    if not _production_resource(args, CONTAINER):
         return
-    _skip_unless_production(args)
     for name, value in env_entries(args.props):
         if name in SECRET_ENV_NAMES:
             continue
@@ -250,9 +257,8 @@ def validate_no_credential_in_plain_env(args: ResourceValidationArgs, report_vio
 def validate_secret_named_env_is_contract_secret(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
-    if args.resource_type != CONTAINER:
+    if not _production_resource(args, CONTAINER):
         return
-    _skip_unless_production(args)
     for name, value in env_entries(args.props):
         if value and name not in SECRET_ENV_NAMES and _SECRET_NAME.search(name):
             report_violation(
@@ -263,9 +269,8 @@ def validate_secret_named_env_is_contract_secret(
 
 
 def validate_aiven_valkey_protected(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != AIVEN_VALKEY:
+    if not _production_resource(args, AIVEN_VALKEY):
         return
-    _skip_unless_production(args)
     if args.props.get("terminationProtection") is not True:
         report_violation(f"{args.name}: terminationProtection is off; production's Valkey holds the job queue")
     if not args.opts.protect:
@@ -293,9 +298,8 @@ def open_allow_list_entries(user_config: Mapping[str, Any] | None) -> list[str] 
 
 
 def validate_aiven_allow_list_not_open(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != AIVEN_VALKEY:
+    if not _production_resource(args, AIVEN_VALKEY):
         return
-    _skip_unless_production(args)
     open_entries = open_allow_list_entries(args.props.get("valkeyUserConfig"))
     if open_entries is None:
         report_violation(f"{args.name}: no IP allow-list; Aiven then admits every address (0.0.0.0/0)")

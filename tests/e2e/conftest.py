@@ -7,7 +7,6 @@ environment variable CI is set; outside CI the tests are skipped.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -38,8 +37,10 @@ from tests.e2e.harness import (
     Measurements,
     RenderedStack,
     api_container_from_render,
+    fake_novita_arguments,
     http,
     id_of,
+    remove_created,
     render,
     status_or_none,
     wait_for,
@@ -171,19 +172,7 @@ def novita_fake() -> Iterator[str]:
     """The fake Novita server as a host process on loopback; yields its base URL (without the API path)."""
     port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakes.novita",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--api-key",
-            TEST_SECRETS["novitaApiKey"],
-            "--step-seconds",
-            "0.2",
-        ],
+        [sys.executable, *fake_novita_arguments("127.0.0.1", port)],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -306,12 +295,7 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
         return deployment
 
     yield _deploy
-    for container_id in reversed(created):
-        with contextlib.suppress(docker.errors.NotFound):
-            docker_client.api.remove_container(container_id, force=True, v=True)
-    for volume in volumes:
-        with contextlib.suppress(docker.errors.NotFound):
-            docker_client.volumes.get(volume).remove(force=True)
+    remove_created(docker_client, created, volumes)
 
 
 @pytest.fixture

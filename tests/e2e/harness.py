@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +27,7 @@ import docker.errors
 from docker.models.resource import Model
 
 from tests.e2e.container_spec import ContainerSpec, container_spec
+from tests.infra.harness import TEST_SECRETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_LABEL = "novita-gpu-api.e2e"  # value: the run's id
@@ -48,6 +49,42 @@ FAST_HEALTHCHECK = {
 }
 
 T = TypeVar("T")
+
+
+def remove_created(
+    client: docker.DockerClient,
+    container_ids: Iterable[str],
+    volumes: Iterable[str] = (),
+    network_id: str = "",
+) -> None:
+    """Remove what a deployment created on one engine: its containers (newest first, with their anonymous volumes),
+    then its named volumes, then its network. What is already gone is skipped, so a half-made deployment cleans up."""
+    for container_id in reversed(list(container_ids)):
+        with contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_container(container_id, force=True, v=True)
+    for volume in volumes:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(volume).remove(force=True)
+    if network_id:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.networks.get(network_id).remove()
+
+
+def fake_novita_arguments(host: str, port: int) -> list[str]:
+    """`python -m tests.fakes.novita`'s arguments for an e2e run: listening on `host:port`, expecting the test key,
+    moving instances on every 0.2 s (a host process, or a container of the API image with tests/ mounted)."""
+    return [
+        "-m",
+        "tests.fakes.novita",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--api-key",
+        TEST_SECRETS["novitaApiKey"],
+        "--step-seconds",
+        "0.2",
+    ]
 
 
 def id_of(model: Model) -> str:

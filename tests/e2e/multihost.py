@@ -12,7 +12,6 @@ ever talks to 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import zlib
 from dataclasses import dataclass, field
@@ -34,7 +33,9 @@ from tests.e2e.harness import (
     VALKEY_IMAGE,
     ApiContainer,
     RenderedStack,
+    fake_novita_arguments,
     id_of,
+    remove_created,
     render,
     status_or_none,
     wait_for,
@@ -47,7 +48,6 @@ from tests.e2e.proxied import (
     create_replicas,
     delete_replaced,
 )
-from tests.infra.harness import TEST_SECRETS
 from tests.loopback import free_port
 
 
@@ -233,15 +233,7 @@ class MultiHostDeployment:
         self._start_shared_services(self.hosts[-1], image_id)
         self.generation += 1
         for number, host in enumerate(self.hosts):
-            host.replicas = create_replicas(
-                host.client,
-                self._of_host(host, CONTAINER_TYPE, "ApiService"),
-                image_id,
-                self.labels,
-                self.generation,
-                self.created[number],
-                self.env,
-            )
+            host.replicas = self._create_replicas(number, host, image_id)
         for number, host in enumerate(self.hosts):
             (proxy,) = self._of_host(host, CONTAINER_TYPE, "EdgeProxy")
             port = free_port()  # both "hosts" share this machine's loopback: one port each
@@ -252,6 +244,18 @@ class MultiHostDeployment:
             container.wait_health("healthy", container.spec.provider.wait_timeout_seconds)
             host.proxy_url = container.api_url
             wait_for(f"host {number + 1}'s proxy to answer /readyz", partial(_ready, host.proxy_url), 30)
+
+    def _create_replicas(self, number: int, host: Host, image_id: str) -> list[Replica]:
+        """Host `number`s replicas of this generation, one after another, recorded for `remove`."""
+        return create_replicas(
+            host.client,
+            self._of_host(host, CONTAINER_TYPE, "ApiService"),
+            image_id,
+            self.labels,
+            self.generation,
+            self.created[number],
+            self.env,
+        )
 
     def _start_shared_services(self, host: Host, image_id: str) -> None:
         """Valkey and the fake Novita on the last engine, published on its network's gateway (a host address)."""
@@ -269,19 +273,7 @@ class MultiHostDeployment:
         )
         novita = host.client.containers.run(
             image_id,
-            [
-                "python",
-                "-m",
-                "tests.fakes.novita",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(FAKE_NOVITA_PORT),
-                "--api-key",
-                TEST_SECRETS["novitaApiKey"],
-                "--step-seconds",
-                "0.2",
-            ],
+            ["python", *fake_novita_arguments("0.0.0.0", FAKE_NOVITA_PORT)],
             detach=True,
             network=network.name,
             name=f"{self.prefix}-novita",
@@ -299,28 +291,11 @@ class MultiHostDeployment:
     def roll(self, image_id: str) -> None:
         """Hosts one after another, replicas one after another (the depends_on chain); replaced ones go last."""
         self.generation += 1
-        new: list[list[Replica]] = []
-        for number, host in enumerate(self.hosts):
-            new.append(
-                create_replicas(
-                    host.client,
-                    self._of_host(host, CONTAINER_TYPE, "ApiService"),
-                    image_id,
-                    self.labels,
-                    self.generation,
-                    self.created[number],
-                    self.env,
-                )
-            )
+        new = [self._create_replicas(number, host, image_id) for number, host in enumerate(self.hosts)]
         for host, replicas in zip(self.hosts, new, strict=True):
             delete_replaced(host.replicas)
             host.replicas = replicas
 
     def remove(self) -> None:
         for number, host in enumerate(self.hosts):
-            for container_id in reversed(self.created.get(number, [])):
-                with contextlib.suppress(docker.errors.NotFound):
-                    host.client.api.remove_container(container_id, force=True, v=True)
-            if host.network_id:
-                with contextlib.suppress(docker.errors.NotFound):
-                    host.client.networks.get(host.network_id).remove()
+            remove_created(host.client, self.created.get(number, []), network_id=host.network_id)

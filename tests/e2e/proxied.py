@@ -11,7 +11,6 @@ cannot reach the host's loopback); the test process only ever talks to ports pub
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -35,8 +34,10 @@ from tests.e2e.harness import (
     ApiContainer,
     RenderedStack,
     WaitTimeout,
+    fake_novita_arguments,
     http,
     id_of,
+    remove_created,
     render,
     status_or_none,
     wait_for,
@@ -240,19 +241,7 @@ class ProxiedDeployment:
             ports=[FAKE_NOVITA_PORT],
             host_config=host_config,
             healthcheck={"test": ["NONE"]},  # the API image's probe means nothing for the fake
-            command=[
-                "python",
-                "-m",
-                "tests.fakes.novita",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(FAKE_NOVITA_PORT),
-                "--api-key",
-                TEST_SECRETS["novitaApiKey"],
-                "--step-seconds",
-                "0.2",
-            ],
+            command=["python", *fake_novita_arguments("0.0.0.0", FAKE_NOVITA_PORT)],
             networking_config=self.client.api.create_networking_config(
                 # arg-type: types-docker wants one EndpointConfig; the SDK takes {network: EndpointConfig}
                 {network: self.client.api.create_endpoint_config(aliases=[FAKE_NOVITA_ALIAS])}  # type: ignore[arg-type]
@@ -290,15 +279,7 @@ class ProxiedDeployment:
         return create_instance(self.proxy_url)
 
     def remove(self) -> None:
-        for container_id in reversed(self.created):
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.api.remove_container(container_id, force=True, v=True)
-        for volume in self.volumes:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.volumes.get(volume).remove(force=True)
-        if self.network_id:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.networks.get(self.network_id).remove()
+        remove_created(self.client, self.created, self.volumes, self.network_id)
 
 
 @dataclass
