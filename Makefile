@@ -15,7 +15,7 @@ export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi
 # `pulumi stack output` of a stack, e.g. $(call output,containerName,prod)
 output = $$($(PULUMI) stack output $(1) --stack $(2))
 
-.PHONY: venv test faults bench init preview up down prod prod-stop rollback prune-images verify health status-prod logs-prod
+.PHONY: venv lint format test faults bench init preview up down prod prod-stop rollback prune-images verify health status-prod logs-prod
 
 # A stamp, not .venv/bin/python: that is a symlink, and make would touch the interpreter it points to.
 INSTALLED := $(VENV)/.installed
@@ -26,6 +26,23 @@ $(INSTALLED): requirements.txt requirements-dev.txt app/requirements.txt
 	touch $@
 
 venv: $(INSTALLED) ## create .venv with everything the program and the tests need
+
+# What `make lint` checks: the service, the program, the policy pack, the tests, the benchmarks and the scripts.
+LINT_PATHS := app components policy tests bench scripts __main__.py
+
+# mypy reads bench/'s imports too (saq), so lint installs bench's pins like `make bench` does. Every tool runs even
+# when an earlier one fails, so one run shows all there is to fix; the target fails if any of them did.
+lint: $(INSTALLED) ## ruff (lint and format check) and mypy over LINT_PATHS; CI runs it before the tests
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	@status=0; \
+	$(PY) -m ruff check $(LINT_PATHS) || status=1; \
+	$(PY) -m ruff format --check $(LINT_PATHS) || status=1; \
+	$(PY) -m mypy $(LINT_PATHS) || status=1; \
+	exit $$status
+
+format: $(INSTALLED) ## apply ruff's formatting and its safe fixes to LINT_PATHS (then `make lint` for what is left)
+	$(PY) -m ruff format $(LINT_PATHS)
+	$(PY) -m ruff check --fix $(LINT_PATHS)
 
 test: $(INSTALLED) ## run every test (Pulumi mocks, the API against real Redis, the container on a real Docker engine)
 	$(PY) -m pytest tests

@@ -1,5 +1,4 @@
 """novita-gpu-api: stack config -> StackSettings -> Valkey, then per Docker host: API image, replicas, edge proxy."""
-from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -29,13 +28,21 @@ def host_suffix(number: int) -> str:
 
 def provider_for(number: int, url: str) -> docker.Provider:
     """The Docker provider of one host; tcp:// hosts get the TLS client material, as secrets."""
-    tls = {}
-    if hosts.uses_tls(url):
-        tls = {f"{part}_material": secret_output(getattr(hosts, f"tls_{part}")) for part in ("ca", "cert", "key")}
-    return docker.Provider(f"docker{host_suffix(number)}", host=url, **tls)
+    name = f"docker{host_suffix(number)}"
+    if not hosts.uses_tls(url):
+        return docker.Provider(name, host=url)
+    ca, cert, key = hosts.tls_ca, hosts.tls_cert, hosts.tls_key
+    assert ca and cert and key  # DockerHostSettings refuses a tcp:// host without them
+    return docker.Provider(
+        name,
+        host=url,
+        ca_material=secret_output(ca),
+        cert_material=secret_output(cert),
+        key_material=secret_output(key),
+    )
 
 
-def private_network(number: int, provider: Optional[docker.Provider]) -> Optional[pulumi.Output[str]]:
+def private_network(number: int, provider: docker.Provider | None) -> pulumi.Output[str] | None:
     """The private network of one host, shared by its replicas, its proxy and (first host) the local Valkey."""
     if container.uses_host_network:
         return None
@@ -44,39 +51,80 @@ def private_network(number: int, provider: Optional[docker.Provider]) -> Optiona
 
 
 # One Docker provider per configured host; none configured: the default provider (the local engine).
-providers = [provider_for(number, url) for number, url in enumerate(hosts.urls, start=1)] or [None]
+providers: list[docker.Provider | None] = [
+    provider_for(number, url) for number, url in enumerate(hosts.urls, start=1)
+] or [None]
 networks = [private_network(number, provider) for number, provider in enumerate(providers, start=1)]
-valkey = Valkey("valkey", ValkeyArgs(
-    target=settings.valkey.target, production=settings.is_production, network_name=networks[0],
-    labels=labels("valkey"),
-), opts=pulumi.ResourceOptions(provider=providers[0]))
+valkey = Valkey(
+    "valkey",
+    ValkeyArgs(
+        target=settings.valkey.target,
+        production=settings.is_production,
+        network_name=networks[0],
+        labels=labels("valkey"),
+    ),
+    opts=pulumi.ResourceOptions(provider=providers[0]),
+)
 
 images: list[ApiImage] = []
 apis: list[ApiService] = []
 proxies: list[EdgeProxy] = []
-for number, (provider, network_name) in enumerate(zip(providers, networks), start=1):
+for number, (provider, network_name) in enumerate(zip(providers, networks, strict=True), start=1):
     suffix = host_suffix(number)
     # Each engine builds its own copy of the image (without a registry, a host has only what it built).
     on_host = pulumi.ResourceOptions(provider=provider)
     images.append(ApiImage(f"api-image{suffix}", ApiImageArgs(image=settings.image), opts=on_host))
-    apis.append(ApiService(f"api{suffix}", ApiServiceArgs(
-        service=settings.service, jobs=settings.jobs, lifecycle=settings.lifecycle, webhooks=settings.webhooks,
-        container=container, healthcheck=settings.healthcheck, hardening=settings.hardening,
-        image_id=images[-1].image_id, valkey_url=valkey.url, network_name=network_name, labels=labels("api"),
-        provider=provider, replica_name_prefix=f"{container.name}{suffix}",
-        after=apis[-1].last_replica if apis else None,  # hosts roll one after another
-    )))
+    apis.append(
+        ApiService(
+            f"api{suffix}",
+            ApiServiceArgs(
+                service=settings.service,
+                jobs=settings.jobs,
+                lifecycle=settings.lifecycle,
+                webhooks=settings.webhooks,
+                container=container,
+                healthcheck=settings.healthcheck,
+                hardening=settings.hardening,
+                image_id=images[-1].image_id,
+                valkey_url=valkey.url,
+                network_name=network_name,
+                labels=labels("api"),
+                provider=provider,
+                replica_name_prefix=f"{container.name}{suffix}",
+                after=apis[-1].last_replica if apis else None,  # hosts roll one after another
+            ),
+        )
+    )
     if network_name is not None:
-        proxies.append(EdgeProxy(f"proxy{suffix}", EdgeProxyArgs(
-            proxy=settings.proxy, container=container, healthcheck=settings.healthcheck, api_port=CONTAINER_PORT,
-            network_name=network_name, labels=labels("proxy"), provider=provider,
-        )))
+        proxies.append(
+            EdgeProxy(
+                f"proxy{suffix}",
+                EdgeProxyArgs(
+                    proxy=settings.proxy,
+                    container=container,
+                    healthcheck=settings.healthcheck,
+                    api_port=CONTAINER_PORT,
+                    network_name=network_name,
+                    labels=labels("proxy"),
+                    provider=provider,
+                ),
+            )
+        )
     if network_name is not None and settings.tls.enabled:
-        TlsFront(f"tls{suffix}", TlsFrontArgs(
-            tls=settings.tls, proxy=settings.proxy, container=container, healthcheck=settings.healthcheck,
-            production=settings.is_production, upstream_port=CONTAINER_PORT, network_name=network_name,
-            labels=labels("tls"), provider=provider,
-        ))
+        TlsFront(
+            f"tls{suffix}",
+            TlsFrontArgs(
+                tls=settings.tls,
+                proxy=settings.proxy,
+                container=container,
+                healthcheck=settings.healthcheck,
+                production=settings.is_production,
+                upstream_port=CONTAINER_PORT,
+                network_name=network_name,
+                labels=labels("tls"),
+                provider=provider,
+            ),
+        )
 
 api, image = apis[0], images[0]
 pulumi.export("apiUrl", api.api_url)  # the proxy's published address on each host (the API's own in host mode)

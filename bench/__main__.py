@@ -7,6 +7,7 @@ Exit status: 0 when every section ran (slow figures and missed targets included:
 1 when a section broke (its error is in the report); optional tools that are missing (wrk, saq, py-spy, a Docker
 engine) only skip their rows with a note.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench import (
-    container, edge_proxy, http_load, jobqueue, memory, profile, pulumi_eval, scale, startup, ui_pages, upstream,
+    container,
+    edge_proxy,
+    http_load,
+    jobqueue,
+    memory,
+    profile,
+    pulumi_eval,
+    scale,
+    startup,
+    ui_pages,
+    upstream,
     wrk_runner,
 )
 from bench.report import Report
@@ -53,12 +64,32 @@ class Plan:
     ui_requests: int
 
 
-FULL = Plan(startup_repeats=5, queue_burst=5000, queue_paced=300, concurrency_levels=(1, 16, 64),
-            load_seconds=10, upstream_seconds=15, pulumi_repeats=3, image_build_timeout_seconds=600,
-            profile_misses=True, ui_fleet=1000, ui_requests=30)
-QUICK = Plan(startup_repeats=1, queue_burst=300, queue_paced=30, concurrency_levels=(1, 16, 64),
-             load_seconds=1, upstream_seconds=2, pulumi_repeats=1, image_build_timeout_seconds=180,
-             profile_misses=False, ui_fleet=100, ui_requests=3)
+FULL = Plan(
+    startup_repeats=5,
+    queue_burst=5000,
+    queue_paced=300,
+    concurrency_levels=(1, 16, 64),
+    load_seconds=10,
+    upstream_seconds=15,
+    pulumi_repeats=3,
+    image_build_timeout_seconds=600,
+    profile_misses=True,
+    ui_fleet=1000,
+    ui_requests=30,
+)
+QUICK = Plan(
+    startup_repeats=1,
+    queue_burst=300,
+    queue_paced=30,
+    concurrency_levels=(1, 16, 64),
+    load_seconds=1,
+    upstream_seconds=2,
+    pulumi_repeats=1,
+    image_build_timeout_seconds=180,
+    profile_misses=False,
+    ui_fleet=100,
+    ui_requests=3,
+)
 
 
 class Sections:
@@ -87,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per benchmark (CI smoke run)")
     parser.add_argument("--scale", action="store_true", help="only the fleet-scale benchmark (issue 15)")
-    parser.add_argument("--output", type=Path, help=f"Markdown file (default {FULL_OUTPUT.relative_to(REPO_ROOT)}, "
-                                                    f"or {QUICK_OUTPUT.relative_to(REPO_ROOT)} with --quick)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=f"Markdown file (default {FULL_OUTPUT.relative_to(REPO_ROOT)}, "
+        f"or {QUICK_OUTPUT.relative_to(REPO_ROOT)} with --quick)",
+    )
     args = parser.parse_args(argv)
     if args.scale:
         return _scale(args.quick, args.output, argv)
@@ -103,10 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             ready = sections.run("start-up", lambda: startup.run(services, report, plan.startup_repeats))
             sections.run("job queue", lambda: jobqueue.run(services, report, plan.queue_burst, plan.queue_paced))
             sections.run("HTTP, upstream calls, memory", lambda: _serve_and_load(services, report, plan, work_dir))
-            sections.run("dashboard pages", lambda: ui_pages.measure(services, report, plan.ui_fleet,
-                                                                     plan.ui_requests))
-            sections.run("container", lambda: container.run(services, report, ready,
-                                                            plan.image_build_timeout_seconds))
+            sections.run("dashboard pages", lambda: ui_pages.measure(services, report, plan.ui_fleet, plan.ui_requests))
+            sections.run("container", lambda: container.run(services, report, ready, plan.image_build_timeout_seconds))
         sections.run("edge proxy", lambda: edge_proxy.run(report, plan.load_seconds, plan.image_build_timeout_seconds))
         sections.run("Pulumi program", lambda: pulumi_eval.run(report, plan.pulumi_repeats))
 
@@ -124,10 +157,10 @@ def _scale(quick: bool, output: Path | None, argv: list[str] | None) -> int:
     command = shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])
     report = Report(command=command, quick=quick)
     sections = Sections(report)
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work_dir:
-        with Services(Path(work_dir)) as services:
-            sections.run("fleet scale", lambda: scale.run(services, report,
-                                                          scale.QUICK_SCALE if quick else scale.FULL_SCALE))
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work_dir, Services(Path(work_dir)) as services:
+        sections.run(
+            "fleet scale", lambda: scale.run(services, report, scale.QUICK_SCALE if quick else scale.FULL_SCALE)
+        )
     scale.write_section(report, output)
     print(f"\n{report.markdown()}\nwritten to {output}")
     return 1 if sections.failed else 0
@@ -147,8 +180,9 @@ def _serve_and_load(services: Services, report: Report, plan: Plan, work_dir: st
             report.note("HTTP and upstream rows skipped: wrk is not installed (`apt-get install -y wrk`)")
             return
         instance_id = http_load.create_instance(services, api)
-        missed = http_load.run(services, report, api, baseline, framework, instance_id, plan.concurrency_levels,
-                               plan.load_seconds)
+        missed = http_load.run(
+            services, report, api, baseline, framework, instance_id, plan.concurrency_levels, plan.load_seconds
+        )
         upstream.run(services, report, api, instance_id, plan.upstream_seconds)
         memory.report_after_load(report, api, baseline)
         if plan.profile_misses and missed:
@@ -158,8 +192,14 @@ def _serve_and_load(services: Services, report: Report, plan: Plan, work_dir: st
             services.stop(server)
 
 
-def _profile(services: Services, report: Report, api: ServerProcess,
-             missed: list[tuple[http_load.Endpoint, int]], seconds: float, out_dir: Path) -> None:
+def _profile(
+    services: Services,
+    report: Report,
+    api: ServerProcess,
+    missed: list[tuple[http_load.Endpoint, int]],
+    seconds: float,
+    out_dir: Path,
+) -> None:
     """Profile each endpoint that missed its target, at the lowest concurrency where it missed."""
     if not profile.available():
         report.note("targets were missed but py-spy is not installed (`pip install -r bench/requirements.txt`)")
@@ -168,8 +208,9 @@ def _profile(services: Services, report: Report, api: ServerProcess,
     for endpoint, level in missed:
         first_miss.setdefault(endpoint.path, (endpoint, level))
     for endpoint, level in first_miss.values():
-        summary = profile.profile(api, f"{api.url}{endpoint.path}", level, seconds, http_load.auth_headers(services),
-                                  out_dir)
+        summary = profile.profile(
+            api, f"{api.url}{endpoint.path}", level, seconds, http_load.auth_headers(services), out_dir
+        )
         report.note(f"py-spy profile of {endpoint.label} at {http_load.describe_connections(level)}: {summary}")
 
 
@@ -179,7 +220,7 @@ def _write(report: Report, output: Path) -> None:
     if output.exists():
         previous = output.read_text()
         if ANALYSIS_HEADING in previous:
-            analysis = "\n" + previous[previous.index(ANALYSIS_HEADING):]
+            analysis = "\n" + previous[previous.index(ANALYSIS_HEADING) :]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report.markdown() + analysis)
 

@@ -4,6 +4,7 @@
 Run as `uvicorn bench.baseline:app` with the flags of the container's command. `create_fastapi_app` is a second
 reference for the HTTP rows: how much of the gap to the bare app is FastAPI's own.
 """
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable

@@ -4,8 +4,10 @@ run, same replica image) and a rollout of 2 replicas under steady load (time, fa
 Deployed the way tests/e2e deploys the program's bridge-mode render (`tests/e2e/proxied.py`). Skipped with a note
 when no Docker engine answers or a locally built test image is missing (scripts/build-base-image.sh).
 """
+
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 import uuid
@@ -17,7 +19,15 @@ from bench import container, wrk_runner
 from bench.report import Report, Row, ratio
 from bench.services import free_port
 from tests.e2e.container_spec import container_spec
-from tests.e2e.harness import BASE_IMAGE, HAPROXY_IMAGE, VALKEY_IMAGE, ApiContainer, status_or_none, wait_for
+from tests.e2e.harness import (
+    BASE_IMAGE,
+    HAPROXY_IMAGE,
+    VALKEY_IMAGE,
+    ApiContainer,
+    id_of,
+    status_or_none,
+    wait_for,
+)
 from tests.e2e.proxied import API_KEY, ProxiedDeployment, SteadyLoad
 
 SECTION = "Edge proxy (HAProxy 2.6, Debian) and rollouts"
@@ -53,31 +63,51 @@ def run(report: Report, seconds: float, build_timeout_seconds: int) -> None:
         client.close()
 
 
-def _overhead(client: docker.DockerClient, report: Report, image_id: str, labels: dict[str, str], seconds: float) -> None:
-    deployment = ProxiedDeployment.create(client, "prod", f"bench-{labels[LABEL]}-overhead", image_id, labels,
-                                          {"apiReplicas": "1"})
+def _overhead(
+    client: docker.DockerClient, report: Report, image_id: str, labels: dict[str, str], seconds: float
+) -> None:
+    deployment = ProxiedDeployment.create(
+        client, "prod", f"bench-{labels[LABEL]}-overhead", image_id, labels, {"apiReplicas": "1"}
+    )
     try:
         direct = _direct_replica(client, deployment, image_id, labels)
         for path, label in PATHS:
             # Both through Docker's published-port proxy on loopback; the replicas have the same definition and limits.
             straight = wrk_runner.run_wrk(f"{direct.api_url}{path}", CONNECTIONS, seconds)
             proxied = wrk_runner.run_wrk(f"{deployment.proxy_url}{path}", CONNECTIONS, seconds)
-            report.add(Row(SECTION, f"{label}, {CONNECTIONS} connections: through the proxy (vs one replica direct)",
-                           proxied.describe(), straight.describe(), ratio(proxied.rps, straight.rps)))
+            report.add(
+                Row(
+                    SECTION,
+                    f"{label}, {CONNECTIONS} connections: through the proxy (vs one replica direct)",
+                    proxied.describe(),
+                    straight.describe(),
+                    ratio(proxied.rps, straight.rps),
+                )
+            )
     finally:
         deployment.remove()
 
 
-def _direct_replica(client: docker.DockerClient, deployment: ProxiedDeployment, image_id: str,
-                    labels: dict[str, str]) -> ApiContainer:
+def _direct_replica(
+    client: docker.DockerClient, deployment: ProxiedDeployment, image_id: str, labels: dict[str, str]
+) -> ApiContainer:
     """A replica from the same rendered definition, outside the proxy's pool, published on loopback for wrk."""
     port = free_port()
-    rendered = next(c for c in deployment.rendered.of_type("docker:index/container:Container")
-                    if "novita-gpu-api:index:ApiService::" in (c["parent"] or ""))
+    rendered = next(
+        c
+        for c in deployment.rendered.of_type("docker:index/container:Container")
+        if "novita-gpu-api:index:ApiService::" in (c["parent"] or "")
+    )
     network = rendered["inputs"]["networksAdvanced"][0]["name"]
-    spec = container_spec({**rendered["inputs"], "image": image_id, "networksAdvanced": [{"name": network}],
-                           "ports": [{"internal": 3003, "external": port, "ip": "127.0.0.1"}]},
-                          auto_name=f"{deployment.prefix}-direct")
+    spec = container_spec(
+        {
+            **rendered["inputs"],
+            "image": image_id,
+            "networksAdvanced": [{"name": network}],
+            "ports": [{"internal": 3003, "external": port, "ip": "127.0.0.1"}],
+        },
+        auto_name=f"{deployment.prefix}-direct",
+    )
     replica = ApiContainer(client, spec, f"http://127.0.0.1:{port}", API_KEY)
     replica.create_and_start(labels)
     deployment.created.append(replica.container_id)
@@ -87,26 +117,37 @@ def _direct_replica(client: docker.DockerClient, deployment: ProxiedDeployment, 
 
 
 def _rollout(client: docker.DockerClient, report: Report, image_id: str, labels: dict[str, str]) -> None:
-    changed, _ = client.images.build(fileobj=io.BytesIO(f"FROM {image_id}\nLABEL bench.generation=2\n".encode()),
-                                     tag=f"novita-gpu-api:bench-{labels[LABEL]}-changed", rm=True)
-    deployment = ProxiedDeployment.create(client, "prod", f"bench-{labels[LABEL]}-rollout", image_id, labels,
-                                          {"apiReplicas": "2"})
+    changed, _ = client.images.build(
+        fileobj=io.BytesIO(f"FROM {image_id}\nLABEL bench.generation=2\n".encode()),
+        tag=f"novita-gpu-api:bench-{labels[LABEL]}-changed",
+        rm=True,
+    )
+    deployment = ProxiedDeployment.create(
+        client, "prod", f"bench-{labels[LABEL]}-rollout", image_id, labels, {"apiReplicas": "2"}
+    )
     try:
         with SteadyLoad(deployment.proxy_url, deployment.create_instance()) as load:
             time.sleep(2)
-            seconds = deployment.roll(changed.id)
+            seconds = deployment.roll(id_of(changed))
             time.sleep(2)
-        report.add(Row(SECTION, "rollout of 2 replicas (test healthcheck 3s/2s/3) under steady load",
-                       f"{seconds:.1f} s", "-"))
-        report.add(Row(SECTION, "failed requests during that rollout",
-                       f"{len(load.failures)} of {load.sent} ({load.rate:.0f} req/s)", "-", None, "0",
-                       not load.failures))
+        report.add(
+            Row(SECTION, "rollout of 2 replicas (test healthcheck 3s/2s/3) under steady load", f"{seconds:.1f} s", "-")
+        )
+        report.add(
+            Row(
+                SECTION,
+                "failed requests during that rollout",
+                f"{len(load.failures)} of {load.sent} ({load.rate:.0f} req/s)",
+                "-",
+                None,
+                "0",
+                not load.failures,
+            )
+        )
     finally:
         deployment.remove()
-        try:
-            client.images.remove(changed.id, force=True)
-        except docker.errors.APIError:
-            pass
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(id_of(changed), force=True)
 
 
 def main() -> None:

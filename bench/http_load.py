@@ -1,5 +1,6 @@
 """Throughput and latency of the API's read endpoints under wrk, each beside the hello-world baseline served by
 the same uvicorn with the same flags, at the same concurrency, in the same run."""
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,15 @@ class Endpoint:
 
 def create_instance(services: Services, api: ServerProcess) -> str:
     """Create one instance through the API against the fake Novita and wait for its job; returns its id."""
-    body = {"name": "bench", "productName": "RTX 4090 24GB", "gpuNum": 1, "rootfsSize": 60,
-            "imageUrl": "docker.io/library/ubuntu:22.04", "ports": [{"port": 8888, "type": "http"}], "envs": []}
+    body = {
+        "name": "bench",
+        "productName": "RTX 4090 24GB",
+        "gpuNum": 1,
+        "rootfsSize": 60,
+        "imageUrl": "docker.io/library/ubuntu:22.04",
+        "ports": [{"port": 8888, "type": "http"}],
+        "envs": [],
+    }
     headers = auth_headers(services)
     response = services.http.post(f"{api.url}/api/instances", json=body, headers=headers)
     if response.status_code != 202:
@@ -76,9 +84,16 @@ def endpoints(instance_id: str) -> list[Endpoint]:
     ]
 
 
-def run(services: Services, report: Report, api: ServerProcess, baseline: ServerProcess,
-        framework: ServerProcess, instance_id: str, concurrency_levels: tuple[int, ...],
-        seconds: float) -> list[tuple[Endpoint, int]]:
+def run(
+    services: Services,
+    report: Report,
+    api: ServerProcess,
+    baseline: ServerProcess,
+    framework: ServerProcess,
+    instance_id: str,
+    concurrency_levels: tuple[int, ...],
+    seconds: float,
+) -> list[tuple[Endpoint, int]]:
     """Load every endpoint at every level; returns the (endpoint, level) pairs that missed their target.
 
     `framework` (a FastAPI hello-world) gets a row of its own at each level: the share of the gap that is FastAPI's.
@@ -93,8 +108,15 @@ def run(services: Services, report: Report, api: ServerProcess, baseline: Server
     for level in concurrency_levels:
         base = wrk_runner.run_wrk(f"{baseline.url}/", level, seconds)
         floor = wrk_runner.run_wrk(f"{framework.url}/", level, seconds)
-        report.add(Row(SECTION, f"FastAPI hello-world (reference), {describe_connections(level)}", floor.describe(),
-                       f"hello-world: {base.describe()}", ratio(floor.rps, base.rps)))
+        report.add(
+            Row(
+                SECTION,
+                f"FastAPI hello-world (reference), {describe_connections(level)}",
+                floor.describe(),
+                f"hello-world: {base.describe()}",
+                ratio(floor.rps, base.rps),
+            )
+        )
         for endpoint in reads:
             wait_upstream_quiet(services)
             result = wrk_runner.run_wrk(f"{api.url}{endpoint.path}", level, seconds, headers)
@@ -104,11 +126,17 @@ def run(services: Services, report: Report, api: ServerProcess, baseline: Server
                 met = share is not None and share >= endpoint.min_ratio and result.errors == 0
                 if not met:
                     missed.append((endpoint, level))
-            report.add(Row(
-                SECTION, f"{endpoint.label}, {describe_connections(level)}", result.describe(),
-                f"hello-world: {base.describe()}", share,
-                f">= {endpoint.min_ratio:.0%} of baseline req/s" if endpoint.min_ratio else "-", met,
-            ))
+            report.add(
+                Row(
+                    SECTION,
+                    f"{endpoint.label}, {describe_connections(level)}",
+                    result.describe(),
+                    f"hello-world: {base.describe()}",
+                    share,
+                    f">= {endpoint.min_ratio:.0%} of baseline req/s" if endpoint.min_ratio else "-",
+                    met,
+                )
+            )
     return missed
 
 

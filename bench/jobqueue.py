@@ -7,6 +7,7 @@ Both run the same workload in this process, with the same worker concurrency and
 - latency: jobs enqueued one at a time every `PACE_SECONDS` on an idle queue; latency = handler start - the moment
   just before `enqueue` was called (so it includes the enqueue round trip).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import SecretStr
 
 from app.core.config import Settings
 from app.core.metrics import Metrics
@@ -89,8 +92,12 @@ async def _measure(enqueue: Enqueue, recorder: Recorder, burst: int, paced: int)
 
 
 async def _ours(redis_url: str, burst: int, paced: int) -> QueueResult:
-    settings = Settings(redis_url=redis_url, novita_api_key="bench-unused", job_concurrency=CONCURRENCY,
-                        job_read_block_seconds=1.0)  # type: ignore[call-arg]  # the rest from defaults
+    settings = Settings(
+        redis_url=SecretStr(redis_url),
+        novita_api_key=SecretStr("bench-unused"),
+        job_concurrency=CONCURRENCY,
+        job_read_block_seconds=1.0,
+    )
     redis = RedisManager(settings)
     await redis.wait_until_connected()
     queue = JobQueue(redis)
@@ -112,11 +119,12 @@ async def _ours(redis_url: str, burst: int, paced: int) -> QueueResult:
 async def _saq(redis_url: str, burst: int, paced: int) -> QueueResult:
     from saq import Queue
     from saq import Worker as SaqWorker
+    from saq.types import Context
 
     queue = Queue.from_url(redis_url, name="bench")
     recorder = Recorder()
 
-    async def noop(ctx: dict[str, Any], *, enqueued_at: float) -> None:
+    async def noop(ctx: Context, *, enqueued_at: float) -> None:
         recorder.started(enqueued_at)
 
     worker = SaqWorker(queue, functions=[("noop", noop)], concurrency=CONCURRENCY)
@@ -143,18 +151,24 @@ def run(services: Services, report: Report, burst: int, paced: int) -> None:
         services.redis.flushall()
         theirs = asyncio.run(_saq(services.redis.url, burst, paced))
     services.redis.flushall()
-    report.add(Row(
-        SECTION, f"throughput, burst of {burst:,} jobs from {PRODUCERS} producers",
-        f"{ours.jobs_per_second:,.0f} jobs/s",
-        f"saq: {theirs.jobs_per_second:,.0f} jobs/s" if theirs else "-",
-        ratio(ours.jobs_per_second, theirs.jobs_per_second) if theirs else None,
-    ))
-    report.add(Row(
-        SECTION, f"enqueue-to-start latency, {paced} jobs every {PACE_SECONDS * 1000:g} ms",
-        f"p50 {ms(ours.p50_seconds)}, p99 {ms(ours.p99_seconds)}",
-        f"saq: p50 {ms(theirs.p50_seconds)}, p99 {ms(theirs.p99_seconds)}" if theirs else "-",
-        ratio(ours.p50_seconds, theirs.p50_seconds) if theirs else None,  # of the p50s: below 1 is faster
-    ))
+    report.add(
+        Row(
+            SECTION,
+            f"throughput, burst of {burst:,} jobs from {PRODUCERS} producers",
+            f"{ours.jobs_per_second:,.0f} jobs/s",
+            f"saq: {theirs.jobs_per_second:,.0f} jobs/s" if theirs else "-",
+            ratio(ours.jobs_per_second, theirs.jobs_per_second) if theirs else None,
+        )
+    )
+    report.add(
+        Row(
+            SECTION,
+            f"enqueue-to-start latency, {paced} jobs every {PACE_SECONDS * 1000:g} ms",
+            f"p50 {ms(ours.p50_seconds)}, p99 {ms(ours.p99_seconds)}",
+            f"saq: p50 {ms(theirs.p50_seconds)}, p99 {ms(theirs.p99_seconds)}" if theirs else "-",
+            ratio(ours.p50_seconds, theirs.p50_seconds) if theirs else None,  # of the p50s: below 1 is faster
+        )
+    )
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:

@@ -1,5 +1,6 @@
 """Where the time goes: sample the API process with py-spy while wrk loads one endpoint, then summarise the
 samples by the package of the frame that was running (self time) and by the package frames on the stack."""
+
 from __future__ import annotations
 
 import re
@@ -29,13 +30,27 @@ def available() -> bool:
     return _py_spy() is not None
 
 
-def profile(api: ServerProcess, url: str, connections: int, seconds: float, headers: dict[str, str],
-            out_dir: Path) -> str:
+def profile(
+    api: ServerProcess, url: str, connections: int, seconds: float, headers: dict[str, str], out_dir: Path
+) -> str:
     """Record `seconds` of samples under load; returns a Markdown paragraph summarising them."""
     raw = out_dir / f"profile-{api.pid}-{abs(hash(url))}.txt"
-    command = [str(_py_spy()), "record", "--pid", str(api.pid), "--duration", str(max(1, round(seconds))),
-               "--rate", str(_SAMPLE_RATE), "--format", "raw", "--output", str(raw), "--nonblocking",
-               "--gil"]  # only the thread holding the GIL: CPU time spent in Python, not idle threadpool workers
+    command = [
+        str(_py_spy()),
+        "record",
+        "--pid",
+        str(api.pid),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        str(_SAMPLE_RATE),
+        "--format",
+        "raw",
+        "--output",
+        str(raw),
+        "--nonblocking",
+        "--gil",
+    ]  # only the thread holding the GIL: CPU time spent in Python, not idle threadpool workers
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     load = threading.Thread(target=wrk_runner.run_wrk, args=(url, connections, seconds, headers))
     try:
@@ -74,9 +89,11 @@ def _summarise(collapsed: str, top: int = 8) -> str:
     def share(counter: Counter[str], count: int) -> str:
         return ", ".join(f"{name} {value / total:.0%}" for name, value in counter.most_common(count))
 
-    return (f"{total} samples with the GIL held; self time by package: {share(self_time, top)}; "
-            f"samples inside the anyio threadpool hand-off: {threadpool / total:.0%}; "
-            f"hottest functions (self): {share(functions, 6)}")
+    return (
+        f"{total} samples with the GIL held; self time by package: {share(self_time, top)}; "
+        f"samples inside the anyio threadpool hand-off: {threadpool / total:.0%}; "
+        f"hottest functions (self): {share(functions, 6)}"
+    )
 
 
 def _function(frame: str) -> str:

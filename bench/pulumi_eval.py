@@ -1,5 +1,6 @@
 """The Pulumi program: time to evaluate the dev and prod stacks under mocks (`python -m tests.infra.render`),
 beside an interpreter that only imports the Pulumi SDK and providers; and the same evaluation in-process, warm."""
+
 from __future__ import annotations
 
 import statistics
@@ -19,11 +20,16 @@ def run(report: Report, repeats: int) -> None:
     """Time each stack's render `repeats` times as a subprocess and in-process; report medians."""
     base = statistics.median(_timed([sys.executable, "-c", _IMPORT_ONLY]) for _ in range(repeats))
     for stack in STACKS:
-        value = statistics.median(
-            _timed([sys.executable, "-m", "tests.infra.render", stack]) for _ in range(repeats)
+        value = statistics.median(_timed([sys.executable, "-m", "tests.infra.render", stack]) for _ in range(repeats))
+        report.add(
+            Row(
+                SECTION,
+                f"`python -m tests.infra.render {stack}` wall time",
+                ms(value),
+                f"{ms(base)} (`python -c '{_IMPORT_ONLY}'`)",
+                ratio(value, base),
+            )
         )
-        report.add(Row(SECTION, f"`python -m tests.infra.render {stack}` wall time", ms(value),
-                       f"{ms(base)} (`python -c '{_IMPORT_ONLY}'`)", ratio(value, base)))
     from tests.infra.render import render  # the SDK's import cost is paid here, outside the timed renders
 
     render(STACKS[0], {}, {})  # the first render pays lazy imports; the figures below are warm
@@ -33,8 +39,13 @@ def run(report: Report, repeats: int) -> None:
             started = time.perf_counter()
             render(stack, {}, {})
             samples.append(time.perf_counter() - started)
-        report.add(Row(SECTION, f"in-process render of {stack}, warm (median of {len(samples)})",
-                       ms(statistics.median(samples))))
+        report.add(
+            Row(
+                SECTION,
+                f"in-process render of {stack}, warm (median of {len(samples)})",
+                ms(statistics.median(samples)),
+            )
+        )
 
 
 def _timed(command: list[str]) -> float:

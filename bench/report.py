@@ -1,4 +1,5 @@
 """The benchmark's result table: one `Row` per figure, rendered as Markdown with the machine and the command."""
+
 from __future__ import annotations
 
 import datetime
@@ -40,8 +41,10 @@ class Report:
     def add(self, row: Row) -> None:
         """Record a row and print it at once, so a long run shows progress."""
         self.rows.append(row)
-        print(f"  {row.measurement}: {row.value} (baseline {row.baseline}, {_ratio(row.ratio)}, "
-              f"{_met(row.met)})", flush=True)
+        print(
+            f"  {row.measurement}: {row.value} (baseline {row.baseline}, {_ratio(row.ratio)}, {_met(row.met)})",
+            flush=True,
+        )
 
     def note(self, text: str) -> None:
         """Record a note (a skip, a gap explanation) and print it."""
@@ -67,8 +70,10 @@ class Report:
             if row.section != section:
                 section = row.section
                 lines.append(f"| **{section}** | | | | | |")
-            lines.append(f"| {row.measurement} | {row.value} | {row.baseline} | {_ratio(row.ratio)} | "
-                         f"{row.target} | {_met(row.met)} |")
+            lines.append(
+                f"| {row.measurement} | {row.value} | {row.baseline} | {_ratio(row.ratio)} | "
+                f"{row.target} | {_met(row.met)} |"
+            )
         if self.notes:
             lines += ["", "## Notes", ""]
             lines += [f"- {note}" for note in self.notes]
@@ -84,9 +89,11 @@ def _machine() -> str:
     parser = "httptools" if find_spec("httptools") else "h11"
     loop = "uvloop" if find_spec("uvloop") else "asyncio"
     model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "unknown")
-    return (f"nproc {len(os.sched_getaffinity(0))} ({model}), {platform.system()} {platform.release()}, "
-            f"Python {sys.version.split()[0]}, uvicorn {version('uvicorn')} ({parser}, {loop} loop), "
-            f"fastapi {version('fastapi')}")
+    return (
+        f"nproc {len(os.sched_getaffinity(0))} ({model}), {platform.system()} {platform.release()}, "
+        f"Python {sys.version.split()[0]}, uvicorn {version('uvicorn')} ({parser}, {loop} loop), "
+        f"fastapi {version('fastapi')}"
+    )
 
 
 def _cpuinfo() -> list[str]:

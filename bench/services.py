@@ -1,5 +1,6 @@
 """The processes a benchmark run needs, all on 127.0.0.1 and all stopped at the end: a redis-server standing in
 for Valkey, the fake Novita server, the API under uvicorn and the baseline hello-world under the same uvicorn."""
+
 from __future__ import annotations
 
 import os
@@ -107,8 +108,19 @@ class Services:
     def _start_novita(self) -> ServerProcess:
         port = free_port()
         # Instances reach `running` quickly, so the create job's polling ends before the reads are measured.
-        command = [sys.executable, "-m", "tests.fakes.novita", "--host", LOOPBACK, "--port", str(port),
-                   "--api-key", self.novita_api_key, "--step-seconds", "0.05"]
+        command = [
+            sys.executable,
+            "-m",
+            "tests.fakes.novita",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--api-key",
+            self.novita_api_key,
+            "--step-seconds",
+            "0.05",
+        ]
         fake = self._spawn("fake-novita", command, port, env=os.environ.copy())
         wait_until("the fake Novita to listen", lambda: _alive_and(fake, f"{fake.url}/_fake/calls", self.http), 30)
         return fake
@@ -137,8 +149,9 @@ class Services:
     def start_api(self, name: str = "api", **env_overrides: str) -> ServerProcess:
         """Spawn the API under uvicorn with the container's flags (and `env_overrides`); does not wait for it."""
         port = free_port()
-        return self._spawn(name, self._uvicorn_command(API_APP, port), port,
-                           env=self.api_env(PORT=str(port), **env_overrides))
+        return self._spawn(
+            name, self._uvicorn_command(API_APP, port), port, env=self.api_env(PORT=str(port), **env_overrides)
+        )
 
     def start_baseline(self, name: str = "baseline", app: tuple[str, ...] = BASELINE_APP) -> ServerProcess:
         """Spawn a hello-world (bare ASGI by default) under the same uvicorn and flags; does not wait for it."""

@@ -1,5 +1,6 @@
 """Start-up: process start to /livez 200 and /readyz 200, against the hello-world's start to its first 200;
 and the import time of the app, against an interpreter that imports only the baseline."""
+
 from __future__ import annotations
 
 import re
@@ -35,10 +36,17 @@ def run(services: Services, report: Report, repeats: int) -> float:
     note = f" (median of {repeats})" if repeats > 1 else ""
     for name, samples, target in (("/livez", livez, None), ("/readyz", readyz, READY_TARGET_SECONDS)):
         value = statistics.median(samples)
-        report.add(Row(
-            SECTION, f"process start to {name} 200{note}", ms(value), f"{ms(base)} (hello-world first 200)",
-            ratio(value, base), f"< {target:g} s" if target else "-", value < target if target else None,
-        ))
+        report.add(
+            Row(
+                SECTION,
+                f"process start to {name} 200{note}",
+                ms(value),
+                f"{ms(base)} (hello-world first 200)",
+                ratio(value, base),
+                f"< {target:g} s" if target else "-",
+                value < target if target else None,
+            )
+        )
     _import_time(report, repeats)
     return statistics.median(readyz)
 
@@ -47,8 +55,15 @@ def _import_time(report: Report, repeats: int) -> None:
     app_runs = [_timed_python("import app.main") for _ in range(repeats)]
     base_runs = [_timed_python("import bench.baseline") for _ in range(repeats)]
     value, base = statistics.median(app_runs), statistics.median(base_runs)
-    report.add(Row(SECTION, "`python -c 'import app.main'` wall time", ms(value),
-                   f"{ms(base)} (`import bench.baseline`)", ratio(value, base)))
+    report.add(
+        Row(
+            SECTION,
+            "`python -c 'import app.main'` wall time",
+            ms(value),
+            f"{ms(base)} (`import bench.baseline`)",
+            ratio(value, base),
+        )
+    )
     report.note("heaviest imports of app.main (`python -X importtime`, cumulative): " + _heaviest_imports())
 
 
@@ -60,8 +75,14 @@ def _timed_python(code: str) -> float:
 
 def _heaviest_imports(count: int = 6) -> str:
     """The packages that cost most to import with the app (cumulative, so a package includes its own imports)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import app.main"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import app.main"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     top_level: dict[str, int] = {}
     for line in result.stderr.splitlines():
         match = _IMPORTTIME_LINE.match(line)

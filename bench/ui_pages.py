@@ -7,6 +7,7 @@ as the create job would leave it), so every list page merges 1,000 records with 
 Standalone: `python -m bench.ui_pages [--instances 1000] [--requests 30]` prints the rows as Markdown; `python -m
 bench` runs it as one of its sections.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
@@ -38,30 +40,57 @@ _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 def seed_fleet(services: Services, count: int) -> list[str]:
     """`count` running instances on the fake Novita with their records in Valkey; returns the record ids."""
-    novita = httpx.Client(base_url=f"{services.novita.url}/gpu-instance/openapi/v1",
-                          headers={"Authorization": f"Bearer {services.novita_api_key}"}, timeout=10.0)
+    novita = httpx.Client(
+        base_url=f"{services.novita.url}/gpu-instance/openapi/v1",
+        headers={"Authorization": f"Bearer {services.novita_api_key}"},
+        timeout=10.0,
+    )
     now = time.time()
     records: list[InstanceRecord] = []
     with novita:
         for number in range(count):
             record_id, name = new_record_id(), f"fleet-{number:04d}"
-            created = novita.post("/gpu/instance/create", json={
-                "name": upstream_name(name, record_id), "productId": PRODUCT_ID, "gpuNum": 1 + number % 2,
-                "rootfsSize": 60, "imageUrl": "docker.io/library/ubuntu:22.04", "kind": "gpu", "ports": "8888/http"})
+            created = novita.post(
+                "/gpu/instance/create",
+                json={
+                    "name": upstream_name(name, record_id),
+                    "productId": PRODUCT_ID,
+                    "gpuNum": 1 + number % 2,
+                    "rootfsSize": 60,
+                    "imageUrl": "docker.io/library/ubuntu:22.04",
+                    "kind": "gpu",
+                    "ports": "8888/http",
+                },
+            )
             created.raise_for_status()
-            records.append(InstanceRecord(
-                id=record_id, name=name, upstream_name=upstream_name(name, record_id),
-                novita_instance_id=created.json()["id"], state=InstanceState.RUNNING, novita_status="running",
-                product_id=PRODUCT_ID, gpu_num=1 + number % 2, rootfs_size=60, billing_mode="onDemand",
-                image_url="docker.io/library/ubuntu:22.04", ports=[PortSpec(port=8888, type="http")],
-                env_keys=["MODE"], created_at=now - number, updated_at=now, ready_at=now - number + 30,
-            ))
+            records.append(
+                InstanceRecord(
+                    id=record_id,
+                    name=name,
+                    upstream_name=upstream_name(name, record_id),
+                    novita_instance_id=created.json()["id"],
+                    state=InstanceState.RUNNING,
+                    novita_status="running",
+                    product_id=PRODUCT_ID,
+                    gpu_num=1 + number % 2,
+                    rootfs_size=60,
+                    billing_mode="onDemand",
+                    image_url="docker.io/library/ubuntu:22.04",
+                    ports=[PortSpec(port=8888, type="http")],
+                    env_keys=["MODE"],
+                    created_at=now - number,
+                    updated_at=now,
+                    ready_at=now - number + 30,
+                )
+            )
     asyncio.run(_store(services, records))
     return [record.id for record in records]
 
 
 async def _store(services: Services, records: list[InstanceRecord]) -> None:
-    redis = RedisManager(Settings(redis_url=services.redis.url, novita_api_key="unused-by-the-store"))
+    redis = RedisManager(
+        Settings(redis_url=SecretStr(services.redis.url), novita_api_key=SecretStr("unused-by-the-store"))
+    )
     try:
         store = InstanceStore(redis)
         for record in records:
@@ -89,8 +118,10 @@ def pages(instance_id: str, instances: int) -> list[tuple[str, str]]:
     return [
         (f"instances, newest first, page 1 of {last}", "/ui/instances"),
         (f"instances, newest first, page {last} of {last}", f"/ui/instances?page={last}"),
-        (f"instances sorted by name (whole fleet sorted), page {last // 2 or 1}",
-         f"/ui/instances?sort=name&page={last // 2 or 1}"),
+        (
+            f"instances sorted by name (whole fleet sorted), page {last // 2 or 1}",
+            f"/ui/instances?sort=name&page={last // 2 or 1}",
+        ),
         ("instances sorted by price, 100 per page", "/ui/instances?sort=price&pageSize=100"),
         ("instances filtered (status + name)", "/ui/instances?status=running&name=fleet-09"),
         ("live rows fragment (polled every 3 s)", "/ui/instances/rows"),
@@ -137,22 +168,40 @@ def run(services: Services, report: Report, api: ServerProcess, instances: int, 
     try:
         _forget_cache(services)
         cold = _server_ms(client.get("/ui/instances"))
-        report.add(Row(SECTION, f"instances page 1, cold cache (Novita lists {instances:,} instances), "
-                                f"{instances:,} instances", f"{cold:.1f} ms (one request)",
-                       target=f"< {TARGET_MS:g} ms server time", met=cold < TARGET_MS))
+        report.add(
+            Row(
+                SECTION,
+                f"instances page 1, cold cache (Novita lists {instances:,} instances), {instances:,} instances",
+                f"{cold:.1f} ms (one request)",
+                target=f"< {TARGET_MS:g} ms server time",
+                met=cold < TARGET_MS,
+            )
+        )
         for label, path in pages(ids[0], instances):
             client.get(path)  # warm the caches (Novita list, catalogue) the page shares with the API
             times = sorted(_server_ms(client.get(path)) for _ in range(requests))
             p50, p95 = statistics.median(times), times[max(0, round(0.95 * len(times)) - 1)]
-            report.add(Row(SECTION, f"{label}, {instances:,} instances",
-                           f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {times[-1]:.1f} ms ({requests} requests)",
-                           target=f"< {TARGET_MS:g} ms server time", met=p95 < TARGET_MS))
+            report.add(
+                Row(
+                    SECTION,
+                    f"{label}, {instances:,} instances",
+                    f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {times[-1]:.1f} ms ({requests} requests)",
+                    target=f"< {TARGET_MS:g} ms server time",
+                    met=p95 < TARGET_MS,
+                )
+            )
         # The same service call through the API, wall time on both sides: what the page adds to it.
         ui_wall = _wall_ms(client, "/ui/instances", {}, requests)
         api_wall = _wall_ms(client, "/api/instances?pageSize=25", {"X-API-Key": services.client_api_key}, requests)
-        report.add(Row(SECTION, f"instances page 1 vs GET /api/instances?pageSize=25, wall time, {instances:,} "
-                                "instances", f"p50 {ui_wall:.1f} ms", f"API: p50 {api_wall:.1f} ms",
-                       ui_wall / api_wall))
+        report.add(
+            Row(
+                SECTION,
+                f"instances page 1 vs GET /api/instances?pageSize=25, wall time, {instances:,} instances",
+                f"p50 {ui_wall:.1f} ms",
+                f"API: p50 {api_wall:.1f} ms",
+                ui_wall / api_wall,
+            )
+        )
         services.http.delete(f"{services.novita.url}/_fake/calls").raise_for_status()
         started = time.monotonic()
         loads = 0
@@ -161,9 +210,14 @@ def run(services: Services, report: Report, api: ServerProcess, instances: int, 
             loads += 1
         calls = services.http.get(f"{services.novita.url}/_fake/calls").json()["calls"]
         listed = calls.get("GET /gpu/instances", 0)
-        report.add(Row(SECTION, f"Novita list calls during {loads} row refreshes in 10 s",
-                       f"{sum(calls.values())} calls ({listed} list pages of Novita's {instances:,} instances)",
-                       "what GET /api/instances costs: one list per cache TTL (10 s)"))
+        report.add(
+            Row(
+                SECTION,
+                f"Novita list calls during {loads} row refreshes in 10 s",
+                f"{sum(calls.values())} calls ({listed} list pages of Novita's {instances:,} instances)",
+                "what GET /api/instances costs: one list per cache TTL (10 s)",
+            )
+        )
     finally:
         client.close()
 
@@ -174,8 +228,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args()
-    report = Report(command=f"python -m bench.ui_pages --instances {args.instances} --requests {args.requests}",
-                    quick=False)
+    report = Report(
+        command=f"python -m bench.ui_pages --instances {args.instances} --requests {args.requests}", quick=False
+    )
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as work_dir, Services(Path(work_dir)) as services:
         measure(services, report, args.instances, args.requests)
     print(report.markdown())

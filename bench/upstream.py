@@ -1,5 +1,6 @@
 """Upstream efficiency: Novita calls per 1,000 client requests for cached reads under concurrency, counted by the
 fake Novita server, starting from a cold cache so a stampede of misses is part of the measurement."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,12 @@ def run(services: Services, report: Report, api: ServerProcess, instance_id: str
     """Load each cached read at CONNECTIONS connections and count the upstream calls it caused."""
     reads = (
         ("GET /api/products", "/api/products", _default("cache_ttl_products_seconds"), PRODUCT_CALLS),
-        ("GET /api/instances/{id}", f"/api/instances/{instance_id}", _default("cache_ttl_instances_seconds"),
-         INSTANCE_CALLS),
+        (
+            "GET /api/instances/{id}",
+            f"/api/instances/{instance_id}",
+            _default("cache_ttl_instances_seconds"),
+            INSTANCE_CALLS,
+        ),
     )
     for label, path, ttl, upstream_endpoints in reads:
         wait_upstream_quiet(services)
@@ -40,24 +45,37 @@ def run(services: Services, report: Report, api: ServerProcess, instance_id: str
         calls = {key: count for key, count in all_calls.items() if key in upstream_endpoints}
         background = {key: count for key, count in all_calls.items() if key not in upstream_endpoints}
         if background:
-            report.note(f"{label} upstream run: calls not caused by this read (background work) left out of the "
-                        f"count: {_describe(background)}")
+            report.note(
+                f"{label} upstream run: calls not caused by this read (background work) left out of the "
+                f"count: {_describe(background)}"
+            )
         total = sum(calls.values())
         # One call per key per TTL window: a run of `seconds` spans at most floor(seconds / ttl) + 1 windows.
         windows = math.floor(result.seconds / ttl) + 1
         allowed = max(1, len(calls)) * windows
         if not result.requests:
-            report.add(Row(SECTION, f"{label}, {CONNECTIONS} connections", f"**no request completed** in "
-                           f"{result.seconds:.0f} s ({total} calls: {_describe(calls)})", met=False))
+            report.add(
+                Row(
+                    SECTION,
+                    f"{label}, {CONNECTIONS} connections",
+                    f"**no request completed** in {result.seconds:.0f} s ({total} calls: {_describe(calls)})",
+                    met=False,
+                )
+            )
             continue
         per_1000 = total / result.requests * 1000
-        report.add(Row(
-            SECTION, f"{label}, {CONNECTIONS} connections, {result.seconds:.0f} s",
-            f"{per_1000:.2f} calls per 1,000 requests ({total} calls / {result.requests:,} requests: "
-            f"{_describe(calls)})",
-            "1,000 (no cache: one call per request)", per_1000 / UNCACHED_CALLS_PER_1000,
-            f"<= 1 call per key per TTL ({ttl:g} s): <= {allowed}", total <= allowed and result.errors == 0,
-        ))
+        report.add(
+            Row(
+                SECTION,
+                f"{label}, {CONNECTIONS} connections, {result.seconds:.0f} s",
+                f"{per_1000:.2f} calls per 1,000 requests ({total} calls / {result.requests:,} requests: "
+                f"{_describe(calls)})",
+                "1,000 (no cache: one call per request)",
+                per_1000 / UNCACHED_CALLS_PER_1000,
+                f"<= 1 call per key per TTL ({ttl:g} s): <= {allowed}",
+                total <= allowed and result.errors == 0,
+            )
+        )
 
 
 def _forget_cache(services: Services) -> None:

@@ -1,4 +1,5 @@
 """Drive `wrk` (Debian's package: a real load generator in its own process) and read its summary."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,15 @@ def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str] 
 
     One thread: on 2 cores the server gets one core and the load generator the other.
     """
-    command = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={_REQUEST_TIMEOUT_SECONDS}s",
-               "-s", str(_REPORT_SCRIPT)]
+    command = [
+        WRK,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        f"--timeout={_REQUEST_TIMEOUT_SECONDS}s",
+        "-s",
+        str(_REPORT_SCRIPT),
+    ]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
     command.append(url)
@@ -54,7 +62,6 @@ def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str] 
     line = next((line for line in completed.stdout.splitlines() if line.startswith(_MARKER)), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary for {url}: {completed.stdout[-500:]} {completed.stderr[-500:]}")
-    data = json.loads(line[len(_MARKER):])
+    data = json.loads(line[len(_MARKER) :])
     errors = sum(data[key] for key in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
-    return LoadResult(data["requests"], data["duration_us"] / 1e6, data["p50_us"] / 1000, data["p99_us"] / 1000,
-                      errors)
+    return LoadResult(data["requests"], data["duration_us"] / 1e6, data["p50_us"] / 1000, data["p99_us"] / 1000, errors)

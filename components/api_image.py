@@ -1,12 +1,12 @@
 """The API image, built from `app/` by the Docker daemon under a tag of its own per build, or an earlier build
 pinned for a rollback (`apiImage`)."""
+
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -45,7 +45,7 @@ def build_tag(context: Path, dockerfile: Path, build_args: dict[str, str], platf
     another's tag and every earlier image stays available for a rollback."""
     ignore_file = context / ".dockerignore"
     rules = []
-    for line in (ignore_file.read_text().splitlines() if ignore_file.is_file() else []):
+    for line in ignore_file.read_text().splitlines() if ignore_file.is_file() else []:
         line = line.strip()
         if line and not line.startswith("#"):
             rules.append((line.startswith("!"), _dockerignore_pattern(line.lstrip("!"))))
@@ -90,7 +90,7 @@ class ApiImage(pulumi.ComponentResource):
     image_id: pulumi.Output[str]
     image_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ApiImageArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ApiImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:ApiImage", name, None, opts)
         settings = args.image
         if settings.pinned:
@@ -113,7 +113,9 @@ class ApiImage(pulumi.ComponentResource):
             )
         image = docker.Image(
             f"{name}-build",
-            image_name=tagged_name(settings.name, build_tag(Path(CONTEXT), Path(DOCKERFILE), build_args, settings.platform)),
+            image_name=tagged_name(
+                settings.name, build_tag(Path(CONTEXT), Path(DOCKERFILE), build_args, settings.platform)
+            ),
             build=docker.DockerBuildArgs(
                 context=CONTEXT,
                 dockerfile=DOCKERFILE,

@@ -1,8 +1,9 @@
 """The API container: the restart policy, healthcheck, limits and secrets that fixed the seed's outages."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -56,11 +57,11 @@ class ApiServiceArgs:
     hardening: HardeningSettings
     image_id: pulumi.Input[str]
     valkey_url: pulumi.Output[str]
-    network_name: Optional[pulumi.Input[str]] = None  # None = host network
+    network_name: pulumi.Input[str] | None = None  # None = host network
     labels: dict[str, str] = field(default_factory=dict)
-    provider: Optional[docker.Provider] = None  # None: the default provider (the local engine)
+    provider: docker.Provider | None = None  # None: the default provider (the local engine)
     replica_name_prefix: str = ""  # default: containerName; per-host prefixes keep resource names unique
-    after: Optional[pulumi.Resource] = None  # the previous host's last replica: hosts roll one after another
+    after: pulumi.Resource | None = None  # the previous host's last replica: hosts roll one after another
 
     def __post_init__(self) -> None:
         if (self.network_name is None) != self.container.uses_host_network:
@@ -100,8 +101,8 @@ def environment(args: ApiServiceArgs) -> list[pulumi.Input[str]]:
         _secret_env("REDIS_URL", args.valkey_url),
     ]
     for concern in args.runtime:
-        for field, (variable, secret) in container_variables(type(concern)).items():
-            value = getattr(concern, field)
+        for field_name, (variable, secret) in container_variables(type(concern)).items():
+            value = getattr(concern, field_name)
             if value is None or value == "" or value == ():
                 continue
             if isinstance(value, SecretStr):
@@ -142,7 +143,7 @@ class ApiService(pulumi.ComponentResource):
     health_url: pulumi.Output[str]
     last_replica: docker.Container
 
-    def __init__(self, name: str, args: ApiServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ApiServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:ApiService", name, None, opts)
         c, hc = args.container, args.healthcheck
         common = dict(
@@ -174,15 +175,22 @@ class ApiService(pulumi.ComponentResource):
         )
         # Docker cannot update a healthcheck or init in place (kreuzwerker#988): replace instead.
         replace_on_changes = ["healthcheck", "init"]
-        if c.uses_host_network:
+        if args.network_name is None:  # the host network (ApiServiceArgs checks it matches networkMode)
             # Listens on the host's port itself: the old container must go before the new one can start.
-            replicas = [docker.Container(
-                f"{name}-container", name=c.name, network_mode="host", **common,
-                opts=pulumi.ResourceOptions(
-                    parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
-                    delete_before_replace=True,
-                ),
-            )]
+            replicas = [
+                docker.Container(
+                    f"{name}-container",
+                    name=c.name,
+                    network_mode="host",
+                    **common,
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        provider=args.provider,
+                        replace_on_changes=replace_on_changes,
+                        delete_before_replace=True,
+                    ),
+                )
+            ]
         else:
             replicas = []
             previous = args.after
@@ -190,10 +198,14 @@ class ApiService(pulumi.ComponentResource):
                 # No `name`: Pulumi auto-names it from the resource name, so old and new can run side by side.
                 replica = docker.Container(
                     f"{args.replica_name_prefix or c.name}-{index}",
-                    networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[REPLICAS_ALIAS])],
+                    networks_advanced=[
+                        docker.ContainerNetworksAdvancedArgs(name=args.network_name, aliases=[REPLICAS_ALIAS])
+                    ],
                     **common,
                     opts=pulumi.ResourceOptions(
-                        parent=self, provider=args.provider, replace_on_changes=replace_on_changes,
+                        parent=self,
+                        provider=args.provider,
+                        replace_on_changes=replace_on_changes,
                         depends_on=[previous] if previous is not None else None,
                     ),
                 )

@@ -7,10 +7,10 @@ the proxy container is not touched by one. Each address it resolves gets its own
 a request on another replica when one goes away mid-request (idempotent requests only, or POSTs carrying an
 Idempotency-Key). Users run the official image (`haproxy:3.2`); the tests run Debian's build of the same program.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -56,8 +56,10 @@ class ProxyConfig:
     stop_grace_seconds: int
 
     @classmethod
-    def for_replicas(cls, replicas: int, port: int, stop_grace_seconds: int) -> "ProxyConfig":
-        return cls(listen_port=port, replica_port=port, server_slots=2 * replicas, stop_grace_seconds=stop_grace_seconds)
+    def for_replicas(cls, replicas: int, port: int, stop_grace_seconds: int) -> ProxyConfig:
+        return cls(
+            listen_port=port, replica_port=port, server_slots=2 * replicas, stop_grace_seconds=stop_grace_seconds
+        )
 
 
 def render_haproxy_config(config: ProxyConfig) -> str:
@@ -127,7 +129,7 @@ class EdgeProxyArgs:
     api_port: int  # the port inside the network (the replicas') and inside the proxy container
     network_name: pulumi.Input[str]
     labels: dict[str, str]
-    provider: Optional[docker.Provider] = None
+    provider: docker.Provider | None = None
 
 
 class EdgeProxy(pulumi.ComponentResource):
@@ -135,7 +137,7 @@ class EdgeProxy(pulumi.ComponentResource):
 
     container_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: EdgeProxyArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: EdgeProxyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:EdgeProxy", name, None, opts)
         proxy, c, hc = args.proxy, args.container, args.healthcheck
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
@@ -153,8 +155,14 @@ class EdgeProxy(pulumi.ComponentResource):
             # The only published port of the stack: loopback by default, as the API's was.
             ports=[docker.ContainerPortArgs(internal=args.api_port, external=c.api_port, ip=c.api_host_address)],
             # SIGUSR1 is HAProxy's soft stop (the official image's STOPSIGNAL): finish in-flight requests, then exit.
-            **edge_container_args(proxy=proxy, container=c, healthcheck=hc, probe=["CMD", "bash", "-c", HEALTH_PROBE],
-                                  stop_signal="SIGUSR1", labels=args.labels),
+            **edge_container_args(
+                proxy=proxy,
+                container=c,
+                healthcheck=hc,
+                probe=["CMD", "bash", "-c", HEALTH_PROBE],
+                stop_signal="SIGUSR1",
+                labels=args.labels,
+            ),
             opts=edge_container_options(self, args.provider),
         )
         self.container_name = container.name

@@ -1,10 +1,11 @@
 """The container standards every edge container (the HAProxy proxy, the TLS front) shares with the API's: the
 restart policy, healthcheck timings, limits with swap = memory, hardening, log rotation and `wait`, in one place so
 that the two cannot drift apart."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -26,7 +27,10 @@ def edge_container_args(
     return {
         "restart": c.restart_policy,
         "healthcheck": docker.ContainerHealthcheckArgs(
-            tests=list(probe), interval=hc.interval, timeout=hc.timeout, retries=hc.retries,
+            tests=list(probe),
+            interval=hc.interval,
+            timeout=hc.timeout,
+            retries=hc.retries,
             start_period=hc.start_period,
         ),
         "memory": proxy.memory_mb,
@@ -48,8 +52,9 @@ def edge_container_args(
     }
 
 
-def edge_container_options(parent: pulumi.Resource, provider: Optional[pulumi.ProviderResource]) -> pulumi.ResourceOptions:
+def edge_container_options(parent: pulumi.Resource, provider: pulumi.ProviderResource | None) -> pulumi.ResourceOptions:
     """A fixed name and published ports: the old container goes first, a short gap only when its settings change
     (never on a rollout of the API). A changed healthcheck replaces it (the provider would keep the old one)."""
-    return pulumi.ResourceOptions(parent=parent, provider=provider, delete_before_replace=True,
-                                  replace_on_changes=["healthcheck"])
+    return pulumi.ResourceOptions(
+        parent=parent, provider=provider, delete_before_replace=True, replace_on_changes=["healthcheck"]
+    )

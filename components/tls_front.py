@@ -9,10 +9,10 @@ Caddy listens inside the container on unprivileged ports (the container has no c
 as `httpsPort` and `httpPort`; its certificates and the internal CA live on a named volume, so a replaced container
 keeps them (and ACME's rate limits are not spent again).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -24,7 +24,9 @@ from components.edge_standards import edge_container_args, edge_container_option
 CONFIG_ENV = "CADDYFILE"
 CONFIG_PATH = "/tmp/Caddyfile"
 START_COMMAND = [
-    "sh", "-c", f'printf "%s" "${CONFIG_ENV}" > {CONFIG_PATH} && exec caddy run --config {CONFIG_PATH} --adapter caddyfile',
+    "sh",
+    "-c",
+    f'printf "%s" "${CONFIG_ENV}" > {CONFIG_PATH} && exec caddy run --config {CONFIG_PATH} --adapter caddyfile',
 ]
 HTTPS_LISTEN_PORT = 8443
 HTTP_LISTEN_PORT = 8080
@@ -41,7 +43,7 @@ class CaddyConfig:
     """What the rendered Caddyfile depends on (all from the stack settings)."""
 
     domain: str
-    acme_email: Optional[str]  # None: certificates from Caddy's internal CA (development and tests)
+    acme_email: str | None  # None: certificates from Caddy's internal CA (development and tests)
     https_port: int  # as published on the host: the redirect's target
     upstream: str  # host:port of the edge proxy on the private network
 
@@ -89,7 +91,7 @@ class TlsFrontArgs:
     upstream_port: int  # the edge proxy's port on the private network
     network_name: pulumi.Input[str]
     labels: dict[str, str]
-    provider: Optional[docker.Provider] = None
+    provider: docker.Provider | None = None
 
 
 class TlsFront(pulumi.ComponentResource):
@@ -97,7 +99,7 @@ class TlsFront(pulumi.ComponentResource):
 
     container_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: TlsFrontArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: TlsFrontArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:TlsFront", name, None, opts)
         tls, proxy, c, hc = args.tls, args.proxy, args.container, args.healthcheck
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
@@ -105,12 +107,14 @@ class TlsFront(pulumi.ComponentResource):
         if tls.pull_image:
             image = docker.RemoteImage(f"{name}-image", name=tls.image, keep_locally=True, opts=child).image_id
         volume = docker.Volume(f"{name}-data", name=tls.volume_name, opts=child)
-        caddyfile = render_caddyfile(CaddyConfig(
-            domain=tls.domain,
-            acme_email=tls.acme_email if args.production else None,
-            https_port=tls.https_port,
-            upstream=f"{proxy.container_name}:{args.upstream_port}",
-        ))
+        caddyfile = render_caddyfile(
+            CaddyConfig(
+                domain=tls.domain,
+                acme_email=tls.acme_email if args.production else None,
+                https_port=tls.https_port,
+                upstream=f"{proxy.container_name}:{args.upstream_port}",
+            )
+        )
         container = docker.Container(
             f"{name}-container",
             name=tls.container_name,
@@ -124,8 +128,9 @@ class TlsFront(pulumi.ComponentResource):
                 docker.ContainerPortArgs(internal=HTTP_LISTEN_PORT, external=tls.http_port, ip=tls.public_address),
             ],
             # SIGTERM is Caddy's graceful stop: in-flight requests finish.
-            **edge_container_args(proxy=proxy, container=c, healthcheck=hc, probe=HEALTH_PROBE, stop_signal="SIGTERM",
-                                  labels=args.labels),
+            **edge_container_args(
+                proxy=proxy, container=c, healthcheck=hc, probe=HEALTH_PROBE, stop_signal="SIGTERM", labels=args.labels
+            ),
             opts=edge_container_options(self, args.provider),
         )
         self.container_name = container.name

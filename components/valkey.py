@@ -1,8 +1,8 @@
 """The Valkey the API queues and caches on: Aiven for Valkey (prod) or a local container (dev, tests)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 from urllib.parse import quote
 
 import pulumi
@@ -12,8 +12,6 @@ import pulumi_docker as docker
 from components.config import AivenValkeySettings, LocalValkeySettings
 from components.config.types import secret_output
 
-# The local Valkey's own healthcheck: short, because `pulumi up` waits for it before starting the API.
-LOCAL_HEALTHCHECK = {"interval": "5s", "timeout": "3s", "retries": 5, "start_period": "10s"}
 LOCAL_WAIT_TIMEOUT_SECONDS = 60
 # The alias the API reaches the local Valkey by on the private network.
 LOCAL_NETWORK_ALIAS = "valkey"
@@ -23,6 +21,8 @@ LOCAL_NETWORK_ALIAS = "valkey"
 # those inside its Lua scripts). tests/app/test_hardening_valkey_acl.py runs the API against a real server with
 # exactly these rules, so a command the API starts using without being listed here fails that test.
 APP_KEY_PATTERNS = ("ngpu:*",)
+# One line per kind of command: connection, transactions, strings, hashes, sets, sorted sets, streams, Lua.
+# fmt: off
 APP_COMMANDS = (
     "hello", "ping",
     "multi", "exec", "discard", "watch", "unwatch",
@@ -34,15 +34,16 @@ APP_COMMANDS = (
     "xgroup|create", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
     "eval", "evalsha",
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
 class ValkeyArgs:
     """Inputs of `Valkey`: the settings of the Valkey to run (`target`: local container or Aiven), and where."""
 
-    target: Union[LocalValkeySettings, AivenValkeySettings]
+    target: LocalValkeySettings | AivenValkeySettings
     production: bool
-    network_name: Optional[pulumi.Input[str]] = None  # the private network; None = host network
+    network_name: pulumi.Input[str] | None = None  # the private network; None = host network
     labels: dict[str, str] = field(default_factory=dict)  # of the local container
 
     def __post_init__(self) -> None:
@@ -79,7 +80,7 @@ class Valkey(pulumi.ComponentResource):
     tls: pulumi.Output[bool]
     url: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ValkeyArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ValkeyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("novita-gpu-api:index:Valkey", name, None, opts)
         if isinstance(args.target, AivenValkeySettings):
             self._aiven(name, args.target, args.production)
@@ -88,7 +89,10 @@ class Valkey(pulumi.ComponentResource):
         self.register_outputs({"host": self.host, "port": self.port, "tls": self.tls, "url": self.url})
 
     def _aiven(self, name: str, cfg: AivenValkeySettings, production: bool) -> None:
-        provider = aiven.Provider(f"{name}-aiven", api_token=secret_output(cfg.token), opts=pulumi.ResourceOptions(parent=self))
+        assert cfg.token is not None  # ValkeyArgs refuses Aiven without a token
+        provider = aiven.Provider(
+            f"{name}-aiven", api_token=secret_output(cfg.token), opts=pulumi.ResourceOptions(parent=self)
+        )
         service = aiven.Valkey(
             f"{name}-service",
             project=cfg.project,
@@ -131,7 +135,7 @@ class Valkey(pulumi.ComponentResource):
         self.url = pulumi.Output.secret(url.apply(require_tls))
 
     def _local(
-        self, name: str, cfg: LocalValkeySettings, network_name: Optional[pulumi.Input[str]], labels: dict[str, str]
+        self, name: str, cfg: LocalValkeySettings, network_name: pulumi.Input[str] | None, labels: dict[str, str]
     ) -> None:
         child = pulumi.ResourceOptions(parent=self)
         image: pulumi.Input[str] = cfg.image
@@ -147,17 +151,33 @@ class Valkey(pulumi.ComponentResource):
             name=cfg.container_name,
             image=image,
             command=[
-                cfg.server_binary, "--port", str(cfg.port), "--bind", bind, "--protected-mode", "no",
-                "--dir", "/data", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
+                cfg.server_binary,
+                "--port",
+                str(cfg.port),
+                "--bind",
+                bind,
+                "--protected-mode",
+                "no",
+                "--dir",
+                "/data",
+                "--appendonly",
+                "yes",
+                "--maxmemory-policy",
+                "noeviction",
             ],
             restart="unless-stopped",
             network_mode="host" if on_host_network else "bridge",
-            networks_advanced=None if on_host_network else [
-                docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=[LOCAL_NETWORK_ALIAS])
-            ],
+            networks_advanced=None
+            if network_name is None
+            else [docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=[LOCAL_NETWORK_ALIAS])],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/data")],
+            # Short, because `pulumi up` waits for the local Valkey to be healthy before starting the API.
             healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD", cfg.cli_binary, "-p", str(cfg.port), "ping"], **LOCAL_HEALTHCHECK
+                tests=["CMD", cfg.cli_binary, "-p", str(cfg.port), "ping"],
+                interval="5s",
+                timeout="3s",
+                retries=5,
+                start_period="10s",
             ),
             labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(labels.items())],
             read_only=True,
@@ -165,9 +185,7 @@ class Valkey(pulumi.ComponentResource):
             security_opts=["no-new-privileges:true"],
             wait=True,
             wait_timeout=LOCAL_WAIT_TIMEOUT_SECONDS,
-            opts=pulumi.ResourceOptions(
-                parent=self, delete_before_replace=True, replace_on_changes=["healthcheck"]
-            ),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, replace_on_changes=["healthcheck"]),
         )
         host = "127.0.0.1" if on_host_network else LOCAL_NETWORK_ALIAS
         self.host = container.id.apply(lambda _: host)  # known once the container exists, so the API waits for it

@@ -3,8 +3,8 @@
 The CLI runs this file with `policy/` first on sys.path. Constructing `PolicyPack` starts the analyzer's gRPC
 server and never returns, so the tests import `rules` and never this file.
 """
-from pulumi_policy import EnforcementLevel, PolicyPack
 
+from pulumi_policy import EnforcementLevel, PolicyPack
 from rules import POLICIES
 
 PolicyPack(

@@ -14,16 +14,17 @@ before it creates the resource. Env entries are read one by one so that one unkn
 
 Kept free of imports from this repository: the CLI runs the pack from `policy/` as its own program.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import pulumi
 from pulumi_policy import (
     EnforcementLevel,
-    ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
@@ -73,6 +74,13 @@ _CREDENTIAL_VALUES = (
 _OPEN_NETWORKS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
+class ReportViolation(Protocol):
+    """The callback a policy reports a violation with. pulumi-policy's own `ReportViolation` type declares `urn`
+    required, but the callback it passes defaults it to None, and resource policies never give one."""
+
+    def __call__(self, message: str, urn: str | None = None) -> None: ...
+
+
 # ---- reading what the engine sends --------------------------------------------------------------------------
 
 
@@ -86,7 +94,7 @@ def _skip_unless_production(args: ResourceValidationArgs | StackValidationArgs) 
         args.not_applicable(f"stack {pulumi.get_stack()!r} is not a production stack")
 
 
-def known_items(values: Optional[Sequence[Any]]) -> Iterator[Any]:
+def known_items(values: Sequence[Any] | None) -> Iterator[Any]:
     """The items of a list input that are known; during a preview an item computed from another resource is not."""
     for index in range(len(values or ())):
         try:
@@ -113,7 +121,7 @@ def labels(props: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def role(props: Mapping[str, Any]) -> Optional[str]:
+def role(props: Mapping[str, Any]) -> str | None:
     """The container's role by the label convention; an unlabelled container that gets Novita's key is the API."""
     labelled = labels(props).get(ROLE_LABEL)
     if labelled is not None:
@@ -123,7 +131,7 @@ def role(props: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def duration_seconds(text: str) -> Optional[float]:
+def duration_seconds(text: str) -> float | None:
     """A Go duration (`2m0s`, `120s`, `1m30s`, `500ms`) in seconds; None if it is not one."""
     text = text.strip()
     if not text:
@@ -139,7 +147,7 @@ def duration_seconds(text: str) -> Optional[float]:
     return total if position == len(text) else None
 
 
-def credential_kind(value: str) -> Optional[str]:
+def credential_kind(value: str) -> str | None:
     """What kind of credential `value` looks like, or None."""
     for kind, pattern in _CREDENTIAL_VALUES:
         if pattern.search(value):
@@ -147,7 +155,7 @@ def credential_kind(value: str) -> Optional[str]:
     return None
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -157,11 +165,19 @@ def _number(value: Any) -> Optional[float]:
 # ---- resource policies -------------------------------------------------------------------------------------
 
 
-def _api_container(args: ResourceValidationArgs) -> bool:
-    """True when `args` is an API container of a production stack (else marks the policy not applicable)."""
-    if args.resource_type != CONTAINER:
+def _production_resource(args: ResourceValidationArgs, resource_type: str) -> bool:
+    """True when `args` is a `resource_type` of a production stack. Another type is not the policy's business;
+    another stack marks the policy not applicable."""
+    if args.resource_type != resource_type:
         return False
     _skip_unless_production(args)
+    return True
+
+
+def _api_container(args: ResourceValidationArgs) -> bool:
+    """True when `args` is an API container of a production stack (else marks the policy not applicable)."""
+    if not _production_resource(args, CONTAINER):
+        return False
     if role(args.props) != API_ROLE:
         args.not_applicable(f"not an API container ({ROLE_LABEL} is not {API_ROLE!r})")
     return True
@@ -182,8 +198,10 @@ def validate_healthcheck_start_period(args: ResourceValidationArgs, report_viola
         return
     healthcheck = args.props.get("healthcheck")
     if not healthcheck or not healthcheck.get("tests") or healthcheck["tests"][0] == "NONE":
-        report_violation(f"{args.name}: no healthcheck; production needs one with a start period of "
-                         f"{MIN_START_PERIOD_SECONDS}s or more")
+        report_violation(
+            f"{args.name}: no healthcheck; production needs one with a start period of "
+            f"{MIN_START_PERIOD_SECONDS}s or more"
+        )
         return
     start_period = healthcheck.get("startPeriod")
     seconds = duration_seconds(str(start_period or "0s"))
@@ -202,8 +220,10 @@ def validate_limits_without_swap(args: ResourceValidationArgs, report_violation:
     if (_number(memory) or 0) <= 0:
         report_violation(f"{args.name}: no memory limit (memory is {memory!r})")
     elif _number(swap) != _number(memory):
-        report_violation(f"{args.name}: memorySwap is {swap!r}; set it equal to memory ({memory}) so the "
-                         "container never swaps and the limit is what the provider reads back")
+        report_violation(
+            f"{args.name}: memorySwap is {swap!r}; set it equal to memory ({memory}) so the "
+            "container never swaps and the limit is what the provider reads back"
+        )
     if (_number(cpus) or 0) <= 0:
         report_violation(f"{args.name}: no CPU limit (cpus is {cpus!r})")
 
@@ -220,43 +240,44 @@ def validate_image_by_id(args: ResourceValidationArgs, report_violation: ReportV
 
 
 def validate_no_credential_in_plain_env(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != CONTAINER:
+    if not _production_resource(args, CONTAINER):
         return
-    _skip_unless_production(args)
     for name, value in env_entries(args.props):
         if name in SECRET_ENV_NAMES:
             continue
         kind = credential_kind(value)
         if kind:
             # Never repeat the value: the violation is printed and kept in the CI log.
-            report_violation(f"{args.name}: env {name} holds {kind}; pass it as a Pulumi secret through a "
-                             f"secret variable of the container contract ({', '.join(sorted(SECRET_ENV_NAMES))})")
+            report_violation(
+                f"{args.name}: env {name} holds {kind}; pass it as a Pulumi secret through a "
+                f"secret variable of the container contract ({', '.join(sorted(SECRET_ENV_NAMES))})"
+            )
 
 
 def validate_secret_named_env_is_contract_secret(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
-    if args.resource_type != CONTAINER:
+    if not _production_resource(args, CONTAINER):
         return
-    _skip_unless_production(args)
     for name, value in env_entries(args.props):
         if value and name not in SECRET_ENV_NAMES and _SECRET_NAME.search(name):
-            report_violation(f"{args.name}: env {name} is named like a secret but is not one of the contract's "
-                             "secret variables, which the program passes as Pulumi secrets; add it to the contract "
-                             "(and to SECRET_ENV_NAMES) or rename it")
+            report_violation(
+                f"{args.name}: env {name} is named like a secret but is not one of the contract's "
+                "secret variables, which the program passes as Pulumi secrets; add it to the contract "
+                "(and to SECRET_ENV_NAMES) or rename it"
+            )
 
 
 def validate_aiven_valkey_protected(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != AIVEN_VALKEY:
+    if not _production_resource(args, AIVEN_VALKEY):
         return
-    _skip_unless_production(args)
     if args.props.get("terminationProtection") is not True:
         report_violation(f"{args.name}: terminationProtection is off; production's Valkey holds the job queue")
     if not args.opts.protect:
         report_violation(f"{args.name}: the Pulumi `protect` option is off; `pulumi destroy` would delete it")
 
 
-def open_allow_list_entries(user_config: Optional[Mapping[str, Any]]) -> Optional[list[str]]:
+def open_allow_list_entries(user_config: Mapping[str, Any] | None) -> list[str] | None:
     """The entries of an Aiven IP allow-list that admit everyone; None when there is no allow-list at all."""
     user_config = user_config or {}
     networks = [str(n) for n in known_items(user_config.get("ipFilterStrings"))]
@@ -277,15 +298,16 @@ def open_allow_list_entries(user_config: Optional[Mapping[str, Any]]) -> Optiona
 
 
 def validate_aiven_allow_list_not_open(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != AIVEN_VALKEY:
+    if not _production_resource(args, AIVEN_VALKEY):
         return
-    _skip_unless_production(args)
     open_entries = open_allow_list_entries(args.props.get("valkeyUserConfig"))
     if open_entries is None:
         report_violation(f"{args.name}: no IP allow-list; Aiven then admits every address (0.0.0.0/0)")
     elif open_entries:
-        report_violation(f"{args.name}: the IP allow-list admits every address ({', '.join(open_entries)}); "
-                         "list the API hosts' egress addresses")
+        report_violation(
+            f"{args.name}: the IP allow-list admits every address ({', '.join(open_entries)}); "
+            "list the API hosts' egress addresses"
+        )
 
 
 # ---- stack policy ------------------------------------------------------------------------------------------
@@ -299,69 +321,75 @@ def validate_api_replicas(args: StackValidationArgs, report_violation: ReportVio
         args.not_applicable(f"no container carries the {ROLE_LABEL} label: the program predates API replicas")
     replicas = [r for r in containers if role(r.props) == API_ROLE]
     if len(replicas) < MIN_API_REPLICAS:
-        report_violation(f"{len(replicas)} API container(s) ({ROLE_LABEL}={API_ROLE}); production needs at least "
-                         f"{MIN_API_REPLICAS} so a deploy or a crash never takes the API away")
+        report_violation(
+            f"{len(replicas)} API container(s) ({ROLE_LABEL}={API_ROLE}); production needs at least "
+            f"{MIN_API_REPLICAS} so a deploy or a crash never takes the API away"
+        )
 
 
 # ---- the pack ----------------------------------------------------------------------------------------------
 
+
 # Mandatory: each rule is a lesson of an outage or a leak, and the check reads a value, not a guess.
 # Advisory: `secret-named-env-is-contract-secret` judges by a variable's name only (a token bucket size is not a
 # secret), so it warns and leaves the decision to a person.
-POLICIES = [
-    ResourceValidationPolicy(
-        name="api-restart-always",
-        description="Production API containers restart always.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_restart_always,
+def _policy(
+    name: str,
+    description: str,
+    validate: Callable[[ResourceValidationArgs, ReportViolation], None],
+    level: EnforcementLevel = EnforcementLevel.MANDATORY,
+) -> ResourceValidationPolicy:
+    # arg-type: pulumi-policy's `ResourceValidation` type takes its `ReportViolation` (see the class above).
+    return ResourceValidationPolicy(
+        name=name,
+        description=description,
+        enforcement_level=level,
+        validate=validate,  # type: ignore[arg-type]
+    )
+
+
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
+    _policy("api-restart-always", "Production API containers restart always.", validate_restart_always),
+    _policy(
+        "api-healthcheck-start-period",
+        f"Production API containers have a healthcheck with a start period of {MIN_START_PERIOD_SECONDS}s or more.",
+        validate_healthcheck_start_period,
     ),
-    ResourceValidationPolicy(
-        name="api-healthcheck-start-period",
-        description=f"Production API containers have a healthcheck with a start period of "
-                    f"{MIN_START_PERIOD_SECONDS}s or more.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_healthcheck_start_period,
+    _policy(
+        "api-limits-without-swap",
+        "Production API containers have memory and CPU limits, and memorySwap equal to memory.",
+        validate_limits_without_swap,
     ),
-    ResourceValidationPolicy(
-        name="api-limits-without-swap",
-        description="Production API containers have memory and CPU limits, and memorySwap equal to memory.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_limits_without_swap,
+    _policy(
+        "api-image-by-id",
+        "Production API containers run an image by ID or digest, never by a mutable tag.",
+        validate_image_by_id,
     ),
-    ResourceValidationPolicy(
-        name="api-image-by-id",
-        description="Production API containers run an image by ID or digest, never by a mutable tag.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_image_by_id,
+    _policy(
+        "plain-env-has-no-credential",
+        "No container env var outside the contract's secret variables holds a credential.",
+        validate_no_credential_in_plain_env,
     ),
-    ResourceValidationPolicy(
-        name="plain-env-has-no-credential",
-        description="No container env var outside the contract's secret variables holds a credential.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_no_credential_in_plain_env,
+    _policy(
+        "secret-named-env-is-contract-secret",
+        "Env vars named like secrets are the contract's secret variables.",
+        validate_secret_named_env_is_contract_secret,
+        EnforcementLevel.ADVISORY,
     ),
-    ResourceValidationPolicy(
-        name="secret-named-env-is-contract-secret",
-        description="Env vars named like secrets are the contract's secret variables.",
-        enforcement_level=EnforcementLevel.ADVISORY,
-        validate=validate_secret_named_env_is_contract_secret,
+    _policy(
+        "aiven-valkey-protected",
+        "Production's Aiven Valkey has termination protection and Pulumi protect.",
+        validate_aiven_valkey_protected,
     ),
-    ResourceValidationPolicy(
-        name="aiven-valkey-protected",
-        description="Production's Aiven Valkey has termination protection and Pulumi protect.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_aiven_valkey_protected,
-    ),
-    ResourceValidationPolicy(
-        name="aiven-valkey-allow-list-not-open",
-        description="Production's Aiven Valkey admits only listed addresses, never 0.0.0.0/0.",
-        enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_aiven_allow_list_not_open,
+    _policy(
+        "aiven-valkey-allow-list-not-open",
+        "Production's Aiven Valkey admits only listed addresses, never 0.0.0.0/0.",
+        validate_aiven_allow_list_not_open,
     ),
     StackValidationPolicy(
         name="api-replicas",
         description=f"Production runs at least {MIN_API_REPLICAS} API containers.",
         enforcement_level=EnforcementLevel.MANDATORY,
-        validate=validate_api_replicas,
+        validate=validate_api_replicas,  # type: ignore[arg-type]  # its `ReportViolation`, as in `_policy`
     ),
 ]

@@ -11,6 +11,7 @@ tests/infra/schemas/<name>.schema.json with an `extract` block saying where it c
 
 To cover a new resource type: add its token to RESOURCES and regenerate from a full schema.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     document = extract(full, RESOURCES[args.provider], args.source)
     output = args.output_dir / f"{args.provider}.schema.json"
     output.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
-    print(f"wrote {output.relative_to(REPO_ROOT) if output.is_relative_to(REPO_ROOT) else output}: "
-          f"{len(document['resources'])} resources, {len(document['types'])} types")
+    print(
+        f"wrote {output.relative_to(REPO_ROOT) if output.is_relative_to(REPO_ROOT) else output}: "
+        f"{len(document['resources'])} resources, {len(document['types'])} types"
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ tag, so an unchanged build is not rebuilt).
 Pruning rule: per stack, keep the `--keep` newest builds (default 5) and always the running one; remove the
 other build tags (`docker image rm`, which refuses an image a container still uses).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,9 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Optional, Sequence
+from datetime import UTC, datetime
 
 BUILD_TAG = r"[0-9a-f]{12}"  # components/api_image.py BUILD_TAG_LENGTH hex digits
 DEFAULT_KEEP = 5
@@ -48,7 +49,7 @@ class Build:
         if match is None:
             raise RollbackError(f"unexpected image creation time {self.created!r}")
         seconds = datetime.fromisoformat(match.group(1) + match.group(3).replace("Z", "+00:00"))
-        return seconds.astimezone(timezone.utc), int((match.group(2) or "0").ljust(9, "0")[:9])
+        return seconds.astimezone(UTC), int((match.group(2) or "0").ljust(9, "0")[:9])
 
 
 def split_build_ref(running: str) -> tuple[str, str]:
@@ -75,7 +76,9 @@ def previous_build(builds: Sequence[Build], running: str) -> Build:
     """The newest build created before the running one (and not the same image)."""
     current = next((build for build in builds if build.ref == running), None)
     if current is None:
-        raise RollbackError(f"the running build {running} is not in this Docker engine; run the rollback where it was built")
+        raise RollbackError(
+            f"the running build {running} is not in this Docker engine; run the rollback where it was built"
+        )
     older = [b for b in builds if b.instant < current.instant and b.image_id != current.image_id]
     if not older:
         raise RollbackError(f"no build older than {running} is left in this Docker engine")
@@ -94,26 +97,40 @@ def _run(command: list[str], capture: bool = True) -> str:
     result = subprocess.run(command, capture_output=capture, text=True)
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()[-1:] if capture else []
-        raise RollbackError(f"{' '.join(command[:3])} ... failed ({result.returncode}){': ' + detail[0] if detail else ''}")
+        raise RollbackError(
+            f"{' '.join(command[:3])} ... failed ({result.returncode}){': ' + detail[0] if detail else ''}"
+        )
     return result.stdout if capture else ""
 
 
 def engine_builds(repository: str, prefix: str) -> list[Build]:
     """The stack's builds in the local Docker engine."""
-    refs = _run(["docker", "image", "ls", "--filter", f"reference={repository}:{prefix}*", "--format", "{{.Repository}}:{{.Tag}}"]).split()
+    refs = _run(
+        [
+            "docker",
+            "image",
+            "ls",
+            "--filter",
+            f"reference={repository}:{prefix}*",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ]
+    ).split()
     if not refs:
         return []
     return builds_of(json.loads(_run(["docker", "image", "inspect", *refs])), repository, prefix)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="scripts/rollback.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--apply", action="store_true", help="change something (default: only say what would change)")
     parser.add_argument("--yes", action="store_true", help="pass --yes to pulumi up (no confirmation prompt)")
     parser.add_argument("--prune", action="store_true", help="remove old builds instead of rolling back")
-    parser.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"builds kept when pruning (default {DEFAULT_KEEP})")
+    parser.add_argument(
+        "--keep", type=int, default=DEFAULT_KEEP, help=f"builds kept when pruning (default {DEFAULT_KEEP})"
+    )
     args = parser.parse_args(argv)
     try:
         running = json.loads(_run(["pulumi", "stack", "output", "imageName", "--stack", args.stack, "--json"]))
@@ -125,16 +142,22 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"{'removing' if args.apply else 'would remove'} {build.ref} (built {build.created})")
                 if args.apply:
                     _run(["docker", "image", "rm", build.ref])
-            print(f"kept {len(builds) - len(doomed)} of {len(builds)} builds of {args.stack}, the running {running} included")
+            print(
+                f"kept {len(builds) - len(doomed)} of {len(builds)} builds of {args.stack}, the running {running} included"
+            )
             return 0
         target = previous_build(builds, running)
-        print(f"{args.stack}: running {running}; previous build {target.ref} ({target.image_id[:19]}, built {target.created})")
+        print(
+            f"{args.stack}: running {running}; previous build {target.ref} ({target.image_id[:19]}, built {target.created})"
+        )
         if not args.apply:
             print("dry run: add --apply to deploy it")
             return 0
         _run(["pulumi", "config", "set", "--stack", args.stack, "apiImage", target.ref])
         _run(["pulumi", "up", "--stack", args.stack, *(["--yes"] if args.yes else [])], capture=False)
-        print(f"{args.stack} runs {target.ref}; roll forward with: pulumi config rm --stack {args.stack} apiImage && pulumi up --stack {args.stack}")
+        print(
+            f"{args.stack} runs {target.ref}; roll forward with: pulumi config rm --stack {args.stack} apiImage && pulumi up --stack {args.stack}"
+        )
         return 0
     except RollbackError as error:
         print(f"rollback: {error}", file=sys.stderr)

@@ -10,6 +10,7 @@ main process is killed with SIGKILL from the host (what a crash looks like to Do
 `docker kill` never trigger a restart), then it must be restarted by Docker and healthy again.
 Prints one line per item and exits 1 naming the failed items. The crash test needs to run on the Docker host as root.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,7 @@ def wait_until(condition: Callable[[], bool], timeout_seconds: float) -> bool:
 def http_json(url: str) -> tuple[int, Any]:
     """GET a JSON document; (status, body). Error statuses are answers too (503 from /health carries the reason)."""
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310 (operator's URL)
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         try:
@@ -111,8 +112,11 @@ class Verifier:
 
     def check_restart_policy(self) -> Check:
         policy = self.container().attrs["HostConfig"]["RestartPolicy"]["Name"] or "no"
-        return Check("restart policy", policy == self.target.expected_restart,
-                     f"{policy!r} (expected {self.target.expected_restart!r})")
+        return Check(
+            "restart policy",
+            policy == self.target.expected_restart,
+            f"{policy!r} (expected {self.target.expected_restart!r})",
+        )
 
     def check_api(self) -> Check:
         try:
@@ -148,15 +152,20 @@ class Verifier:
         killed_at = time.monotonic()
         restarted = wait_until(lambda: self.restart_count() > before, recovery_timeout)
         if not restarted:
-            return Check("auto-restart after crash", False,
-                         f"killed pid {pid}; Docker did not restart it within {recovery_timeout:g}s")
+            return Check(
+                "auto-restart after crash",
+                False,
+                f"killed pid {pid}; Docker did not restart it within {recovery_timeout:g}s",
+            )
         restarted_after = time.monotonic() - killed_at
         remaining = max(1.0, recovery_timeout - restarted_after)
         healthy = wait_until(lambda: health_status(container) == "healthy", remaining)
         recovered_after = time.monotonic() - killed_at
-        detail = (f"killed pid {pid}; restarted after {restarted_after:.1f}s (RestartCount {before} -> "
-                  f"{self.restart_count()}); " + (f"healthy after {recovered_after:.1f}s" if healthy
-                                                 else f"not healthy within {recovery_timeout:g}s"))
+        detail = (
+            f"killed pid {pid}; restarted after {restarted_after:.1f}s (RestartCount {before} -> "
+            f"{self.restart_count()}); "
+            + (f"healthy after {recovered_after:.1f}s" if healthy else f"not healthy within {recovery_timeout:g}s")
+        )
         return Check("auto-restart after crash", healthy, detail)
 
     def restart_count(self) -> int:
@@ -175,8 +184,9 @@ class Verifier:
         return checks
 
 
-def run_checklist(client: docker.DockerClient, target: Target, wait_seconds: float, crash_test: bool,
-                  recovery_timeout: float) -> list[Check]:
+def run_checklist(
+    client: docker.DockerClient, target: Target, wait_seconds: float, crash_test: bool, recovery_timeout: float
+) -> list[Check]:
     """Every container's checks (named after the container when there are several), then the API's."""
     checks: list[Check] = []
     several = len(target.containers) > 1
@@ -185,18 +195,24 @@ def run_checklist(client: docker.DockerClient, target: Target, wait_seconds: flo
         for check in verifier.run(crash_test and index == 0, recovery_timeout):
             checks.append(Check(f"{check.name} [{name}]", check.passed, check.detail) if several else check)
     through = Verifier(client, target, target.containers[0], wait_seconds)
-    checks[len(checks):] = [through.check_api(), through.check_valkey()]
+    checks[len(checks) :] = [through.check_api(), through.check_valkey()]
     return checks
 
 
 def stack_outputs(stack: str) -> dict[str, Any]:
     """The stack's outputs from the Pulumi CLI (no secrets are shown)."""
     try:
-        result = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack],
-                                capture_output=True, text=True, timeout=60, check=True)
+        result = subprocess.run(
+            ["pulumi", "stack", "output", "--json", "--stack", stack],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError) as error:
-        raise SystemExit(f"verify: cannot read outputs of stack {stack!r} ({error}); "
-                         "pass --container, --url and --expect-restart") from None
+        raise SystemExit(
+            f"verify: cannot read outputs of stack {stack!r} ({error}); pass --container, --url and --expect-restart"
+        ) from None
     return json.loads(result.stdout)
 
 
@@ -208,27 +224,48 @@ def resolve_target(args: argparse.Namespace) -> Target:
     containers = args.container or [*outputs.get("containerNames", []), *outputs.get("proxyContainerNames", [])]
     url = args.url or outputs.get("apiUrl")
     expected = args.expect_restart or outputs.get("restartPolicy")
-    missing = [name for name, value in (("--container", containers), ("--url", url),
-                                        ("--expect-restart", expected)) if not value]
+    missing = [
+        name
+        for name, value in (("--container", containers), ("--url", url), ("--expect-restart", expected))
+        if not value
+    ]
     if missing:
         raise SystemExit(f"verify: stack {args.stack!r} outputs do not give {', '.join(missing)}; pass them")
+    assert url and expected  # else named in `missing`
     return Target(stack=args.stack, containers=tuple(containers), url=url.rstrip("/"), expected_restart=expected)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Verify a live deployment (the seed's checklist).")
     parser.add_argument("--stack", required=True, help="stack name, e.g. prod")
-    parser.add_argument("--container", action="append",
-                        help="a container to check; repeat for several (default: every replica and proxy of the stack)")
+    parser.add_argument(
+        "--container",
+        action="append",
+        help="a container to check; repeat for several (default: every replica and proxy of the stack)",
+    )
     parser.add_argument("--url", help="API base URL (default: stack output apiUrl)")
-    parser.add_argument("--expect-restart", choices=("no", "on-failure", "always", "unless-stopped"),
-                        help="expected restart policy (default: stack output restartPolicy)")
-    parser.add_argument("--crash-test", action="store_true",
-                        help="kill the container's main process (SIGKILL from the host) and wait for recovery")
-    parser.add_argument("--wait-seconds", type=float, default=150.0,
-                        help="how long to wait for a starting container to turn healthy (default 150)")
-    parser.add_argument("--recovery-timeout", type=float, default=240.0,
-                        help="how long the crash test waits for restart and health (default 240)")
+    parser.add_argument(
+        "--expect-restart",
+        choices=("no", "on-failure", "always", "unless-stopped"),
+        help="expected restart policy (default: stack output restartPolicy)",
+    )
+    parser.add_argument(
+        "--crash-test",
+        action="store_true",
+        help="kill the container's main process (SIGKILL from the host) and wait for recovery",
+    )
+    parser.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=150.0,
+        help="how long to wait for a starting container to turn healthy (default 150)",
+    )
+    parser.add_argument(
+        "--recovery-timeout",
+        type=float,
+        default=240.0,
+        help="how long the crash test waits for restart and health (default 240)",
+    )
     return parser.parse_args(argv)
 
 

@@ -4,6 +4,7 @@ Each is session-scoped, listens on a free 127.0.0.1 port with its own temporary 
 started and restarted on the same port so tests can take Valkey away and bring it back. `stop(save=True)` runs
 `SHUTDOWN SAVE`, so what was written survives the restart (the RDB lives in the server's directory).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -52,7 +53,7 @@ class RedisServer:
         options: dict[str, object] = {"decode_responses": True, "socket_timeout": 5}
         if self.tls:
             options["ssl_ca_certs"] = str(self.ca_path)
-        return redis.Redis.from_url(self.url, **options)  # type: ignore[arg-type]
+        return redis.Redis.from_url(self.url, **options)
 
     def start(self) -> None:
         """Start the server (loading its RDB if one was saved) and wait until it answers PING."""

@@ -1,4 +1,5 @@
 """Loopback helpers shared by the test fixtures and the harnesses that start real processes (bench/, faults/)."""
+
 from __future__ import annotations
 
 import socket

@@ -6,9 +6,10 @@ models are, and pydantic validates the lot. The first problem becomes `StackConf
 the field's alias, or from the `RuleViolation` a cross-field rule raised. pydantic's own text, which can include the
 input, is never shown.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 from pulumi.runtime import get_config, get_config_secret_keys_env, is_config_secret
@@ -18,7 +19,7 @@ from components.config.keys import KEYS, StackConfigError
 from components.config.models import Concern, RuleViolation, StackSettings
 
 
-def load_settings(config: Optional[pulumi.Config] = None) -> StackSettings:
+def load_settings(config: pulumi.Config | None = None) -> StackSettings:
     """Read and validate the current stack's config. Raises StackConfigError naming the first bad key."""
     config = config or pulumi.Config()
     raw = {key: _raw_value(config, key) for key in KEYS}

@@ -10,10 +10,11 @@ How to add a setting or a concern (e.g. `proxy`):
 4. A new concern is a `Concern` subclass and one field of `StackSettings`; the loader (`load.py`) fills it.
 Components take the concern models they use, never `StackSettings` itself.
 """
+
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, ClassVar, Optional, Union
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,7 +28,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 MIN_WEBHOOK_SECRET_LENGTH = 24
 
 
-def setting(key: str, env: Optional[str] = None, secret_env: bool = False) -> Any:
+def setting(key: str, env: str | None = None, secret_env: bool = False) -> Any:
     """A field read from the stack key `key`; `env` names the API container variable it becomes, if any."""
     return Field(alias=key, json_schema_extra={"env": env, "secret_env": secret_env} if env else None)
 
@@ -67,14 +68,16 @@ class Concern(BaseModel):
 class ServiceSettings(Concern):
     """The API's runtime settings and its own secrets, all passed as environment variables."""
 
-    app_env: t.one_of("development", "production") = setting("appEnv", env="APP_ENV")
-    log_level: t.one_of(*LOG_LEVELS) = setting("logLevel", env="LOG_LEVEL")
+    app_env: Annotated[str, t.one_of("development", "production")] = setting("appEnv", env="APP_ENV")
+    log_level: Annotated[str, t.one_of(*LOG_LEVELS)] = setting("logLevel", env="LOG_LEVEL")
     novita_base_url: t.HttpUrl = setting("novitaBaseUrl", env="NOVITA_BASE_URL")
     fault_injection: t.Flag = setting("faultInjection", env="FAULT_INJECTION")
     docs_enabled: t.OptionalFlag = setting("docsEnabled", env="DOCS_ENABLED")
     max_request_body_bytes: t.Count = setting("maxRequestBodyBytes", env="MAX_REQUEST_BODY_BYTES")
     rate_limit_requests: t.CountOrZero = setting("rateLimitRequests", env="RATE_LIMIT_REQUESTS")
-    rate_limit_window_seconds: t.whole_number(1, 3600) = setting("rateLimitWindowSeconds", env="RATE_LIMIT_WINDOW_SECONDS")
+    rate_limit_window_seconds: Annotated[int, t.whole_number(1, 3600)] = setting(
+        "rateLimitWindowSeconds", env="RATE_LIMIT_WINDOW_SECONDS"
+    )
     cors_allow_origins: t.OriginList = setting("corsAllowOrigins", env="CORS_ALLOW_ORIGINS")
     novita_api_key: t.OptionalSecret = setting("novitaApiKey", env="NOVITA_API_KEY", secret_env=True)
     api_keys: t.OptionalSecret = setting("apiKeys", env="API_KEYS", secret_env=True)
@@ -85,7 +88,7 @@ class ServiceSettings(Concern):
         return self.app_env == "production"
 
     @model_validator(mode="after")
-    def _rules(self) -> "ServiceSettings":
+    def _rules(self) -> ServiceSettings:
         if self.novita_api_key is None:
             raise missing_secret("novitaApiKey")
         if self.is_production and self.api_keys is None:
@@ -137,7 +140,7 @@ class WebhookSettings(Concern):
     max_attempts: t.Count = setting("webhookMaxAttempts", env="WEBHOOK_MAX_ATTEMPTS")
 
     @model_validator(mode="after")
-    def _signed(self) -> "WebhookSettings":
+    def _signed(self) -> WebhookSettings:
         if self.url and self.secret is None:
             raise missing_secret("webhookSecret", " when webhookUrl is set (webhooks are always signed)")
         if self.secret is not None and len(self.secret.get_secret_value()) < MIN_WEBHOOK_SECRET_LENGTH:
@@ -154,18 +157,20 @@ class ContainerSettings(Concern):
     name: t.DockerName = setting("containerName")
     api_port: t.Port = setting("apiPort")
     api_host_address: t.IpAddress = setting("apiHostAddress")
-    network_mode: t.one_of("bridge", "host") = setting("networkMode")
+    network_mode: Annotated[str, t.one_of("bridge", "host")] = setting("networkMode")
     network_name: t.DockerName = setting("networkName")
-    restart_policy: t.one_of(*RESTART_POLICIES) = setting("restartPolicy")
-    memory_mb: t.whole_number(128, unit=" MB") = setting("memoryMb")
+    restart_policy: Annotated[str, t.one_of(*RESTART_POLICIES)] = setting("restartPolicy")
+    memory_mb: Annotated[int, t.whole_number(128, unit=" MB")] = setting("memoryMb")
     cpus: t.Cpus = setting("cpus")
     stop_grace_seconds: t.Count = setting("stopGraceSeconds")
-    log_max_size: t.matching(r"[1-9]\d*[kmg]", "a size such as 10m (k, m or g)") = setting("logMaxSize")
+    log_max_size: Annotated[str, t.matching(r"[1-9]\d*[kmg]", "a size such as 10m (k, m or g)")] = setting("logMaxSize")
     log_max_file: t.Count = setting("logMaxFile")
-    replicas: t.whole_number(1, MAX_API_REPLICAS) = setting("apiReplicas")  # per Docker host; limits are per replica
+    replicas: Annotated[int, t.whole_number(1, MAX_API_REPLICAS)] = setting(
+        "apiReplicas"
+    )  # per Docker host; limits are per replica
 
     @model_validator(mode="after")
-    def _one_replica_on_the_host_network(self) -> "ContainerSettings":
+    def _one_replica_on_the_host_network(self) -> ContainerSettings:
         if self.uses_host_network and self.replicas != 1:
             raise RuleViolation("apiReplicas", "networkMode host runs exactly 1 replica (they would share one port)")
         return self
@@ -193,7 +198,7 @@ class HealthcheckSettings(Concern):
     tests: ClassVar[tuple[str, ...]] = ("CMD", "python", "-m", "app.healthcheck")
 
     @model_validator(mode="after")
-    def _timeout_within_interval(self) -> "HealthcheckSettings":
+    def _timeout_within_interval(self) -> HealthcheckSettings:
         if self.timeout_ms >= self.interval_ms:
             raise RuleViolation(
                 "healthcheckTimeout", f"must be shorter than healthcheckInterval ({self.timeout} >= {self.interval})"
@@ -240,9 +245,11 @@ class HardeningSettings(Concern):
     """Container hardening of the API (issue 6 item 3)."""
 
     enabled: t.Flag = setting("containerHardening")
-    user: t.matching(r"[1-9]\d*(:\d+)?", "a non-root numeric uid[:gid] such as 10001:10001") = setting("containerUser")
-    tmpfs_size_mb: t.whole_number(1, unit=" MB") = setting("tmpfsSizeMb")
-    pids_limit: t.whole_number(16) = setting("pidsLimit")
+    user: Annotated[str, t.matching(r"[1-9]\d*(:\d+)?", "a non-root numeric uid[:gid] such as 10001:10001")] = setting(
+        "containerUser"
+    )
+    tmpfs_size_mb: Annotated[int, t.whole_number(1, unit=" MB")] = setting("tmpfsSizeMb")
+    pids_limit: Annotated[int, t.whole_number(16)] = setting("pidsLimit")
 
 
 # ---- the edge proxy and the Docker hosts (issue 11) ------------------------------------------------------------
@@ -254,7 +261,7 @@ class ProxySettings(Concern):
     image: t.Text = setting("proxyImage")
     pull_image: t.Flag = setting("proxyPullImage")
     container_name: t.DockerName = setting("proxyContainerName")
-    memory_mb: t.whole_number(32, unit=" MB") = setting("proxyMemoryMb")
+    memory_mb: Annotated[int, t.whole_number(32, unit=" MB")] = setting("proxyMemoryMb")
     cpus: t.Cpus = setting("proxyCpus")
 
     @property
@@ -276,7 +283,7 @@ class TlsSettings(Concern):
     public_address: t.IpAddress = setting("publicAddress")
 
     @model_validator(mode="after")
-    def _two_ports(self) -> "TlsSettings":
+    def _two_ports(self) -> TlsSettings:
         if self.domain and self.https_port == self.http_port:
             raise RuleViolation("httpPort", f"must differ from httpsPort ({self.http_port})")
         return self
@@ -310,9 +317,9 @@ class DockerHostSettings(Concern):
     TLS_KEYS: ClassVar[tuple[str, ...]] = ("dockerTlsCa", "dockerTlsCert", "dockerTlsKey")
 
     @model_validator(mode="after")
-    def _tcp_needs_tls(self) -> "DockerHostSettings":
+    def _tcp_needs_tls(self) -> DockerHostSettings:
         if any(url.startswith("tcp://") for url in self.urls):
-            for key, value in zip(self.TLS_KEYS, (self.tls_ca, self.tls_cert, self.tls_key)):
+            for key, value in zip(self.TLS_KEYS, (self.tls_ca, self.tls_cert, self.tls_key), strict=True):
                 if value is None:
                     raise missing_secret(key, " for the tcp:// dockerHosts")
         return self
@@ -331,20 +338,29 @@ class ImageSettings(Concern):
 
     name: t.Text = setting("imageName")
     base_image: t.Text = setting("baseImage")
-    platform: t.matching(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", "os/arch such as linux/amd64") = setting("imagePlatform")
+    platform: Annotated[str, t.matching(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", "os/arch such as linux/amd64")] = setting(
+        "imagePlatform"
+    )
     push: t.Flag = setting("imagePush")
     registry_server: t.OptionalText = setting("registryServer")
     registry_username: t.OptionalText = setting("registryUsername")
     registry_password: t.OptionalSecret = setting("registryPassword")
     # A rollback: run this earlier build (a tag the program gave it) instead of building app/; empty = build.
-    pinned: t.matching(r"([a-z0-9][a-z0-9._/:@-]*)?", "an image tag from an earlier build such as novita-gpu-api:prod-3f9a1c2b7d10") = setting("apiImage")
+    pinned: Annotated[
+        str,
+        t.matching(
+            r"([a-z0-9][a-z0-9._/:@-]*)?", "an image tag from an earlier build such as novita-gpu-api:prod-3f9a1c2b7d10"
+        ),
+    ] = setting("apiImage")
 
     @model_validator(mode="after")
-    def _push_target(self) -> "ImageSettings":
+    def _push_target(self) -> ImageSettings:
         if self.push and not self.registry_server:
             raise RuleViolation("registryServer", "required when imagePush is true")
         if self.push and not self.name.startswith(f"{self.registry_server}/"):
-            raise RuleViolation("imageName", f"must start with '{self.registry_server}/' to be pushed to registryServer")
+            raise RuleViolation(
+                "imageName", f"must start with '{self.registry_server}/' to be pushed to registryServer"
+            )
         if self.push and self.registry_username and self.registry_password is None:
             raise missing_secret("registryPassword", " for registryUsername")
         return self
@@ -371,18 +387,24 @@ class AivenValkeySettings(Concern):
 
     project: t.OptionalText = setting("aivenProject")
     cloud: t.Text = setting("aivenCloud")
-    plan: t.matching(r"[a-z0-9-]+", "a lowercase plan such as startup-4") = setting("aivenPlan")
-    service_name: t.matching(r"[a-z][a-z0-9-]{0,62}", "lowercase letters, digits and dashes") = setting("aivenServiceName")
-    maintenance_dow: t.one_of(*WEEKDAYS) = setting("aivenMaintenanceDow")
-    maintenance_time: t.matching(r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d", "UTC HH:MM:SS") = setting("aivenMaintenanceTime")
+    plan: Annotated[str, t.matching(r"[a-z0-9-]+", "a lowercase plan such as startup-4")] = setting("aivenPlan")
+    service_name: Annotated[str, t.matching(r"[a-z][a-z0-9-]{0,62}", "lowercase letters, digits and dashes")] = setting(
+        "aivenServiceName"
+    )
+    maintenance_dow: Annotated[str, t.one_of(*WEEKDAYS)] = setting("aivenMaintenanceDow")
+    maintenance_time: Annotated[str, t.matching(r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d", "UTC HH:MM:SS")] = setting(
+        "aivenMaintenanceTime"
+    )
     ip_allow_list: t.CidrList = setting("valkeyIpAllowList")
     allow_any_ip: t.Flag = setting("valkeyAllowAnyIp")
     # Empty: the API connects as Aiven's default (admin) user.
-    app_user: t.matching(r"([a-zA-Z0-9_-]{1,64})?", "1-64 letters, digits, _ or -") = setting("valkeyAppUser")
+    app_user: Annotated[str, t.matching(r"([a-zA-Z0-9_-]{1,64})?", "1-64 letters, digits, _ or -")] = setting(
+        "valkeyAppUser"
+    )
     token: t.OptionalSecret = setting("aivenToken")
 
     @model_validator(mode="after")
-    def _not_the_admin(self) -> "AivenValkeySettings":
+    def _not_the_admin(self) -> AivenValkeySettings:
         if self.app_user == "default":
             raise RuleViolation("valkeyAppUser", "'default' is Aiven's admin user; name a new user, or leave it empty")
         return self
@@ -396,18 +418,22 @@ class AivenValkeySettings(Concern):
 class ValkeySettings(Concern):
     """Which Valkey the API uses: a local container (dev) or Aiven for Valkey (prod)."""
 
-    mode: t.one_of("local", "aiven") = setting("valkeyMode")
+    mode: Annotated[str, t.one_of("local", "aiven")] = setting("valkeyMode")
     local: LocalValkeySettings
     aiven: AivenValkeySettings
 
     @model_validator(mode="after")
-    def _mode_needs(self) -> "ValkeySettings":
+    def _mode_needs(self) -> ValkeySettings:
         if self.mode != "aiven":
             if self.aiven.app_user:
-                raise RuleViolation("valkeyAppUser", "applies only with valkeyMode aiven (the local Valkey has no users)")
+                raise RuleViolation(
+                    "valkeyAppUser", "applies only with valkeyMode aiven (the local Valkey has no users)"
+                )
             return self
         if not self.aiven.ip_allow_list:
-            raise RuleViolation("valkeyIpAllowList", "aiven mode needs at least one CIDR (Aiven's default is the whole internet)")
+            raise RuleViolation(
+                "valkeyIpAllowList", "aiven mode needs at least one CIDR (Aiven's default is the whole internet)"
+            )
         if not self.aiven.project:
             raise RuleViolation("aivenProject", "must not be empty")
         if self.aiven.token is None:
@@ -415,7 +441,7 @@ class ValkeySettings(Concern):
         return self
 
     @property
-    def target(self) -> Union[LocalValkeySettings, AivenValkeySettings]:
+    def target(self) -> LocalValkeySettings | AivenValkeySettings:
         """The settings of the Valkey in use."""
         return self.aiven if self.mode == "aiven" else self.local
 
@@ -444,17 +470,19 @@ class StackSettings(Concern):
         return self.service.is_production
 
     @model_validator(mode="after")
-    def _production_rules(self) -> "StackSettings":
+    def _production_rules(self) -> StackSettings:
         restart = self.container.restart_policy
         if self.is_production and restart != "always":
             raise RuleViolation("restartPolicy", f"production requires 'always' (got {restart!r})")
         aiven = self.valkey.aiven
         if self.is_production and self.valkey.mode == "aiven" and aiven.opens_to_everyone and not aiven.allow_any_ip:
-            raise RuleViolation("valkeyIpAllowList", "0.0.0.0/0 is refused in production unless valkeyAllowAnyIp is true")
+            raise RuleViolation(
+                "valkeyIpAllowList", "0.0.0.0/0 is refused in production unless valkeyAllowAnyIp is true"
+            )
         return self
 
     @model_validator(mode="after")
-    def _jobs_finish_before_docker_kills(self) -> "StackSettings":
+    def _jobs_finish_before_docker_kills(self) -> StackSettings:
         if self.jobs.shutdown_grace_seconds >= self.container.stop_grace_seconds:
             raise RuleViolation(
                 "shutdownGraceSeconds",
@@ -464,21 +492,26 @@ class StackSettings(Concern):
         return self
 
     @model_validator(mode="after")
-    def _hosts_reach_everything(self) -> "StackSettings":
+    def _hosts_reach_everything(self) -> StackSettings:
         if len(self.hosts.urls) > 1 and self.container.uses_host_network:
             raise RuleViolation("dockerHosts", "networkMode host supports one host only")
         if len(self.hosts.urls) > 1 and self.valkey.mode == "local":
             raise RuleViolation(
-                "dockerHosts", "more than one host needs valkeyMode aiven: the local Valkey is reachable from its own host only"
+                "dockerHosts",
+                "more than one host needs valkeyMode aiven: the local Valkey is reachable from its own host only",
             )
         return self
 
     @model_validator(mode="after")
-    def _domain_needs(self) -> "StackSettings":
+    def _domain_needs(self) -> StackSettings:
         if not self.tls.enabled:
             return self
         if self.container.uses_host_network:
-            raise RuleViolation("domain", "needs networkMode bridge (the HTTPS front reaches the edge proxy over the private network)")
+            raise RuleViolation(
+                "domain", "needs networkMode bridge (the HTTPS front reaches the edge proxy over the private network)"
+            )
         if self.is_production and not self.tls.acme_email:
-            raise RuleViolation("acmeEmail", "required with domain in production (the ACME account's contact for its certificates)")
+            raise RuleViolation(
+                "acmeEmail", "required with domain in production (the ACME account's contact for its certificates)"
+            )
         return self

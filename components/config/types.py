@@ -2,12 +2,14 @@
 
 A type is `Annotated[<python type>, BeforeValidator(<function>)]`: the function sees the raw config value (a string
 from the Pulumi CLI, or the default from `keys.KEYS`) and returns the canonical value, or raises ValueError with a
-message the loader prefixes with the key. Factories (`whole_number`, `one_of`, `matching`) make bounded variants.
+message the loader prefixes with the key. The factories `whole_number`, `one_of` and `matching` make the validator of a
+bounded variant, written where it is used: `Annotated[int, t.whole_number(1, 3600)]` (a type a type checker reads).
 """
+
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any, Optional
+from typing import Annotated
 
 import pulumi
 from pydantic import BeforeValidator, SecretStr
@@ -16,35 +18,35 @@ from components.config import validators as check
 from components.config.keys import DOCKER_HOST_FORMS
 
 
-def whole_number(minimum: int, maximum: Optional[int] = None, unit: str = "") -> Any:
-    """An int type within bounds, e.g. `whole_number(128, unit=" MB")`."""
-    return Annotated[int, BeforeValidator(partial(check.whole_number, minimum=minimum, maximum=maximum, unit=unit))]
+def whole_number(minimum: int, maximum: int | None = None, unit: str = "") -> BeforeValidator:
+    """An int within bounds, e.g. `Annotated[int, whole_number(128, unit=" MB")]`."""
+    return BeforeValidator(partial(check.whole_number, minimum=minimum, maximum=maximum, unit=unit))
 
 
-def one_of(*allowed: str) -> Any:
-    """A str type taking one of `allowed`."""
-    return Annotated[str, BeforeValidator(partial(check.one_of, allowed=allowed))]
+def one_of(*allowed: str) -> BeforeValidator:
+    """A str taking one of `allowed`: `Annotated[str, one_of(...)]`."""
+    return BeforeValidator(partial(check.one_of, allowed=allowed))
 
 
-def matching(pattern: str, allowed: str) -> Any:
-    """A str type matching `pattern` in full; `allowed` says what matches, in words."""
-    return Annotated[str, BeforeValidator(partial(check.matching, pattern=pattern, allowed=allowed))]
+def matching(pattern: str, allowed: str) -> BeforeValidator:
+    """A str matching `pattern` in full; `allowed` says what matches, in words: `Annotated[str, matching(...)]`."""
+    return BeforeValidator(partial(check.matching, pattern=pattern, allowed=allowed))
 
 
 Text = Annotated[str, BeforeValidator(check.text_value)]
 OptionalText = Annotated[str, BeforeValidator(partial(check.text_value, allow_empty=True))]
 Flag = Annotated[bool, BeforeValidator(check.flag)]
 OptionalFlag = Annotated[str, BeforeValidator(check.optional_flag)]
-Port = whole_number(1, 65535)
-Seconds = whole_number(1, unit=" s")
-SecondsOrZero = whole_number(0, unit=" s")
-Count = whole_number(1)
-CountOrZero = whole_number(0)
+Port = Annotated[int, whole_number(1, 65535)]
+Seconds = Annotated[int, whole_number(1, unit=" s")]
+SecondsOrZero = Annotated[int, whole_number(0, unit=" s")]
+Count = Annotated[int, whole_number(1)]
+CountOrZero = Annotated[int, whole_number(0)]
 GoDuration = Annotated[str, BeforeValidator(partial(check.canonical_duration, positive=True))]
 GoDurationOrZero = Annotated[str, BeforeValidator(partial(check.canonical_duration, positive=False))]
-OptionalGoDuration = Annotated[Optional[str], BeforeValidator(check.optional_duration)]
+OptionalGoDuration = Annotated[str | None, BeforeValidator(check.optional_duration)]
 Cpus = Annotated[str, BeforeValidator(check.cpus)]
-DockerName = matching(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "a Docker name (letters, digits, _ . -)")
+DockerName = Annotated[str, matching(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "a Docker name (letters, digits, _ . -)")]
 Executable = Annotated[str, BeforeValidator(check.executable)]
 IpAddress = Annotated[str, BeforeValidator(check.ip_address)]
 HttpUrl = Annotated[str, BeforeValidator(check.http_url)]
@@ -56,7 +58,7 @@ OptionalDomain = Annotated[str, BeforeValidator(check.domain_name)]
 OptionalEmail = Annotated[str, BeforeValidator(check.email_address)]
 DockerHostList = Annotated[tuple[str, ...], BeforeValidator(partial(check.docker_host_list, forms=DOCKER_HOST_FORMS))]
 # A secret config value; empty means not set. The loader has already refused one stored in plain text.
-OptionalSecret = Annotated[Optional[SecretStr], BeforeValidator(lambda raw: SecretStr(raw) if raw else None)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(lambda raw: SecretStr(raw) if raw else None)]
 
 
 def secret_output(value: SecretStr) -> pulumi.Output[str]:

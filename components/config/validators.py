@@ -4,6 +4,7 @@ Each message says what was wrong and what is allowed, without the key (the loade
 anything that could be a secret. `types.py` wraps these into reusable `Annotated` field types; they are tested on
 their own in tests/infra/test_config_validators.py.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -11,7 +12,7 @@ import json
 import re
 import shlex
 from decimal import Decimal, InvalidOperation
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -25,7 +26,7 @@ def parse_duration_ms(text: str) -> int:
         return 0
     if not text or _DURATION_PART.sub("", text):
         raise ValueError(text)
-    total = sum(Decimal(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text))
+    total = sum((Decimal(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text)), Decimal(0))
     if total != total.to_integral_value():
         raise ValueError(text)
     return int(total)
@@ -59,7 +60,7 @@ def canonical_duration(raw: Any, positive: bool) -> str:
     return go_duration(ms)
 
 
-def optional_duration(raw: Any) -> Optional[str]:
+def optional_duration(raw: Any) -> str | None:
     """Empty: off (None); otherwise a positive canonical duration."""
     return canonical_duration(raw, positive=True) if text_value(raw, allow_empty=True) else None
 
@@ -112,7 +113,7 @@ def optional_flag(raw: Any) -> str:
     return value
 
 
-def whole_number(raw: Any, minimum: int, maximum: Optional[int] = None, unit: str = "") -> int:
+def whole_number(raw: Any, minimum: int, maximum: int | None = None, unit: str = "") -> int:
     """An integer within bounds; the message says the bounds (and the unit)."""
     if isinstance(raw, bool):
         raise ValueError(f"{raw!r} is not a whole number")
@@ -243,7 +244,9 @@ def domain_name(raw: Any) -> str:
     """A fully qualified DNS name such as api.example.com (lower-cased), or empty; no scheme, port or path."""
     value = text_value(raw, allow_empty=True).lower().rstrip(".")
     if value and (len(value) > 253 or not _DOMAIN.fullmatch(value)):
-        raise ValueError(f"{value!r} is not allowed; expected a DNS name such as api.example.com (no scheme, port or path)")
+        raise ValueError(
+            f"{value!r} is not allowed; expected a DNS name such as api.example.com (no scheme, port or path)"
+        )
     return value
 
 

@@ -1,4 +1,5 @@
 """Fixtures of the CI tests: the pinned actionlint, installed by scripts/install-actionlint.sh into build/bin."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """The users' GitHub Actions workflow: actionlint passes on every workflow file, and the deploy workflow does what
 the README says (preview + PR comment on pull requests, approved `up` of prod on main, policy pack on both,
 `make verify` after `up`, actions pinned to a release)."""
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,10 @@ def workflow_files() -> list[Path]:
 def lint(actionlint: Path, *files: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(actionlint), "-no-color", "-config-file", str(ACTIONLINT_CONFIG), *map(str, files)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -37,12 +41,17 @@ def test_actionlint_passes_every_workflow(actionlint: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(("before", "after", "finding"), [
-    ("runs-on: [self-hosted, linux, novita-gpu-api-prod]", "runs-on: [self-hosted, linux, prod-box]", "prod-box"),
-    ("if: github.event_name == 'push'", "if: github.event_nam == 'push'", "event_nam"),
-    ("environment: production", "environment: {}", "environment"),
-])
-def test_actionlint_catches_a_broken_copy(actionlint: Path, tmp_path: Path, before: str, after: str, finding: str) -> None:
+@pytest.mark.parametrize(
+    ("before", "after", "finding"),
+    [
+        ("runs-on: [self-hosted, linux, novita-gpu-api-prod]", "runs-on: [self-hosted, linux, prod-box]", "prod-box"),
+        ("if: github.event_name == 'push'", "if: github.event_nam == 'push'", "event_nam"),
+        ("environment: production", "environment: {}", "environment"),
+    ],
+)
+def test_actionlint_catches_a_broken_copy(
+    actionlint: Path, tmp_path: Path, before: str, after: str, finding: str
+) -> None:
     text = DEPLOY.read_text()
     assert before in text
     broken = tmp_path / ".github" / "workflows" / "deploy.yml"
@@ -98,7 +107,9 @@ def test_every_action_is_pinned_to_a_release() -> None:
 
 def test_the_policy_pack_and_cli_versions_match_the_repository() -> None:
     workflow = deploy_workflow()
-    pinned_sdk = re.search(r"^pulumi==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.MULTILINE).group(1)
+    pinned = re.search(r"^pulumi==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert pinned, "requirements.txt pins no pulumi"
+    pinned_sdk = pinned.group(1)
     for job in workflow["jobs"].values():
         # The CLI the action installs is the release of the SDK the program pins.
         assert step_using(job, "pulumi/actions")["with"]["pulumi-version"] == pinned_sdk

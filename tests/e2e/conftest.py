@@ -4,6 +4,7 @@ rendered from the Pulumi program (its Valkey container and its API container) cr
 The engine must be reachable (`scripts/start-dockerd.sh`). When it is not, every test fails with the reason if the
 environment variable CI is set; outside CI the tests are skipped.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,26 @@ import pytest
 
 from tests.e2e.container_spec import container_spec
 from tests.e2e.harness import (
-    API_IMAGE_TAG, BASE_IMAGE, CADDY_IMAGE, E2E_LABEL, E2E_OWNER_PID_LABEL, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
-    Measurements, RenderedStack, api_container_from_render, http, render, status_or_none, wait_for,
+    API_IMAGE_TAG,
+    BASE_IMAGE,
+    CADDY_IMAGE,
+    E2E_LABEL,
+    E2E_OWNER_PID_LABEL,
+    FAST_HEALTHCHECK,
+    HAPROXY_IMAGE,
+    REPO_ROOT,
+    VALKEY_IMAGE,
+    ApiContainer,
+    Measurements,
+    RenderedStack,
+    api_container_from_render,
+    fake_novita_arguments,
+    http,
+    id_of,
+    remove_created,
+    render,
+    status_or_none,
+    wait_for,
 )
 from tests.e2e.proxied import ProxiedDeployment
 from tests.infra.harness import TEST_SECRETS
@@ -64,9 +83,11 @@ def docker_client() -> Iterator[docker.DockerClient]:
     try:
         client = docker.from_env(version="auto", timeout=120)
         client.ping()
-    except Exception as error:  # noqa: BLE001 (any failure to reach the engine means the same thing here)
-        reason = (f"Docker engine not reachable ({type(error).__name__}: {error}); "
-                  "install docker.io and run scripts/start-dockerd.sh as root")
+    except Exception as error:  # any failure to reach the engine means the same thing here
+        reason = (
+            f"Docker engine not reachable ({type(error).__name__}: {error}); "
+            "install docker.io and run scripts/start-dockerd.sh as root"
+        )
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(reason, pytrace=False)
@@ -79,7 +100,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 def _remove_run(client: docker.DockerClient, run_id: str) -> None:
     """Remove what one run created, and nothing else: another run on the same engine carries another id."""
-    selector = {"label": f"{E2E_LABEL}={run_id}"}
+    selector: dict[str, str | list[str] | bool] = {"label": f"{E2E_LABEL}={run_id}"}
     for container in client.containers.list(all=True, filters=selector):
         container.remove(force=True, v=True)
     for volume in client.volumes.list(filters=selector):
@@ -111,10 +132,13 @@ def _process_exists(pid: int) -> bool:
 @pytest.fixture(scope="session")
 def base_images(docker_client: docker.DockerClient) -> None:
     """The locally built base and Valkey images (no registry is reachable); built here if missing."""
-    missing = [tag for tag in (BASE_IMAGE, VALKEY_IMAGE, HAPROXY_IMAGE, CADDY_IMAGE) if not docker_client.images.list(name=tag)]
+    missing = [
+        tag for tag in (BASE_IMAGE, VALKEY_IMAGE, HAPROXY_IMAGE, CADDY_IMAGE) if not docker_client.images.list(name=tag)
+    ]
     if missing:
-        result = subprocess.run([str(REPO_ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True,
-                                timeout=900)
+        result = subprocess.run(
+            [str(REPO_ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True, timeout=900
+        )
         if result.returncode != 0:
             pytest.fail(f"scripts/build-base-image.sh failed for {missing}:\n{result.stderr[-2000:]}", pytrace=False)
 
@@ -127,15 +151,20 @@ def api_image(docker_client: docker.DockerClient, base_images: None, measurement
     started = time.monotonic()
     try:
         image, _ = docker_client.images.build(
-            path=str(REPO_ROOT / "app"), tag=API_IMAGE_TAG, buildargs=build_args, network_mode="host",
-            rm=True, forcerm=True, timeout=900,
+            path=str(REPO_ROOT / "app"),
+            tag=API_IMAGE_TAG,
+            buildargs=build_args,
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+            timeout=900,
         )
     except docker.errors.BuildError as error:
         log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in error.build_log)
         pytest.fail(f"building app/Dockerfile failed: {error}\n{log[-3000:]}", pytrace=False)
     measurements.record("image build seconds", time.monotonic() - started)
     measurements.record("image size MB", image.attrs["Size"] / 1e6)
-    return image.id
+    return id_of(image)
 
 
 @pytest.fixture(scope="session")
@@ -143,15 +172,20 @@ def novita_fake() -> Iterator[str]:
     """The fake Novita server as a host process on loopback; yields its base URL (without the API path)."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.novita", "--host", "127.0.0.1", "--port", str(port),
-         "--api-key", TEST_SECRETS["novitaApiKey"], "--step-seconds", "0.2"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, *fake_novita_arguments("127.0.0.1", port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for("the fake Novita to listen",
-                 lambda: process.poll() is not None or status_or_none("GET", f"{url}/_fake/calls") == 200, 30)
+        wait_for(
+            "the fake Novita to listen",
+            lambda: process.poll() is not None or status_or_none("GET", f"{url}/_fake/calls") == 200,
+            30,
+        )
         if process.poll() is not None:
+            assert process.stderr is not None  # a pipe
             pytest.fail(f"fake Novita exited: {process.stderr.read().decode()[-2000:]}", pytrace=False)
         yield url
     finally:
@@ -222,8 +256,13 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
     volumes: list[str] = []
     labels = RUN_LABELS
 
-    def _deploy(stack: str, overrides: dict[str, str] | None = None, valkey_running: bool = True,
-                wait_healthy: bool = True, fast_healthcheck: bool = True) -> Deployment:
+    def _deploy(
+        stack: str,
+        overrides: dict[str, str] | None = None,
+        valkey_running: bool = True,
+        wait_healthy: bool = True,
+        fast_healthcheck: bool = True,
+    ) -> Deployment:
         name = f"e2e-{SESSION_ID}-{stack}-{next(_deployment_numbers)}"
         api_port, valkey_port = free_port(), free_port()
         config = e2e_overrides(name, api_port, valkey_port, novita_fake)
@@ -240,8 +279,12 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
         valkey_id = valkey_spec.create(docker_client, labels)
         created.append(valkey_id)
         deployment_api = api_container_from_render(
-            docker_client, rendered, api_image, f"http://127.0.0.1:{api_port}",
-            api_key=TEST_SECRETS["apiKeys"].split(":", 1)[1])
+            docker_client,
+            rendered,
+            api_image,
+            f"http://127.0.0.1:{api_port}",
+            api_key=TEST_SECRETS["apiKeys"].split(":", 1)[1],
+        )
         deployment = Deployment(docker_client, rendered, deployment_api, valkey_id, valkey_port)
         if valkey_running:
             deployment.start_valkey()
@@ -252,16 +295,7 @@ def deploy(docker_client: docker.DockerClient, api_image: str, novita_fake: str)
         return deployment
 
     yield _deploy
-    for container_id in reversed(created):
-        try:
-            docker_client.api.remove_container(container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-    for volume in volumes:
-        try:
-            docker_client.volumes.get(volume).remove(force=True)
-        except docker.errors.NotFound:
-            pass
+    remove_created(docker_client, created, volumes)
 
 
 @pytest.fixture
@@ -273,7 +307,8 @@ def proxied_deploy(docker_client: docker.DockerClient, api_image: str) -> Iterat
     def _deploy(stack: str, replicas: int = 2, overrides: dict[str, str] | None = None) -> ProxiedDeployment:
         prefix = f"e2e-{SESSION_ID}-{stack}-{next(_deployment_numbers)}"
         deployment = ProxiedDeployment.create(
-            docker_client, stack, prefix, api_image, RUN_LABELS, {"apiReplicas": str(replicas), **(overrides or {})})
+            docker_client, stack, prefix, api_image, RUN_LABELS, {"apiReplicas": str(replicas), **(overrides or {})}
+        )
         deployments.append(deployment)
         return deployment
 

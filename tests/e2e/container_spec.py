@@ -4,6 +4,7 @@ The e2e tests create exactly the container the program declares. So every input 
 mapped here, and anything this module does not know raises `UnmappedInputError`: a new argument added to the
 program then fails the e2e suite until it is mapped, instead of being silently left out of the test.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,15 @@ import docker.types
 
 MB = 1024 * 1024
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60 * 1_000_000_000,
-            "h": 3600 * 1_000_000_000}
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+}
 
 
 class UnmappedInputError(ValueError):
@@ -63,7 +71,9 @@ class ContainerSpec:
         if self.network is not None:
             name, aliases = self.network
             create_kwargs["networking_config"] = client.api.create_networking_config(
-                {name: client.api.create_endpoint_config(aliases=aliases or None)})
+                # arg-type: types-docker wants one EndpointConfig; the SDK takes {network: EndpointConfig}
+                {name: client.api.create_endpoint_config(aliases=aliases or None)}  # type: ignore[arg-type]
+            )
         created = client.api.create_container(self.image, name=self.name, host_config=host_config, **create_kwargs)
         return created["Id"]
 
@@ -100,8 +110,9 @@ def container_spec(inputs: dict[str, Any], auto_name: str = "") -> ContainerSpec
         return remaining.pop(key)
 
     handlers: dict[str, Any] = {
-        "restart": lambda: host.update(restart_policy={
-            "Name": take("restart"), "MaximumRetryCount": int(remaining.pop("maxRetryCount", 0))}),
+        "restart": lambda: host.update(
+            restart_policy={"Name": take("restart"), "MaximumRetryCount": int(remaining.pop("maxRetryCount", 0))}
+        ),
         "maxRetryCount": lambda: None,  # consumed with `restart`
         "healthcheck": lambda: create.update(healthcheck=_healthcheck(take("healthcheck"))),
         "memory": lambda: host.update(mem_limit=int(take("memory")) * MB),
@@ -109,16 +120,20 @@ def container_spec(inputs: dict[str, Any], auto_name: str = "") -> ContainerSpec
         "cpus": lambda: host.update(nano_cpus=int(Decimal(take("cpus")) * 1_000_000_000)),
         "envs": lambda: create.update(environment=list(take("envs"))),
         "command": lambda: create.update(command=list(take("command"))),
-        "logDriver": lambda: host.update(log_config=docker.types.LogConfig(
-            type=take("logDriver"), config=dict(remaining.pop("logOpts", {})))),
+        "logDriver": lambda: host.update(
+            log_config=docker.types.LogConfig(type=take("logDriver"), config=dict(remaining.pop("logOpts", {})))
+        ),
         "logOpts": lambda: None,  # consumed with `logDriver`
         "init": lambda: host.update(init=bool(take("init"))),
         "readOnly": lambda: host.update(read_only=bool(take("readOnly"))),
         "tmpfs": lambda: host.update(tmpfs=dict(take("tmpfs"))),
         "securityOpts": lambda: host.update(security_opt=list(take("securityOpts"))),
         "capabilities": lambda: _capabilities(take("capabilities"), host),
-        "ulimits": lambda: host.update(ulimits=[
-            docker.types.Ulimit(name=u["name"], soft=int(u["soft"]), hard=int(u["hard"])) for u in take("ulimits")]),
+        "ulimits": lambda: host.update(
+            ulimits=[
+                docker.types.Ulimit(name=u["name"], soft=int(u["soft"]), hard=int(u["hard"])) for u in take("ulimits")
+            ]
+        ),
         "pidsLimit": lambda: host.update(pids_limit=int(take("pidsLimit"))),
         "volumes": lambda: host.update(binds=_binds(take("volumes"))),
         "user": lambda: create.update(user=take("user")),
@@ -133,7 +148,9 @@ def container_spec(inputs: dict[str, Any], auto_name: str = "") -> ContainerSpec
         "waitTimeout": lambda: setattr(spec.provider, "wait_timeout_seconds", int(take("waitTimeout"))),
         "mustRun": lambda: setattr(spec.provider, "must_run", bool(take("mustRun"))),
         "start": lambda: setattr(spec.provider, "start", bool(take("start"))),
-        "destroyGraceSeconds": lambda: setattr(spec.provider, "destroy_grace_seconds", int(take("destroyGraceSeconds"))),
+        "destroyGraceSeconds": lambda: setattr(
+            spec.provider, "destroy_grace_seconds", int(take("destroyGraceSeconds"))
+        ),
     }
     for key in list(remaining):
         if key not in remaining:

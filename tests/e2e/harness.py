@@ -5,8 +5,10 @@ exactly what it created and never what another run on the same engine created. A
 the containers use the host's network, or (replicas behind the proxy) a network of the run's own whose proxy
 publishes on loopback.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,15 +17,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
+from docker.models.resource import Model
 
 from tests.e2e.container_spec import ContainerSpec, container_spec
+from tests.infra.harness import TEST_SECRETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_LABEL = "novita-gpu-api.e2e"  # value: the run's id
@@ -47,6 +51,49 @@ FAST_HEALTHCHECK = {
 T = TypeVar("T")
 
 
+def remove_created(
+    client: docker.DockerClient,
+    container_ids: Iterable[str],
+    volumes: Iterable[str] = (),
+    network_id: str = "",
+) -> None:
+    """Remove what a deployment created on one engine: its containers (newest first, with their anonymous volumes),
+    then its named volumes, then its network. What is already gone is skipped, so a half-made deployment cleans up."""
+    for container_id in reversed(list(container_ids)):
+        with contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_container(container_id, force=True, v=True)
+    for volume in volumes:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(volume).remove(force=True)
+    if network_id:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.networks.get(network_id).remove()
+
+
+def fake_novita_arguments(host: str, port: int) -> list[str]:
+    """`python -m tests.fakes.novita`'s arguments for an e2e run: listening on `host:port`, expecting the test key,
+    moving instances on every 0.2 s (a host process, or a container of the API image with tests/ mounted)."""
+    return [
+        "-m",
+        "tests.fakes.novita",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--api-key",
+        TEST_SECRETS["novitaApiKey"],
+        "--step-seconds",
+        "0.2",
+    ]
+
+
+def id_of(model: Model) -> str:
+    """The ID of an object the engine created or returned (the SDK's types allow None, for a model made by hand)."""
+    if model.id is None:
+        raise AssertionError(f"{model!r} has no ID")
+    return model.id
+
+
 class WaitTimeout(AssertionError):
     """A bounded wait ran out; the message says what was awaited."""
 
@@ -63,14 +110,16 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_seconds: float, i
     raise WaitTimeout(f"timed out after {timeout_seconds:g}s waiting for {what} (last: {last!r})")
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 5.0) -> tuple[int, Any]:
+def http(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, Any]:
     """One HTTP call on loopback: (status, JSON body or text). Connection errors raise OSError."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (loopback test URL)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             raw, status = response.read(), response.status
     except urllib.error.HTTPError as error:
         raw, status = error.read(), error.code
@@ -176,7 +225,9 @@ class ApiContainer:
         return (self.inspect()["State"].get("Health") or {}).get("Status", "none")
 
     def health_log(self) -> list[str]:
-        return [entry.get("Output", "").strip() for entry in (self.inspect()["State"].get("Health") or {}).get("Log") or []]
+        return [
+            entry.get("Output", "").strip() for entry in (self.inspect()["State"].get("Health") or {}).get("Log") or []
+        ]
 
     def restart_count(self) -> int:
         return int(self.inspect()["RestartCount"])
@@ -199,15 +250,25 @@ class ApiContainer:
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
         return http("GET", f"{self.api_url}{path}", headers={"X-API-Key": self.api_key}, timeout=timeout)
 
-    def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             timeout: float = 5.0) -> tuple[int, Any]:
-        return http("POST", f"{self.api_url}{path}", body=body,
-                    headers={"X-API-Key": self.api_key, **(headers or {})}, timeout=timeout)
+    def post(
+        self, path: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, Any]:
+        return http(
+            "POST",
+            f"{self.api_url}{path}",
+            body=body,
+            headers={"X-API-Key": self.api_key, **(headers or {})},
+            timeout=timeout,
+        )
 
     def wait_ready(self, timeout: float) -> float:
         """Seconds from the container start until /readyz answers 200."""
-        wait_for("/readyz 200", lambda: status_or_none("GET", f"{self.api_url}/readyz", timeout=1.0) == 200,
-                 timeout, interval=0.1)
+        wait_for(
+            "/readyz 200",
+            lambda: status_or_none("GET", f"{self.api_url}/readyz", timeout=1.0) == 200,
+            timeout,
+            interval=0.1,
+        )
         return time.monotonic() - self.started_at
 
     def wait_health(self, status: str, timeout: float) -> float:
@@ -215,26 +276,30 @@ class ApiContainer:
         try:
             wait_for(f"Docker health {status!r}", lambda: self.health() == status, timeout, interval=0.1)
         except WaitTimeout as error:
-            raise WaitTimeout(f"{error}\nprobe log: {self.health_log()[-3:]}\n"
-                              f"container log tail:\n{self.logs()[-2000:]}") from None
+            raise WaitTimeout(
+                f"{error}\nprobe log: {self.health_log()[-3:]}\ncontainer log tail:\n{self.logs()[-2000:]}"
+            ) from None
         return time.monotonic() - self.started_at
 
     def wait_restarted(self, before: int, timeout: float) -> int:
-        return wait_for(f"RestartCount > {before}", lambda: (count := self.restart_count()) > before and count,
-                        timeout, interval=0.1)
+        return wait_for(
+            f"RestartCount > {before}",
+            lambda: (count := self.restart_count()) > before and count,
+            timeout,
+            interval=0.1,
+        )
 
     def kill_from_host(self, pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
         os.kill(pid, sig)
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(self.container_id, force=True)
-        except docker.errors.NotFound:
-            pass
 
 
-def api_container_from_render(client: docker.DockerClient, rendered: RenderedStack, image_id: str,
-                              api_url: str, api_key: str) -> ApiContainer:
+def api_container_from_render(
+    client: docker.DockerClient, rendered: RenderedStack, image_id: str, api_url: str, api_key: str
+) -> ApiContainer:
     """Map the rendered API container to docker-py; the image is the one this session built from app/."""
     inputs = dict(rendered.api_container()["inputs"])
     inputs["image"] = image_id  # under mocks the image is a fake digest; the build inputs are checked separately

@@ -8,6 +8,7 @@ created and must turn healthy before the next is created; the old ones are delet
 replaced resources after the new ones exist. The fake Novita runs as a container of the run's network (the replicas
 cannot reach the host's loopback); the test process only ever talks to ports published on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -22,8 +23,24 @@ import docker.errors
 
 from tests.e2e.container_spec import container_spec
 from tests.e2e.harness import (
-    API_IMAGE_TAG, BASE_IMAGE, CADDY_IMAGE, CONTAINER_TYPE, FAST_HEALTHCHECK, HAPROXY_IMAGE, REPO_ROOT, VALKEY_IMAGE, ApiContainer,
-    RenderedStack, WaitTimeout, http, render, status_or_none, wait_for,
+    API_IMAGE_TAG,
+    BASE_IMAGE,
+    CADDY_IMAGE,
+    CONTAINER_TYPE,
+    FAST_HEALTHCHECK,
+    HAPROXY_IMAGE,
+    REPO_ROOT,
+    VALKEY_IMAGE,
+    ApiContainer,
+    RenderedStack,
+    WaitTimeout,
+    fake_novita_arguments,
+    http,
+    id_of,
+    remove_created,
+    render,
+    status_or_none,
+    wait_for,
 )
 from tests.infra.harness import TEST_SECRETS
 from tests.loopback import free_port
@@ -57,9 +74,15 @@ def _component_containers(rendered: RenderedStack, component: str) -> list[dict[
     return [c for c in rendered.of_type(CONTAINER_TYPE) if c["parent"] and marker in c["parent"]]
 
 
-def create_replicas(client: docker.DockerClient, rendered_replicas: list[dict[str, Any]], image_id: str,
-                    labels: dict[str, str], generation: int, created: list[str],
-                    env: dict[str, str] | None = None) -> list[Replica]:
+def create_replicas(
+    client: docker.DockerClient,
+    rendered_replicas: list[dict[str, Any]],
+    image_id: str,
+    labels: dict[str, str],
+    generation: int,
+    created: list[str],
+    env: dict[str, str] | None = None,
+) -> list[Replica]:
     """Create the rendered replicas in order, each healthy before the next (wait=True + the depends_on chain); the
     first that is not healthy in time stops it, named, with its last probe output and log line. `env` replaces
     variables of the rendered environment (for engines that reach Valkey or Novita elsewhere)."""
@@ -88,9 +111,12 @@ def create_replicas(client: docker.DockerClient, rendered_replicas: list[dict[st
 
 def create_instance(proxy_url: str) -> str:
     """An instance record through a proxy, for `GET /api/instances/{id}` in the load."""
-    status, body = http("POST", f"{proxy_url}/api/instances",
-                        body={"name": "rollout", "productId": "4090-us-ca-6", "imageUrl": "nginx:latest"},
-                        headers={"X-API-Key": API_KEY})
+    status, body = http(
+        "POST",
+        f"{proxy_url}/api/instances",
+        body={"name": "rollout", "productId": "4090-us-ca-6", "imageUrl": "nginx:latest"},
+        headers={"X-API-Key": API_KEY},
+    )
     assert status == 202, body
     return body["instance"]["id"]
 
@@ -122,18 +148,39 @@ class ProxiedDeployment:
     _generations: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @classmethod
-    def create(cls, client: docker.DockerClient, stack: str, prefix: str, image_id: str, labels: dict[str, str],
-               overrides: dict[str, str]) -> "ProxiedDeployment":
+    def create(
+        cls,
+        client: docker.DockerClient,
+        stack: str,
+        prefix: str,
+        image_id: str,
+        labels: dict[str, str],
+        overrides: dict[str, str],
+    ) -> ProxiedDeployment:
         api_port = free_port()
         config = {
-            "networkMode": "bridge", "networkName": f"{prefix}-net", "containerName": f"{prefix}-api",
-            "apiHostAddress": "127.0.0.1", "apiPort": str(api_port),
-            "proxyContainerName": f"{prefix}-proxy", "proxyImage": HAPROXY_IMAGE, "proxyPullImage": "false",
-            "tlsContainerName": f"{prefix}-tls", "tlsImage": CADDY_IMAGE, "tlsPullImage": "false",
-            "valkeyMode": "local", "valkeyContainerName": f"{prefix}-valkey", "valkeyImage": VALKEY_IMAGE,
-            "valkeyPullImage": "false", "valkeyServerBinary": "redis-server", "valkeyCliBinary": "redis-cli",
+            "networkMode": "bridge",
+            "networkName": f"{prefix}-net",
+            "containerName": f"{prefix}-api",
+            "apiHostAddress": "127.0.0.1",
+            "apiPort": str(api_port),
+            "proxyContainerName": f"{prefix}-proxy",
+            "proxyImage": HAPROXY_IMAGE,
+            "proxyPullImage": "false",
+            "tlsContainerName": f"{prefix}-tls",
+            "tlsImage": CADDY_IMAGE,
+            "tlsPullImage": "false",
+            "valkeyMode": "local",
+            "valkeyContainerName": f"{prefix}-valkey",
+            "valkeyImage": VALKEY_IMAGE,
+            "valkeyPullImage": "false",
+            "valkeyServerBinary": "redis-server",
+            "valkeyCliBinary": "redis-cli",
             "novitaBaseUrl": f"http://{FAKE_NOVITA_ALIAS}:{FAKE_NOVITA_PORT}/gpu-instance/openapi/v1",
-            "baseImage": BASE_IMAGE, "imageName": API_IMAGE_TAG, **FAST_HEALTHCHECK, **overrides,
+            "baseImage": BASE_IMAGE,
+            "imageName": API_IMAGE_TAG,
+            **FAST_HEALTHCHECK,
+            **overrides,
         }
         rendered = render(stack, config, secrets={"apiKeys": CLIENT_KEYS})
         deployment = cls(client, rendered, prefix, labels, proxy_url=f"http://127.0.0.1:{api_port}")
@@ -146,7 +193,9 @@ class ProxiedDeployment:
 
     def _create_all(self, image_id: str) -> None:
         (network,) = self.rendered.of_type("docker:index/network:Network")
-        self.network_id = self.client.networks.create(network["inputs"]["name"], driver="bridge", labels=self.labels).id
+        self.network_id = id_of(
+            self.client.networks.create(network["inputs"]["name"], driver="bridge", labels=self.labels)
+        )
         (valkey,) = _component_containers(self.rendered, "Valkey")
         valkey_spec = container_spec(valkey["inputs"])
         self._create_volumes(valkey_spec)
@@ -161,8 +210,11 @@ class ProxiedDeployment:
         self.proxy.create_and_start(self.labels)
         self.created.append(self.proxy.container_id)
         self.proxy.wait_health("healthy", self.proxy.spec.provider.wait_timeout_seconds)
-        wait_for("the proxy to answer /readyz through a replica",
-                 lambda: status_or_none("GET", f"{self.proxy_url}/readyz", timeout=2) == 200, 30)
+        wait_for(
+            "the proxy to answer /readyz through a replica",
+            lambda: status_or_none("GET", f"{self.proxy_url}/readyz", timeout=2) == 200,
+            30,
+        )
         for tls in _component_containers(self.rendered, "TlsFront"):
             spec = container_spec(tls["inputs"])
             self._create_volumes(spec)
@@ -183,24 +235,37 @@ class ProxiedDeployment:
             port_bindings={FAKE_NOVITA_PORT: ("127.0.0.1", port)},
         )
         created = self.client.api.create_container(
-            image_id, name=f"{self.prefix}-novita", labels=self.labels, ports=[FAKE_NOVITA_PORT], host_config=host_config,
+            image_id,
+            name=f"{self.prefix}-novita",
+            labels=self.labels,
+            ports=[FAKE_NOVITA_PORT],
+            host_config=host_config,
             healthcheck={"test": ["NONE"]},  # the API image's probe means nothing for the fake
-            command=["python", "-m", "tests.fakes.novita", "--host", "0.0.0.0", "--port", str(FAKE_NOVITA_PORT),
-                     "--api-key", TEST_SECRETS["novitaApiKey"], "--step-seconds", "0.2"],
+            command=["python", *fake_novita_arguments("0.0.0.0", FAKE_NOVITA_PORT)],
             networking_config=self.client.api.create_networking_config(
-                {network: self.client.api.create_endpoint_config(aliases=[FAKE_NOVITA_ALIAS])}),
+                # arg-type: types-docker wants one EndpointConfig; the SDK takes {network: EndpointConfig}
+                {network: self.client.api.create_endpoint_config(aliases=[FAKE_NOVITA_ALIAS])}  # type: ignore[arg-type]
+            ),
         )
         self.created.append(created["Id"])
         self.client.api.start(created["Id"])
         self.fake_novita_url = f"http://127.0.0.1:{port}"
-        wait_for("the fake Novita to answer", lambda: status_or_none("GET", f"{self.fake_novita_url}/_fake/calls") == 200, 30)
+        wait_for(
+            "the fake Novita to answer", lambda: status_or_none("GET", f"{self.fake_novita_url}/_fake/calls") == 200, 30
+        )
 
     def _health(self, container_id: str) -> str:
         return (self.client.api.inspect_container(container_id)["State"].get("Health") or {}).get("Status", "none")
 
     def _create_replicas(self, image_id: str) -> list[Replica]:
-        return create_replicas(self.client, _component_containers(self.rendered, "ApiService"), image_id, self.labels,
-                               next(self._generations), self.created)
+        return create_replicas(
+            self.client,
+            _component_containers(self.rendered, "ApiService"),
+            image_id,
+            self.labels,
+            next(self._generations),
+            self.created,
+        )
 
     def roll(self, image_id: str) -> float:
         """Pulumi's create-before-delete rollout to `image_id`; returns its seconds. Old replicas go last."""
@@ -214,21 +279,7 @@ class ProxiedDeployment:
         return create_instance(self.proxy_url)
 
     def remove(self) -> None:
-        for container_id in reversed(self.created):
-            try:
-                self.client.api.remove_container(container_id, force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-        for volume in self.volumes:
-            try:
-                self.client.volumes.get(volume).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        if self.network_id:
-            try:
-                self.client.networks.get(self.network_id).remove()
-            except docker.errors.NotFound:
-                pass
+        remove_created(self.client, self.created, self.volumes, self.network_id)
 
 
 @dataclass
@@ -260,7 +311,7 @@ class SteadyLoad:
         self._dispatcher = threading.Thread(target=self._dispatch, daemon=True)
         self.started = self.stopped = 0.0
 
-    def __enter__(self) -> "SteadyLoad":
+    def __enter__(self) -> SteadyLoad:
         self.started = time.monotonic()
         self._dispatcher.start()
         return self

@@ -1,4 +1,5 @@
 """The container as the program defines it, on a real engine: start-up, limits, crash recovery, manual stop."""
+
 from __future__ import annotations
 
 import signal
@@ -27,14 +28,27 @@ def test_prod_stack_as_declared_turns_healthy_within_120s(deploy, measurements: 
 
     inspected = api.inspect()
     host, config = inspected["HostConfig"], inspected["Config"]
-    print("RestartPolicy", host["RestartPolicy"], "Memory", host["Memory"], "MemorySwap", host["MemorySwap"],
-          "NanoCpus", host["NanoCpus"], "Healthcheck", config["Healthcheck"])
+    print(
+        "RestartPolicy",
+        host["RestartPolicy"],
+        "Memory",
+        host["Memory"],
+        "MemorySwap",
+        host["MemorySwap"],
+        "NanoCpus",
+        host["NanoCpus"],
+        "Healthcheck",
+        config["Healthcheck"],
+    )
     assert host["RestartPolicy"] == {"Name": "always", "MaximumRetryCount": 0}
     assert (host["Memory"], host["MemorySwap"]) == (512 * MB, 512 * MB)
     assert host["NanoCpus"] == 500_000_000
     assert config["Healthcheck"] == {
-        "Test": PROBE, "Interval": duration_ns("30s"), "Timeout": duration_ns("10s"),
-        "StartPeriod": duration_ns("2m0s"), "Retries": 5,
+        "Test": PROBE,
+        "Interval": duration_ns("30s"),
+        "Timeout": duration_ns("10s"),
+        "StartPeriod": duration_ns("2m0s"),
+        "Retries": 5,
     }
     # The hardening the program declares is what the engine runs.
     assert host["Init"] is True and host["ReadonlyRootfs"] is True

@@ -1,4 +1,5 @@
 """The mapping from the program's rendered container to the Docker Engine API (no engine needed)."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,17 @@ def prod_container_inputs() -> dict:
     return render("prod", RENDERED_PROD_OVERRIDES).api_container()["inputs"]
 
 
-@pytest.mark.parametrize(("text", "ns"), [("30s", 30 * 10**9), ("2m0s", 120 * 10**9), ("1m30s", 90 * 10**9),
-                                          ("500ms", 500 * 10**6), ("0s", 0), ("1.5s", 1_500_000_000)])
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("30s", 30 * 10**9),
+        ("2m0s", 120 * 10**9),
+        ("1m30s", 90 * 10**9),
+        ("500ms", 500 * 10**6),
+        ("0s", 0),
+        ("1.5s", 1_500_000_000),
+    ],
+)
 def test_duration_ns(text, ns):
     assert duration_ns(text) == ns
 
@@ -31,8 +41,13 @@ def test_prod_container_maps_every_declared_value(prod_container_inputs):
     host, create = spec.host_config_kwargs, spec.create_kwargs
     assert host["restart_policy"] == {"Name": "always", "MaximumRetryCount": 0}
     assert (host["mem_limit"], host["memswap_limit"], host["nano_cpus"]) == (512 * MB, 512 * MB, 500_000_000)
-    assert create["healthcheck"] == {"test": ["CMD", "python", "-m", "app.healthcheck"], "interval": 30 * 10**9,
-                                     "timeout": 10 * 10**9, "start_period": 120 * 10**9, "retries": 5}
+    assert create["healthcheck"] == {
+        "test": ["CMD", "python", "-m", "app.healthcheck"],
+        "interval": 30 * 10**9,
+        "timeout": 10 * 10**9,
+        "start_period": 120 * 10**9,
+        "retries": 5,
+    }
     assert host["init"] is True and host["read_only"] is True and host["network_mode"] == "host"
     assert host["cap_drop"] == ["ALL"] and host["security_opt"] == ["no-new-privileges:true"]
     assert [(u["Name"], u["Soft"], u["Hard"]) for u in host["ulimits"]] == [("nproc", 256, 256)]
@@ -47,11 +62,14 @@ def test_an_input_without_mapping_fails_loudly(prod_container_inputs):
         container_spec({**prod_container_inputs, "gpus": "all"})
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"healthcheck": {"tests": ["CMD", "true"], "startInterval": "2s"}}, "startInterval needs Docker API 1.44"),
-    ({"healthcheck": {"tests": ["CMD", "true"], "startPeriodX": "2s"}}, "startPeriodX"),
-    ({"capabilities": {"drops": ["ALL"], "bogus": []}}, "bogus"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"healthcheck": {"tests": ["CMD", "true"], "startInterval": "2s"}}, "startInterval needs Docker API 1.44"),
+        ({"healthcheck": {"tests": ["CMD", "true"], "startPeriodX": "2s"}}, "startPeriodX"),
+        ({"capabilities": {"drops": ["ALL"], "bogus": []}}, "bogus"),
+    ],
+)
 def test_unknown_nested_values_fail_loudly(prod_container_inputs, change, message):
     with pytest.raises(UnmappedInputError, match=message):
         container_spec({**prod_container_inputs, **change})
@@ -73,6 +91,9 @@ def test_bridge_mode_replicas_and_proxy_map_their_network_and_published_port():
     assert "port_bindings" not in replica.host_config_kwargs
     proxy = container_spec(containers["proxy-container"])
     assert proxy.network == ("novita-gpu-api-prod", [])
-    assert (proxy.create_kwargs["ports"], proxy.host_config_kwargs["port_bindings"]) == ([3003], {3003: ("127.0.0.1", 3003)})
+    assert (proxy.create_kwargs["ports"], proxy.host_config_kwargs["port_bindings"]) == (
+        [3003],
+        {3003: ("127.0.0.1", 3003)},
+    )
     with pytest.raises(UnmappedInputError, match="exactly one network"):
         container_spec({**containers["proxy-container"], "networksAdvanced": [{"name": "a"}, {"name": "b"}]})

@@ -1,4 +1,5 @@
 """(d) Jobs accepted before a crash finish after it: none lost, none done twice."""
+
 from __future__ import annotations
 
 import signal
@@ -20,15 +21,18 @@ def test_jobs_accepted_before_a_crash_finish_exactly_once(deploy, novita_fake, m
     deployment = deploy("prod")
     api = deployment.api
     # Every create on Novita takes 2 s, so the crash lands while creates are in flight and others still queued.
-    status, _ = http("POST", f"{novita_fake}/_fake/faults",
-                     body={"path": "/gpu/instance/create", "method": "POST", "kind": "slow", "delaySeconds": 2,
-                           "count": None})
+    status, _ = http(
+        "POST",
+        f"{novita_fake}/_fake/faults",
+        body={"path": "/gpu/instance/create", "method": "POST", "kind": "slow", "delaySeconds": 2, "count": None},
+    )
     assert status == 200
 
     accepted: dict[str, str] = {}  # job id -> instance record id
     for index in range(JOBS):
-        status, body = api.post("/api/instances", {"name": f"crash-{index}", "productId": "4090-us-ca-6",
-                                                   "imageUrl": "nginx:latest"})
+        status, body = api.post(
+            "/api/instances", {"name": f"crash-{index}", "productId": "4090-us-ca-6", "imageUrl": "nginx:latest"}
+        )
         assert status == 202, body
         accepted[body["jobId"]] = body["instance"]["id"]
 

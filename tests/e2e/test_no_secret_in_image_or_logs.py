@@ -3,6 +3,7 @@
 The container gets the test secrets the way `pulumi up` hands them over (secret env vars); only those env vars may
 hold them.
 """
+
 from __future__ import annotations
 
 import tarfile
@@ -49,7 +50,8 @@ def test_the_built_image_holds_no_secret_and_no_stray_file(docker_client: docker
                             or path.name.endswith(FORBIDDEN_SUFFIXES)
                         ):
                             stray.append(str(path))
-                        if entry.isfile() and (found := _found_secrets(files.extractfile(entry).read())):
+                        content = files.extractfile(entry) if entry.isfile() else None
+                        if content is not None and (found := _found_secrets(content.read())):
                             leaks.append(f"{path}: {found}")
     assert "/srv/app/main.py" in seen  # the scan really went through the app's layer
     assert leaks == []
@@ -59,12 +61,25 @@ def test_the_built_image_holds_no_secret_and_no_stray_file(docker_client: docker
 def test_the_running_container_keeps_its_secrets_in_its_env_only(deploy):
     api = deploy("prod").api
     assert http("GET", f"{api.api_url}/api/products", headers={"X-API-Key": "wrong-key"})[0] == 401
-    status, accepted = api.post("/api/instances", {"name": "secretive", "productId": "4090-us-ca-6", "gpuNum": 1,
-                                                   "rootfsSize": 60, "imageUrl": "docker.io/library/ubuntu:22.04"})
+    status, accepted = api.post(
+        "/api/instances",
+        {
+            "name": "secretive",
+            "productId": "4090-us-ca-6",
+            "gpuNum": 1,
+            "rootfsSize": 60,
+            "imageUrl": "docker.io/library/ubuntu:22.04",
+        },
+    )
     assert status == 202, accepted
-    wait_for("the create job to finish",
-             lambda: api.get(f"/api/jobs/{accepted['jobId']}")[1].get("state") in ("succeeded", "failed"), 60)
-    answers = [api.get(path) for path in ("/health", "/readyz", "/metrics", f"/api/instances/{accepted['instance']['id']}")]
+    wait_for(
+        "the create job to finish",
+        lambda: api.get(f"/api/jobs/{accepted['jobId']}")[1].get("state") in ("succeeded", "failed"),
+        60,
+    )
+    answers = [
+        api.get(path) for path in ("/health", "/readyz", "/metrics", f"/api/instances/{accepted['instance']['id']}")
+    ]
 
     assert _found_secrets(str(answers).encode()) == []
     assert _found_secrets(api.logs().encode()) == []

@@ -1,16 +1,18 @@
 """Issue 11 on the real engine: replicas behind the edge proxy keep answering through rollouts, a bad image, a
 kill -9 and a wedged replica, under a steady load from 127.0.0.1 (>= 20 requests/s)."""
+
 from __future__ import annotations
 
+import contextlib
 import io
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import docker
 import pytest
 
-from tests.e2e.harness import Measurements
+from tests.e2e.harness import ApiContainer, Measurements, id_of
 from tests.e2e.proxied import ProxiedDeployment, RolloutFailed, SteadyLoad
 
 pytestmark = pytest.mark.e2e
@@ -29,17 +31,16 @@ def derived_image(docker_client: docker.DockerClient, api_image: str) -> Iterato
 
     def _build(kind: str, lines: str) -> str:
         dockerfile = f"FROM {api_image}\n{lines}\n".encode()
-        image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"novita-gpu-api:e2e-{SESSION_ID}-{kind}",
-                                              rm=True, forcerm=True)
-        built.append(image.id)
-        return image.id
+        image, _ = docker_client.images.build(
+            fileobj=io.BytesIO(dockerfile), tag=f"novita-gpu-api:e2e-{SESSION_ID}-{kind}", rm=True, forcerm=True
+        )
+        built.append(id_of(image))
+        return id_of(image)
 
     yield _build
     for image_id in built:
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(image_id, force=True)
-        except docker.errors.APIError:
-            pass
 
 
 def assert_no_failed_request(load: SteadyLoad) -> None:
@@ -79,31 +80,44 @@ def test_rollout_to_an_image_that_never_turns_ready_stops_at_the_first_replica(d
     assert_no_failed_request(load)
 
 
-def test_kill_9_of_one_replica_fails_no_request_and_it_comes_back(proxied_deploy, measurements: Measurements):
-    deployment: ProxiedDeployment = proxied_deploy("prod", replicas=2)
+def assert_replica_recovers_under_load(
+    deployment: ProxiedDeployment,
+    fault: Callable[[ApiContainer], object],
+    restart_timeout: float,
+    measured: str,
+    measurements: Measurements,
+) -> None:
+    """Under load, `fault` hits the first replica; Docker restarts it and it turns healthy again while the proxy
+    fails no request. Records `measured`: the seconds from the fault to healthy."""
     victim = deployment.replicas[0].container
     before = victim.restart_count()
     with SteadyLoad(deployment.proxy_url, deployment.create_instance()) as load:
         time.sleep(SETTLE_SECONDS)
-        victim.kill_from_host(victim.main_pid(), signal.SIGKILL)
-        killed_at = time.monotonic()
-        victim.wait_restarted(before, timeout=30)
+        fault(victim)
+        hit_at = time.monotonic()
+        victim.wait_restarted(before, timeout=restart_timeout)
         victim.wait_health("healthy", timeout=60)
-        measurements.record("behind the proxy: kill -9 -> replica healthy again (s)", time.monotonic() - killed_at)
+        measurements.record(measured, time.monotonic() - hit_at)
         time.sleep(SETTLE_SECONDS)
     assert_no_failed_request(load)
+
+
+def test_kill_9_of_one_replica_fails_no_request_and_it_comes_back(proxied_deploy, measurements: Measurements):
+    assert_replica_recovers_under_load(
+        proxied_deploy("prod", replicas=2),
+        lambda victim: victim.kill_from_host(victim.main_pid(), signal.SIGKILL),
+        30,
+        "behind the proxy: kill -9 -> replica healthy again (s)",
+        measurements,
+    )
 
 
 def test_a_wedged_replica_fails_no_request(proxied_deploy, measurements: Measurements):
-    deployment: ProxiedDeployment = proxied_deploy("prod", replicas=2)
-    victim = deployment.replicas[0].container
-    before = victim.restart_count()
-    with SteadyLoad(deployment.proxy_url, deployment.create_instance()) as load:
-        time.sleep(SETTLE_SECONDS)
-        victim.kill_from_host(victim.app_pid(), signal.SIGSTOP)  # frozen: accepts connections, never answers
-        wedged_at = time.monotonic()
-        victim.wait_restarted(before, timeout=60)
-        victim.wait_health("healthy", timeout=60)
-        measurements.record("behind the proxy: wedged -> replica healthy again (s)", time.monotonic() - wedged_at)
-        time.sleep(SETTLE_SECONDS)
-    assert_no_failed_request(load)
+    assert_replica_recovers_under_load(
+        proxied_deploy("prod", replicas=2),
+        # Frozen: it accepts connections, never answers.
+        lambda victim: victim.kill_from_host(victim.app_pid(), signal.SIGSTOP),
+        60,
+        "behind the proxy: wedged -> replica healthy again (s)",
+        measurements,
+    )

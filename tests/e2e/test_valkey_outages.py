@@ -1,5 +1,6 @@
 """(e) Valkey outages: down at start keeps the container from ever turning healthy (with a readable reason);
 down after start leaves it healthy (restarting the API cannot fix Valkey), /health says so, and it recovers alone."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,11 @@ def test_valkey_down_at_start_never_healthy_with_a_readable_reason(deploy):
     assert status == 503 and "Valkey not reachable" in body["reason"], body
     assert any("not ready yet" in line for line in api.health_log()), api.health_log()
     logs = api.logs()
-    reasons = [entry for entry in map(_json_or_none, logs.splitlines())
-               if entry and "valkey not reachable" in entry.get("message", "")]
+    reasons = [
+        entry
+        for entry in map(_json_or_none, logs.splitlines())
+        if entry and "valkey not reachable" in entry.get("message", "")
+    ]
     print("reason in the logs:", reasons[:1])
     assert reasons, logs[-2000:]
     assert f"127.0.0.1:{deployment.valkey_port}" in reasons[-1]["error"]  # names what it could not reach
@@ -74,6 +78,9 @@ def test_valkey_down_after_start_stays_healthy_and_recovers(deploy):
     assert api.get("/readyz")[0] == 503
 
     deployment.start_valkey()
-    wait_for("/health to report redis up again",
-             lambda: (answer := api.get("/health"))[0] == 200 and answer[1]["services"]["redis"] == "up", 60)
+    wait_for(
+        "/health to report redis up again",
+        lambda: (answer := api.get("/health"))[0] == 200 and answer[1]["services"]["redis"] == "up",
+        60,
+    )
     assert api.health() == "healthy" and api.restart_count() == 0

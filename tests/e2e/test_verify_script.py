@@ -1,4 +1,5 @@
 """`make verify` (scripts/verify.py) against containers created the way the program defines them."""
+
 from __future__ import annotations
 
 import subprocess
@@ -14,10 +15,23 @@ pytestmark = pytest.mark.e2e
 def run_verify(deployment, *extra: str) -> subprocess.CompletedProcess[str]:
     """Run the script with the target taken from the rendered stack's outputs, as `make verify` takes them."""
     outputs = deployment.stack.outputs
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "verify.py"), "--stack", deployment.stack.stack,
-               "--container", outputs["containerNames"][0], "--url", outputs["apiUrl"],
-               "--expect-restart", outputs["restartPolicy"], "--wait-seconds", "30", "--recovery-timeout", "60",
-               *extra]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "verify.py"),
+        "--stack",
+        deployment.stack.stack,
+        "--container",
+        outputs["containerNames"][0],
+        "--url",
+        outputs["apiUrl"],
+        "--expect-restart",
+        outputs["restartPolicy"],
+        "--wait-seconds",
+        "30",
+        "--recovery-timeout",
+        "60",
+        *extra,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
     print(result.stdout, result.stderr)
     return result
@@ -29,8 +43,15 @@ def test_verify_passes_with_a_real_crash_test(deploy):
     assert result.returncode == 0, result.stdout + result.stderr
     (name,) = deployment.stack.outputs["containerNames"]
     assert f"Verifying stack prod: container {name}" in result.stdout
-    for item in ("container running", "health passing", "restart policy", "API answering", "Valkey connected",
-                 "logs readable", "auto-restart after crash"):
+    for item in (
+        "container running",
+        "health passing",
+        "restart policy",
+        "API answering",
+        "Valkey connected",
+        "logs readable",
+        "auto-restart after crash",
+    ):
         assert f"[PASS] {item}" in result.stdout
     assert deployment.api.restart_count() == 1  # the crash was real
 
@@ -58,8 +79,18 @@ def test_verify_fails_naming_an_unreachable_valkey(deploy):
 def test_verify_checks_every_replica_and_the_proxy_and_the_api_through_it(proxied_deploy):
     deployment = proxied_deploy("prod", replicas=2)
     names = [replica.name for replica in deployment.replicas] + [deployment.proxy.spec.name]
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "verify.py"), "--stack", "prod", "--url", deployment.proxy_url,
-               "--expect-restart", "always", "--wait-seconds", "30"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "verify.py"),
+        "--stack",
+        "prod",
+        "--url",
+        deployment.proxy_url,
+        "--expect-restart",
+        "always",
+        "--wait-seconds",
+        "30",
+    ]
     for name in names:
         command += ["--container", name]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)

@@ -1,7 +1,9 @@
 """(f) A wedged app comes back without a person: the probe kills it after HEALTHCHECK_KILL_AFTER failed probes,
 tini exits, and the restart policy starts the container again. Plain Docker alone would leave it `unhealthy`."""
+
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -30,8 +32,12 @@ def assert_recovers(api: ApiContainer, wedge: Callable[[], None], label: str, me
     measurements.record(f"{label}: wedged -> restarted (s)", restarted)
     measurements.record(f"{label}: wedged -> healthy again (s)", healthy)
 
-    events = api.client.api.events(since=since, until=int(time.time()) + 1, decode=True,
-                                   filters={"container": api.container_id, "type": "container"})
+    events = api.client.api.events(
+        since=since,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"container": api.container_id, "type": "container"},
+    )
     seen = [(event["Action"], event["Actor"]["Attributes"].get("exitCode")) for event in events]
     print(f"{label} events: {seen}")
     assert ("die", "137") in seen, f"the app was not SIGKILLed by the probe: {seen}"
@@ -44,21 +50,19 @@ def test_blocked_event_loop_is_killed_and_restarted(deploy, measurements: Measur
 
     def block_loop() -> None:
         # The request never gets an answer in time: the loop sleeps far longer than the kill window.
-        threading.Thread(target=lambda: _ignore_errors(lambda: api.post("/debug/block-loop?seconds=600",
-                                                                         timeout=RECOVERY_SECONDS)),
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: _ignore_errors(lambda: api.post("/debug/block-loop?seconds=600", timeout=RECOVERY_SECONDS)),
+            daemon=True,
+        ).start()
 
     assert_recovers(api, block_loop, "blocked event loop", measurements)
 
 
 def test_process_frozen_with_sigstop_is_killed_and_restarted(deploy, measurements: Measurements):
     api = deploy("prod").api
-    assert_recovers(api, lambda: api.kill_from_host(api.app_pid(), signal.SIGSTOP), "SIGSTOP-frozen app",
-                    measurements)
+    assert_recovers(api, lambda: api.kill_from_host(api.app_pid(), signal.SIGSTOP), "SIGSTOP-frozen app", measurements)
 
 
 def _ignore_errors(call: Callable[[], object]) -> None:
-    try:
+    with contextlib.suppress(OSError):
         call()
-    except OSError:
-        pass

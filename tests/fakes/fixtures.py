@@ -3,6 +3,7 @@
 ``fake_novita`` (session) runs one fake on a free 127.0.0.1 port in a background thread; ``novita`` (function)
 is the same handle, reset before the test. Tests talk to the fake over real HTTP.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,7 +74,12 @@ class FakeNovitaHandle:
         return [instance for instance in instances if name is None or instance["name"] == name]
 
     def set_state(
-        self, instance_id: str, *, status: str | None = None, status_error: Any = _UNSET, frozen: bool | None = None,
+        self,
+        instance_id: str,
+        *,
+        status: str | None = None,
+        status_error: Any = _UNSET,
+        frozen: bool | None = None,
         ports_answer: bool | None = None,
     ) -> dict[str, Any]:
         """Force an instance's status, statusError (a dict or None), frozen flag or whether its ports answer."""
@@ -144,9 +150,14 @@ def fake_novita() -> Iterator[FakeNovitaHandle]:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(
-        fake.app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            fake.app,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="fake-novita", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -47,6 +47,7 @@ control view of an instance shows those fields under ``received`` (``imageAuth``
 
 Standalone: ``python -m tests.fakes.novita --host 127.0.0.1 --port 8089 --api-key KEY [--step-seconds 1]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -94,32 +95,71 @@ ACTIONS = {
 }
 
 CLUSTERS: list[dict[str, Any]] = [
-    {"id": "us-ca-6", "name": "US-CA-06 (California)", "availableGpuType": ["RTX 4090 24GB", "H100 SXM 80GB"],
-     "supportNetworkStorage": True, "supportInstanceNetwork": True},
-    {"id": "as-sgp-2", "name": "AS-SGP-02 (Singapore)", "availableGpuType": ["RTX 4090 24GB", "RTX 5090 32GB"],
-     "supportNetworkStorage": True, "supportInstanceNetwork": False},
-    {"id": "eu-de-1", "name": "EU-DE-01 (Germany)", "availableGpuType": ["RTX 4090 24GB", "H100 SXM 80GB"],
-     "supportNetworkStorage": False, "supportInstanceNetwork": False},
-    {"id": "cn-hongkong-1", "name": "CN-HK-01 (Hong Kong)", "availableGpuType": ["A100 SXM 80GB"],
-     "supportNetworkStorage": False, "supportInstanceNetwork": False},
+    {
+        "id": "us-ca-6",
+        "name": "US-CA-06 (California)",
+        "availableGpuType": ["RTX 4090 24GB", "H100 SXM 80GB"],
+        "supportNetworkStorage": True,
+        "supportInstanceNetwork": True,
+    },
+    {
+        "id": "as-sgp-2",
+        "name": "AS-SGP-02 (Singapore)",
+        "availableGpuType": ["RTX 4090 24GB", "RTX 5090 32GB"],
+        "supportNetworkStorage": True,
+        "supportInstanceNetwork": False,
+    },
+    {
+        "id": "eu-de-1",
+        "name": "EU-DE-01 (Germany)",
+        "availableGpuType": ["RTX 4090 24GB", "H100 SXM 80GB"],
+        "supportNetworkStorage": False,
+        "supportInstanceNetwork": False,
+    },
+    {
+        "id": "cn-hongkong-1",
+        "name": "CN-HK-01 (Hong Kong)",
+        "availableGpuType": ["A100 SXM 80GB"],
+        "supportNetworkStorage": False,
+        "supportInstanceNetwork": False,
+    },
 ]
 _CLUSTER_NAMES = {cluster["id"]: cluster["name"] for cluster in CLUSTERS}
 
 
 def _product(
-    gpu: str, cluster_id: str, price: int, spot_price: int | None, *, available: bool = True, gpus: int = 8,
-    billing: tuple[str, ...] = ("onDemand", "spot", "monthly"), cuda: str = "12.4",
+    gpu: str,
+    cluster_id: str,
+    price: int,
+    spot_price: int | None,
+    *,
+    available: bool = True,
+    gpus: int = 8,
+    billing: tuple[str, ...] = ("onDemand", "spot", "monthly"),
+    cuda: str = "12.4",
 ) -> dict[str, Any]:
     slug = gpu.split()[1].lower() if gpu.startswith("RTX") else gpu.split()[0].lower()
     return {
-        "id": f"{slug}-{cluster_id}", "name": gpu, "cpuPerGpu": 16, "memoryPerGpu": 62, "diskPerGpu": 200,
-        "availableDeploy": available, "minRootFS": 10, "maxRootFS": 500, "minLocalStorage": 0,
-        "maxLocalStorage": 1000, "regions": [_CLUSTER_NAMES[cluster_id]],
-        "price": price, "monthlyPrice": [{"price": price * 500, "month": 1}],
-        "billingMethods": list(billing), "spotPrice": str(spot_price) if spot_price is not None else "",
-        "inventoryState": "normal" if available else "none", "availableGpuNumber": gpus if available else 0,
+        "id": f"{slug}-{cluster_id}",
+        "name": gpu,
+        "cpuPerGpu": 16,
+        "memoryPerGpu": 62,
+        "diskPerGpu": 200,
+        "availableDeploy": available,
+        "minRootFS": 10,
+        "maxRootFS": 500,
+        "minLocalStorage": 0,
+        "maxLocalStorage": 1000,
+        "regions": [_CLUSTER_NAMES[cluster_id]],
+        "price": price,
+        "monthlyPrice": [{"price": price * 500, "month": 1}],
+        "billingMethods": list(billing),
+        "spotPrice": str(spot_price) if spot_price is not None else "",
+        "inventoryState": "normal" if available else "none",
+        "availableGpuNumber": gpus if available else 0,
         # Where the fake keeps the product's single cluster and its nodes' CUDA version; not Novita fields.
-        "_clusterId": cluster_id, "_cudaVersion": cuda,
+        "_clusterId": cluster_id,
+        "_cudaVersion": cuda,
     }
 
 
@@ -135,16 +175,42 @@ PRODUCTS: list[dict[str, Any]] = [
 ]
 
 TEMPLATES: list[dict[str, Any]] = [
-    {"Id": "tpl-pytorch", "name": "PyTorch 2.4", "type": "instance", "channel": "official",
-     "image": "docker.io/pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", "imageAuth": "",
-     "startCommand": "", "rootfsSize": 60, "ports": [{"type": "http", "ports": [8888]}, {"type": "tcp", "ports": [22]}],
-     "envs": [{"key": "JUPYTER_TOKEN", "value": "fake"}]},
-    {"Id": "tpl-private", "name": "Private inference", "type": "instance", "channel": "private",
-     "image": "registry.example.com/team/infer:1.0", "imageAuth": "auth-registry-1", "startCommand": "serve",
-     "rootfsSize": 100, "ports": [{"type": "http", "ports": [8000]}], "envs": []},
-    {"Id": "tpl-ubuntu", "name": "Ubuntu 22.04", "type": "instance", "channel": "official",
-     "image": "docker.io/library/ubuntu:22.04", "imageAuth": "", "startCommand": "sleep infinity",
-     "rootfsSize": 20, "ports": [], "envs": []},
+    {
+        "Id": "tpl-pytorch",
+        "name": "PyTorch 2.4",
+        "type": "instance",
+        "channel": "official",
+        "image": "docker.io/pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime",
+        "imageAuth": "",
+        "startCommand": "",
+        "rootfsSize": 60,
+        "ports": [{"type": "http", "ports": [8888]}, {"type": "tcp", "ports": [22]}],
+        "envs": [{"key": "JUPYTER_TOKEN", "value": "fake"}],
+    },
+    {
+        "Id": "tpl-private",
+        "name": "Private inference",
+        "type": "instance",
+        "channel": "private",
+        "image": "registry.example.com/team/infer:1.0",
+        "imageAuth": "auth-registry-1",
+        "startCommand": "serve",
+        "rootfsSize": 100,
+        "ports": [{"type": "http", "ports": [8000]}],
+        "envs": [],
+    },
+    {
+        "Id": "tpl-ubuntu",
+        "name": "Ubuntu 22.04",
+        "type": "instance",
+        "channel": "official",
+        "image": "docker.io/library/ubuntu:22.04",
+        "imageAuth": "",
+        "startCommand": "sleep infinity",
+        "rootfsSize": 20,
+        "ports": [],
+        "envs": [],
+    },
 ]
 
 REGISTRY_AUTHS: list[dict[str, Any]] = [
@@ -209,22 +275,43 @@ class FakeInstance:
         # Novita serves Jupyter on an exposed 8888/http port; the web terminal is its own proxied page.
         jupyter = JUPYTER_PORT in {port for port, kind in self.ports if kind == "http"}
         return {
-            "id": self.id, "name": self.name, "clusterId": cluster_id, "clusterName": _CLUSTER_NAMES[cluster_id],
-            "status": self.status, "statusError": dict(self.status_error), "imageUrl": self.image_url,
-            "imageAuthId": self.image_auth_id, "command": self.command, "cpuNum": str(16 * self.gpu_num),
-            "memory": str(62 * self.gpu_num), "gpuNum": str(self.gpu_num),
+            "id": self.id,
+            "name": self.name,
+            "clusterId": cluster_id,
+            "clusterName": _CLUSTER_NAMES[cluster_id],
+            "status": self.status,
+            "statusError": dict(self.status_error),
+            "imageUrl": self.image_url,
+            "imageAuthId": self.image_auth_id,
+            "command": self.command,
+            "cpuNum": str(16 * self.gpu_num),
+            "memory": str(62 * self.gpu_num),
+            "gpuNum": str(self.gpu_num),
             "portMappings": [
                 {"port": port, "type": kind, "endpoint": self.public_endpoint(port, kind)} for port, kind in self.ports
             ],
-            "productId": self.product["id"], "productName": self.product["name"], "rootfsSize": self.rootfs_size,
-            "volumeMounts": [], "envs": list(self.envs), "kind": "gpu", "billingMode": self.billing_mode,
-            "endTime": "-1", "spotStatus": "running" if self.billing_mode == "spot" else "",
-            "spotReclaimTime": "0", "createdAt": str(self.created_at),
-            "connectComponentSSH": {"sshCommand": f"ssh -p 32787 root@proxy.{cluster_id}.fake-novita.local",
-                                    "password": f"ssh-pass-{self.id}", "isRunning": running},
-            "connectComponentWebTerminal": {"address": f"http://{self.address}/_fake/terminal/{self.id}",
-                                            "username": "root", "password": f"web-pass-{self.id}",
-                                            "isRunning": running},
+            "productId": self.product["id"],
+            "productName": self.product["name"],
+            "rootfsSize": self.rootfs_size,
+            "volumeMounts": [],
+            "envs": list(self.envs),
+            "kind": "gpu",
+            "billingMode": self.billing_mode,
+            "endTime": "-1",
+            "spotStatus": "running" if self.billing_mode == "spot" else "",
+            "spotReclaimTime": "0",
+            "createdAt": str(self.created_at),
+            "connectComponentSSH": {
+                "sshCommand": f"ssh -p 32787 root@proxy.{cluster_id}.fake-novita.local",
+                "password": f"ssh-pass-{self.id}",
+                "isRunning": running,
+            },
+            "connectComponentWebTerminal": {
+                "address": f"http://{self.address}/_fake/terminal/{self.id}",
+                "username": "root",
+                "password": f"web-pass-{self.id}",
+                "isRunning": running,
+            },
             "connectComponentJupyter": {
                 "port": JUPYTER_PORT if jupyter else 0,
                 "address": self.public_endpoint(JUPYTER_PORT, "http") if jupyter else "",
@@ -249,17 +336,36 @@ class FaultRule:
     body: str | None = None
     content_type: str = "text/plain"
 
-    KINDS = ("rate_limit", "server_error", "html_error", "error", "timeout", "slow", "insufficient_resource",
-             "lost_response", "bare_404")
+    KINDS = (
+        "rate_limit",
+        "server_error",
+        "html_error",
+        "error",
+        "timeout",
+        "slow",
+        "insufficient_resource",
+        "lost_response",
+        "bare_404",
+    )
 
     @classmethod
     def from_json(cls, data: Any) -> FaultRule:
         """Build a rule from its JSON form, with a clear error for a bad one."""
         if not isinstance(data, dict):
             raise ValueError("a fault rule must be a JSON object")
-        keys = {"kind": "kind", "path": "path", "method": "method", "count": "count", "status": "status",
-                "retryAfter": "retry_after", "delaySeconds": "delay_seconds", "reason": "reason",
-                "message": "message", "body": "body", "contentType": "content_type"}
+        keys = {
+            "kind": "kind",
+            "path": "path",
+            "method": "method",
+            "count": "count",
+            "status": "status",
+            "retryAfter": "retry_after",
+            "delaySeconds": "delay_seconds",
+            "reason": "reason",
+            "message": "message",
+            "body": "body",
+            "contentType": "content_type",
+        }
         unknown = set(data) - set(keys)
         if unknown:
             raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
@@ -276,14 +382,25 @@ class FaultRule:
 
     def to_json(self) -> dict[str, Any]:
         """The rule as the control API shows it."""
-        return {"kind": self.kind, "path": self.path, "method": self.method, "count": self.count,
-                "status": self.status, "retryAfter": self.retry_after, "delaySeconds": self.delay_seconds,
-                "reason": self.reason, "message": self.message}
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "method": self.method,
+            "count": self.count,
+            "status": self.status,
+            "retryAfter": self.retry_after,
+            "delaySeconds": self.delay_seconds,
+            "reason": self.reason,
+            "message": self.message,
+        }
 
     def matches(self, method: str, path: str) -> bool:
         """True if this rule applies to the call and has uses left."""
-        return ((self.count is None or self.count > 0) and self.path in ("*", path)
-                and (self.method is None or self.method.upper() == method))
+        return (
+            (self.count is None or self.count > 0)
+            and self.path in ("*", path)
+            and (self.method is None or self.method.upper() == method)
+        )
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -315,20 +432,22 @@ class FakeNovita:
             ("GET", "/template"): self.get_template,
             ("GET", "/repository/auths"): self.list_registry_auths,
         }
-        self.app = Starlette(routes=[
-            Route("/_fake/reset", self.control_reset, methods=["POST"]),
-            Route("/_fake/faults", self.control_faults, methods=["GET", "POST", "DELETE"]),
-            Route("/_fake/calls", self.control_calls, methods=["GET", "DELETE"]),
-            Route("/_fake/instances", self.control_instances, methods=["GET"]),
-            Route("/_fake/instances/{instance_id}/state", self.control_set_state, methods=["POST"]),
-            Route("/_fake/instances/{instance_id}", self.control_vanish, methods=["DELETE"]),
-            Route("/_fake/advance", self.control_advance, methods=["POST"]),
-            Route("/_fake/preload", self.control_preload, methods=["POST"]),
-            Route("/_fake/ports/{instance_id}/{port}", self.port_endpoint, methods=["GET"]),
-            Route("/_fake/terminal/{instance_id}", self.web_terminal, methods=["GET"]),
-            Route("/_fake/config", self.control_config, methods=["GET", "POST"]),
-            Route(BASE_PREFIX + "/{path:path}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/_fake/reset", self.control_reset, methods=["POST"]),
+                Route("/_fake/faults", self.control_faults, methods=["GET", "POST", "DELETE"]),
+                Route("/_fake/calls", self.control_calls, methods=["GET", "DELETE"]),
+                Route("/_fake/instances", self.control_instances, methods=["GET"]),
+                Route("/_fake/instances/{instance_id}/state", self.control_set_state, methods=["POST"]),
+                Route("/_fake/instances/{instance_id}", self.control_vanish, methods=["DELETE"]),
+                Route("/_fake/advance", self.control_advance, methods=["POST"]),
+                Route("/_fake/preload", self.control_preload, methods=["POST"]),
+                Route("/_fake/ports/{instance_id}/{port}", self.port_endpoint, methods=["GET"]),
+                Route("/_fake/terminal/{instance_id}", self.web_terminal, methods=["GET"]),
+                Route("/_fake/config", self.control_config, methods=["GET", "POST"]),
+                Route(BASE_PREFIX + "/{path:path}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
+            ]
+        )
 
     # -- the API -----------------------------------------------------------------------------------------------
 
@@ -381,10 +500,10 @@ class FakeNovita:
             await asyncio.sleep(1.0 if fault.delay_seconds is None else fault.delay_seconds)
             return await self._run(handler, request)
         # lost_response: the action happens, the caller does not learn it.
-        response = await self._run(handler, request)
+        answered = await self._run(handler, request)
         if fault.delay_seconds is not None:
             await asyncio.sleep(fault.delay_seconds)
-            return response
+            return answered
         return novita_error(fault.status or 500, "UNKNOWN", "internal error")
 
     async def _run(self, handler: Handler, request: Request) -> Response:
@@ -398,7 +517,8 @@ class FakeNovita:
         query = request.query_params
         name = query.get("productName", "").lower()
         products = [
-            _public(product) for product in PRODUCTS
+            _public(product)
+            for product in PRODUCTS
             if name in product["name"].lower()
             and query.get("clusterId") in (None, "", product["_clusterId"])
             and query.get("billingMethod") in (None, "", *product["billingMethods"])
@@ -431,14 +551,26 @@ class FakeNovita:
         received = _optional_create_fields(body)
         wanted_cuda = received.get("minCudaVersion")
         if wanted_cuda and _version(wanted_cuda) > _version(product["_cudaVersion"]):
-            raise FakeRequestError("CUDA_VERSION_INCOMPATIBLE",
-                                   f"no node of {product['id']} has CUDA {wanted_cuda} (they have {product['_cudaVersion']})")
+            raise FakeRequestError(
+                "CUDA_VERSION_INCOMPATIBLE",
+                f"no node of {product['id']} has CUDA {wanted_cuda} (they have {product['_cudaVersion']})",
+            )
         instance = FakeInstance(
-            id=secrets.token_hex(8), name=str(body.get("name") or ""), product=product, gpu_num=gpu_num,
-            rootfs_size=rootfs_size, image_url=str(body["imageUrl"]), image_auth_id=auth_id,
-            ports=_parse_ports(body.get("ports")), envs=list(body.get("envs") or []),
-            command=str(body.get("command") or ""), billing_mode=billing_mode, status="toCreate",
-            status_since=time.monotonic(), created_at=int(time.time()), address=request.url.netloc,
+            id=secrets.token_hex(8),
+            name=str(body.get("name") or ""),
+            product=product,
+            gpu_num=gpu_num,
+            rootfs_size=rootfs_size,
+            image_url=str(body["imageUrl"]),
+            image_auth_id=auth_id,
+            ports=_parse_ports(body.get("ports")),
+            envs=list(body.get("envs") or []),
+            command=str(body.get("command") or ""),
+            billing_mode=billing_mode,
+            status="toCreate",
+            status_since=time.monotonic(),
+            created_at=int(time.time()),
+            address=request.url.netloc,
             received=received,
         )
         if STALLING_IMAGE_MARKER in instance.image_url:
@@ -452,8 +584,10 @@ class FakeNovita:
         name = query.get("name", "").lower()
         product_name = query.get("productName", "").lower()
         matching = [
-            instance for instance in self.instances.values()
-            if name in instance.name.lower() and product_name in instance.product["name"].lower()
+            instance
+            for instance in self.instances.values()
+            if name in instance.name.lower()
+            and product_name in instance.product["name"].lower()
             and query.get("status") in (None, "", instance.status)
         ]
         body = self.listing.page("instances", matching, page_num, page_size)
@@ -605,8 +739,11 @@ class FakeNovita:
         data = await _control_json(request) or {}
         instance_id = data.get("instanceId") if isinstance(data, dict) else None
         steps = int(data.get("steps", 1)) if isinstance(data, dict) else 1
-        targets = [self.instances[instance_id]] if instance_id in self.instances else (
-            [] if instance_id else list(self.instances.values()))
+        targets = (
+            [self.instances[instance_id]]
+            if instance_id in self.instances
+            else ([] if instance_id else list(self.instances.values()))
+        )
         if instance_id and not targets:
             return JSONResponse({"error": "no such instance"}, status_code=404)
         now = time.monotonic()
@@ -620,16 +757,26 @@ class FakeNovita:
         data = await _control_json(request)
         items = data.get("instances") if isinstance(data, dict) else None
         if not isinstance(items, list) or not all(isinstance(item, dict) and item.get("name") for item in items):
-            return JSONResponse({"error": "body must be {\"instances\": [{\"name\": ...}, ...]}"}, status_code=400)
+            return JSONResponse({"error": 'body must be {"instances": [{"name": ...}, ...]}'}, status_code=400)
         product = PRODUCTS[0]
         now, ids = time.monotonic(), []
         for item in items:
             instance = FakeInstance(
-                id=secrets.token_hex(8), name=str(item["name"]), product=product, gpu_num=1, rootfs_size=60,
-                image_url="docker.io/library/ubuntu:22.04", image_auth_id="", ports=[(8888, "http")], envs=[],
-                command="", billing_mode=str(item.get("billingMode") or "onDemand"),
-                status=str(item.get("status") or "running"), status_since=now,
-                created_at=int(item.get("createdAt") or time.time()), address=request.url.netloc,
+                id=secrets.token_hex(8),
+                name=str(item["name"]),
+                product=product,
+                gpu_num=1,
+                rootfs_size=60,
+                image_url="docker.io/library/ubuntu:22.04",
+                image_auth_id="",
+                ports=[(8888, "http")],
+                envs=[],
+                command="",
+                billing_mode=str(item.get("billingMode") or "onDemand"),
+                status=str(item.get("status") or "running"),
+                status_since=now,
+                created_at=int(item.get("createdAt") or time.time()),
+                address=request.url.netloc,
             )
             self.instances[instance.id] = instance
             ids.append(instance.id)
@@ -670,8 +817,13 @@ class ListingReading:
     total: str = "int"
     key_refusal: str = "401"
 
-    _FIELDS = {"pageBase": "page_base", "pageZero": "page_zero", "pageCap": "page_cap", "total": "total",
-               "keyRefusal": "key_refusal"}
+    _FIELDS: ClassVar[dict[str, str]] = {
+        "pageBase": "page_base",
+        "pageZero": "page_zero",
+        "pageCap": "page_cap",
+        "total": "total",
+        "keyRefusal": "key_refusal",
+    }
 
     def changed(self, data: dict[str, Any]) -> ListingReading:
         """A copy with the given switches set; ``ValueError`` naming a bad one."""
@@ -705,7 +857,7 @@ class ListingReading:
             index = page_num - self.page_base
         # A capped server simply uses the smaller size: pages come back short although more follow.
         start = index * size if index is not None and index >= 0 else None
-        body: dict[str, Any] = {key: items[start:start + size] if start is not None else []}
+        body: dict[str, Any] = {key: items[start : start + size] if start is not None else []}
         if self.total != "absent":
             body["total"] = len(items) if self.total == "int" else str(len(items))
         return body
@@ -771,8 +923,11 @@ def _optional_create_fields(body: dict[str, Any]) -> dict[str, Any]:
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list) or any(
-            not isinstance(tool, dict) or tool.get("name") != "Jupyter" or not isinstance(tool.get("port"), str)
-            or tool.get("type") not in ("tcp", "http") for tool in tools
+            not isinstance(tool, dict)
+            or tool.get("name") != "Jupyter"
+            or not isinstance(tool.get("port"), str)
+            or tool.get("type") not in ("tcp", "http")
+            for tool in tools
         ):
             raise FakeRequestError("VALIDATOR_PARAM", "tools must be [{name: 'Jupyter', port: string, type}]")
         received["tools"] = tools
@@ -823,8 +978,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--api-key", required=True, help="the bearer key the fake accepts")
-    parser.add_argument("--step-seconds", type=float, default=DEFAULT_STEP_SECONDS,
-                        help="seconds per automatic status step; negative turns automatic progress off")
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        default=DEFAULT_STEP_SECONDS,
+        help="seconds per automatic status step; negative turns automatic progress off",
+    )
     args = parser.parse_args()
     step = None if args.step_seconds < 0 else args.step_seconds
     uvicorn.run(FakeNovita(args.api_key, step).app, host=args.host, port=args.port, log_level="warning")

@@ -1,4 +1,5 @@
 """Mocks-suite plumbing: every test here must be a `@pulumi.runtime.test`, and the provider schemas must exist."""
+
 from __future__ import annotations
 
 import logging

@@ -7,6 +7,7 @@ because they hold no state.
 
 Used by the mocks suite (conftest.py) and by `python -m tests.infra.render` (the real-Docker tests).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,16 +15,17 @@ import hashlib
 import json
 import os
 import runpy
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any
 
 import pulumi
 import yaml
 from google.protobuf import json_format
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import ROOT
-from pulumi.runtime.stack import wait_for_rpcs
+from pulumi.runtime.stack import Stack, wait_for_rpcs
 
 from components.config import PROJECT
 
@@ -65,8 +67,8 @@ def stack_file(stack: str) -> Path:
 
 def stack_config(
     stack: str,
-    overrides: Optional[dict[str, Optional[str]]] = None,
-    secrets: Optional[dict[str, Optional[str]]] = None,
+    overrides: Mapping[str, str | None] | None = None,
+    secrets: Mapping[str, str | None] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Config of a stack file plus secrets, as `set_all_config` takes it.
 
@@ -87,8 +89,7 @@ def stack_config(
             config.pop(key, None)
         else:
             config[key] = value
-    secret_values = dict(TEST_SECRETS)
-    secret_values.update(secrets or {})
+    secret_values: dict[str, str | None] = {**TEST_SECRETS, **(secrets or {})}
     secret_keys = []
     for key, value in secret_values.items():
         if value is not None:
@@ -128,8 +129,8 @@ class ProgramMocks(pulumi.runtime.Mocks):
             outputs.update(password=MOCK_VALKEY_USER_PASSWORD, type="normal")
         return f"{args.name}-id", outputs
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
-        return {}
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        return {}, []  # no check failures (the SDK iterates this list, so not None)
 
 
 def _plain(value: Any, path: str, secret_paths: set[str]) -> Any:
@@ -196,7 +197,7 @@ class RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.registrations: list[Registration] = []
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:  # gRPC's method name
         response = super().RegisterResource(request)
         secret_paths: set[str] = set()
         inputs = _plain(json_format.MessageToDict(request.object), "", secret_paths)
@@ -248,14 +249,14 @@ class ProgramRun:
     def for_stack(
         cls,
         stack: str,
-        overrides: Optional[dict[str, Optional[str]]] = None,
-        secrets: Optional[dict[str, Optional[str]]] = None,
-    ) -> "ProgramRun":
+        overrides: Mapping[str, str | None] | None = None,
+        secrets: Mapping[str, str | None] | None = None,
+    ) -> ProgramRun:
         """A run with the stack file's config, `overrides` on top, and test secrets."""
         config, secret_keys = stack_config(stack, overrides, secrets)
         return cls(stack, config, secret_keys)
 
-    async def run(self) -> "ProgramRun":
+    async def run(self) -> ProgramRun:
         """Execute the program and wait until every registration and stack output has resolved."""
         ROOT.set(None)  # a fresh root stack, so outputs of earlier runs don't mix in
         pulumi.runtime.set_mocks(ProgramMocks(), project=PROJECT, stack=self.stack, preview=False, monitor=self.monitor)
@@ -266,7 +267,7 @@ class ProgramRun:
         finally:
             await wait_for_rpcs(await_all_outstanding_tasks=False)  # all=True would wait for this very task
         root = pulumi.runtime.get_root_resource()
-        for name, value in (root.outputs if root is not None else {}).items():
+        for name, value in (root.outputs if isinstance(root, Stack) else {}).items():
             output = pulumi.Output.from_input(value)
             self.outputs[name] = Output(value=await output.future(), secret=await output.is_secret())
         return self
@@ -277,7 +278,7 @@ class ProgramRun:
         """Every registration of a resource type (e.g. `docker:index/container:Container`)."""
         return [r for r in self.monitor.registrations if r.type == type_]
 
-    def one(self, type_: str, name: Optional[str] = None) -> Registration:
+    def one(self, type_: str, name: str | None = None) -> Registration:
         """The single registration of a type (optionally with a given logical name)."""
         found = [r for r in self.all(type_) if name is None or r.name == name]
         if len(found) != 1:

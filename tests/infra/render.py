@@ -15,19 +15,19 @@ Output (stdout), one JSON object:
 `inputs` use the engine's camelCase names with secrets unwrapped; `secretInputs` lists the paths that were
 secret (e.g. "envs[8]"). Integers are JSON integers.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Optional
 
 from components.config import StackConfigError
 from tests.infra.harness import ProgramRun, execute
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, Optional[str]]:
-    pairs: dict[str, Optional[str]] = {}
+def _pairs(items: list[str], flag: str) -> dict[str, str | None]:
+    pairs: dict[str, str | None] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -36,7 +36,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, Optional[str]]:
     return pairs
 
 
-def render(stack: str, overrides: dict[str, Optional[str]], secrets: dict[str, Optional[str]]) -> dict:
+def render(stack: str, overrides: dict[str, str | None], secrets: dict[str, str | None]) -> dict:
     """Run the program for `stack` under mocks and return the JSON document described in the module docstring."""
     run = ProgramRun.for_stack(stack, overrides, secrets)
 
@@ -52,11 +52,13 @@ def render(stack: str, overrides: dict[str, Optional[str]], secrets: dict[str, O
     }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m tests.infra.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml")
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="config override (short key)")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE", help="config override (short key)"
+    )
     parser.add_argument("--secret", action="append", default=[], metavar="KEY=VALUE", help="secret value (short key)")
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 Mocks accept anything, so without this a misspelt property or a string where the provider wants an integer
 would pass every mock test and fail only at `pulumi up`.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from tests.infra.harness import Registration
 SCHEMA_FILES = ("docker.schema.json", "aiven.schema.json")
 # Inputs the SDK adds to every provider resource; they belong to the engine, not to the provider's schema.
 PROVIDER_ENGINE_INPUTS = {"version", "pluginDownloadURL"}
-_JSON_TYPES = {
+_JSON_TYPES: dict[str, tuple[type[Any], ...]] = {
     "string": (str,),
     "boolean": (bool,),
     "integer": (int,),
@@ -68,14 +69,24 @@ class ProviderSchemas:
         expected = spec.get("type")
         if expected is None:
             return []  # "any"
-        if not isinstance(value, _JSON_TYPES[expected]) or (expected in ("integer", "number") and isinstance(value, bool)):
+        if not isinstance(value, _JSON_TYPES[expected]) or (
+            expected in ("integer", "number") and isinstance(value, bool)
+        ):
             return [f"{path}: expected {expected}, got {type(value).__name__} {value!r}"]
         if "enum" in spec and value not in [choice["value"] for choice in spec["enum"]]:
             return [f"{path}: {value!r} is not one of the schema's enum values"]
         if expected == "array":
-            return [p for index, item in enumerate(value) for p in self._value(item, spec.get("items", {}), f"{path}[{index}]")]
+            return [
+                p
+                for index, item in enumerate(value)
+                for p in self._value(item, spec.get("items", {}), f"{path}[{index}]")
+            ]
         if expected == "object" and "properties" in spec:
             return self._object(value, spec["properties"], spec.get("required", []), path)
         if expected == "object" and "additionalProperties" in spec:
-            return [p for key, item in value.items() for p in self._value(item, spec["additionalProperties"], f"{path}.{key}")]
+            return [
+                p
+                for key, item in value.items()
+                for p in self._value(item, spec["additionalProperties"], f"{path}.{key}")
+            ]
         return []

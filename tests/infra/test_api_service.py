@@ -1,7 +1,9 @@
 """The API container, per stack: every value the seed's incidents taught, read from the real stack files."""
+
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pulumi
 import pytest
@@ -12,15 +14,20 @@ CONTAINER = "docker:index/container:Container"
 SECRET_ENVS = ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS", "WEBHOOK_URL", "WEBHOOK_SECRET")
 
 # What each stack must deploy (issue 2 and the seed document), in the form the provider reads back.
-EXPECTED = {
+EXPECTED: dict[str, dict[str, Any]] = {
     "dev": {
         "name": "novita-gpu-instance-api-dev",
         "restart": "unless-stopped",
         "healthcheck": {
             "tests": ["CMD", "python", "-m", "app.healthcheck"],
-            "interval": "30s", "timeout": "10s", "retries": 5, "startPeriod": "1m0s",
+            "interval": "30s",
+            "timeout": "10s",
+            "retries": 5,
+            "startPeriod": "1m0s",
         },
-        "memory": 512, "memorySwap": 512, "cpus": "1.0",
+        "memory": 512,
+        "memorySwap": 512,
+        "cpus": "1.0",
         "APP_ENV": "development",
         "REDIS_URL": "redis://valkey:6379/0",
     },
@@ -29,9 +36,14 @@ EXPECTED = {
         "restart": "always",
         "healthcheck": {
             "tests": ["CMD", "python", "-m", "app.healthcheck"],
-            "interval": "30s", "timeout": "10s", "retries": 5, "startPeriod": "2m0s",
+            "interval": "30s",
+            "timeout": "10s",
+            "retries": 5,
+            "startPeriod": "2m0s",
         },
-        "memory": 512, "memorySwap": 512, "cpus": "0.5",
+        "memory": 512,
+        "memorySwap": 512,
+        "cpus": "0.5",
         "APP_ENV": "production",
         "REDIS_URL": f"rediss://default:{MOCK_VALKEY_PASSWORD}@novita-gpu-api-valkey-novita-gpu-api.aivencloud.com:13345",
     },
@@ -77,7 +89,11 @@ async def test_healthcheck_every_field_in_canonical_form(stack: str) -> None:
 async def test_limits_and_no_swap(stack: str) -> None:
     inputs = api_container(await ProgramRun.for_stack(stack).run()).inputs
     expected = EXPECTED[stack]
-    assert (inputs["memory"], inputs["memorySwap"], inputs["cpus"]) == (expected["memory"], expected["memorySwap"], expected["cpus"])
+    assert (inputs["memory"], inputs["memorySwap"], inputs["cpus"]) == (
+        expected["memory"],
+        expected["memorySwap"],
+        expected["cpus"],
+    )
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -220,7 +236,13 @@ async def test_runs_the_built_image_by_id_so_a_rebuild_rolls_out(stack: str) -> 
 @pulumi.runtime.test
 async def test_custom_values_are_normalised() -> None:
     run = await ProgramRun.for_stack(
-        "dev", {"healthcheckStartPeriod": "90s", "healthcheckInterval": "1m", "healthcheckStartInterval": "5000ms", "cpus": "2"}
+        "dev",
+        {
+            "healthcheckStartPeriod": "90s",
+            "healthcheckInterval": "1m",
+            "healthcheckStartInterval": "5000ms",
+            "cpus": "2",
+        },
     ).run()
     inputs = api_container(run).inputs
     assert inputs["healthcheck"]["startPeriod"] == "1m30s"
@@ -246,7 +268,9 @@ async def test_bridge_mode_joins_the_private_network() -> None:
     run = await ProgramRun.for_stack("dev").run()
     network = run.one("docker:index/network:Network")
     assert network.inputs == {"name": "novita-gpu-api-dev"}
-    assert api_container(run).inputs["networksAdvanced"] == [{"name": "novita-gpu-api-dev", "aliases": ["api-replicas"]}]
+    assert api_container(run).inputs["networksAdvanced"] == [
+        {"name": "novita-gpu-api-dev", "aliases": ["api-replicas"]}
+    ]
 
 
 @pulumi.runtime.test
@@ -259,7 +283,9 @@ async def test_dev_without_client_keys_and_with_fault_injection() -> None:
 
 @pulumi.runtime.test
 async def test_probe_timeout_and_kill_threshold_follow_the_healthcheck() -> None:
-    run = await ProgramRun.for_stack("dev", {"healthcheckTimeout": "1s", "healthcheckInterval": "5s", "healthcheckRetries": "3"}).run()
+    run = await ProgramRun.for_stack(
+        "dev", {"healthcheckTimeout": "1s", "healthcheckInterval": "5s", "healthcheckRetries": "3"}
+    ).run()
     env = env_map(api_container(run))
     # Half of a 1 s Docker timeout: the probe must give up first, or Docker kills it and no failure is counted.
     assert (env["HEALTHCHECK_TIMEOUT_SECONDS"], env["HEALTHCHECK_KILL_AFTER"]) == ("0.5", "3")

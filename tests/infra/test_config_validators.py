@@ -1,4 +1,5 @@
 """The plain checks behind the settings' field types (components/config/validators.py), on their own."""
+
 from __future__ import annotations
 
 import pulumi
@@ -61,7 +62,10 @@ def test_lists_come_as_json_text_or_lists() -> None:
 def test_docker_hosts_are_ssh_tcp_or_unix_urls_each_once() -> None:
     hosts = '["ssh://deploy@api-a", "ssh://api-b:2222", "tcp://10.0.0.5:2376", "unix:///run/docker-2.sock"]'
     assert check.docker_host_list(hosts, forms="FORMS") == [
-        "ssh://deploy@api-a", "ssh://api-b:2222", "tcp://10.0.0.5:2376", "unix:///run/docker-2.sock",
+        "ssh://deploy@api-a",
+        "ssh://api-b:2222",
+        "tcp://10.0.0.5:2376",
+        "unix:///run/docker-2.sock",
     ]
     assert check.docker_host_list("", forms="FORMS") == []
     assert _refused(check.docker_host_list, '["ssh://a", "api-b"]', forms="FORMS") == (
@@ -107,9 +111,14 @@ def test_names_addresses_and_executables() -> None:
 @pulumi.runtime.test
 def test_a_rule_names_the_key_it_concerns() -> None:
     with pytest.raises(ValidationError) as raised:
-        HealthcheckSettings.model_validate({
-            "healthcheckInterval": "10s", "healthcheckTimeout": "10s", "healthcheckRetries": 3,
-            "healthcheckStartPeriod": "0s", "healthcheckStartInterval": "",
-        })
+        HealthcheckSettings.model_validate(
+            {
+                "healthcheckInterval": "10s",
+                "healthcheckTimeout": "10s",
+                "healthcheckRetries": 3,
+                "healthcheckStartPeriod": "0s",
+                "healthcheckStartInterval": "",
+            }
+        )
     cause = raised.value.errors()[0]["ctx"]["error"]
     assert isinstance(cause, RuleViolation) and cause.key == "healthcheckTimeout"

@@ -3,6 +3,7 @@ defaults are the app's, the app accepts what the program passes, and docs/archit
 
 Tests may import `app.core.config` (the program itself never does).
 """
+
 from __future__ import annotations
 
 import re
@@ -22,36 +23,57 @@ from tests.infra.test_api_service import api_container, env_map
 # it a stack key (components/config/models.py, setting(..., env=...)) or list it here: the test below fails until then.
 INTERNAL_APP_SETTINGS = {
     # Valkey: the program always passes REDIS_URL; these are the seed's alternative and the client's tuning.
-    "REDIS_HOST": "REDIS_URL replaces it", "REDIS_PORT": "REDIS_URL replaces it",
-    "REDIS_PASSWORD": "REDIS_URL replaces it", "REDIS_TLS": "REDIS_URL replaces it",
+    "REDIS_HOST": "REDIS_URL replaces it",
+    "REDIS_PORT": "REDIS_URL replaces it",
+    "REDIS_PASSWORD": "REDIS_URL replaces it",
+    "REDIS_TLS": "REDIS_URL replaces it",
     "REDIS_CA_CERT": "Aiven's certificate chains to the image's system CAs",
-    "REDIS_CONNECT_TIMEOUT_SECONDS": "client tuning", "REDIS_SOCKET_TIMEOUT_SECONDS": "client tuning",
-    "REDIS_HEALTH_CHECK_INTERVAL_SECONDS": "tied to Aiven's 300 s idle timeout", "REDIS_COMMAND_RETRIES": "client tuning",
-    "REDIS_STARTUP_RETRY_MAX_DELAY_SECONDS": "client tuning", "REDIS_MONITOR_INTERVAL_SECONDS": "client tuning",
+    "REDIS_CONNECT_TIMEOUT_SECONDS": "client tuning",
+    "REDIS_SOCKET_TIMEOUT_SECONDS": "client tuning",
+    "REDIS_HEALTH_CHECK_INTERVAL_SECONDS": "tied to Aiven's 300 s idle timeout",
+    "REDIS_COMMAND_RETRIES": "client tuning",
+    "REDIS_STARTUP_RETRY_MAX_DELAY_SECONDS": "client tuning",
+    "REDIS_MONITOR_INTERVAL_SECONDS": "client tuning",
     "PID_FILE": "shared by the app and its probe inside the image",
     # Novita client: tuned to Novita's API, not to a deployment.
-    "NOVITA_TIMEOUT_SECONDS": "client tuning", "NOVITA_MAX_ATTEMPTS": "client tuning",
-    "NOVITA_RATE_LIMIT_PER_SECOND": "client tuning", "NOVITA_BREAKER_FAILURE_THRESHOLD": "client tuning",
-    "NOVITA_BREAKER_RESET_SECONDS": "client tuning", "NOVITA_HEALTH_TIMEOUT_SECONDS": "client tuning",
+    "NOVITA_TIMEOUT_SECONDS": "client tuning",
+    "NOVITA_MAX_ATTEMPTS": "client tuning",
+    "NOVITA_RATE_LIMIT_PER_SECOND": "client tuning",
+    "NOVITA_BREAKER_FAILURE_THRESHOLD": "client tuning",
+    "NOVITA_BREAKER_RESET_SECONDS": "client tuning",
+    "NOVITA_HEALTH_TIMEOUT_SECONDS": "client tuning",
     "NOVITA_HEALTH_CHECK_INTERVAL_SECONDS": "health pacing: one shared key check per minute across replicas",
-    "NOVITA_RATE_LIMIT_BURST": "client tuning", "NOVITA_RATE_LIMIT_FALLBACK_PER_SECOND": "client tuning",
+    "NOVITA_RATE_LIMIT_BURST": "client tuning",
+    "NOVITA_RATE_LIMIT_FALLBACK_PER_SECOND": "client tuning",
     "RECONCILE_MAX_VANISH_CHECKS": "automation pacing",
     "UI_SESSION_TTL_SECONDS": "dashboard session lifetime (8 h), a product default like the idempotency window",
     # Queue internals: polling and retry pacing (the knobs that matter are stack keys: jobConcurrency, ...).
-    "JOB_READ_BLOCK_SECONDS": "queue pacing", "JOB_RECLAIM_INTERVAL_SECONDS": "queue pacing",
-    "JOB_SCHEDULER_INTERVAL_SECONDS": "queue pacing", "JOB_RETRY_BASE_SECONDS": "queue pacing",
-    "JOB_RETRY_MAX_SECONDS": "queue pacing", "JOB_RETENTION_SECONDS": "queue housekeeping",
-    "CACHE_LOCK_SECONDS": "cache internals", "CACHE_TTL_PRODUCTS_SECONDS": "cache internals",
-    "CACHE_TTL_CLUSTERS_SECONDS": "cache internals", "CACHE_TTL_INSTANCES_SECONDS": "cache internals",
-    "INSTANCE_POLL_INTERVAL_SECONDS": "polling pace", "IDEMPOTENCY_TTL_SECONDS": "API semantics, documented as 24 h",
+    "JOB_READ_BLOCK_SECONDS": "queue pacing",
+    "JOB_RECLAIM_INTERVAL_SECONDS": "queue pacing",
+    "JOB_SCHEDULER_INTERVAL_SECONDS": "queue pacing",
+    "JOB_RETRY_BASE_SECONDS": "queue pacing",
+    "JOB_RETRY_MAX_SECONDS": "queue pacing",
+    "JOB_RETENTION_SECONDS": "queue housekeeping",
+    "CACHE_LOCK_SECONDS": "cache internals",
+    "CACHE_TTL_PRODUCTS_SECONDS": "cache internals",
+    "CACHE_TTL_CLUSTERS_SECONDS": "cache internals",
+    "CACHE_TTL_INSTANCES_SECONDS": "cache internals",
+    "INSTANCE_POLL_INTERVAL_SECONDS": "polling pace",
+    "IDEMPOTENCY_TTL_SECONDS": "API semantics, documented as 24 h",
     # Lifecycle automation pacing (what an operator decides is a stack key: limits, grace, dry run, enablement).
-    "COST_GUARD_INTERVAL_SECONDS": "automation pacing", "COST_GUARD_ACTION_LOCK_SECONDS": "automation pacing",
-    "RECONCILE_INTERVAL_SECONDS": "automation pacing", "RECONCILE_LEASE_SECONDS": "automation pacing",
-    "RECONCILE_STARTUP_TIMEOUT_SECONDS": "automation pacing", "SPOT_CHECK_INTERVAL_SECONDS": "automation pacing",
-    "LIFECYCLE_TICK_SECONDS": "automation pacing", "READINESS_PROBE_TIMEOUT_SECONDS": "automation pacing",
+    "COST_GUARD_INTERVAL_SECONDS": "automation pacing",
+    "COST_GUARD_ACTION_LOCK_SECONDS": "automation pacing",
+    "RECONCILE_INTERVAL_SECONDS": "automation pacing",
+    "RECONCILE_LEASE_SECONDS": "automation pacing",
+    "RECONCILE_STARTUP_TIMEOUT_SECONDS": "automation pacing",
+    "SPOT_CHECK_INTERVAL_SECONDS": "automation pacing",
+    "LIFECYCLE_TICK_SECONDS": "automation pacing",
+    "READINESS_PROBE_TIMEOUT_SECONDS": "automation pacing",
     "READINESS_RETRY_INTERVAL_SECONDS": "automation pacing",
-    "WEBHOOK_TIMEOUT_SECONDS": "delivery pacing", "WEBHOOK_BACKOFF_BASE_SECONDS": "delivery pacing",
-    "WEBHOOK_BACKOFF_MAX_SECONDS": "delivery pacing", "WEBHOOK_DELIVERY_INTERVAL_SECONDS": "delivery pacing",
+    "WEBHOOK_TIMEOUT_SECONDS": "delivery pacing",
+    "WEBHOOK_BACKOFF_BASE_SECONDS": "delivery pacing",
+    "WEBHOOK_BACKOFF_MAX_SECONDS": "delivery pacing",
+    "WEBHOOK_DELIVERY_INTERVAL_SECONDS": "delivery pacing",
 }
 APP_SETTINGS = {name.upper(): field for name, field in Settings.model_fields.items()}
 PROBE_SOURCE = (REPO_ROOT / "app" / "healthcheck.py").read_text()
@@ -63,7 +85,9 @@ def test_every_app_setting_is_reachable_from_the_stack_or_listed_as_internal() -
     contract = container_contract()
     unreachable = sorted(set(APP_SETTINGS) - set(contract) - set(INTERNAL_APP_SETTINGS))
     assert unreachable == [], f"app settings with neither a stack key nor an INTERNAL_APP_SETTINGS entry: {unreachable}"
-    assert sorted(set(INTERNAL_APP_SETTINGS) - set(APP_SETTINGS)) == [], "INTERNAL_APP_SETTINGS lists settings the app no longer has"
+    assert sorted(set(INTERNAL_APP_SETTINGS) - set(APP_SETTINGS)) == [], (
+        "INTERNAL_APP_SETTINGS lists settings the app no longer has"
+    )
     assert sorted(set(INTERNAL_APP_SETTINGS) & set(contract)) == [], "listed as internal, yet the stack passes it"
 
 
@@ -99,8 +123,11 @@ def test_stack_defaults_are_the_app_defaults() -> None:
             if field.is_required():
                 continue
             key = concern.model_fields[name].alias
+            assert key is not None, f"{concern.__name__}.{name} names no stack key"
             app_default = _env_text(field.default)
-            assert _env_text(KEYS[key].default) == app_default, f"{key} defaults to {KEYS[key].default!r}, the app's {variable} to {app_default!r}"
+            assert _env_text(KEYS[key].default) == app_default, (
+                f"{key} defaults to {KEYS[key].default!r}, the app's {variable} to {app_default!r}"
+            )
 
 
 # Every pass-through setting set away from its default: (stack key, stack value, variable, what the container gets).
@@ -110,7 +137,12 @@ PASS_THROUGH = [
     ("maxRequestBodyBytes", "65536", "MAX_REQUEST_BODY_BYTES", "65536"),
     ("rateLimitRequests", "120", "RATE_LIMIT_REQUESTS", "120"),
     ("rateLimitWindowSeconds", "10", "RATE_LIMIT_WINDOW_SECONDS", "10"),
-    ("corsAllowOrigins", '["https://app.example.com", "http://localhost:5173"]', "CORS_ALLOW_ORIGINS", "https://app.example.com,http://localhost:5173"),
+    (
+        "corsAllowOrigins",
+        '["https://app.example.com", "http://localhost:5173"]',
+        "CORS_ALLOW_ORIGINS",
+        "https://app.example.com,http://localhost:5173",
+    ),
     ("jobConcurrency", "8", "JOB_CONCURRENCY", "8"),
     ("jobMaxAttempts", "3", "JOB_MAX_ATTEMPTS", "3"),
     ("jobVisibilityTimeoutSeconds", "45", "JOB_VISIBILITY_TIMEOUT_SECONDS", "45"),
@@ -135,7 +167,15 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 @pulumi.runtime.test
 def test_the_table_covers_every_pass_through_setting() -> None:
     passed = {variable for concern in RUNTIME_CONCERNS for variable, _ in container_variables(concern).values()}
-    exercised = {row[2] for row in PASS_THROUGH} | {"APP_ENV", "NOVITA_BASE_URL", "FAULT_INJECTION", "NOVITA_API_KEY", "API_KEYS", "WEBHOOK_URL", "WEBHOOK_SECRET"}
+    exercised = {row[2] for row in PASS_THROUGH} | {
+        "APP_ENV",
+        "NOVITA_BASE_URL",
+        "FAULT_INJECTION",
+        "NOVITA_API_KEY",
+        "API_KEYS",
+        "WEBHOOK_URL",
+        "WEBHOOK_SECRET",
+    }
     assert passed == exercised  # the last seven have their own tests (test_api_service.py, below)
 
 
@@ -158,7 +198,9 @@ async def test_webhooks_reach_the_container_as_secrets() -> None:
     env = env_map(container)
     assert (env["WEBHOOK_URL"], env["WEBHOOK_SECRET"]) == (url, WEBHOOK_SECRET)
     names = list(env)
-    assert container.is_secret(f"envs[{names.index('WEBHOOK_URL')}]") and container.is_secret(f"envs[{names.index('WEBHOOK_SECRET')}]")
+    assert container.is_secret(f"envs[{names.index('WEBHOOK_URL')}]") and container.is_secret(
+        f"envs[{names.index('WEBHOOK_SECRET')}]"
+    )
     assert not any(url in str(output.value) or WEBHOOK_SECRET in str(output.value) for output in run.outputs.values())
 
 
@@ -178,11 +220,15 @@ async def test_the_app_accepts_everything_the_program_passes(monkeypatch: pytest
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    settings = Settings()  # type: ignore[call-arg]  # raises if the app refuses a value the program passes
+    settings = Settings()  # raises if the app refuses a value the program passes
     assert settings.is_production and settings.webhook_url == "https://hooks.example.com/novita"
     assert settings.placement_regions == ["us-ca-6", "as-sgp-2"]
     assert settings.cors_origins == ["https://app.example.com", "http://localhost:5173"]
-    assert (settings.job_concurrency, settings.auto_stop_dry_run, settings.max_instance_lifetime_seconds) == (8, True, 86400)
+    assert (settings.job_concurrency, settings.auto_stop_dry_run, settings.max_instance_lifetime_seconds) == (
+        8,
+        True,
+        86400,
+    )
 
 
 def _contract_table() -> dict[str, tuple[bool, str]]:
@@ -203,7 +249,9 @@ def _contract_table() -> dict[str, tuple[bool, str]]:
 def test_the_documented_contract_is_the_code() -> None:
     documented = _contract_table()
     contract = container_contract()
-    assert sorted(documented) == sorted(contract), "docs/architecture.md's contract table lists other variables than components/api_service.py passes"
+    assert sorted(documented) == sorted(contract), (
+        "docs/architecture.md's contract table lists other variables than components/api_service.py passes"
+    )
     for variable, secret in contract.items():
         assert documented[variable][0] == secret, f"{variable}: the table's secret column is wrong"
     for concern in RUNTIME_CONCERNS:

@@ -1,6 +1,8 @@
 """Issue 11 under mocks: the edge proxy, the replica chain, one Docker provider per host, labels and secrets."""
+
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +16,11 @@ from tests.infra.harness import TEST_SECRETS, ProgramRun, Registration
 CONTAINER = "docker:index/container:Container"
 PROVIDER = "pulumi:providers:docker"
 TWO_SSH_HOSTS = '["ssh://deploy@api-a.example.com", "ssh://deploy@api-b.example.com:2222"]'
-TLS_SECRETS = {"dockerTlsCa": "test-ca-pem-1c2d", "dockerTlsCert": "test-cert-pem-3e4f", "dockerTlsKey": "test-key-pem-5a6b"}
+TLS_SECRETS = {
+    "dockerTlsCa": "test-ca-pem-1c2d",
+    "dockerTlsCert": "test-cert-pem-3e4f",
+    "dockerTlsKey": "test-key-pem-5a6b",
+}
 
 
 def children_of(run: ProgramRun, component: str, type_: str = CONTAINER) -> list[Registration]:
@@ -33,7 +39,10 @@ async def test_the_proxy_runs_the_config_rendered_from_the_settings(stack: str, 
     config = env_map(proxy)["HAPROXY_CONFIG"]
     assert config == render_haproxy_config(ProxyConfig.for_replicas(replicas, 3003, 30))
     assert f"server-template replica 1-{2 * replicas} api-replicas:3003" in config
-    assert proxy.inputs["command"][:2] == ["bash", "-c"] and "exec haproxy -W -db -f /tmp/haproxy.cfg" in proxy.inputs["command"][2]
+    assert (
+        proxy.inputs["command"][:2] == ["bash", "-c"]
+        and "exec haproxy -W -db -f /tmp/haproxy.cfg" in proxy.inputs["command"][2]
+    )
 
 
 @pulumi.runtime.test
@@ -52,11 +61,15 @@ def test_the_rendered_config_routes_on_readiness_and_retries_only_what_is_safe()
     lines = [line.strip() for line in config.splitlines()]
     assert "nameserver docker 127.0.0.11:53" in lines  # Docker's DNS: the replicas' shared alias
     assert "option httpchk GET /readyz" in lines and "http-check expect status 200" in lines
-    assert any(line.startswith("default-server init-addr none resolvers docker") and " check " in f"{line} " for line in lines)
+    assert any(
+        line.startswith("default-server init-addr none resolvers docker") and " check " in f"{line} " for line in lines
+    )
     assert "option redispatch 1" in lines and "retries 3" in lines
     assert "retry-on conn-failure empty-response junk-response response-timeout 0rtt-rejected" in lines
-    assert ("http-request disable-l7-retry if !{ method GET HEAD OPTIONS PUT DELETE } "
-            "!{ req.hdr(idempotency-key) -m found }") in lines
+    assert (
+        "http-request disable-l7-retry if !{ method GET HEAD OPTIONS PUT DELETE } "
+        "!{ req.hdr(idempotency-key) -m found }"
+    ) in lines
     assert "bind :3003" in lines and "bind 127.0.0.1:8405" in lines
 
 
@@ -83,26 +96,41 @@ async def test_the_proxy_container_follows_the_api_containers_standards(stack: s
     inputs = proxy.inputs
     assert image.inputs == {"name": "haproxy:3.2", "keepLocally": True} and inputs["image"].startswith("sha256:")
     assert inputs["name"] == {"dev": "novita-gpu-api-proxy-dev", "prod": "novita-gpu-api-proxy"}[stack]
-    assert inputs["ports"] == [{"internal": 3003, "external": 3003, "ip": "127.0.0.1"}]  # the stack's only published port
+    assert inputs["ports"] == [
+        {"internal": 3003, "external": 3003, "ip": "127.0.0.1"}
+    ]  # the stack's only published port
     assert inputs["networksAdvanced"] == [{"name": replica.inputs["networksAdvanced"][0]["name"]}]
     assert inputs["restart"] == replica.inputs["restart"]
     assert inputs["healthcheck"] == {**replica.inputs["healthcheck"], "tests": ["CMD", "bash", "-c", HEALTH_PROBE]}
     assert (inputs["memory"], inputs["memorySwap"], inputs["cpus"]) == (128, 128, "0.5")
-    assert (inputs["readOnly"], inputs["securityOpts"], inputs["capabilities"]) == (True, ["no-new-privileges:true"], {"drops": ["ALL"]})
+    assert (inputs["readOnly"], inputs["securityOpts"], inputs["capabilities"]) == (
+        True,
+        ["no-new-privileges:true"],
+        {"drops": ["ALL"]},
+    )
     assert inputs["tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=16m"}
     assert (inputs["stopSignal"], inputs["stopTimeout"], inputs["destroyGraceSeconds"]) == ("SIGUSR1", 30, 30)
     assert (inputs["wait"], inputs["waitTimeout"], inputs["mustRun"]) == (True, replica.inputs["waitTimeout"], True)
     assert inputs["logOpts"] == {"max-size": "10m", "max-file": "3"}
-    assert inputs["labels"] == [{"label": "novita-gpu-api.role", "value": "proxy"}, {"label": "novita-gpu-api.stack", "value": stack}]
+    assert inputs["labels"] == [
+        {"label": "novita-gpu-api.role", "value": "proxy"},
+        {"label": "novita-gpu-api.stack", "value": stack},
+    ]
     assert proxy.delete_before_replace is True  # fixed name and published port; a rollout of the API never touches it
     assert run.outputs["proxyContainerNames"].value == [inputs["name"]]
 
 
 @pulumi.runtime.test
 async def test_proxy_limits_and_local_image_are_settings() -> None:
-    run = await ProgramRun.for_stack("dev", {
-        "proxyMemoryMb": "256", "proxyCpus": "1", "proxyImage": "novita-gpu-api/haproxy-test:bookworm", "proxyPullImage": "false",
-    }).run()
+    run = await ProgramRun.for_stack(
+        "dev",
+        {
+            "proxyMemoryMb": "256",
+            "proxyCpus": "1",
+            "proxyImage": "novita-gpu-api/haproxy-test:bookworm",
+            "proxyPullImage": "false",
+        },
+    ).run()
     (proxy,) = children_of(run, "EdgeProxy")
     assert children_of(run, "EdgeProxy", "docker:index/remoteImage:RemoteImage") == []
     assert proxy.inputs["image"] == "novita-gpu-api/haproxy-test:bookworm"
@@ -116,13 +144,16 @@ async def test_replicas_are_chained_so_a_rollout_goes_one_at_a_time() -> None:
     assert [r.name for r in replicas] == [f"novita-gpu-instance-api-{i}" for i in range(1, 5)]
     replica_urns = {r.urn for r in replicas}
     assert not replica_urns & set(replicas[0].dependencies)
-    for previous, replica in zip(replicas, replicas[1:]):
+    for previous, replica in itertools.pairwise(replicas):
         assert [urn for urn in replica.dependencies if urn in replica_urns] == [previous.urn]
     for replica in replicas:
         assert replica.delete_before_replace is False and "name" not in replica.inputs and "ports" not in replica.inputs
         assert (replica.inputs["wait"], replica.inputs["mustRun"]) == (True, True)
         assert replica.inputs["networksAdvanced"][0]["aliases"] == ["api-replicas"]
-        assert replica.inputs["labels"] == [{"label": "novita-gpu-api.role", "value": "api"}, {"label": "novita-gpu-api.stack", "value": "prod"}]
+        assert replica.inputs["labels"] == [
+            {"label": "novita-gpu-api.role", "value": "api"},
+            {"label": "novita-gpu-api.stack", "value": "prod"},
+        ]
     assert run.outputs["apiReplicas"].value == 4 and len(run.outputs["containerNames"].value) == 4
 
 
@@ -147,25 +178,30 @@ async def test_the_local_engine_needs_no_explicit_provider() -> None:
 @pulumi.runtime.test
 async def test_one_provider_per_host_each_with_its_own_network_image_replicas_and_proxy() -> None:
     run = await ProgramRun.for_stack("prod", {"dockerHosts": TWO_SSH_HOSTS}).run()
+
     def by_name(type_: str, component: str = "") -> list[Registration]:  # registration order is not fixed
         return sorted(children_of(run, component, type_) if component else run.all(type_), key=lambda r: r.name)
 
     providers = by_name(PROVIDER)
     assert [(p.name, p.inputs["host"]) for p in providers] == [
-        ("docker", "ssh://deploy@api-a.example.com"), ("docker-h2", "ssh://deploy@api-b.example.com:2222"),
+        ("docker", "ssh://deploy@api-a.example.com"),
+        ("docker-h2", "ssh://deploy@api-b.example.com:2222"),
     ]
     networks = by_name("docker:index/network:Network")
     images = sorted(run.all("docker:index/image:Image"), key=lambda r: run.by_urn(r.parent).name)
     proxies = sorted(children_of(run, "EdgeProxy"), key=lambda r: run.by_urn(r.parent).name)
     replicas = by_name(CONTAINER, "ApiService")
     assert [r.name for r in replicas] == [
-        "novita-gpu-instance-api-1", "novita-gpu-instance-api-2", "novita-gpu-instance-api-h2-1", "novita-gpu-instance-api-h2-2",
+        "novita-gpu-instance-api-1",
+        "novita-gpu-instance-api-2",
+        "novita-gpu-instance-api-h2-1",
+        "novita-gpu-instance-api-h2-2",
     ]
     for number, provider in enumerate(providers):
         reference = provider.urn + "::"
         assert networks[number].provider.startswith(reference) and images[number].provider.startswith(reference)
         assert proxies[number].provider.startswith(reference)
-        assert all(r.provider.startswith(reference) for r in replicas[2 * number:2 * number + 2])
+        assert all(r.provider.startswith(reference) for r in replicas[2 * number : 2 * number + 2])
     # Hosts roll one after another: the second host's first replica waits for the first host's last one.
     assert replicas[1].urn in replicas[2].dependencies
     assert len(run.outputs["containerNames"].value) == 4 and len(run.outputs["proxyContainerNames"].value) == 2
@@ -175,8 +211,16 @@ async def test_one_provider_per_host_each_with_its_own_network_image_replicas_an
 async def test_tcp_hosts_get_their_tls_client_material_as_secrets() -> None:
     run = await ProgramRun.for_stack("prod", {"dockerHosts": '["tcp://10.0.0.5:2376"]'}, TLS_SECRETS).run()
     (provider,) = run.all(PROVIDER)
-    assert (provider.inputs["host"], provider.inputs["caMaterial"], provider.inputs["certMaterial"], provider.inputs["keyMaterial"]) == (
-        "tcp://10.0.0.5:2376", TLS_SECRETS["dockerTlsCa"], TLS_SECRETS["dockerTlsCert"], TLS_SECRETS["dockerTlsKey"],
+    assert (
+        provider.inputs["host"],
+        provider.inputs["caMaterial"],
+        provider.inputs["certMaterial"],
+        provider.inputs["keyMaterial"],
+    ) == (
+        "tcp://10.0.0.5:2376",
+        TLS_SECRETS["dockerTlsCa"],
+        TLS_SECRETS["dockerTlsCert"],
+        TLS_SECRETS["dockerTlsKey"],
     )
     assert all(provider.is_secret(key) for key in ("caMaterial", "certMaterial", "keyMaterial"))
     for output in run.outputs.values():

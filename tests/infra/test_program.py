@@ -1,4 +1,5 @@
 """The program as a whole: components, parenting, and the stack outputs."""
+
 from __future__ import annotations
 
 import pulumi
@@ -7,18 +8,38 @@ import pytest
 from tests.infra.harness import ProgramRun
 
 COMPONENTS = {
-    "novita-gpu-api:index:Valkey", "novita-gpu-api:index:ApiImage", "novita-gpu-api:index:ApiService",
+    "novita-gpu-api:index:Valkey",
+    "novita-gpu-api:index:ApiImage",
+    "novita-gpu-api:index:ApiService",
     "novita-gpu-api:index:EdgeProxy",
 }
 STACK_OUTPUTS = {
-    "apiUrl", "healthUrl", "httpsUrl", "containerNames", "proxyContainerNames", "apiReplicas", "dockerHosts", "imageId",
-    "imageName", "restartPolicy", "healthcheck", "valkeyHost", "valkeyPort", "valkeyTls", "valkeyUrl",
+    "apiUrl",
+    "healthUrl",
+    "httpsUrl",
+    "containerNames",
+    "proxyContainerNames",
+    "apiReplicas",
+    "dockerHosts",
+    "imageId",
+    "imageName",
+    "restartPolicy",
+    "healthcheck",
+    "valkeyHost",
+    "valkeyPort",
+    "valkeyTls",
+    "valkeyUrl",
 }
 
 
-@pytest.mark.parametrize("stack, config", [
-    ("dev", {}), ("prod", {}), ("prod", {"domain": "api.example.com", "acmeEmail": "ops@example.com"}),
-])
+@pytest.mark.parametrize(
+    "stack, config",
+    [
+        ("dev", {}),
+        ("prod", {}),
+        ("prod", {"domain": "api.example.com", "acmeEmail": "ops@example.com"}),
+    ],
+)
 @pulumi.runtime.test
 async def test_every_resource_is_a_component_child_except_the_network(stack: str, config: dict) -> None:
     run = await ProgramRun.for_stack(stack, config).run()

@@ -1,5 +1,6 @@
 """Rollback: every build keeps its own tag, `apiImage` redeploys an earlier one (pinned by ID), and
 scripts/rollback.py picks the previous build and prunes old ones (its Docker and Pulumi CLIs faked on PATH)."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,9 @@ async def test_without_a_pin_the_stack_builds_and_reports_the_build_tag() -> Non
 async def test_a_bad_pin_is_refused_naming_the_key() -> None:
     from components.config import StackConfigError
 
-    with pytest.raises(StackConfigError, match=r"novita-gpu-api:apiImage: 'Novita GPU' is not allowed; expected an image tag"):
+    with pytest.raises(
+        StackConfigError, match=r"novita-gpu-api:apiImage: 'Novita GPU' is not allowed; expected an image tag"
+    ):
         await ProgramRun.for_stack("prod", {"apiImage": "Novita GPU"}).run()
 
 
@@ -85,7 +88,9 @@ def test_the_build_tag_follows_what_docker_is_sent(tmp_path: Path) -> None:
     (context / "core" / "config.py").write_text((context / "core" / "config.py").read_text() + "\n# changed\n")
     second = tag()
     assert second != first
-    assert build_tag(context, context / "Dockerfile", {"BASE_IMAGE": "mirror/python:3.11-slim"}, "linux/amd64") != second
+    assert (
+        build_tag(context, context / "Dockerfile", {"BASE_IMAGE": "mirror/python:3.11-slim"}, "linux/amd64") != second
+    )
     assert build_tag(context, context / "Dockerfile", args, "linux/arm64") != second
     (context / "Dockerfile").write_text((context / "Dockerfile").read_text() + "\n# changed\n")
     assert tag() != second
@@ -107,7 +112,10 @@ def test_a_negated_dockerignore_pattern_brings_a_file_back(tmp_path: Path) -> No
 def test_build_names() -> None:
     assert tagged_name("novita-gpu-api:prod", "3f9a1c2b7d10") == "novita-gpu-api:prod-3f9a1c2b7d10"
     assert tagged_name("registry.example.com:5000/api", "3f9a1c2b7d10") == "registry.example.com:5000/api:3f9a1c2b7d10"
-    assert tagged_name("registry.example.com:5000/api:prod", "3f9a1c2b7d10") == "registry.example.com:5000/api:prod-3f9a1c2b7d10"
+    assert (
+        tagged_name("registry.example.com:5000/api:prod", "3f9a1c2b7d10")
+        == "registry.example.com:5000/api:prod-3f9a1c2b7d10"
+    )
 
 
 # ---- the script's decisions ----------------------------------------------------------------------------------
@@ -127,8 +135,11 @@ def test_previous_is_the_newest_build_before_the_running_one() -> None:
 
 @pulumi.runtime.test
 def test_a_rebuild_of_the_same_image_is_not_a_rollback_target() -> None:
-    builds = [Build(A, "sha256:same", "2026-12-01T10:00:00Z"), Build(B, "sha256:other", "2026-12-01T11:00:00Z"),
-              Build(C, "sha256:same", "2026-12-01T12:00:00Z")]
+    builds = [
+        Build(A, "sha256:same", "2026-12-01T10:00:00Z"),
+        Build(B, "sha256:other", "2026-12-01T11:00:00Z"),
+        Build(C, "sha256:same", "2026-12-01T12:00:00Z"),
+    ]
     assert previous_build(builds, C).ref == B
 
 
@@ -153,7 +164,7 @@ def test_only_build_tags_are_understood() -> None:
 
 # ---- the script, end to end, with fake CLIs ----------------------------------------------------------------
 
-FAKE_CLI = '''#!{python}
+FAKE_CLI = """#!{python}
 import json, os, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_CLI_LOG"], "a") as log:
@@ -165,7 +176,7 @@ elif args[:2] == ["image", "ls"]:
     print("\\n".join(tag for image in state["images"] for tag in image["RepoTags"]))
 elif args[:2] == ["image", "inspect"]:
     print(json.dumps([image for image in state["images"] if set(image["RepoTags"]) & set(args[2:])]))
-'''
+"""
 
 
 def _run_script(tmp_path: Path, running: str, *args: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
@@ -177,8 +188,12 @@ def _run_script(tmp_path: Path, running: str, *args: str) -> tuple[subprocess.Co
     (tmp_path / "state.json").write_text(json.dumps({"running": running, "images": INSPECTED}))
     log = tmp_path / "calls.log"
     log.write_text("")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "FAKE_CLI_LOG": str(log), "FAKE_CLI_STATE": str(tmp_path / "state.json")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_CLI_LOG": str(log),
+        "FAKE_CLI_STATE": str(tmp_path / "state.json"),
+    }
     result = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
     return result, [json.loads(line) for line in log.read_text().splitlines()]
 

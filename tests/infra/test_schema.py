@@ -1,4 +1,5 @@
 """Every registered resource's inputs match the provider schemas (tests/infra/schema.py), kept in the repository."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,24 @@ from tests.infra.schema import ProviderSchemas
 VARIANTS = {
     "dev": ("dev", {}, {}),
     "prod": ("prod", {}, {}),
-    "dev-host-network": ("dev", {"networkMode": "host", "valkeyPullImage": "false", "healthcheckStartInterval": "2s"}, {}),
-    "dev-aiven": ("dev", {"valkeyMode": "aiven", "aivenProject": "sandbox", "valkeyIpAllowList": '["198.51.100.0/24"]'}, {}),
+    "dev-host-network": (
+        "dev",
+        {"networkMode": "host", "valkeyPullImage": "false", "healthcheckStartInterval": "2s"},
+        {},
+    ),
+    "dev-aiven": (
+        "dev",
+        {"valkeyMode": "aiven", "aivenProject": "sandbox", "valkeyIpAllowList": '["198.51.100.0/24"]'},
+        {},
+    ),
     "prod-push": (
         "prod",
-        {"imagePush": "true", "registryServer": "registry.example.com", "registryUsername": "deploy", "imageName": "registry.example.com/api:1"},
+        {
+            "imagePush": "true",
+            "registryServer": "registry.example.com",
+            "registryUsername": "deploy",
+            "imageName": "registry.example.com/api:1",
+        },
         {"registryPassword": "test-registry-pass"},
     ),
     "dev-unhardened": ("dev", {"containerHardening": "false"}, {}),
@@ -32,7 +46,11 @@ VARIANTS = {
     "prod-rollback": ("prod", {"apiImage": "novita-gpu-api:prod-3f9a1c2b7d10"}, {}),
     "dev-domain": ("dev", {"domain": "api.example.com"}, {}),
     "prod-domain": ("prod", {"domain": "api.example.com", "acmeEmail": "ops@example.com", "httpsPort": "8443"}, {}),
-    "prod-two-ssh-hosts": ("prod", {"dockerHosts": '["ssh://deploy@api-a", "ssh://deploy@api-b:2222"]', "apiReplicas": "3"}, {}),
+    "prod-two-ssh-hosts": (
+        "prod",
+        {"dockerHosts": '["ssh://deploy@api-a", "ssh://deploy@api-b:2222"]', "apiReplicas": "3"},
+        {},
+    ),
     "prod-tcp-host": (
         "prod",
         {"dockerHosts": '["tcp://10.0.0.5:2376"]', "proxyPullImage": "false"},
@@ -62,21 +80,31 @@ def test_the_check_catches_unknown_properties_wrong_types_and_missing_inputs(sch
     schemas = ProviderSchemas(schemas_dir)
     container = "docker:index/container:Container"
     assert schemas.problems(_registration(container, {"image": "x", "memory": 512, "cpus": "0.5"})) == []
-    assert schemas.problems(_registration(container, {"image": "x", "nanoCpus": 5})) == [f"{container} probe.nanoCpus: unknown property"]
-    assert schemas.problems(_registration(container, {"image": "x", "cpus": 0.5})) == [f"{container} probe.cpus: expected string, got float 0.5"]
-    assert schemas.problems(_registration(container, {"image": "x", "memory": "512"})) == [f"{container} probe.memory: expected integer, got str '512'"]
+    assert schemas.problems(_registration(container, {"image": "x", "nanoCpus": 5})) == [
+        f"{container} probe.nanoCpus: unknown property"
+    ]
+    assert schemas.problems(_registration(container, {"image": "x", "cpus": 0.5})) == [
+        f"{container} probe.cpus: expected string, got float 0.5"
+    ]
+    assert schemas.problems(_registration(container, {"image": "x", "memory": "512"})) == [
+        f"{container} probe.memory: expected integer, got str '512'"
+    ]
     assert schemas.problems(_registration(container, {"image": "x", "healthcheck": {"retries": "5"}})) == [
         f"{container} probe.healthcheck.retries: expected integer, got str '5'"
     ]
     assert schemas.problems(_registration(container, {"image": "x", "labels": [{"label": "a"}]})) == [
         f"{container} probe.labels[0].value: required input missing"
     ]
-    assert schemas.problems(_registration(container, {"memory": 512})) == [f"{container} probe.image: required input missing"]
+    assert schemas.problems(_registration(container, {"memory": 512})) == [
+        f"{container} probe.image: required input missing"
+    ]
     image = "docker:index/image:Image"
     assert schemas.problems(_registration(image, {"imageName": "a", "build": {"builderVersion": "V3"}})) == [
         f"{image} probe.build.builderVersion: 'V3' is not one of the schema's enum values"
     ]
-    assert schemas.problems(_registration("docker:index/nothing:Nothing", {})) == ["docker:index/nothing:Nothing probe: no schema for this resource type"]
+    assert schemas.problems(_registration("docker:index/nothing:Nothing", {})) == [
+        "docker:index/nothing:Nothing probe: no schema for this resource type"
+    ]
 
 
 @pulumi.runtime.test
@@ -86,8 +114,12 @@ def test_the_extracts_say_which_provider_and_version_they_were_cut_from(schemas_
         document = json.loads((schemas_dir / filename).read_text())
         source = document["extract"]["source"]
         assert source.startswith(f"{package} ") and " at commit " in source, filename
-        pinned = re.search(rf"^{package}==(\S+)$", requirements, re.MULTILINE).group(1)
-        assert f"{package.removeprefix('pulumi-')}@{pinned}" in source, f"{filename} does not name the pinned {package} {pinned}"
+        pin = re.search(rf"^{package}==(\S+)$", requirements, re.MULTILINE)
+        assert pin, f"requirements.txt pins no {package}"
+        pinned = pin.group(1)
+        assert f"{package.removeprefix('pulumi-')}@{pinned}" in source, (
+            f"{filename} does not name the pinned {package} {pinned}"
+        )
 
 
 @pulumi.runtime.test
@@ -96,7 +128,11 @@ def test_the_extract_keeps_every_type_its_resources_reference(schemas_dir: Path)
     for provider in RESOURCES:
         document = json.loads((schemas_dir / f"{provider}.schema.json").read_text())
         again = extract(document, RESOURCES[provider], document["extract"]["source"])
-        assert (again["provider"], again["resources"], again["types"]) == (document["provider"], document["resources"], document["types"])
+        assert (again["provider"], again["resources"], again["types"]) == (
+            document["provider"],
+            document["resources"],
+            document["types"],
+        )
 
 
 @pulumi.runtime.test
@@ -114,16 +150,24 @@ def test_extracting_drops_descriptions_and_follows_refs_transitively() -> None:
             "demo:index/unused:Unused": {"inputProperties": {"x": {"$ref": "#/types/demo:index/X:X"}}},
         },
         "types": {
-            "demo:index/B:B": {"type": "object", "properties": {"c": {"type": "array", "items": {"$ref": "#/types/demo:index/C:C"}}}},
+            "demo:index/B:B": {
+                "type": "object",
+                "properties": {"c": {"type": "array", "items": {"$ref": "#/types/demo:index/C:C"}}},
+            },
             "demo:index/C:C": {"type": "string", "enum": [{"value": "V1", "description": "one"}]},
             "demo:index/X:X": {"type": "object"},
         },
     }
     document = extract(full, ("demo:index/a:A",), "demo at commit 0")
     assert document["provider"] == {"inputProperties": {"host": {"type": "string"}}, "requiredInputs": []}
-    assert document["resources"] == {"demo:index/a:A": {"inputProperties": {"b": {"$ref": "#/types/demo:index/B:B"}}, "requiredInputs": ["b"]}}
+    assert document["resources"] == {
+        "demo:index/a:A": {"inputProperties": {"b": {"$ref": "#/types/demo:index/B:B"}}, "requiredInputs": ["b"]}
+    }
     assert document["types"] == {
-        "demo:index/B:B": {"type": "object", "properties": {"c": {"type": "array", "items": {"$ref": "#/types/demo:index/C:C"}}}},
+        "demo:index/B:B": {
+            "type": "object",
+            "properties": {"c": {"type": "array", "items": {"$ref": "#/types/demo:index/C:C"}}},
+        },
         "demo:index/C:C": {"type": "string", "enum": [{"value": "V1"}]},
     }
     with pytest.raises(KeyError, match="demo:index/missing:Missing"):
@@ -145,9 +189,22 @@ def test_a_copy_of_the_repository_with_nothing_beside_it_passes_the_schema_check
     assert not (tmp_path / "shared").exists()
     env = {name: value for name, value in os.environ.items() if name != SCHEMAS_DIR_ENV}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/infra/test_schema.py",
-         "-k", "test_inputs_match_the_provider_schemas or catches"],
-        cwd=copy, env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/infra/test_schema.py",
+            "-k",
+            "test_inputs_match_the_provider_schemas or catches",
+        ],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert f"{len(VARIANTS) + 1} passed" in result.stdout

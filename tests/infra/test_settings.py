@@ -1,4 +1,5 @@
 """StackSettings: canonical values, the config schema in Pulumi.yaml, the stack files, and every config error."""
+
 from __future__ import annotations
 
 import pulumi
@@ -13,16 +14,35 @@ from tests.infra.harness import REPO_ROOT, ProgramRun, stack_file
 
 @pulumi.runtime.test
 def test_durations_are_written_the_way_docker_reads_them_back() -> None:
-    written = {text: go_duration(parse_duration_ms(text)) for text in ("30s", "10s", "60s", "120s", "90s", "2m", "1m30s", "500ms", "1h", "1.5s", "0")}
+    written = {
+        text: go_duration(parse_duration_ms(text))
+        for text in ("30s", "10s", "60s", "120s", "90s", "2m", "1m30s", "500ms", "1h", "1.5s", "0")
+    }
     assert written == {
-        "30s": "30s", "10s": "10s", "60s": "1m0s", "120s": "2m0s", "90s": "1m30s", "2m": "2m0s",
-        "1m30s": "1m30s", "500ms": "500ms", "1h": "1h0m0s", "1.5s": "1.5s", "0": "0s",
+        "30s": "30s",
+        "10s": "10s",
+        "60s": "1m0s",
+        "120s": "2m0s",
+        "90s": "1m30s",
+        "2m": "2m0s",
+        "1m30s": "1m30s",
+        "500ms": "500ms",
+        "1h": "1h0m0s",
+        "1.5s": "1.5s",
+        "0": "0s",
     }
 
 
 @pulumi.runtime.test
 def test_cpus_are_written_the_way_the_provider_reads_them_back() -> None:
-    assert [canonical_cpus(text) for text in ("0.5", "0.50", "1", "2", "1.25", ".5")] == ["0.5", "0.5", "1.0", "2.0", "1.25", "0.5"]
+    assert [canonical_cpus(text) for text in ("0.5", "0.50", "1", "2", "1.25", ".5")] == [
+        "0.5",
+        "0.5",
+        "1.0",
+        "2.0",
+        "1.25",
+        "0.5",
+    ]
     for bad in ("0", "-1", "abc", "1e-12", "nan"):
         with pytest.raises(ValueError):
             canonical_cpus(bad)
@@ -61,7 +81,9 @@ def _accepted_by_the_cli(declared_type: str, value: object) -> bool:
     if declared_type == "string":
         return isinstance(value, str)
     if declared_type == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.lstrip("-").isdigit())
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.lstrip("-").isdigit()
+        )
     if declared_type == "boolean":
         return isinstance(value, bool) or value in ("true", "false")
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
@@ -75,7 +97,9 @@ def test_stack_file_keys_are_declared_with_matching_types(stack: str) -> None:
         key = full_key.removeprefix(f"{PROJECT}:")
         assert key in declared, f"{full_key} is not declared in Pulumi.yaml (the CLI refuses the stack)"
         if not (isinstance(value, dict) and "secure" in value):
-            assert _accepted_by_the_cli(declared[key]["type"], value), f"{full_key}: {value!r} is not a {declared[key]['type']}"
+            assert _accepted_by_the_cli(declared[key]["type"], value), (
+                f"{full_key}: {value!r} is not a {declared[key]['type']}"
+            )
 
 
 # (stack, overrides, secrets, key named, words the message must contain)
@@ -119,7 +143,13 @@ CONFIG_ERRORS = [
     ("dev", {"maxRequestBodyBytes": "0"}, {}, "maxRequestBodyBytes", "at least 1"),
     ("dev", {"rateLimitRequests": "-1"}, {}, "rateLimitRequests", "at least 0"),
     ("dev", {"rateLimitWindowSeconds": "7200"}, {}, "rateLimitWindowSeconds", "between 1 and 3600"),
-    ("dev", {"corsAllowOrigins": '["https://app.example.com/path"]'}, {}, "corsAllowOrigins", "is not an origin like https://app.example.com"),
+    (
+        "dev",
+        {"corsAllowOrigins": '["https://app.example.com/path"]'},
+        {},
+        "corsAllowOrigins",
+        "is not an origin like https://app.example.com",
+    ),
     ("dev", {"corsAllowOrigins": "https://app.example.com"}, {}, "corsAllowOrigins", "must be a list of origins"),
     ("dev", {"jobConcurrency": "0"}, {}, "jobConcurrency", "at least 1"),
     ("dev", {"jobMaxAttempts": "many"}, {}, "jobMaxAttempts", "not a whole number"),
@@ -138,16 +168,40 @@ CONFIG_ERRORS = [
     ("dev", {"spotRecoveryEnabled": "maybe"}, {}, "spotRecoveryEnabled", "use true or false"),
     ("dev", {"spotRecoveryMinIntervalSeconds": "0"}, {}, "spotRecoveryMinIntervalSeconds", "at least 1 s"),
     ("dev", {"webhookUrl": "ftp://hooks.example.com"}, {}, "webhookUrl", "expected an http(s) URL"),
-    ("dev", {"webhookUrl": "https://hooks.example.com/x"}, {}, "webhookSecret", "missing required secret when webhookUrl is set"),
-    ("dev", {"webhookUrl": "https://hooks.example.com/x"}, {"webhookSecret": "short-secret-1"}, "webhookSecret", "at least 24 characters"),
-    ("dev", {"webhookUrl": "https://hooks.example.com/x", "webhookSecret": "whsec_plain_text_secret_123456"}, {}, "webhookSecret", "plain text"),
+    (
+        "dev",
+        {"webhookUrl": "https://hooks.example.com/x"},
+        {},
+        "webhookSecret",
+        "missing required secret when webhookUrl is set",
+    ),
+    (
+        "dev",
+        {"webhookUrl": "https://hooks.example.com/x"},
+        {"webhookSecret": "short-secret-1"},
+        "webhookSecret",
+        "at least 24 characters",
+    ),
+    (
+        "dev",
+        {"webhookUrl": "https://hooks.example.com/x", "webhookSecret": "whsec_plain_text_secret_123456"},
+        {},
+        "webhookSecret",
+        "plain text",
+    ),
     ("dev", {"webhookAllowPrivateTargets": "sometimes"}, {}, "webhookAllowPrivateTargets", "use true or false"),
     ("dev", {"webhookMaxAttempts": "0"}, {}, "webhookMaxAttempts", "at least 1"),
     ("prod", {"apiReplicas": "0"}, {}, "apiReplicas", "between 1 and 8"),
     ("prod", {"apiReplicas": "9"}, {}, "apiReplicas", "between 1 and 8"),
     ("dev", {"apiReplicas": "two"}, {}, "apiReplicas", "not a whole number"),
     ("dev", {"networkMode": "host", "apiReplicas": "2"}, {}, "apiReplicas", "exactly 1 replica"),
-    ("prod", {"dockerHosts": '["api-a.example.com"]'}, {}, "dockerHosts", "item 0 'api-a.example.com' is not a Docker host URL"),
+    (
+        "prod",
+        {"dockerHosts": '["api-a.example.com"]'},
+        {},
+        "dockerHosts",
+        "item 0 'api-a.example.com' is not a Docker host URL",
+    ),
     ("prod", {"dockerHosts": '["ssh://deploy@api-a", "http://api-b:2375"]'}, {}, "dockerHosts", "item 1"),
     ("prod", {"dockerHosts": '["ssh://a", "ssh://a"]'}, {}, "dockerHosts", "lists a host twice"),
     ("prod", {"dockerHosts": '"ssh://a"'}, {}, "dockerHosts", "must be a list of Docker host URLs"),
@@ -159,7 +213,11 @@ CONFIG_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("stack, overrides, secrets, key, words", CONFIG_ERRORS, ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(CONFIG_ERRORS)])
+@pytest.mark.parametrize(
+    "stack, overrides, secrets, key, words",
+    CONFIG_ERRORS,
+    ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(CONFIG_ERRORS)],
+)
 @pulumi.runtime.test
 async def test_bad_config_fails_naming_the_key_before_any_resource(stack, overrides, secrets, key, words) -> None:
     run = ProgramRun.for_stack(stack, overrides, secrets)

@@ -4,13 +4,13 @@ The suite reads the stack files from $INFRA_STACK_FILES_DIR when set (tests/infr
 edited the way a user would edit Pulumi.prod.yaml, and the suite is run on it in a subprocess. An unedited copy
 must pass, so a failure can only come from the edit.
 """
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pytest
@@ -22,17 +22,29 @@ from tests.infra.harness import REPO_ROOT, STACK_FILES_DIR_ENV
 THIS_FILE = Path(__file__).resolve()
 
 
-def run_suite_on_edited_stack_files(tmp_path: Path, stack: str, key: Optional[str], value: Optional[str]) -> subprocess.CompletedProcess:
+def run_suite_on_edited_stack_files(
+    tmp_path: Path, stack: str, key: str | None, value: str | None
+) -> subprocess.CompletedProcess:
     for name in ("dev", "prod"):
         document = yaml.safe_load((REPO_ROOT / f"Pulumi.{name}.yaml").read_text())
         if name == stack and key is not None:
             document["config"][f"{PROJECT}:{key}"] = value
         (tmp_path / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump(document))
     return subprocess.run(
-        [sys.executable, "-m", "pytest", str(THIS_FILE.parent), "-q", "-p", "no:cacheprovider",
-         f"--ignore={THIS_FILE}", f"--confcutdir={THIS_FILE.parent}",
-         # Reads no stack file of $INFRA_STACK_FILES_DIR (it copies the repository), and takes 10 s per run.
-         "--deselect", "tests/infra/test_schema.py::test_a_copy_of_the_repository_with_nothing_beside_it_passes_the_schema_check"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(THIS_FILE.parent),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--ignore={THIS_FILE}",
+            f"--confcutdir={THIS_FILE.parent}",
+            # Reads no stack file of $INFRA_STACK_FILES_DIR (it copies the repository), and takes 10 s per run.
+            "--deselect",
+            "tests/infra/test_schema.py::test_a_copy_of_the_repository_with_nothing_beside_it_passes_the_schema_check",
+        ],
         cwd=REPO_ROOT,
         env={**os.environ, STACK_FILES_DIR_ENV: str(tmp_path)},
         capture_output=True,

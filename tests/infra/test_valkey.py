@@ -1,4 +1,5 @@
 """The Valkey component: Aiven for Valkey in prod, a local container in dev, the same outputs in both."""
+
 from __future__ import annotations
 
 from urllib.parse import quote
@@ -34,7 +35,11 @@ async def test_prod_is_aiven_with_tls_rdb_noeviction_and_an_allow_list() -> None
             "ipFilterStrings": ["203.0.113.10/32"],
         },
     }
-    assert sorted(r.name for r in run.all(CONTAINER)) == ["novita-gpu-instance-api-1", "novita-gpu-instance-api-2", "proxy-container"]  # no local Valkey in prod
+    assert sorted(r.name for r in run.all(CONTAINER)) == [
+        "novita-gpu-instance-api-1",
+        "novita-gpu-instance-api-2",
+        "proxy-container",
+    ]  # no local Valkey in prod
 
 
 @pulumi.runtime.test
@@ -50,7 +55,9 @@ async def test_prod_valkey_is_protected_and_uses_its_own_provider_with_the_secre
 
 @pulumi.runtime.test
 async def test_aiven_outside_production_is_not_protected() -> None:
-    run = await ProgramRun.for_stack("dev", {"valkeyMode": "aiven", "aivenProject": "sandbox", "valkeyIpAllowList": '["198.51.100.0/24"]'}).run()
+    run = await ProgramRun.for_stack(
+        "dev", {"valkeyMode": "aiven", "aivenProject": "sandbox", "valkeyIpAllowList": '["198.51.100.0/24"]'}
+    ).run()
     service = run.one(AIVEN_VALKEY)
     assert service.protect is False and service.inputs["terminationProtection"] is False
     assert service.inputs["valkeyUserConfig"]["ipFilterStrings"] == ["198.51.100.0/24"]
@@ -59,7 +66,11 @@ async def test_aiven_outside_production_is_not_protected() -> None:
 @pulumi.runtime.test
 async def test_prod_outputs_host_port_tls_and_a_secret_rediss_url() -> None:
     run = await ProgramRun.for_stack("prod").run()
-    assert (run.outputs["valkeyHost"].value, run.outputs["valkeyPort"].value, run.outputs["valkeyTls"].value) == (AIVEN_HOST, 13345, True)
+    assert (run.outputs["valkeyHost"].value, run.outputs["valkeyPort"].value, run.outputs["valkeyTls"].value) == (
+        AIVEN_HOST,
+        13345,
+        True,
+    )
     url = run.outputs["valkeyUrl"]
     assert url.secret and url.value == f"rediss://default:{MOCK_VALKEY_PASSWORD}@{AIVEN_HOST}:13345"
 
@@ -84,18 +95,36 @@ async def test_dev_is_a_local_valkey_container_on_the_private_network() -> None:
     assert inputs["name"] == "novita-gpu-api-valkey-dev"
     assert inputs["image"].startswith("sha256:")  # the pulled image's ID
     assert inputs["command"] == [
-        "valkey-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
-        "--dir", "/data", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
+        "valkey-server",
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--dir",
+        "/data",
+        "--appendonly",
+        "yes",
+        "--maxmemory-policy",
+        "noeviction",
     ]
     assert inputs["networksAdvanced"] == [{"name": "novita-gpu-api-dev", "aliases": ["valkey"]}]
     assert "ports" not in inputs  # reachable from the private network only
     assert inputs["volumes"] == [{"volumeName": "novita-gpu-api-valkey-dev-data", "containerPath": "/data"}]
     assert inputs["healthcheck"] == {
-        "tests": ["CMD", "valkey-cli", "-p", "6379", "ping"], "interval": "5s", "timeout": "3s", "retries": 5, "startPeriod": "10s",
+        "tests": ["CMD", "valkey-cli", "-p", "6379", "ping"],
+        "interval": "5s",
+        "timeout": "3s",
+        "retries": 5,
+        "startPeriod": "10s",
     }
     assert (inputs["wait"], inputs["waitTimeout"], inputs["restart"]) == (True, 60, "unless-stopped")
     assert (inputs["readOnly"], inputs["securityOpts"]) == (True, ["no-new-privileges:true"])
-    assert inputs["labels"] == [{"label": "novita-gpu-api.role", "value": "valkey"}, {"label": "novita-gpu-api.stack", "value": "dev"}]
+    assert inputs["labels"] == [
+        {"label": "novita-gpu-api.role", "value": "valkey"},
+        {"label": "novita-gpu-api.stack", "value": "dev"},
+    ]
     assert valkey.delete_before_replace and valkey.replace_on_changes == ["healthcheck"]
     for child in (image, volume, valkey):
         assert run.by_urn(child.parent).type == "novita-gpu-api:index:Valkey"
@@ -104,17 +133,30 @@ async def test_dev_is_a_local_valkey_container_on_the_private_network() -> None:
 @pulumi.runtime.test
 async def test_dev_outputs_host_port_tls_and_a_secret_redis_url() -> None:
     run = await ProgramRun.for_stack("dev").run()
-    assert (run.outputs["valkeyHost"].value, run.outputs["valkeyPort"].value, run.outputs["valkeyTls"].value) == ("valkey", 6379, False)
+    assert (run.outputs["valkeyHost"].value, run.outputs["valkeyPort"].value, run.outputs["valkeyTls"].value) == (
+        "valkey",
+        6379,
+        False,
+    )
     assert run.outputs["valkeyUrl"].secret and run.outputs["valkeyUrl"].value == "redis://valkey:6379/0"
 
 
 @pulumi.runtime.test
 async def test_local_valkey_for_tests_host_network_local_image_and_redis_binaries() -> None:
-    run = await ProgramRun.for_stack("dev", {
-        "networkMode": "host", "valkeyPort": "16379", "valkeyImage": "novita-test-valkey:local", "valkeyPullImage": "false",
-        "valkeyServerBinary": "redis-server", "valkeyCliBinary": "redis-cli",
-    }).run()
-    assert [r.name for r in run.all("docker:index/remoteImage:RemoteImage")] == []  # no proxy on the host network either
+    run = await ProgramRun.for_stack(
+        "dev",
+        {
+            "networkMode": "host",
+            "valkeyPort": "16379",
+            "valkeyImage": "novita-test-valkey:local",
+            "valkeyPullImage": "false",
+            "valkeyServerBinary": "redis-server",
+            "valkeyCliBinary": "redis-cli",
+        },
+    ).run()
+    assert [
+        r.name for r in run.all("docker:index/remoteImage:RemoteImage")
+    ] == []  # no proxy on the host network either
     inputs = run.one(CONTAINER, "valkey-container").inputs
     assert inputs["image"] == "novita-test-valkey:local"
     assert inputs["networkMode"] == "host" and "networksAdvanced" not in inputs
@@ -127,7 +169,9 @@ async def test_local_valkey_for_tests_host_network_local_image_and_redis_binarie
 @pulumi.runtime.test
 async def test_the_api_gets_the_component_url(stack: str) -> None:
     run = await ProgramRun.for_stack(stack).run()
-    envs = run.one(CONTAINER, "novita-gpu-instance-api-1" if stack == "prod" else "novita-gpu-instance-api-dev-1").inputs["envs"]
+    envs = run.one(
+        CONTAINER, "novita-gpu-instance-api-1" if stack == "prod" else "novita-gpu-instance-api-dev-1"
+    ).inputs["envs"]
     assert f"REDIS_URL={run.outputs['valkeyUrl'].value}" in envs
 
 

@@ -1,7 +1,8 @@
 """Fixtures of the policy pack's tests (helpers in tests/policy/pack.py)."""
+
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import pytest
 from pulumi.runtime import config as pulumi_config
@@ -17,7 +18,7 @@ def deploying() -> Iterator[Callable[..., None]]:
     """`deploying(stack, appEnv=None)`: what the CLI tells a pack (stack name, the stack's config); restored after."""
     saved = (pulumi_settings.SETTINGS.project, pulumi_settings.SETTINGS.stack, dict(pulumi_config.CONFIG.get()))
 
-    def to(stack: str, app_env: Optional[str] = None) -> None:
+    def to(stack: str, app_env: str | None = None) -> None:
         pulumi_settings.SETTINGS.project = rules.PROJECT
         pulumi_settings.SETTINGS.stack = stack
         config = {} if app_env is None else {f"{rules.PROJECT}:appEnv": app_env}

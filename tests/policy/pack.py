@@ -6,11 +6,13 @@ Two ways in:
 - `Analyzer` feeds RPC requests to the library's own analyzer servicer (the object `PolicyPack` serves over gRPC),
   so the program's registrations go through the library's deserialisation: secret envelopes, unknowns, options.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pulumi
 import pytest
@@ -23,6 +25,7 @@ from pulumi_policy import (
     PolicyResourceOptions,
     ResourceValidationArgs,
     StackValidationArgs,
+    StackValidationPolicy,
 )
 from pulumi_policy.policy import _NotApplicableError, _PolicyAnalyzerServicer
 from pulumi_policy.proxy import unknown_checking_proxy
@@ -43,7 +46,7 @@ class Outcome:
     """What one policy said about one resource (or stack)."""
 
     violations: list[str] = field(default_factory=list)
-    not_applicable: Optional[str] = None
+    not_applicable: str | None = None
 
 
 def _options(protect: bool = False) -> PolicyResourceOptions:
@@ -58,14 +61,18 @@ def api_container(run: ProgramRun) -> Registration:
 
 def resource(type_: str, props: dict, name: str = "api-container", protect: bool = False) -> ResourceValidationArgs:
     """One resource's validation args, as the library's Analyze handler builds them."""
-    return ResourceValidationArgs(type_, unknown_checking_proxy(props), f"urn:test::{name}", name, _options(protect), None)
+    return ResourceValidationArgs(
+        type_, unknown_checking_proxy(props), f"urn:test::{name}", name, _options(protect), None
+    )
 
 
 def stack(*resources: tuple[str, dict]) -> StackValidationArgs:
     """A stack's validation args, as the library's AnalyzeStack handler builds them."""
     return StackValidationArgs(
         [
-            PolicyResource(type_, unknown_checking_proxy(props), f"urn:test::r{i}", f"r{i}", _options(), None, None, [], {})
+            PolicyResource(
+                type_, unknown_checking_proxy(props), f"urn:test::r{i}", f"r{i}", _options(), None, None, [], {}
+            )
             for i, (type_, props) in enumerate(resources)
         ],
         {},
@@ -75,8 +82,18 @@ def stack(*resources: tuple[str, dict]) -> StackValidationArgs:
 def validate(policy_name: str, args: ResourceValidationArgs | StackValidationArgs) -> Outcome:
     """Run one policy of the pack; `not_applicable` holds the reason when it declined."""
     outcome = Outcome()
+
+    def report(message: str, urn: str | None = None) -> None:
+        outcome.violations.append(message)
+
+    policy = POLICIES_BY_NAME[policy_name]
     try:
-        POLICIES_BY_NAME[policy_name].validate(args, lambda message, urn=None: outcome.violations.append(message))
+        if isinstance(policy, StackValidationPolicy):
+            assert isinstance(args, StackValidationArgs), f"{policy_name} judges a stack, not one resource"
+            policy.validate(args, report)
+        else:
+            assert isinstance(args, ResourceValidationArgs), f"{policy_name} judges one resource, not a stack"
+            policy.validate(args, report)
     except _NotApplicableError as error:
         outcome.not_applicable = error.reason
     return outcome
@@ -106,7 +123,7 @@ class RawRecordingMonitor(RecordingMonitor):
         super().__init__(mocks)
         self.raw: dict[str, struct_pb2.Struct] = {}
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:  # gRPC's method name
         response = super().RegisterResource(request)
         raw = struct_pb2.Struct()
         raw.CopyFrom(request.object)
@@ -114,7 +131,7 @@ class RawRecordingMonitor(RecordingMonitor):
         return response
 
 
-async def run_program(stack_name: str, overrides: Optional[dict[str, Optional[str]]] = None) -> ProgramRun:
+async def run_program(stack_name: str, overrides: Mapping[str, str | None] | None = None) -> ProgramRun:
     """`__main__.py` for a stack under the infra suite's mocks, with raw inputs kept."""
     run = ProgramRun.for_stack(stack_name, overrides)
     run.monitor = RawRecordingMonitor(ProgramMocks())
@@ -127,7 +144,7 @@ class Analyzer:
     def __init__(self, run: ProgramRun, monkeypatch: pytest.MonkeyPatch) -> None:
         self.run = run
         self.servicer = _PolicyAnalyzerServicer(
-            "novita-gpu-api-production", "0.0.0", rules.POLICIES, EnforcementLevel.MANDATORY
+            "novita-gpu-api-production", "0.0.0", list(rules.POLICIES), EnforcementLevel.MANDATORY
         )
         # The CLI's environment for a policy pack: stack, project and the stack's (decrypted) config.
         monkeypatch.setenv("PULUMI_PROJECT", rules.PROJECT)
@@ -155,23 +172,31 @@ class Analyzer:
             not_applicable={n.policy_name: n.reason for n in response.not_applicable},
         )
 
-    def analyze(self, registration: Registration, properties: Optional[struct_pb2.Struct] = None,
-                protect: Optional[bool] = None) -> Analysis:
+    def analyze(
+        self, registration: Registration, properties: struct_pb2.Struct | None = None, protect: bool | None = None
+    ) -> Analysis:
         """The pack's resource policies on one registration (or on `properties` in its place)."""
         options = self._options(registration)
         if protect is not None:
             options.protect = protect
         request = proto.AnalyzeRequest(
-            type=registration.type, urn=registration.urn, name=registration.name,
-            properties=properties if properties is not None else self.raw(registration), options=options,
+            type=registration.type,
+            urn=registration.urn,
+            name=registration.name,
+            properties=properties if properties is not None else self.raw(registration),
+            options=options,
         )
         return self._analysis(self.servicer.Analyze(request, None))
 
-    def analyze_stack(self, replace: Optional[dict[str, struct_pb2.Struct]] = None) -> Analysis:
+    def analyze_stack(self, replace: dict[str, struct_pb2.Struct] | None = None) -> Analysis:
         """The pack's stack policies on every custom resource the program registered (URN -> properties to swap)."""
         resources = [
             proto.AnalyzerResource(
-                urn=r.urn, type=r.type, name=r.name, options=self._options(r), parent=r.parent,
+                urn=r.urn,
+                type=r.type,
+                name=r.name,
+                options=self._options(r),
+                parent=r.parent,
                 properties=(replace or {}).get(r.urn, self.raw(r)),
             )
             for r in self.run.monitor.registrations

@@ -1,6 +1,7 @@
 """The pack started as the Pulumi CLI starts it: `python -u -m pulumi.policy <engine> .` in policy/ (the command of
 the CLI's pulumi-analyzer-policy-python shim), with the stack's name and config in the environment, answering the
 analyzer's gRPC calls on loopback. No CLI is needed: this is the process the CLI would talk to."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import os
 import select
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import grpc
 import pulumi
@@ -36,8 +37,12 @@ def started_pack(stack_name: str, config: dict[str, str]) -> Iterator[analyzer_p
     }
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:0", "."],
-        cwd=POLICY_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=POLICY_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    assert process.stdout is not None and process.stderr is not None  # both are pipes
     try:
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_SECONDS)
         line = process.stdout.readline() if ready else b""
@@ -52,10 +57,15 @@ def started_pack(stack_name: str, config: dict[str, str]) -> Iterator[analyzer_p
 
 
 def analyze(stub: analyzer_pb2_grpc.AnalyzerStub, registration: Registration, properties) -> list[tuple[str, int]]:
-    response = stub.Analyze(proto.AnalyzeRequest(
-        type=registration.type, urn=registration.urn, name=registration.name, properties=properties,
-        options=proto.AnalyzerResourceOptions(protect=registration.protect),
-    ))
+    response = stub.Analyze(
+        proto.AnalyzeRequest(
+            type=registration.type,
+            urn=registration.urn,
+            name=registration.name,
+            properties=properties,
+            options=proto.AnalyzerResourceOptions(protect=registration.protect),
+        )
+    )
     return [(d.policyName, d.enforcementLevel) for d in response.diagnostics]
 
 

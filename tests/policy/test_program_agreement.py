@@ -3,6 +3,7 @@
 The registrations go to the library's own Analyze/AnalyzeStack handlers as the engine would send them (inputs with
 their secret envelopes, resource options), with the CLI's environment for a pack (stack name and config).
 """
+
 from __future__ import annotations
 
 import typing
@@ -17,7 +18,14 @@ from app.core.config import Settings
 from policy import rules
 from tests.infra.harness import PROGRAM, TEST_SECRETS, ProgramMocks, ProgramRun, Registration
 from tests.policy.pack import (
-    ADVISORY, MANDATORY, POLICIES_BY_NAME, Analyzer, RawRecordingMonitor, api_container, edited, run_program,
+    ADVISORY,
+    MANDATORY,
+    POLICIES_BY_NAME,
+    Analyzer,
+    RawRecordingMonitor,
+    api_container,
+    edited,
+    run_program,
 )
 
 API_POLICIES = {"api-restart-always", "api-healthcheck-start-period", "api-limits-without-swap", "api-image-by-id"}
@@ -37,7 +45,9 @@ async def test_the_prod_program_passes_every_policy(analyzer) -> None:
     # The API rules judged the API container (it gets Novita's key), rather than declining it.
     declined = pack.analyze(api_container(run)).not_applicable
     assert not API_POLICIES & set(declined), declined
-    assert not {"aiven-valkey-protected", "aiven-valkey-allow-list-not-open"} & set(pack.analyze(aiven_service(run)).not_applicable)
+    assert not {"aiven-valkey-protected", "aiven-valkey-allow-list-not-open"} & set(
+        pack.analyze(aiven_service(run)).not_applicable
+    )
 
     stack = pack.analyze_stack()
     assert stack.diagnostics == []
@@ -56,6 +66,7 @@ def _set(path: str, value: object):
             target.pop(leaf, None)
         else:
             target[leaf] = value
+
     return edit
 
 
@@ -70,12 +81,25 @@ MUTATIONS = {
     "swap": ("api", _set("memorySwap", None), "api-limits-without-swap", MANDATORY),
     "cpus": ("api", _set("cpus", None), "api-limits-without-swap", MANDATORY),
     "image tag": ("api", _set("image", "novita-gpu-api:prod"), "api-image-by-id", MANDATORY),
-    "credential in env": ("api", _add_env("WEBHOOK_URL=https://hook:pw@hooks.example.com/in"),
-                          "plain-env-has-no-credential", MANDATORY),
-    "secret-named env": ("api", _add_env("SIGNING_SECRET=not-so-secret"), "secret-named-env-is-contract-secret", ADVISORY),
+    "credential in env": (
+        "api",
+        _add_env("WEBHOOK_URL=https://hook:pw@hooks.example.com/in"),
+        "plain-env-has-no-credential",
+        MANDATORY,
+    ),
+    "secret-named env": (
+        "api",
+        _add_env("SIGNING_SECRET=not-so-secret"),
+        "secret-named-env-is-contract-secret",
+        ADVISORY,
+    ),
     "termination protection": ("aiven", _set("terminationProtection", False), "aiven-valkey-protected", MANDATORY),
-    "open allow-list": ("aiven", _set("valkeyUserConfig.ipFilterStrings", ["0.0.0.0/0"]),
-                        "aiven-valkey-allow-list-not-open", MANDATORY),
+    "open allow-list": (
+        "aiven",
+        _set("valkeyUserConfig.ipFilterStrings", ["0.0.0.0/0"]),
+        "aiven-valkey-allow-list-not-open",
+        MANDATORY,
+    ),
 }
 
 
@@ -140,7 +164,9 @@ async def test_pulumi_policy_hands_secret_inputs_to_a_policy_as_plain_values(ana
     assert container.is_secret(f"envs[{index}]")  # sent wrapped as a secret...
     seen: list[object] = []
     probe = ResourceValidationPolicy(
-        name="probe", description="records envs", enforcement_level=EnforcementLevel.ADVISORY,
+        name="probe",
+        description="records envs",
+        enforcement_level=EnforcementLevel.ADVISORY,
         validate=lambda args, report: seen.append(args.props["envs"][index]) if args.name == container.name else None,
     )
     pack: Analyzer = analyzer(run)
@@ -151,8 +177,10 @@ async def test_pulumi_policy_hands_secret_inputs_to_a_policy_as_plain_values(ana
 
 def test_secret_env_names_are_the_apis_secret_settings() -> None:
     secret_settings = {
-        name.upper() for name, field in Settings.model_fields.items()
-        if "SecretStr" in {getattr(arg, "__name__", "") for arg in (field.annotation, *typing.get_args(field.annotation))}
+        name.upper()
+        for name, field in Settings.model_fields.items()
+        if "SecretStr"
+        in {getattr(arg, "__name__", "") for arg in (field.annotation, *typing.get_args(field.annotation))}
     }
     assert secret_settings == rules.SECRET_ENV_NAMES
 
@@ -170,8 +198,10 @@ async def test_role_labels_are_read_in_the_shape_the_docker_sdk_registers(analyz
         "replica",
         image="sha256:" + "0" * 64,
         restart="unless-stopped",
-        labels=[docker.ContainerLabelArgs(label=rules.ROLE_LABEL, value="api"),
-                docker.ContainerLabelArgs(label="novita-gpu-api.stack", value="prod")],
+        labels=[
+            docker.ContainerLabelArgs(label=rules.ROLE_LABEL, value="api"),
+            docker.ContainerLabelArgs(label="novita-gpu-api.stack", value="prod"),
+        ],
     )
     await replica.urn.future()  # registered
     [registration] = [r for r in monitor.registrations if r.type == rules.CONTAINER]
@@ -180,8 +210,11 @@ async def test_role_labels_are_read_in_the_shape_the_docker_sdk_registers(analyz
     run = ProgramRun("prod", {f"{rules.PROJECT}:appEnv": "production"}, [])
     run.monitor = monitor
     diagnostics = analyzer(run).analyze(registration).diagnostics
-    assert {d.policy for d in diagnostics} == {"api-restart-always", "api-healthcheck-start-period",
-                                               "api-limits-without-swap"}
+    assert {d.policy for d in diagnostics} == {
+        "api-restart-always",
+        "api-healthcheck-start-period",
+        "api-limits-without-swap",
+    }
 
 
 def test_every_policy_is_in_the_readme() -> None:

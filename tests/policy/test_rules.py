@@ -1,4 +1,5 @@
 """Each policy of the pack on a compliant and a violating resource, shaped as the engine sends it (camelCase)."""
+
 from __future__ import annotations
 
 import copy
@@ -20,9 +21,14 @@ def api_container(**changes: object) -> dict:
         "restart": "always",
         "healthcheck": {
             "tests": ["CMD", "python", "-m", "app.healthcheck"],
-            "interval": "30s", "timeout": "10s", "retries": 5, "startPeriod": "2m0s",
+            "interval": "30s",
+            "timeout": "10s",
+            "retries": 5,
+            "startPeriod": "2m0s",
         },
-        "memory": 512, "memorySwap": 512, "cpus": "0.5",
+        "memory": 512,
+        "memorySwap": 512,
+        "cpus": "0.5",
         "envs": [
             "APP_ENV=production",
             "NOVITA_BASE_URL=https://api.novita.ai/gpu-instance/openapi/v1",
@@ -45,7 +51,9 @@ def api_container(**changes: object) -> dict:
 
 def aiven_valkey(**changes: object) -> dict:
     props: dict = {
-        "project": "novita-gpu-api", "serviceName": "novita-gpu-api-valkey", "plan": "startup-4",
+        "project": "novita-gpu-api",
+        "serviceName": "novita-gpu-api-valkey",
+        "plan": "startup-4",
         "terminationProtection": True,
         "valkeyUserConfig": {"valkeySsl": True, "ipFilterStrings": ["203.0.113.10/32"]},
     }
@@ -70,9 +78,9 @@ def with_healthcheck(**changes: object) -> dict:
     ("stack_name", "app_env", "applies"),
     [
         ("prod", "production", True),
-        ("prod", None, True),                 # the name is enough: appEnv cannot turn the rules off
+        ("prod", None, True),  # the name is enough: appEnv cannot turn the rules off
         ("production", "development", True),
-        ("eu-live", "production", True),      # any name with appEnv production
+        ("eu-live", "production", True),  # any name with appEnv production
         ("dev", "development", False),
         ("staging", None, False),
     ],
@@ -83,13 +91,13 @@ def test_rules_apply_to_production_stacks_only(deploying, stack_name, app_env, a
     if applies:
         assert outcome.not_applicable is None and len(outcome.violations) == 1
     else:
-        assert outcome.violations == [] and "not a production stack" in outcome.not_applicable
+        assert outcome.violations == [] and "not a production stack" in (outcome.not_applicable or "")
 
 
 def test_api_rules_skip_a_container_labelled_with_another_role(production) -> None:
     proxy = api_container(restart="unless-stopped", labels=[{"label": rules.ROLE_LABEL, "value": "proxy"}])
     outcome = validate("api-restart-always", container(proxy, "proxy"))
-    assert outcome.violations == [] and "not an API container" in outcome.not_applicable
+    assert outcome.violations == [] and "not an API container" in (outcome.not_applicable or "")
 
 
 def test_an_unlabelled_container_that_gets_novitas_key_is_held_to_the_api_rules(production) -> None:
@@ -121,10 +129,19 @@ def test_restart_must_be_always(production, restart) -> None:
     assert f"restart is {restart!r}" in message
 
 
-@pytest.mark.parametrize(("start_period", "ok"), [
-    ("2m0s", True), ("120s", True), ("5m0s", True), ("1m59s", False), ("1m0s", False), ("40s", False),
-    ("2 minutes", False), (None, False),
-])
+@pytest.mark.parametrize(
+    ("start_period", "ok"),
+    [
+        ("2m0s", True),
+        ("120s", True),
+        ("5m0s", True),
+        ("1m59s", False),
+        ("1m0s", False),
+        ("40s", False),
+        ("2 minutes", False),
+        (None, False),
+    ],
+)
 def test_healthcheck_start_period_at_least_120s(production, start_period, ok) -> None:
     props = with_healthcheck(startPeriod=start_period) if start_period else with_healthcheck()
     if start_period is None:
@@ -141,28 +158,34 @@ def test_a_missing_or_disabled_healthcheck_is_a_violation(production, props) -> 
     assert "no healthcheck" in message
 
 
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"memory": None}, "no memory limit"),
-    ({"memory": 0}, "no memory limit"),
-    ({"memorySwap": None}, "memorySwap is None"),
-    ({"memorySwap": 1024}, "memorySwap is 1024"),
-    ({"memorySwap": -1}, "memorySwap is -1"),
-    ({"cpus": None}, "no CPU limit"),
-    ({"cpus": "0"}, "no CPU limit"),
-])
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"memory": None}, "no memory limit"),
+        ({"memory": 0}, "no memory limit"),
+        ({"memorySwap": None}, "memorySwap is None"),
+        ({"memorySwap": 1024}, "memorySwap is 1024"),
+        ({"memorySwap": -1}, "memorySwap is -1"),
+        ({"cpus": None}, "no CPU limit"),
+        ({"cpus": "0"}, "no CPU limit"),
+    ],
+)
 def test_memory_and_cpu_limits_and_swap_equal_to_memory(production, changes, expected) -> None:
     [message] = validate("api-limits-without-swap", container(api_container(**changes))).violations
     assert expected in message
 
 
-@pytest.mark.parametrize(("image", "ok"), [
-    (IMAGE_ID, True),
-    ("registry.example.com/novita-gpu-api@" + IMAGE_ID, True),
-    ("novita-gpu-api:prod", False),
-    ("novita-gpu-api:latest", False),
-    ("novita-gpu-api", False),
-    ("sha256:abc", False),
-])
+@pytest.mark.parametrize(
+    ("image", "ok"),
+    [
+        (IMAGE_ID, True),
+        ("registry.example.com/novita-gpu-api@" + IMAGE_ID, True),
+        ("novita-gpu-api:prod", False),
+        ("novita-gpu-api:latest", False),
+        ("novita-gpu-api", False),
+        ("sha256:abc", False),
+    ],
+)
 def test_image_by_id_or_digest_never_by_tag(production, image, ok) -> None:
     violations = validate("api-image-by-id", container(api_container(image=image))).violations
     assert (violations == []) is ok
@@ -171,16 +194,19 @@ def test_image_by_id_or_digest_never_by_tag(production, image, ok) -> None:
 # ---- secrets in env ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("entry", "kind"), [
-    ("WEBHOOK_URL=https://hooks:hunter2@example.com/in", "a URL with a password"),
-    ("NOVITA_BASE_URL=https://user:pw@api.novita.ai/v1", "a URL with a password"),
-    ("DEBUG_KEY=sk_live_0123456789abcdefghij", "an API key"),
-    ("CACHE_SEED=AVNS_abcdefgh12345", "an Aiven service password"),
-    ("TLS_KEY=-----BEGIN RSA PRIVATE KEY-----MIIE", "a private key"),
-    ("AWS_ID=AKIAABCDEFGHIJKLMNOP", "an AWS access key ID"),
-    ("GH=ghp_" + "a" * 36, "a GitHub token"),
-    ("AUTH=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc", "a JSON web token"),
-])
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ("WEBHOOK_URL=https://hooks:hunter2@example.com/in", "a URL with a password"),
+        ("NOVITA_BASE_URL=https://user:pw@api.novita.ai/v1", "a URL with a password"),
+        ("DEBUG_KEY=sk_live_0123456789abcdefghij", "an API key"),
+        ("CACHE_SEED=AVNS_abcdefgh12345", "an Aiven service password"),
+        ("TLS_KEY=-----BEGIN RSA PRIVATE KEY-----MIIE", "a private key"),
+        ("AWS_ID=AKIAABCDEFGHIJKLMNOP", "an AWS access key ID"),
+        ("GH=ghp_" + "a" * 36, "a GitHub token"),
+        ("AUTH=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc", "a JSON web token"),
+    ],
+)
 def test_a_credential_in_a_plain_env_var_is_a_violation(production, entry, kind) -> None:
     props = api_container(envs=api_container()["envs"] + [entry])
     [message] = validate("plain-env-has-no-credential", container(props)).violations
@@ -195,8 +221,11 @@ def test_contract_secret_variables_are_exempt(production) -> None:
 
 
 def test_every_container_is_scanned_for_credentials_not_only_the_api(production) -> None:
-    proxy = {"name": "proxy", "envs": ["ACME_EAB=https://kid:hmac-secret@acme.example/"],
-             "labels": [{"label": rules.ROLE_LABEL, "value": "proxy"}]}
+    proxy = {
+        "name": "proxy",
+        "envs": ["ACME_EAB=https://kid:hmac-secret@acme.example/"],
+        "labels": [{"label": rules.ROLE_LABEL, "value": "proxy"}],
+    }
     assert len(validate("plain-env-has-no-credential", container(proxy, "proxy")).violations) == 1
 
 
@@ -206,16 +235,19 @@ def test_an_unknown_env_entry_during_preview_skips_only_itself(production) -> No
     assert len(violations) == 1 and "WEBHOOK_URL" in violations[0]
 
 
-@pytest.mark.parametrize(("entry", "flagged"), [
-    ("WEBHOOK_SECRET=whsec_1", False),     # a contract secret
-    ("SIGNING_SECRET=abc", True),
-    ("GITHUB_TOKEN=abc", True),
-    ("ADMIN_PASSWORD=abc", True),
-    ("OTHER_API_KEY=abc", True),
-    ("ADMIN_PASSWORD=", False),            # empty: nothing to leak
-    ("RATE_LIMIT_REQUESTS=600", False),
-    ("TOKENIZER_THREADS=4", False),        # TOKEN only as part of a word
-])
+@pytest.mark.parametrize(
+    ("entry", "flagged"),
+    [
+        ("WEBHOOK_SECRET=whsec_1", False),  # a contract secret
+        ("SIGNING_SECRET=abc", True),
+        ("GITHUB_TOKEN=abc", True),
+        ("ADMIN_PASSWORD=abc", True),
+        ("OTHER_API_KEY=abc", True),
+        ("ADMIN_PASSWORD=", False),  # empty: nothing to leak
+        ("RATE_LIMIT_REQUESTS=600", False),
+        ("TOKENIZER_THREADS=4", False),  # TOKEN only as part of a word
+    ],
+)
 def test_a_secret_named_plain_variable_is_an_advisory_finding(production, entry, flagged) -> None:
     props = api_container(envs=api_container()["envs"] + [entry])
     violations = validate("secret-named-env-is-contract-secret", container(props)).violations
@@ -236,15 +268,18 @@ def test_aiven_valkey_needs_termination_protection_and_pulumi_protect(production
     assert "`protect` option is off" in message
 
 
-@pytest.mark.parametrize(("user_config", "expected"), [
-    ({"ipFilterStrings": ["203.0.113.10/32", "198.51.100.0/24"]}, None),
-    ({"ipFilterObjects": [{"network": "203.0.113.10/32", "description": "api"}]}, None),
-    ({"ipFilterStrings": ["203.0.113.10/32", "0.0.0.0/0"]}, "admits every address (0.0.0.0/0)"),
-    ({"ipFilterObjects": [{"network": "::/0"}]}, "admits every address (::/0)"),
-    ({"ipFilters": ["0.0.0.0/0"]}, "admits every address"),
-    ({"ipFilterStrings": []}, "no IP allow-list"),
-    ({}, "no IP allow-list"),
-])
+@pytest.mark.parametrize(
+    ("user_config", "expected"),
+    [
+        ({"ipFilterStrings": ["203.0.113.10/32", "198.51.100.0/24"]}, None),
+        ({"ipFilterObjects": [{"network": "203.0.113.10/32", "description": "api"}]}, None),
+        ({"ipFilterStrings": ["203.0.113.10/32", "0.0.0.0/0"]}, "admits every address (0.0.0.0/0)"),
+        ({"ipFilterObjects": [{"network": "::/0"}]}, "admits every address (::/0)"),
+        ({"ipFilters": ["0.0.0.0/0"]}, "admits every address"),
+        ({"ipFilterStrings": []}, "no IP allow-list"),
+        ({}, "no IP allow-list"),
+    ],
+)
 def test_aiven_allow_list_is_never_open(production, user_config, expected) -> None:
     props = aiven_valkey(valkeyUserConfig=user_config)
     violations = validate("aiven-valkey-allow-list-not-open", resource(rules.AIVEN_VALKEY, props, "v")).violations
@@ -285,7 +320,7 @@ def test_replicas_are_counted_by_role_label(production) -> None:
 def test_replicas_do_not_apply_to_a_program_without_role_labels(production) -> None:
     unlabelled = api_container(labels=None)
     outcome = validate("api-replicas", stack((rules.CONTAINER, unlabelled)))
-    assert outcome.violations == [] and "predates API replicas" in outcome.not_applicable
+    assert outcome.violations == [] and "predates API replicas" in (outcome.not_applicable or "")
 
 
 def test_replicas_do_not_apply_to_dev(deploying) -> None:
@@ -296,10 +331,23 @@ def test_replicas_do_not_apply_to_dev(deploying) -> None:
 # ---- helpers -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("2m0s", 120), ("120s", 120), ("1m30s", 90), ("1h", 3600), ("500ms", 0.5), ("1.5m", 90), ("0", 0),
-    ("", None), ("2 m", None), ("120", None), ("1m0", None), ("abc", None),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2m0s", 120),
+        ("120s", 120),
+        ("1m30s", 90),
+        ("1h", 3600),
+        ("500ms", 0.5),
+        ("1.5m", 90),
+        ("0", 0),
+        ("", None),
+        ("2 m", None),
+        ("120", None),
+        ("1m0", None),
+        ("abc", None),
+    ],
+)
 def test_go_durations(text, seconds) -> None:
     assert rules.duration_seconds(text) == seconds
 

@@ -7,6 +7,7 @@ Fixtures:
   each status), and a `Dashboard` helper: a fresh browser context that may read the clipboard, sign-in, axe checks,
   screenshots into docs/screenshots/.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -38,8 +39,10 @@ def playwright() -> Iterator[Playwright]:
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Debian's Chromium, headless; Playwright's own browser download cannot be fetched here."""
     if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} not found: the dashboard tests need Debian's browser. "
-                    "Install it with `apt-get install chromium` (.ci/run does).")
+        pytest.fail(
+            f"{CHROMIUM} not found: the dashboard tests need Debian's browser. "
+            "Install it with `apt-get install chromium` (.ci/run does)."
+        )
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
     yield browser
     browser.close()
@@ -89,7 +92,8 @@ class Dashboard:
 def dashboard(api_server_factory: StartServer, browser: Browser) -> Iterator[Dashboard]:  # noqa: F811
     server = api_server_factory(cache_ttl_instances_seconds=1)
     context = browser.new_context(
-        base_url=server.base_url, viewport={"width": 1280, "height": 860},
+        base_url=server.base_url,
+        viewport={"width": 1280, "height": 860},
         permissions=["clipboard-read", "clipboard-write"],
     )
     context.set_default_timeout(TIMEOUT_MS)

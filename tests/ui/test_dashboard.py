@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium: sign in, create and watch an instance become ready, copy its SSH command, stop
 and delete it, a 422 beside its field, CSRF refusals, sign out. axe-core runs on every screen."""
+
 from __future__ import annotations
 
 import asyncio
@@ -133,15 +134,18 @@ def test_a_422_is_shown_beside_the_field_the_api_names(dashboard: Dashboard) -> 
     expect(name_field.locator(".field-error")).to_contain_text("should match pattern")
     expect(page.locator("#name")).to_have_attribute("aria-invalid", "true")
     expect(page.locator(".field", has=page.locator("#ports")).locator(".field-error")).to_contain_text(
-        "reserved by Novita")
+        "reserved by Novita"
+    )
     expect(page.locator("#imageUrl")).not_to_have_attribute("aria-invalid", "true")
     # Env values are never shown back, their keys are.
     assert page.locator("#envs").input_value() == "HF_TOKEN="
     assert SECRET_ENV_VALUE not in page.content()
     # The same message the API's 422 gives for that field.
     with dashboard.server.client() as api:
-        problem = api.post("/api/instances", json={
-            "name": "bad name!", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"}).json()
+        problem = api.post(
+            "/api/instances",
+            json={"name": "bad name!", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"},
+        ).json()
     api_message = next(e["message"] for e in problem["errors"] if e["field"] == "body.name")
     expect(name_field.locator(".field-error")).to_have_text(api_message)
     dashboard.assert_accessible("create with errors")
@@ -154,14 +158,17 @@ def test_a_form_without_the_session_csrf_token_is_refused(dashboard: Dashboard) 
     page = dashboard.page
     dashboard.sign_in()
     with dashboard.server.client() as api:
-        created = api.post("/api/instances", json={
-            "name": "target", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"}).json()
+        created = api.post(
+            "/api/instances",
+            json={"name": "target", "productId": PRODUCT, "imageUrl": "docker.io/library/ubuntu:22.04"},
+        ).json()
     instance_id = created["instance"]["id"]
     dashboard.goto(f"/ui/instances/{instance_id}")
     token = page.locator("input[name=csrf_token]").first.input_value()
 
     # The browser's own cookies go along (as with a forged cross-site form that SameSite did not stop).
-    for form in ({}, {"csrf_token": "forged-" + token[7:]}, {"csrf_token": ""}):
+    forms: list[dict[str, str | float | bool]] = [{}, {"csrf_token": "forged-" + token[7:]}, {"csrf_token": ""}]
+    for form in forms:
         refused = page.request.post(f"/ui/instances/{instance_id}/delete", form=form, max_redirects=0)
         assert refused.status == 403, (form, refused.status)
         assert "security token" in refused.text()
@@ -178,13 +185,22 @@ def test_a_form_without_the_session_csrf_token_is_refused(dashboard: Dashboard) 
 
 def test_instances_filter_sort_and_page(dashboard: Dashboard, fake_novita: FakeNovitaHandle) -> None:
     # Thirty instances on the Novita account (made outside this service): the list shows them with our records.
-    with httpx.Client(base_url=fake_novita.base_url,
-                      headers={"Authorization": f"Bearer {fake_novita.api_key}"}) as novita:
+    with httpx.Client(
+        base_url=fake_novita.base_url, headers={"Authorization": f"Bearer {fake_novita.api_key}"}
+    ) as novita:
         for number in range(30):
             name = f"{'beta' if number % 3 == 0 else 'alpha'}-{number:02d}"
-            novita.post("/gpu/instance/create", json={
-                "name": name, "productId": PRODUCT, "gpuNum": 1, "rootfsSize": 20,
-                "imageUrl": "docker.io/library/ubuntu:22.04", "kind": "gpu"}).raise_for_status()
+            novita.post(
+                "/gpu/instance/create",
+                json={
+                    "name": name,
+                    "productId": PRODUCT,
+                    "gpuNum": 1,
+                    "rootfsSize": 20,
+                    "imageUrl": "docker.io/library/ubuntu:22.04",
+                    "kind": "gpu",
+                },
+            ).raise_for_status()
     fake_novita.advance(steps=3)  # all running
     stopped = fake_novita.instances(name="alpha-01")[0]
     fake_novita.set_state(stopped["id"], status="exited")
@@ -195,7 +211,7 @@ def test_instances_filter_sort_and_page(dashboard: Dashboard, fake_novita: FakeN
     rows = page.locator("table.list tbody tr")
     expect(rows).to_have_count(10)
     expect(page.locator("table.list caption")).to_have_text("Instances 1–10 of 30")
-    names = [rows.nth(i).get_attribute("data-instance-name") for i in range(10)]
+    names = [rows.nth(i).get_attribute("data-instance-name") or "" for i in range(10)]
     assert names == sorted(names) and names[0] == "alpha-01"
     expect(rows.first).to_contain_text("$0.67")  # price per hour of one RTX 4090 on demand
     dashboard.screenshot("instances")

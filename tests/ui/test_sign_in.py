@@ -1,5 +1,6 @@
 """Dashboard sign-in over real HTTP (no browser needed): the session cookie's flags, the session in Valkey and its
 expiry, key rotation, the key's identity and rate limit, and the key kept out of pages, Valkey and the log."""
+
 from __future__ import annotations
 
 import io
@@ -17,16 +18,22 @@ from tests.fixtures_redis import RedisServer
 SESSION_KEYS = "ngpu:ui:session:*"
 
 
-def _sign_in(server: ApiServer, client: httpx.Client, key: str | None = None,
-             headers: dict[str, str] | None = None) -> httpx.Response:
+def _sign_in(
+    server: ApiServer, client: httpx.Client, key: str | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """The two steps a browser takes: fetch the form (its CSRF cookie and token), post the key. The cookie is sent
     back by hand: behind TLS it is `Secure`, which an HTTP client keeps to itself on this plain-HTTP loopback."""
     form = client.get("/ui/login", headers=headers)
     assert form.status_code == 200
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    field = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert field, "the sign-in form has no CSRF token"
+    token = field.group(1)
     sign_in_cookie = _set_cookie_header(form, "ngpu_ui_signin").split(";")[0]
-    return client.post("/ui/login", data={"csrf_token": token, "api_key": server.api_key if key is None else key},
-                       headers={**(headers or {}), "Cookie": sign_in_cookie})
+    return client.post(
+        "/ui/login",
+        data={"csrf_token": token, "api_key": server.api_key if key is None else key},
+        headers={**(headers or {}), "Cookie": sign_in_cookie},
+    )
 
 
 def _set_cookie_header(response: httpx.Response, name: str) -> str:
