@@ -1,4 +1,5 @@
 """`python -m app`: validate the environment (one-line error, exit 2), then serve with uvicorn on HOST:PORT."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 It sits at the top of `app/` (it imports every package; none imports it). Routes reach what it built through
 `app.core.deps.provide`, by type; job handlers are registered on the worker here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ class AppContainer:
         metrics = Metrics()
         redis = RedisManager(settings)
         rate_budget = SharedRateBudget(
-            redis, settings.novita_rate_limit_per_second, burst=settings.novita_rate_limit_burst,
+            redis,
+            settings.novita_rate_limit_per_second,
+            burst=settings.novita_rate_limit_burst,
             fallback=LocalBudget(settings.novita_rate_limit_fallback_per_second, Clock()),
         )
         novita = NovitaClient(
@@ -74,7 +77,9 @@ class AppContainer:
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
         store = InstanceStore(redis)
         novita_health = NovitaHealth(
-            novita, redis.client, check_interval_seconds=settings.novita_health_check_interval_seconds,
+            novita,
+            redis.client,
+            check_interval_seconds=settings.novita_health_check_interval_seconds,
             check_timeout_seconds=settings.novita_health_timeout_seconds,
         )
 
@@ -82,12 +87,22 @@ class AppContainer:
             await cache.invalidate(keys=cached_view_keys(novita_ids))
 
         automation = LifecycleAutomation(
-            lifecycle_config(settings), redis.client, novita, store, recover_spot=novita.migrate_instance,
+            lifecycle_config(settings),
+            redis.client,
+            novita,
+            store,
+            recover_spot=novita.migrate_instance,
             extra_tasks=[PeriodicTask(CHECK_TASK, settings.novita_health_check_interval_seconds, novita_health.check)],
-            wake_jobs=queue.wake, forget_cached=forget_cached,
+            wake_jobs=queue.wake,
+            forget_cached=forget_cached,
         )
         instances = InstanceService(
-            settings=settings, store=store, queue=queue, novita=novita, cache=cache, activity=automation.activity,
+            settings=settings,
+            store=store,
+            queue=queue,
+            novita=novita,
+            cache=cache,
+            activity=automation.activity,
             webhooks=automation.events,
         )
         return cls(
@@ -125,15 +140,29 @@ class AppContainer:
         services.add(Worker, self.worker)
         services.add(ProcessState, self.process)
         services.add(SecretRedactor, self.redact)
-        services.add(HealthSources, HealthSources(
-            redis=self.redis, queue=self.queue, worker=self.worker, process=self.process,
-            novita_health=self.novita_health, records=self.instances.store, metrics=self.metrics, redact=self.redact,
-        ))
+        services.add(
+            HealthSources,
+            HealthSources(
+                redis=self.redis,
+                queue=self.queue,
+                worker=self.worker,
+                process=self.process,
+                novita_health=self.novita_health,
+                records=self.instances.store,
+                metrics=self.metrics,
+                redact=self.redact,
+            ),
+        )
         return services
 
     def register_job_handlers(self) -> None:
         """Put the instance job handlers on the worker."""
         handlers = InstanceJobHandlers(
-            self.settings, self.instances.store, self.novita, self.products, self.instances, self.automation.events,
+            self.settings,
+            self.instances.store,
+            self.novita,
+            self.products,
+            self.instances,
+            self.automation.events,
         )
         handlers.register(self.worker, self.jobs)

@@ -12,6 +12,7 @@ The failure count and the "was ready once" flag live in a small state file next 
 They belong to one app process, identified by its pid and start time, so a restarted process (or a reused pid)
 starts with a clean state even when /tmp survives the restart.
 """
+
 from __future__ import annotations
 
 import json
@@ -126,7 +127,7 @@ def process_identity(pid: int | None) -> str | None:
 def check_livez(url: str, timeout_seconds: float) -> tuple[bool, bool, str]:
     """Ask /livez once: (answered 200, readyOnce, a one-line description)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310 (fixed local URL)
+        with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
             body = json.loads(response.read(4096) or b"{}")
     except urllib.error.HTTPError as error:
         return False, False, f"/livez answered {error.code}"

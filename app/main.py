@@ -5,6 +5,7 @@ Start-up serves `/livez` at once and connects to Valkey in the background; the j
 becomes ready, when Valkey first answers. Shutdown (SIGTERM, handled by uvicorn) stops taking jobs, gives running
 ones `SHUTDOWN_GRACE_SECONDS`, and leaves unfinished ones unacknowledged for another worker to reclaim.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -143,8 +144,10 @@ def _write_pid_file(path: Path) -> None:
     try:
         path.write_text(f"{os.getpid()}\n")
     except OSError as error:
-        logger.error("cannot write the pid file; the container probe cannot restart a wedged app",
-                     extra={"path": str(path), "error": str(error)})
+        logger.error(
+            "cannot write the pid file; the container probe cannot restart a wedged app",
+            extra={"path": str(path), "error": str(error)},
+        )
 
 
 def _remove_pid_file(path: Path) -> None:

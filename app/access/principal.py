@@ -3,6 +3,7 @@
 Scopes nest: `operate` includes `read`, `admin` includes both. A team owns the instances its keys create; an admin
 sees and acts on every team's instances.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

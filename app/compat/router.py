@@ -1,6 +1,7 @@
 """The original service's routes that client scripts call (sontl/novita-ai-api), at its paths: thin, over
 `CompatService`. Deliberate differences (README "Migrating from novita-ai-api"): actions answer 202 with a job
 instead of blocking until Novita answered, stop-all is a dry run unless confirmed, and the API key is required."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -16,8 +17,9 @@ from app.fleet.actions import Action
 from app.fleet.schemas import AcceptedResponse, HeartbeatView
 from app.instances.service import InstanceService
 
-router = APIRouter(prefix="/api/instances", tags=["compat"], dependencies=[Depends(require_api_key)],
-                   responses=AUTHENTICATED_RESPONSES)
+router = APIRouter(
+    prefix="/api/instances", tags=["compat"], dependencies=[Depends(require_api_key)], responses=AUTHENTICATED_RESPONSES
+)
 
 _BY_NAME_RESPONSES = {
     **accepted_response("queued: follow the job at `Location`"),
@@ -40,22 +42,25 @@ async def _by_name(service: CompatService, body: ByNameAction, action: Action, r
     return accepted
 
 
-@router.post("/start", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse,
-             responses=_BY_NAME_RESPONSES)
+@router.post(
+    "/start", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse, responses=_BY_NAME_RESPONSES
+)
 async def start_by_name(body: ByNameStart, service: Service, response: Response) -> AcceptedResponse:
     """Queue a start of the instance named `instanceName` (the original's `POST /api/instances/start`)."""
     return await _by_name(service, body, "start", response)
 
 
-@router.post("/stop", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse,
-             responses=_BY_NAME_RESPONSES)
+@router.post(
+    "/stop", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse, responses=_BY_NAME_RESPONSES
+)
 async def stop_by_name(body: ByNameAction, service: Service, response: Response) -> AcceptedResponse:
     """Queue a stop of the instance named `instanceName` (the original's `POST /api/instances/stop`)."""
     return await _by_name(service, body, "stop", response)
 
 
-@router.post("/delete", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse,
-             responses=_BY_NAME_RESPONSES)
+@router.post(
+    "/delete", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse, responses=_BY_NAME_RESPONSES
+)
 async def delete_by_name(body: ByNameAction, service: Service, response: Response) -> AcceptedResponse:
     """Queue the deletion of the instance named `instanceName` (the original's `POST /api/instances/delete`)."""
     return await _by_name(service, body, "delete", response)
@@ -68,8 +73,11 @@ async def stop_all(service: Service, body: Annotated[StopAllRequest | None, Body
     return await service.stop_all(dry_run=(body or StopAllRequest()).dry_run)
 
 
-@router.put("/{instance_id}/last-used", response_model=HeartbeatView,
-            responses={404: problem("no instance with this id"), 409: problem("the instance is deleted")})
+@router.put(
+    "/{instance_id}/last-used",
+    response_model=HeartbeatView,
+    responses={404: problem("no instance with this id"), 409: problem("the instance is deleted")},
+)
 async def update_last_used(
     instance_id: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
     service: Service,

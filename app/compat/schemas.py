@@ -1,4 +1,5 @@
 """Request and answer shapes of the compatibility routes, as the original service's clients send them."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -18,7 +19,8 @@ class ByNameAction(StrictRequestModel):
 
     instance_name: str = Field(pattern=ORIGINAL_NAME_PATTERN, description="the name given at create")
     webhook_url: WebhookUrl | None = Field(
-        default=None, description="this instance's events are also sent here from now on (signed; needs WEBHOOK_SECRET)")
+        default=None, description="this instance's events are also sent here from now on (signed; needs WEBHOOK_SECRET)"
+    )
 
 
 class ByNameStart(ByNameAction):
@@ -33,8 +35,9 @@ class StopAllRequest(StrictRequestModel):
     """Body of `POST /api/instances/stop-all`. Without a body it is a dry run: it lists what it would stop."""
 
     dry_run: bool = Field(default=True, description="list what would be stopped, stop nothing (the default)")
-    confirm: str | None = Field(default=None, validate_default=True,
-                                description="must be 'stop-all' when dryRun is false")
+    confirm: str | None = Field(
+        default=None, validate_default=True, description="must be 'stop-all' when dryRun is false"
+    )
 
     @field_validator("confirm")
     @classmethod

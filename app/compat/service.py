@@ -4,6 +4,7 @@ Instances are named, not identified, in the original's by-name routes; here name
 must match exactly one live record (404 when none, 409 when several: use the ids). Every action is queued and
 answered 202 with a job, where the original blocked until Novita answered.
 """
+
 from __future__ import annotations
 
 import time

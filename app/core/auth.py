@@ -4,6 +4,7 @@ An authenticated request then counts against its key's rate limit (app/core/rate
 key are FastAPI security schemes, so every operation behind `require_api_key` declares them in `/openapi.json`
 (FastAPI emits them itself, however the router is included).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -24,10 +25,12 @@ ANONYMOUS = "anonymous"
 
 
 # auto_error=False: a missing key is our own 401 problem+json, not FastAPI's 403.
-_API_KEY_HEADER = APIKeyHeader(name="X-API-Key", scheme_name="ApiKeyHeader", auto_error=False,
-                               description="a client key from API_KEYS")
-_BEARER_TOKEN = HTTPBearer(scheme_name="BearerToken", auto_error=False,
-                           description="the same client key as a Bearer token")
+_API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", scheme_name="ApiKeyHeader", auto_error=False, description="a client key from API_KEYS"
+)
+_BEARER_TOKEN = HTTPBearer(
+    scheme_name="BearerToken", auto_error=False, description="the same client key as a Bearer token"
+)
 HeaderKey = Annotated[str | None, Security(_API_KEY_HEADER)]
 BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER_TOKEN)]
 

@@ -3,6 +3,7 @@
 When Valkey is down the cache steps aside and every lookup calls the loader (the API serves uncached), because a
 cache must never be the reason a request fails. Values must be JSON-serialisable (dicts, lists, strings, numbers).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -136,4 +137,3 @@ class Cache:
                 await pipe.execute()
         except _CONNECTION_ERRORS as error:
             self._redis.record_failure(error)
-

@@ -3,6 +3,7 @@
 Records carry `time.time()` timestamps, so decisions compare against the same scale; tests pass a manual clock so
 that nothing waits for minutes.
 """
+
 from __future__ import annotations
 
 import time

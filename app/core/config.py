@@ -3,6 +3,7 @@
 `load_settings()` turns any missing or malformed variable into one `ConfigError` whose message names the variable
 and never repeats its value, so a start-up failure is readable in `docker logs` without leaking a secret.
 """
+
 from __future__ import annotations
 
 import base64

@@ -4,6 +4,7 @@
 `Annotated[InstanceService, Depends(provide(InstanceService))]`. Routers know only the types they use; only the root
 knows how they are built, so imports point downward.
 """
+
 from __future__ import annotations
 
 import functools

@@ -3,6 +3,7 @@
 Routers and services raise `AppError` subclasses (or let Novita/Valkey errors through); `install_exception_handlers`
 maps them all, so no route builds an error body by hand and bad input never becomes a 500.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Fault injection for the container tests (`FAULT_INJECTION=true`, refused in production by the settings)."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """JSON logs on stdout, each line carrying the request id, with every configured secret removed."""
+
 from __future__ import annotations
 
 import json

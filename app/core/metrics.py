@@ -2,6 +2,7 @@
 
 The Novita client keeps its counters on the process-wide default registry; `/metrics` serves both.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,7 +18,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
-            "http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"], registry=r
+            "http_requests_total",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.http_latency = Histogram(
             "http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=r
@@ -30,8 +34,12 @@ class Metrics:
         )
         self.job_duration = Histogram("job_duration_seconds", "Handler run time by job kind", ["kind"], registry=r)
         self.queue_depth = Gauge("job_queue_depth", "Jobs waiting in the stream, not yet delivered", registry=r)
-        self.queue_pending = Gauge("job_queue_pending", "Jobs delivered to a worker and not yet acknowledged", registry=r)
-        self.queue_scheduled = Gauge("job_queue_scheduled", "Jobs waiting for their due time (retries, polls)", registry=r)
+        self.queue_pending = Gauge(
+            "job_queue_pending", "Jobs delivered to a worker and not yet acknowledged", registry=r
+        )
+        self.queue_scheduled = Gauge(
+            "job_queue_scheduled", "Jobs waiting for their due time (retries, polls)", registry=r
+        )
         self.queue_dead = Gauge("job_queue_dead_letters", "Jobs that exhausted their attempts", registry=r)
         self.cache_requests = Counter(
             "cache_requests_total", "Cache lookups by outcome (hit, miss, bypass)", ["outcome"], registry=r

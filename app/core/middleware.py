@@ -1,4 +1,5 @@
 """ASGI middleware: request id, access log, HTTP metrics and the last-resort 500; declared body size limit."""
+
 from __future__ import annotations
 
 import logging

@@ -13,6 +13,7 @@ This module then completes the generated document once, from each operation's sh
   (app/core/errors.py), which replaces FastAPI's JSON 422 shape that the app never sends;
 - `/livez`, answered before routing by `app.health.liveness`, is added as the path it is.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -49,8 +50,9 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     },
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
-_LOCATION = {"Location": {"description": "the job carrying out the request: `/api/jobs/{jobId}`",
-                          "schema": {"type": "string"}}}
+_LOCATION = {
+    "Location": {"description": "the job carrying out the request: `/api/jobs/{jobId}`", "schema": {"type": "string"}}
+}
 
 
 def problem(description: str, *, retry_after: bool = False) -> dict[str, Any]:
@@ -82,6 +84,8 @@ _WITH_INPUT = {"422": "invalid parameters or body: `errors` names each field"}
 # Invalid JSON is a 422 like any invalid body; bytes that are not text at all are a 400.
 _WITH_BODY = {"400": "body is not decodable (not UTF-8 text)", "413": "request body over the size limit"}
 _WITH_PATH_PARAMETERS = {"404": "nothing with this id"}
+
+
 def install_openapi(app: FastAPI, extra_paths: dict[str, Any]) -> None:
     """Replace `app.openapi` with a version that completes the generated document (built once).
 

@@ -1,4 +1,5 @@
 """What this process has reached on its way up and down, which the health endpoints and the server's drain report."""
+
 from __future__ import annotations
 
 import time

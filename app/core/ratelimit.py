@@ -5,6 +5,7 @@ Each key name may make `RATE_LIMIT_REQUESTS` requests per `RATE_LIMIT_WINDOW_SEC
 client, not the service from overload, so it fails open: when Valkey is down or slow the request goes through
 (the routes that need Valkey answer 503 by themselves) and the metric `rate_limit_decisions_total` says so.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,8 +82,9 @@ class RateLimiter:
         return RateLimitDecision(allowed, reset_after)
 
     def _fail_open(self, error: str) -> None:
-        logger.warning("rate limit not counted: Valkey unavailable, letting the request through",
-                       extra={"error": error})
+        logger.warning(
+            "rate limit not counted: Valkey unavailable, letting the request through", extra={"error": error}
+        )
         self._metrics.rate_limit_decisions.labels("failed_open").inc()
 
     async def enforce(self, key_name: str) -> None:

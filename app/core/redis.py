@@ -1,7 +1,9 @@
 """The only place that opens Valkey connections: TLS, timeouts, retries and the up/down state the app reports."""
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -145,10 +147,8 @@ class RedisManager:
     async def close(self) -> None:
         """Close both connection pools."""
         for client in (self._client, self._blocking_client):
-            try:
+            with contextlib.suppress(RedisError, OSError):  # closing: nothing left to do about a dead connection
                 await client.aclose()
-            except (RedisError, OSError):
-                pass
 
 
 def _describe(error: BaseException) -> str:

@@ -1,4 +1,5 @@
 """The two base models every API schema derives from: how the API spells fields and how strictly it reads input."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

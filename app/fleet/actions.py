@@ -1,4 +1,5 @@
 """What can be asked of an instance, and the job kind that carries out each request on the queue."""
+
 from __future__ import annotations
 
 from typing import Literal

@@ -27,6 +27,7 @@ not create (the sync keeps its view in `ngpu:instance-external:<novita id>`).
 Pages are newest first. `page`/`pageSize` is offset paging; a cursor (the last item's creation time and id) pages
 stably: items created or changed while a client walks the pages never shift the rest of the walk.
 """
+
 from __future__ import annotations
 
 import base64

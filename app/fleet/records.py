@@ -1,4 +1,5 @@
 """The part of the instance record store the automations use; `app.fleet.store.InstanceStore` satisfies it."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable

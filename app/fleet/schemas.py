@@ -3,6 +3,7 @@
 Our states are a small documented vocabulary over Novita's eighteen v1 statuses (reference section 1.6).
 Novita has no `failed` status: failure is a non-empty `statusError`, which we map to `failed` whatever the status says.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -140,46 +141,79 @@ class CreateInstanceRequest(StrictRequestModel):
     """Body of `POST /api/instances`."""
 
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits and hyphens, 1-63 characters")
-    product_name: str | None = Field(default=None, min_length=1, max_length=255,
-                                     description="GPU product by name, e.g. 'RTX 4090 24GB' (cheapest available)")
-    product_id: str | None = Field(default=None, min_length=1, max_length=255,
-                                   description="GPU product by id (exactly one of productName, productId)")
+    product_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="GPU product by name, e.g. 'RTX 4090 24GB' (cheapest available)",
+    )
+    product_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="GPU product by id (exactly one of productName, productId)",
+    )
     gpu_num: int = Field(default=1, ge=1, le=8)
     rootfs_size: int = Field(default=60, ge=10, le=6144, description="GB")
-    template_id: str | None = Field(default=None, min_length=1, max_length=255,
-                                    description="Novita template: its image, ports, envs and command are defaults")
-    image_url: str | None = Field(default=None, min_length=1, max_length=500, pattern=r"^\S+$",
-                                  description="required unless templateId is given")
-    image_auth_id: str | None = Field(default=None, min_length=1, max_length=255,
-                                      description="id (or name) of a registry auth saved on Novita")
-    image_auth: SecretStr | None = Field(default=None, min_length=3, max_length=10239,
-                                         description="`username:password` of a private registry, instead of "
-                                                     "imageAuthId; a secret: never stored in records, logged or "
-                                                     "returned")
+    template_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Novita template: its image, ports, envs and command are defaults",
+    )
+    image_url: str | None = Field(
+        default=None, min_length=1, max_length=500, pattern=r"^\S+$", description="required unless templateId is given"
+    )
+    image_auth_id: str | None = Field(
+        default=None, min_length=1, max_length=255, description="id (or name) of a registry auth saved on Novita"
+    )
+    image_auth: SecretStr | None = Field(
+        default=None,
+        min_length=3,
+        max_length=10239,
+        description="`username:password` of a private registry, instead of "
+        "imageAuthId; a secret: never stored in records, logged or "
+        "returned",
+    )
     ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
-    tools: list[ToolSpec] = Field(default_factory=list, max_length=1,
-                                  description="Jupyter on its own port; ports and tools together at most 15")
+    tools: list[ToolSpec] = Field(
+        default_factory=list, max_length=1, description="Jupyter on its own port; ports and tools together at most 15"
+    )
     envs: list[EnvVar] = Field(default_factory=list, max_length=100)
     command: str | None = Field(default=None, max_length=2047)
-    entrypoint: str | None = Field(default=None, min_length=1, max_length=2047,
-                                   description="replaces the image's ENTRYPOINT")
+    entrypoint: str | None = Field(
+        default=None, min_length=1, max_length=2047, description="replaces the image's ENTRYPOINT"
+    )
     network_storages: list[NetworkStorageSpec] = Field(default_factory=list, max_length=30)
-    min_cuda_version: str | None = Field(default=None, pattern=r"^\d{1,2}\.\d{1,2}$",
-                                         description="e.g. '12.4': only nodes with this CUDA or newer; an offer "
-                                                     "whose nodes are older is skipped")
-    cluster_ids: list[str] = Field(default_factory=list, max_length=16,
-                                   description="clusters in order of preference; the next is tried when one has "
-                                               "no capacity; empty = any cluster")
+    min_cuda_version: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,2}\.\d{1,2}$",
+        description="e.g. '12.4': only nodes with this CUDA or newer; an offer whose nodes are older is skipped",
+    )
+    cluster_ids: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="clusters in order of preference; the next is tried when one has no capacity; empty = any cluster",
+    )
     billing_mode: BillingMode = "onDemand"
-    months: int | None = Field(default=None, ge=1, le=36,
-                               description="required with, and only with, billingMode 'monthly'")
-    webhook_url: WebhookUrl | None = Field(default=None, description=(
-        "this instance's events are also sent here, signed like the global webhook (needs WEBHOOK_SECRET); in "
-        "production it must resolve to public addresses"))
-    auto_migrate: bool = Field(default=False, description=(
-        "spot only: when Novita reclaims the instance, migrate it to other hardware (if the deployment enables "
-        "spot recovery). Migration LOSES the data on the instance's own disks (system and local disk); only "
-        "network storage keeps it. Off by default."))
+    months: int | None = Field(
+        default=None, ge=1, le=36, description="required with, and only with, billingMode 'monthly'"
+    )
+    webhook_url: WebhookUrl | None = Field(
+        default=None,
+        description=(
+            "this instance's events are also sent here, signed like the global webhook (needs WEBHOOK_SECRET); in "
+            "production it must resolve to public addresses"
+        ),
+    )
+    auto_migrate: bool = Field(
+        default=False,
+        description=(
+            "spot only: when Novita reclaims the instance, migrate it to other hardware (if the deployment enables "
+            "spot recovery). Migration LOSES the data on the instance's own disks (system and local disk); only "
+            "network storage keeps it. Off by default."
+        ),
+    )
 
     @field_validator("image_url")
     @classmethod
@@ -272,8 +306,9 @@ class CreateInstanceRequest(StrictRequestModel):
 
     def fingerprint(self) -> str:
         """A digest of the request's meaning, to tell a replay (same Idempotency-Key) from a different request."""
-        canonical = json.dumps(self.model_dump(mode="json", context=REVEAL_SECRETS), sort_keys=True,
-                               separators=(",", ":"))
+        canonical = json.dumps(
+            self.model_dump(mode="json", context=REVEAL_SECRETS), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -376,8 +411,11 @@ class InstanceView(ApiModel):
     cluster_id: str | None = None
     cluster_preference: list[str] = Field(default_factory=list)
     billing_mode: str | None = None
-    auto_migrate: bool = Field(False, description="a reclaimed spot instance is migrated (data on its own disks "
-                                                  "is lost) when the deployment enables spot recovery")
+    auto_migrate: bool = Field(
+        False,
+        description="a reclaimed spot instance is migrated (data on its own disks "
+        "is lost) when the deployment enables spot recovery",
+    )
     image_url: str | None = None
     template_id: str | None = None
     ports: list[PortSpec] = Field(default_factory=list)
@@ -388,8 +426,9 @@ class InstanceView(ApiModel):
     updated_at: float | None = None
     last_job_id: str | None = None
     events: list[InstanceEvent] = Field(default_factory=list)
-    synced_at: float | None = Field(None, description="when the background sync last saw it on Novita (Unix "
-                                                      "seconds); null: not seen yet")
+    synced_at: float | None = Field(
+        None, description="when the background sync last saw it on Novita (Unix seconds); null: not seen yet"
+    )
     connection: ConnectionDetails | None = Field(
         None, description="SSH, Jupyter, web terminal and port endpoints; null while Novita's data is not at hand"
     )
@@ -421,8 +460,13 @@ class InstancePage(ApiModel):
     total: int
     page: int
     page_size: int
-    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page (stable while instances "
-                                                        "are created or deleted); null on the last page")
-    novita_synced: bool = Field(description="false when the last background sync could not reach Novita (or none "
-                                            "finished yet): states may be stale; see each item's syncedAt")
+    next_cursor: str | None = Field(
+        None,
+        description="pass as `cursor` for the next page (stable while instances "
+        "are created or deleted); null on the last page",
+    )
+    novita_synced: bool = Field(
+        description="false when the last background sync could not reach Novita (or none "
+        "finished yet): states may be stale; see each item's syncedAt"
+    )
     last_synced_at: float | None = Field(None, description="when the last successful background sync finished")

@@ -15,6 +15,7 @@ here, so there is one table. This module adds the groupings the automations deci
 | freezing | frozen | none |
 | any status with a non-empty statusError | failed | the guard of its Novita status still applies |
 """
+
 from __future__ import annotations
 
 from app.fleet.schemas import NOVITA_STATUS_TO_STATE, InstanceState, state_from_novita
@@ -36,5 +37,3 @@ NOVITA_STATUSES = frozenset(NOVITA_STATUS_TO_STATE)
 PROVISIONING_STATUSES = frozenset({"toCreate", "creating", "pulling"})
 RUNNING_STATUS = "running"
 STOPPED_STATUS = "exited"
-
-

@@ -9,6 +9,7 @@ Keys (all under `ngpu:`):
 
 Every Valkey failure surfaces as `ServiceUnavailable` (503), never as a 500.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -139,30 +140,29 @@ class InstanceStore:
         A change of state moves the record between the state sets of the index in the same transaction.
         """
         key = _record_key(instance_id)
-        async with _valkey_errors():
-            async with self._client.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        if raw is None:
-                            raise RecordNotFound(instance_id)
-                        record = InstanceRecord.model_validate_json(raw)
-                        before = record.state
-                        change(record)
-                        pipe.multi()
-                        pipe.set(key, record.model_dump_json(), keepttl=True)
-                        if record.state != before:
-                            pipe.zrem(index.state_key(before), record.id)
-                            pipe.zadd(index.state_key(record.state), {record.id: record.created_at})
-                            pipe.incr(index.VERSION_COUNTER_KEY)
-                        if record.state == InstanceState.DELETED:
-                            pipe.expire(key, DELETED_RECORD_RETENTION_SECONDS)
-                            pipe.zadd(index.EXPIRING_KEY, {record.id: time.time() + DELETED_RECORD_RETENTION_SECONDS})
-                        await pipe.execute()
-                        return record
-                    except WatchError:
-                        continue
+        async with _valkey_errors(), self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise RecordNotFound(instance_id)
+                    record = InstanceRecord.model_validate_json(raw)
+                    before = record.state
+                    change(record)
+                    pipe.multi()
+                    pipe.set(key, record.model_dump_json(), keepttl=True)
+                    if record.state != before:
+                        pipe.zrem(index.state_key(before), record.id)
+                        pipe.zadd(index.state_key(record.state), {record.id: record.created_at})
+                        pipe.incr(index.VERSION_COUNTER_KEY)
+                    if record.state == InstanceState.DELETED:
+                        pipe.expire(key, DELETED_RECORD_RETENTION_SECONDS)
+                        pipe.zadd(index.EXPIRING_KEY, {record.id: time.time() + DELETED_RECORD_RETENTION_SECONDS})
+                    await pipe.execute()
+                    return record
+                except WatchError:
+                    continue
 
     # -- the list index ----------------------------------------------------------------------------------------
 
@@ -179,9 +179,18 @@ class InstanceStore:
         set_key = index.state_key(state) if state is not None else index.ALL_KEY
         async with _valkey_errors():
             answer = await self._client.eval(
-                index.PAGE_SCRIPT, 3, set_key, index.NAMES_KEY, index.VERSION_COUNTER_KEY, (name or "").casefold(),
-                str(offset), str(count), repr(cursor.score) if cursor else "", cursor.member if cursor else "",
-                index.MATCH_KEY_PREFIX, str(index.MATCH_TTL_SECONDS),
+                index.PAGE_SCRIPT,
+                3,
+                set_key,
+                index.NAMES_KEY,
+                index.VERSION_COUNTER_KEY,
+                (name or "").casefold(),
+                str(offset),
+                str(count),
+                repr(cursor.score) if cursor else "",
+                cursor.member if cursor else "",
+                index.MATCH_KEY_PREFIX,
+                str(index.MATCH_TTL_SECONDS),
             )
             total, flat = int(answer[0]), [_text(value) for value in answer[1:]]
             members, scores = flat[0::2], [float(score) for score in flat[1::2]]
@@ -193,8 +202,8 @@ class InstanceStore:
                 pipe.hmget(index.SYNCED_AT_KEY, members or ["none"])
                 pipe.hgetall(index.SYNC_STATUS_KEY)
                 raw_records, raw_externals, synced, sync_status = await pipe.execute()
-        records = [InstanceRecord.model_validate_json(raw) for raw in raw_records[:len(ids)] if raw is not None]
-        externals = [json.loads(raw) for raw in raw_externals[:len(external_ids)] if raw is not None]
+        records = [InstanceRecord.model_validate_json(raw) for raw in raw_records[: len(ids)] if raw is not None]
+        externals = [json.loads(raw) for raw in raw_externals[: len(external_ids)] if raw is not None]
         found = {r.id for r in records} | {index.external_member(e["novitaInstanceId"]) for e in externals}
         gone = [m for m in members if m not in found]
         if gone:  # expired before the sync pruned them: drop them now (the page is short by these few)
@@ -221,7 +230,7 @@ class InstanceStore:
         pending = list(members)
         async with _valkey_errors():
             for start in range(0, len(pending), RECORD_BATCH):
-                chunk = pending[start:start + RECORD_BATCH]
+                chunk = pending[start : start + RECORD_BATCH]
                 await self._client.hset(index.SYNCED_AT_KEY, mapping=dict.fromkeys(chunk, repr(at)))
 
     async def request_sync(self) -> None:
@@ -321,20 +330,19 @@ class InstanceStore:
         return indexed
 
     async def _unindex(self, members: list[str]) -> None:
-        async with _valkey_errors():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zrem(index.ALL_KEY, *members)
-                for state in InstanceState:
-                    pipe.zrem(index.state_key(state), *members)
-                pipe.hdel(index.NAMES_KEY, *members)
-                pipe.hdel(index.SYNCED_AT_KEY, *members)
-                pipe.zrem(index.EXPIRING_KEY, *members)
-                pipe.srem(index.EXTERNALS_KEY, *members)
-                externals = [m.removeprefix(index.EXTERNAL_MEMBER_PREFIX) for m in members if index.is_external(m)]
-                if externals:
-                    pipe.delete(*[index.external_key(e) for e in externals])
-                pipe.incr(index.VERSION_COUNTER_KEY)
-                await pipe.execute()
+        async with _valkey_errors(), self._client.pipeline(transaction=True) as pipe:
+            pipe.zrem(index.ALL_KEY, *members)
+            for state in InstanceState:
+                pipe.zrem(index.state_key(state), *members)
+            pipe.hdel(index.NAMES_KEY, *members)
+            pipe.hdel(index.SYNCED_AT_KEY, *members)
+            pipe.zrem(index.EXPIRING_KEY, *members)
+            pipe.srem(index.EXTERNALS_KEY, *members)
+            externals = [m.removeprefix(index.EXTERNAL_MEMBER_PREFIX) for m in members if index.is_external(m)]
+            if externals:
+                pipe.delete(*[index.external_key(e) for e in externals])
+            pipe.incr(index.VERSION_COUNTER_KEY)
+            await pipe.execute()
 
     async def get_spec(self, instance_id: str) -> dict[str, Any] | None:
         """The create spec (with env values), or None once the instance exists on Novita."""
@@ -347,9 +355,7 @@ class InstanceStore:
         async with _valkey_errors():
             await self._client.delete(_spec_key(instance_id))
 
-    async def claim_idempotency_key(
-        self, key: str, entry: dict[str, str], ttl_seconds: int
-    ) -> dict[str, str] | None:
+    async def claim_idempotency_key(self, key: str, entry: dict[str, str], ttl_seconds: int) -> dict[str, str] | None:
         """Store `entry` under `key` unless the key is taken (SET NX); return the existing entry if it was taken."""
         async with _valkey_errors():
             if await self._client.set(_idempotency_key(key), json.dumps(entry), nx=True, ex=ttl_seconds):

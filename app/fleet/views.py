@@ -1,4 +1,5 @@
 """How an instance looks in the API when Novita's view of it is folded in, and its name on Novita."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,15 +40,17 @@ def overlay(view: InstanceView, live: Instance) -> InstanceView:
         state, error = InstanceState.FAILED, view.status_error
     else:
         state = state_from_novita(live.status, error)
-    return view.model_copy(update={
-        "state": state,
-        "novita_status": live.status,
-        "status_error": error,
-        "cluster_id": live.cluster_id or view.cluster_id,
-        "endpoints": _endpoints(live) or view.endpoints,
-        "ready_at": view.ready_at if state == InstanceState.RUNNING else None,
-        "connection": connection_details(live),
-    })
+    return view.model_copy(
+        update={
+            "state": state,
+            "novita_status": live.status,
+            "status_error": error,
+            "cluster_id": live.cluster_id or view.cluster_id,
+            "endpoints": _endpoints(live) or view.endpoints,
+            "ready_at": view.ready_at if state == InstanceState.RUNNING else None,
+            "connection": connection_details(live),
+        }
+    )
 
 
 def external_view(live: Instance) -> InstanceView:

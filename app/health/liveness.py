@@ -4,6 +4,7 @@ Liveness must depend on nothing: not on routing, dependencies or the other middl
 metrics). Answered here, the container probe measures the event loop alone, and a probe costs next to nothing
 (docs/performance.md). `/livez` is therefore not a FastAPI route and not in the OpenAPI schema.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,13 +40,25 @@ LIVEZ_OPERATION: dict[str, Any] = {
     "summary": "Livez",
     "description": "200 while the event loop answers; answered before routing, depends on nothing.",
     "operationId": "livez",
-    "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {
-        "title": "Liveness",
-        "type": "object",
-        "required": ["status", "readyOnce"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok"]},
-            "readyOnce": {"type": "boolean", "description": "the app has been ready (Valkey connected) once"},
-        },
-    }}}}},
+    "responses": {
+        "200": {
+            "description": "alive",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "title": "Liveness",
+                        "type": "object",
+                        "required": ["status", "readyOnce"],
+                        "properties": {
+                            "status": {"type": "string", "enum": ["ok"]},
+                            "readyOnce": {
+                                "type": "boolean",
+                                "description": "the app has been ready (Valkey connected) once",
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    },
 }

@@ -10,6 +10,7 @@ Two sources of evidence; the most recent observation wins:
 An open circuit breaker always means down. A 429 is Novita answering (throttling us), not Novita down.
 Reasons never hold a secret: the client strips its key from every error text.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -100,8 +101,11 @@ class NovitaHealth:
         """Down with a reason when the breaker is open or the latest observation failed; up otherwise."""
         status = self._novita.status()
         if status.breaker_state == "open":
-            return NovitaState(False, f"circuit breaker open after {status.consecutive_failures} consecutive failed "
-                                      f"calls (last: {status.last_error_reason})")
+            return NovitaState(
+                False,
+                f"circuit breaker open after {status.consecutive_failures} consecutive failed "
+                f"calls (last: {status.last_error_reason})",
+            )
         observations = _local_observations(status)
         shared = await self._shared_observation()
         if shared is not None:
@@ -124,8 +128,12 @@ class NovitaHealth:
             return None
         try:
             stored = json.loads(raw)
-            return _Observation(up=stored["problem"] is None, at=float(stored["at"]), source="the background check",
-                                problem=stored["problem"])
+            return _Observation(
+                up=stored["problem"] is None,
+                at=float(stored["at"]),
+                source="the background check",
+                problem=stored["problem"],
+            )
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -135,8 +143,14 @@ def _local_observations(status: UpstreamStatus) -> list[_Observation]:
     if status.last_success_at is not None:
         observations.append(_Observation(True, status.last_success_at.timestamp(), "this replica's calls"))
     if status.last_failure_at is not None and status.last_error_kind != _THROTTLED_KIND:
-        observations.append(_Observation(False, status.last_failure_at.timestamp(), "this replica's calls",
-                                         _describe(status.last_error_kind, status.last_error_reason)))
+        observations.append(
+            _Observation(
+                False,
+                status.last_failure_at.timestamp(),
+                "this replica's calls",
+                _describe(status.last_error_kind, status.last_error_reason),
+            )
+        )
     return observations
 
 

@@ -9,6 +9,7 @@
   (`app.health.novita`).
 - `/metrics`: Prometheus.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,11 @@ ServiceState = Literal["up", "down"]
 _CHECK_TIMEOUT_SECONDS = 1.0
 
 
-@router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "not ready, with the reason"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready, with the reason"}},
+)
 async def readyz(sources: Sources) -> JSONResponse:
     """200 when this replica can do its work, else 503 with the reason."""
     reason = await _not_ready_reason(sources)
@@ -46,8 +50,11 @@ async def readyz(sources: Sources) -> JSONResponse:
     return JSONResponse({"status": "not ready", "reason": sources.redact(reason)}, status_code=503)
 
 
-@router.get("/health", response_model=Health,
-            responses={503: {"model": Health, "description": "Valkey or the job queue is down"}})
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Valkey or the job queue is down"}},
+)
 async def health(sources: Sources) -> JSONResponse:
     """The seed's health document; 503 when Valkey or the job queue is down."""
     redis_up = await sources.redis.ping(_CHECK_TIMEOUT_SECONDS)
@@ -82,9 +89,13 @@ async def health(sources: Sources) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"description": "Prometheus text format",
-                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+)
 async def metrics(sources: Sources) -> Response:
     """Prometheus text format: this app's metrics plus the process-wide registry (Novita client, process)."""
     measured = sources.metrics

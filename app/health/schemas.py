@@ -1,4 +1,5 @@
 """Answers of the health endpoints, declared so that `/openapi.json` describes their 200 and 503 bodies exactly."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -18,8 +19,8 @@ class Readiness(BaseModel):
 class HealthServices(BaseModel):
     """Each dependency, as the seed reported them."""
 
-    novitaApi: ServiceState  # noqa: N815  (the seed's wire names)
-    jobQueue: ServiceState  # noqa: N815
+    novitaApi: ServiceState
+    jobQueue: ServiceState
     cache: ServiceState
     redis: ServiceState
 
@@ -39,7 +40,7 @@ class Health(BaseModel):
     status: Literal["healthy", "degraded", "unhealthy"]
     services: HealthServices
     version: str
-    uptimeSeconds: float  # noqa: N815
+    uptimeSeconds: float
     queue: QueueCounts | None
     # Why each service that is down is down (`novitaApi`: a refused key, recent failures, the open breaker); no secret.
     reasons: dict[str, str] = {}

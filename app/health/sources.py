@@ -1,4 +1,5 @@
 """What the health endpoints read: the parts of the app whose state they report (built by the composition root)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

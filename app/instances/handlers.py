@@ -9,8 +9,10 @@ The job id the API returned therefore tracks the whole operation: it succeeds wh
 Outcomes the instance cannot recover from by retrying (no capacity anywhere, a Novita `statusError`, a timeout, a
 request Novita rejects) are written to the record as `failed` with the reason, and end the job as failed.
 """
+
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -88,8 +90,12 @@ class _Outcome:
     detail: str = ""
 
     def as_result(self) -> dict[str, Any]:
-        return {"instanceId": self.instance_id, "state": self.state, "novitaStatus": self.novita_status,
-                "detail": self.detail}
+        return {
+            "instanceId": self.instance_id,
+            "state": self.state,
+            "novitaStatus": self.novita_status,
+            "detail": self.detail,
+        }
 
 
 class InstanceJobHandlers:
@@ -161,14 +167,22 @@ class InstanceJobHandlers:
             await self._fail(ctx, record.id, "the create request was lost before the instance was created")
         spec = CreateInstanceRequest.model_validate(spec_data)
         try:
-            plan = await self._placement.plan(PlacementRequest(
-                gpu_num=spec.gpu_num, billing_mode=spec.billing_mode, gpu_name=spec.product_name,
-                product_id=spec.product_id, cluster_ids=spec.cluster_ids,
-            ))
+            plan = await self._placement.plan(
+                PlacementRequest(
+                    gpu_num=spec.gpu_num,
+                    billing_mode=spec.billing_mode,
+                    gpu_name=spec.product_name,
+                    product_id=spec.product_id,
+                    cluster_ids=spec.cluster_ids,
+                )
+            )
             launch = await self._placement.resolve_launch(
-                template_id=spec.template_id, image_url=spec.image_url, image_auth=spec.image_auth_id,
+                template_id=spec.template_id,
+                image_url=spec.image_url,
+                image_auth=spec.image_auth_id,
                 ports=",".join(f"{p.port}/{p.type}" for p in spec.ports) or None,
-                envs={env.key: env.value for env in spec.envs}, command=spec.command,
+                envs={env.key: env.value for env in spec.envs},
+                command=spec.command,
             )
             await self._store.update(record.id, _mark_create_attempted)  # from here on, a create may exist
             placed = await self._placement.create(plan, lambda offer: _novita_request(record, spec, launch, offer))
@@ -209,8 +223,8 @@ class InstanceJobHandlers:
             if record.state == InstanceState.PENDING:
                 record.state = InstanceState.PROVISIONING
             record.updated_at = time.time()
-            record.add_event(how, f"novita id {novita_id} in {cluster_id or 'a cluster of Novita’s choice'}",
-                             ctx.job.id)
+            where = cluster_id or "a cluster of Novita's choice"
+            record.add_event(how, f"novita id {novita_id} in {where}", ctx.job.id)
 
         record = await self._update_and_notify(record_id, remember)
         await self._store.drop_spec(record_id)
@@ -270,8 +284,9 @@ class InstanceJobHandlers:
             except NovitaNotFound:
                 detail = "not found on Novita"
             except NovitaStateConflict as error:
-                await self._fail(ctx, record.id, f"Novita refused to {action} in status {live.status}: {error}",
-                                 keep_state=True)
+                await self._fail(
+                    ctx, record.id, f"Novita refused to {action} in status {live.status}: {error}", keep_state=True
+                )
             except NovitaBadRequest as error:
                 await self._fail(ctx, record.id, f"Novita refused to {action}: {error}", keep_state=True)
         await self._add_event(record.id, f"{action}_issued", detail, ctx.job.id)
@@ -288,10 +303,8 @@ class InstanceJobHandlers:
             await self._delete_upstream(novita_id)
 
     async def _delete_upstream(self, novita_id: str) -> None:
-        try:
+        with contextlib.suppress(NovitaNotFound):  # already gone: what a delete wants
             await self._novita.delete_instance(novita_id)
-        except NovitaNotFound:
-            pass  # already gone: what a delete wants
 
     # -- watching --------------------------------------------------------------------------------------------------
 
@@ -316,8 +329,9 @@ class InstanceJobHandlers:
                 await ctx.queue.enqueue(READINESS_JOB, {"instance_id": record.id}, job_id=f"{ctx.job.id}-readiness")
             return _Outcome(record.id, record.state, status, f"{operation} finished").as_result()
         if status == "removed":
-            await self._fail(ctx, record.id, f"the instance disappeared from Novita during {operation}",
-                             keep_state=True)
+            await self._fail(
+                ctx, record.id, f"the instance disappeared from Novita during {operation}", keep_state=True
+            )
         if error_text and operation in ("create", "start", "restart"):
             await self._fail(ctx, record.id, f"Novita reports an error: {error_text}", keep_state=True)
         if self._clock() >= self._deadline(ctx):
@@ -338,7 +352,8 @@ class InstanceJobHandlers:
             return _Outcome(record.id, record.state, "removed", "gone before it was ready").as_result()
         except NovitaError as error:  # the outage counts against the same deadline as silent ports
             result: ReadinessResult = self._readiness_policy.next_round(
-                ctx.job.began_at, self._clock(), f"Novita unavailable: {error}")
+                ctx.job.began_at, self._clock(), f"Novita unavailable: {error}"
+            )
             novita_status = record.novita_status  # the last status we know
         else:
             probe = ReadinessProbe(self._readiness_policy)
@@ -392,8 +407,9 @@ class InstanceJobHandlers:
     def _deadline(self, ctx: JobContext) -> float:
         return ctx.job.began_at + self._settings.instance_provisioning_timeout_seconds
 
-    async def _wait_for_novita(self, ctx: JobContext, record: InstanceRecord, operation: str,
-                               error: NovitaError) -> NoReturn:
+    async def _wait_for_novita(
+        self, ctx: JobContext, record: InstanceRecord, operation: str, error: NovitaError
+    ) -> NoReturn:
         """Novita is down or throttling us: come back later, until the operation's deadline, rather than spend the
         job's retry attempts (an outage longer than their backoff would dead-letter an accepted operation)."""
         if self._clock() < self._deadline(ctx):
@@ -411,8 +427,10 @@ class InstanceJobHandlers:
         instance_id = str(ctx.job.payload.get("instance_id", ""))
         record = await self._store.get(instance_id)
         if record is None:
-            logger.warning("job for an unknown instance record; nothing to do",
-                           extra={"job_id": ctx.job.id, "instance_id": instance_id})
+            logger.warning(
+                "job for an unknown instance record; nothing to do",
+                extra={"job_id": ctx.job.id, "instance_id": instance_id},
+            )
         return record
 
     async def _update_and_notify(self, record_id: str, change: RecordChange) -> InstanceRecord:
@@ -425,10 +443,16 @@ class InstanceJobHandlers:
 
         record = await self._store.update(record_id, tracked)
         if before and before[0] != record.state:
-            await self._events.emit("instance.state_changed", record.id, {
-                "from": before[0].value, "to": record.state.value, "novitaStatus": record.novita_status,
-                "statusError": record.status_error,
-            })
+            await self._events.emit(
+                "instance.state_changed",
+                record.id,
+                {
+                    "from": before[0].value,
+                    "to": record.state.value,
+                    "novitaStatus": record.novita_status,
+                    "statusError": record.status_error,
+                },
+            )
         return record
 
     async def _add_event(self, record_id: str, action: str, detail: str, job_id: str) -> None:
@@ -444,12 +468,16 @@ class InstanceJobHandlers:
         `keep_state` keeps the instance's state (e.g. a refused stop of a running instance leaves it running);
         otherwise the instance is marked `failed`.
         """
+
         def mark(record: InstanceRecord) -> None:
             if not keep_state:
                 record.state = InstanceState.FAILED
                 record.status_error = reason
-            elif record.state in (InstanceState.STARTING, InstanceState.STOPPING, InstanceState.RESTARTING,
-                                  InstanceState.DELETING) and record.novita_status is not None:
+            elif (
+                record.state
+                in (InstanceState.STARTING, InstanceState.STOPPING, InstanceState.RESTARTING, InstanceState.DELETING)
+                and record.novita_status is not None
+            ):
                 record.apply_novita(record.novita_status, record.status_error)  # undo the requested state
             record.updated_at = time.time()
             record.add_event("failed", reason, ctx.job.id)
@@ -483,8 +511,10 @@ def _novita_request(
         command=launch.command,
         entrypoint=spec.entrypoint,
         tools=[NovitaTool(name=tool.name, port=str(tool.port), type=tool.type) for tool in spec.tools] or None,
-        network_storages=[NovitaNetworkStorage(id=mount.id, mount_point=mount.mount_point)
-                          for mount in spec.network_storages] or None,
+        network_storages=[
+            NovitaNetworkStorage(id=mount.id, mount_point=mount.mount_point) for mount in spec.network_storages
+        ]
+        or None,
         cluster_id=offer.cluster_id,
         billing_mode=spec.billing_mode,
         month=spec.months,

@@ -1,4 +1,5 @@
 """HTTP API of instances: thin, every rule lives in `InstanceService`."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -19,8 +20,12 @@ from app.fleet.schemas import (
 )
 from app.instances.service import InstanceService
 
-router = APIRouter(prefix="/api/instances", tags=["instances"], dependencies=[Depends(require_api_key)],
-                   responses=AUTHENTICATED_RESPONSES)
+router = APIRouter(
+    prefix="/api/instances",
+    tags=["instances"],
+    dependencies=[Depends(require_api_key)],
+    responses=AUTHENTICATED_RESPONSES,
+)
 
 InstanceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -41,8 +46,10 @@ def _accepted(response: Response, accepted: AcceptedResponse) -> AcceptedRespons
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=AcceptedResponse,
-    responses={**accepted_response("accepted: the create job is durably queued; follow it at `Location`"),
-               422: problem("invalid body, or an Idempotency-Key reused with a different body")},
+    responses={
+        **accepted_response("accepted: the create job is durably queued; follow it at `Location`"),
+        422: problem("invalid body, or an Idempotency-Key reused with a different body"),
+    },
 )
 async def create_instance(
     body: CreateInstanceRequest,
@@ -65,8 +72,9 @@ async def list_instances(
     name: Annotated[str | None, Query(max_length=255, description="case-insensitive substring")] = None,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200, description="`nextCursor` of the previous page; "
-                                                                    "replaces `page`")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`nextCursor` of the previous page; replaces `page`")
+    ] = None,
 ) -> InstancePage:
     """Instances from our index, newest first, as the background sync last saw them on Novita (`syncedAt`);
     instances made outside this service are included (`managed: false`)."""

@@ -3,6 +3,7 @@
 The slow work happens in job handlers (`app.instances.handlers`); this module only decides whether a request is valid,
 writes the record, and queues the job.  A request is "accepted" (202) only once its job is written to Valkey.
 """
+
 from __future__ import annotations
 
 import re
@@ -255,6 +256,7 @@ class InstanceService:
 
     async def _novita_instance(self, novita_id: str) -> Instance:
         """One instance as Novita shows it, cached like the list so that reads never queue on the Novita rate limit."""
+
         async def load() -> dict[str, Any]:
             return (await self._novita.get_instance(novita_id)).model_dump(by_alias=True, exclude=_ENV_VALUES)
 
@@ -268,4 +270,3 @@ class InstanceService:
         if record is None:
             raise NotFound(f"no instance with id {instance_id!r}")
         return record
-

@@ -16,6 +16,7 @@ and against the worker, which starts an attempt with a script too (`queued`/`run
 first wins. A job cancelled while its stream entry is already delivered to a worker is never run: the worker's start
 script sees `cancelled`, and the entry is acknowledged unrun.
 """
+
 from __future__ import annotations
 
 import json
@@ -274,7 +275,9 @@ class JobQueue:
         if length:
             groups = await self._redis.client.xinfo_groups(STREAM_KEY)
             pending = sum(int(group["pending"]) for group in groups if group["name"] == CONSUMER_GROUP)
-        return QueueStats(depth=max(0, int(length) - pending), pending=pending, scheduled=int(scheduled), dead=int(dead))
+        return QueueStats(
+            depth=max(0, int(length) - pending), pending=pending, scheduled=int(scheduled), dead=int(dead)
+        )
 
     async def wake(self, job_ids: list[str]) -> None:
         """Make these jobs due now if they are scheduled (a watching job whose news just arrived); others untouched."""

@@ -1,4 +1,5 @@
 """HTTP API of jobs: state of one job, the dead letters, cancel and requeue."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -15,8 +16,9 @@ from app.fleet.actions import ACTION_JOBS, CREATE_JOB, READINESS_JOB
 from app.jobs.queue import Job, JobQueue
 from app.jobs.service import JobControl
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)],
-                   responses=AUTHENTICATED_RESPONSES)
+router = APIRouter(
+    prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)], responses=AUTHENTICATED_RESPONSES
+)
 
 Queue = Annotated[JobQueue, Depends(provide(JobQueue))]
 Control = Annotated[JobControl, Depends(provide(JobControl))]
@@ -65,9 +67,7 @@ class DeadLetterList(BaseModel):
 
 
 @router.get("/dead-letters", response_model=DeadLetterList)
-async def list_dead_letters(
-    queue: Queue, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> DeadLetterList:
+async def list_dead_letters(queue: Queue, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DeadLetterList:
     """Jobs that exhausted their attempts."""
     return DeadLetterList(items=[JobView.of(job) for job in await queue.dead_letters(limit)])
 
@@ -84,17 +84,25 @@ async def get_job(queue: Queue, job_id: JobId) -> JobView:
     return JobView.of(job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobView,
-             responses={404: problem("no job with this id"),
-                        409: problem("the job is running or finished: only a waiting job can be cancelled")})
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobView,
+    responses={
+        404: problem("no job with this id"),
+        409: problem("the job is running or finished: only a waiting job can be cancelled"),
+    },
+)
 async def cancel_job(control: Control, job_id: JobId) -> JobView:
     """Cancel a job that has not started (queued, or scheduled for a retry or its next step); it will never run.
     404 for an unknown job, 409 when it is running or finished."""
     return JobView.of(await control.cancel(job_id))
 
 
-@router.post("/{job_id}/requeue", response_model=JobView,
-             responses={404: problem("no job with this id"), 409: problem("the job is not dead-lettered")})
+@router.post(
+    "/{job_id}/requeue",
+    response_model=JobView,
+    responses={404: problem("no job with this id"), 409: problem("the job is not dead-lettered")},
+)
 async def requeue_job(control: Control, job_id: JobId) -> JobView:
     """Queue a dead-lettered job again, with its attempts reset and its deadlines counted from now.
     404 for an unknown job, 409 when it is not dead."""

@@ -4,6 +4,7 @@ The state changes themselves are atomic scripts in `app/jobs/queue.py`; this mod
 errors (404 unknown, 409 wrong state) and runs what a job's kind registered to undo when one of its jobs is cancelled
 (e.g. an instance left in `stopping` by a stop that will now never run).
 """
+
 from __future__ import annotations
 
 import logging

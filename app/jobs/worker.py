@@ -6,6 +6,7 @@ restart, or another one) claims it with XAUTOCLAIM once it has been idle for the
 keeps its entry fresh (heartbeat) and holds a per-job lock, so a slow job is not run twice at the same time.
 Handlers must therefore be idempotent.
 """
+
 from __future__ import annotations
 
 import asyncio

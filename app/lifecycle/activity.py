@@ -4,6 +4,7 @@ Kept apart from the instance record (one Valkey hash per record id, `ngpu:lifecy
 frequent heartbeat never races with the record's optimistic updates. Losing it with Valkey is safe: every missing
 time counts from the first time an automation sees the instance again, so a guard fires later, never earlier.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,13 +66,14 @@ class ActivityStore:
         write only for the instances whose status changed or was never recorded."""
         record_ids = list(statuses)
         for start in range(0, len(record_ids), batch):
-            chunk = record_ids[start:start + batch]
+            chunk = record_ids[start : start + batch]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for record_id in chunk:
                     pipe.hmget(_key(record_id), ["status", "status_since"])
                 current = await pipe.execute()
-            changed = [r for r, (status, since) in zip(chunk, current, strict=True)
-                       if status != statuses[r] or not since]
+            changed = [
+                r for r, (status, since) in zip(chunk, current, strict=True) if status != statuses[r] or not since
+            ]
             if not changed:
                 continue
             async with self._redis.pipeline(transaction=False) as pipe:

@@ -8,6 +8,7 @@ before any guard decides); a longer reconciliation goes on in the background (a 
 progress) while the scheduler ticks. Every replica does this; the leases make each piece of work happen once. All of
 it runs at the background priority of the shared Novita budget.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 RECONCILE_TASK = "reconcile"
 # How often the scheduler asks whether a sync is due (on its interval, or because a job asked for one).
 _SYNC_CHECK_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class LifecycleConfig:
@@ -80,8 +82,9 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
             dry_run=settings.auto_stop_dry_run,
             action_lock_seconds=settings.cost_guard_action_lock_seconds,
         ),
-        spot=SpotPolicy(enabled=settings.spot_recovery_enabled,
-                        min_interval_seconds=settings.spot_recovery_min_interval_seconds),
+        spot=SpotPolicy(
+            enabled=settings.spot_recovery_enabled, min_interval_seconds=settings.spot_recovery_min_interval_seconds
+        ),
         cost_guard_interval_seconds=settings.cost_guard_interval_seconds,
         reconcile_interval_seconds=settings.reconcile_interval_seconds,
         reconcile_lease_seconds=settings.reconcile_lease_seconds,
@@ -115,33 +118,52 @@ class LifecycleAutomation:
         self.activity = ActivityStore(redis)
         guard = UrlGuard(block_private=config.webhook_block_private)
         self.outbox = (
-            WebhookOutbox(redis, signing_key=config.webhook_signing_key, guard=guard, policy=config.delivery,
-                          clock=clock)
-            if config.webhook_signing_key else None
+            WebhookOutbox(
+                redis, signing_key=config.webhook_signing_key, guard=guard, policy=config.delivery, clock=clock
+            )
+            if config.webhook_signing_key
+            else None
         )
         self.events = WebhookNotifier(redis, self.outbox, guard, global_url=config.webhook_url, clock=clock)
         # A pending record's create job gets until its own deadline to find a lost instance before we adopt it.
-        self.reconciler = Reconciler(novita, store, redis, self.activity, self.events,
-                                     lease_seconds=config.reconcile_lease_seconds,
-                                     adopt_pending_after_seconds=config.guards.provisioning_timeout_seconds,
-                                     max_vanish_checks=config.reconcile_max_vanish_checks, wake_jobs=wake_jobs,
-                                     forget_cached=forget_cached, clock=clock)
+        self.reconciler = Reconciler(
+            novita,
+            store,
+            redis,
+            self.activity,
+            self.events,
+            lease_seconds=config.reconcile_lease_seconds,
+            adopt_pending_after_seconds=config.guards.provisioning_timeout_seconds,
+            max_vanish_checks=config.reconcile_max_vanish_checks,
+            wake_jobs=wake_jobs,
+            forget_cached=forget_cached,
+            clock=clock,
+        )
         self.cost_guards = CostGuardExecutor(store, novita, redis, self.activity, self.events, config.guards, clock)
         tasks = [
             # Checked every second: a sync runs once its interval passed, or sooner when a job asked for one.
-            PeriodicTask(RECONCILE_TASK, min(_SYNC_CHECK_SECONDS, config.reconcile_interval_seconds),
-                         self._sync_if_due, lease_seconds=config.reconcile_lease_seconds),
+            PeriodicTask(
+                RECONCILE_TASK,
+                min(_SYNC_CHECK_SECONDS, config.reconcile_interval_seconds),
+                self._sync_if_due,
+                lease_seconds=config.reconcile_lease_seconds,
+            ),
             PeriodicTask("cost-guards", config.cost_guard_interval_seconds, self.cost_guards.run_once),
         ]
         if self.outbox is not None:
-            tasks.append(PeriodicTask("webhook-delivery", config.webhook_delivery_interval_seconds,
-                                      self.outbox.deliver_due, lease_seconds=config.delivery.lock_seconds))
+            tasks.append(
+                PeriodicTask(
+                    "webhook-delivery",
+                    config.webhook_delivery_interval_seconds,
+                    self.outbox.deliver_due,
+                    lease_seconds=config.delivery.lock_seconds,
+                )
+            )
         self.spot: SpotRecovery | None = None
         if config.spot.enabled:
             if recover_spot is None:
                 raise ValueError("spot recovery is enabled but no recovery action was given")
-            self.spot = SpotRecovery(store, novita, redis, self.activity, self.events, config.spot, recover_spot,
-                                     clock)
+            self.spot = SpotRecovery(store, novita, redis, self.activity, self.events, config.spot, recover_spot, clock)
             tasks.append(PeriodicTask("spot-recovery", config.spot_check_interval_seconds, self.spot.run_once))
         tasks.extend(extra_tasks)  # periodic work of other parts of the app (the background Novita health check)
         self.scheduler = LifecycleScheduler(redis, tasks, tick_seconds=config.scheduler_tick_seconds, clock=clock)
@@ -157,8 +179,10 @@ class LifecycleAutomation:
     async def _sync_if_due(self) -> None:
         """Reconcile (the status sync) when its interval has passed since the last one began, or a job asked."""
         last_started = float((await self._store.sync_status()).get("startedAt") or 0.0)
-        if self._clock() - last_started >= self.config.reconcile_interval_seconds or \
-                await self._store.take_sync_request():
+        if (
+            self._clock() - last_started >= self.config.reconcile_interval_seconds
+            or await self._store.take_sync_request()
+        ):
             await self.reconciler.run()
 
     async def _reconcile_at_startup(self) -> None:
@@ -166,16 +190,20 @@ class LifecycleAutomation:
             if await self.reconciler.run() is not None:
                 await self.scheduler.record_run(RECONCILE_TASK)  # the first tick need not do it again
         except (NovitaError, RedisError, OSError) as error:
-            logger.warning("start-up reconciliation failed; the periodic one will retry",
-                           extra={"error": str(error) or type(error).__name__})
+            logger.warning(
+                "start-up reconciliation failed; the periodic one will retry",
+                extra={"error": str(error) or type(error).__name__},
+            )
 
     async def _run(self, startup: asyncio.Task[None]) -> None:
         bound = self.config.startup_reconcile_timeout_seconds
         done, _ = await asyncio.wait({startup}, timeout=bound)
         if not done:
-            logger.warning("start-up reconciliation is taking longer than its bound; it goes on in the background "
-                           "(progress in /health) and the periodic work starts now",
-                           extra={"boundSeconds": bound})
+            logger.warning(
+                "start-up reconciliation is taking longer than its bound; it goes on in the background "
+                "(progress in /health) and the periodic work starts now",
+                extra={"boundSeconds": bound},
+            )
         await self.scheduler.run_forever()
 
     async def stop(self, timeout_seconds: float = 5.0) -> None:

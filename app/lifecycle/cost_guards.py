@@ -15,6 +15,7 @@ Rules (times in seconds; all configurable, see `CostGuardPolicy`):
 - maximum lifetime (off by default): stop a running instance `max_lifetime_seconds` after its record was created.
 - dry run: decide and log, act not.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,7 +86,8 @@ def provisioning_timeout(
     if age < policy.provisioning_timeout_seconds:
         return None
     return GuardDecision(
-        Guard.PROVISIONING_TIMEOUT, "delete",
+        Guard.PROVISIONING_TIMEOUT,
+        "delete",
         f"still {record.novita_status} {age:.0f} s after the request (limit {policy.provisioning_timeout_seconds:g} s)",
     )
 
@@ -108,7 +110,9 @@ def idle_stop(record: InstanceRecord, activity: Activity, now: float, policy: Co
     else:
         heard = f"last heartbeat {idle_for:.0f} s ago"
     return GuardDecision(
-        Guard.IDLE_STOP, "stop", f"idle: {heard} (idle limit {policy.idle_timeout_seconds:g} s)",
+        Guard.IDLE_STOP,
+        "stop",
+        f"idle: {heard} (idle limit {policy.idle_timeout_seconds:g} s)",
     )
 
 
@@ -137,8 +141,11 @@ def decide(record: InstanceRecord, activity: Activity, now: float, policy: CostG
 
 
 def _stoppable(record: InstanceRecord) -> bool:
-    return (record.novita_instance_id is not None and record.novita_status == RUNNING_STATUS
-            and record.billing_mode != "monthly")
+    return (
+        record.novita_instance_id is not None
+        and record.novita_status == RUNNING_STATUS
+        and record.billing_mode != "monthly"
+    )
 
 
 @dataclass(frozen=True)
@@ -258,15 +265,29 @@ class CostGuardExecutor:
         except RecordNotFound:
             return
         log = logger.warning if error else logger.info
-        log("cost guard acted" if error is None else "cost guard action failed",
-            extra={**_log_fields(record, decision), "error": error})
+        log(
+            "cost guard acted" if error is None else "cost guard action failed",
+            extra={**_log_fields(record, decision), "error": error},
+        )
         event_type = _EVENT_TYPES[decision.action] if error is None else "instance.auto_action_failed"
-        await self._events.emit(event_type, record_id, {
-            "guard": decision.guard.value, "action": decision.action, "reason": decision.reason,
-            "novitaInstanceId": record.novita_instance_id, "error": error,
-        })
+        await self._events.emit(
+            event_type,
+            record_id,
+            {
+                "guard": decision.guard.value,
+                "action": decision.action,
+                "reason": decision.reason,
+                "novitaInstanceId": record.novita_instance_id,
+                "error": error,
+            },
+        )
 
 
 def _log_fields(record: InstanceRecord, decision: GuardDecision) -> dict[str, str | None]:
-    return {"instanceId": record.id, "novitaInstanceId": record.novita_instance_id, "guard": decision.guard.value,
-            "action": decision.action, "reason": decision.reason}
+    return {
+        "instanceId": record.id,
+        "novitaInstanceId": record.novita_instance_id,
+        "guard": decision.guard.value,
+        "action": decision.action,
+        "reason": decision.reason,
+    }

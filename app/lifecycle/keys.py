@@ -2,6 +2,7 @@
 
 Each automation does its work once across replicas through `app.core.redis.Lease`.
 """
+
 from __future__ import annotations
 
 KEY_PREFIX = "ngpu:lifecycle:"

@@ -10,6 +10,7 @@ In each cluster the offer is the cheapest product of that GPU name that can be d
 without an offer and offers without capacity are reported as `Skipped` notes, for the record's events.
 Templates (image, ports, envs, start command) and registry auths are resolved before any create is sent.
 """
+
 from __future__ import annotations
 
 import logging

@@ -7,6 +7,7 @@ step, reschedule itself (`RetryLater(n)`), and resume on any replica after a res
 A port answers when an HTTP port returns any HTTP response below 500 (a 404 is an app that listens; a 502/503/504
 is Novita's proxy saying nothing listens yet), or a TCP port accepts a connection.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -17,6 +17,7 @@ Instances whose name is not ours are never changed: the account may hold instanc
 Records are read in batches and kept only as small summaries, so memory does not grow with the records' size.
 Progress (listing, applying n of N, done or failed) is written to the index's sync status for `/health`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -77,8 +78,17 @@ class _Known:
 
     @classmethod
     def of(cls, record: InstanceRecord) -> _Known:
-        return cls(record.id, record.novita_instance_id, record.upstream_name, record.state, record.novita_status,
-                   record.status_error, record.created_at, record.last_job_id, record.connection)
+        return cls(
+            record.id,
+            record.novita_instance_id,
+            record.upstream_name,
+            record.state,
+            record.novita_status,
+            record.status_error,
+            record.created_at,
+            record.last_job_id,
+            record.connection,
+        )
 
 
 @dataclass
@@ -152,15 +162,23 @@ class Reconciler:
             report = await self._pass(listed_at)
         except Exception as error:
             reason = f"{type(error).__name__}: {error}" if not isinstance(error, NovitaError) else str(error)
-            await _best_effort(self._store.write_sync_status({"state": "failed", "finishedAt": self._clock(),
-                                                              "error": reason[:300]}))
+            await _best_effort(
+                self._store.write_sync_status({"state": "failed", "finishedAt": self._clock(), "error": reason[:300]})
+            )
             raise
         finished = self._clock()
-        await self._store.write_sync_status({
-            "state": "done", "finishedAt": finished, "lastSuccessAt": finished,
-            "lastDurationSeconds": round(finished - listed_at, 3), "refreshed": len(report.refreshed),
-            "adopted": len(report.adopted), "rebuilt": len(report.rebuilt), "vanished": len(report.vanished),
-        })
+        await self._store.write_sync_status(
+            {
+                "state": "done",
+                "finishedAt": finished,
+                "lastSuccessAt": finished,
+                "lastDurationSeconds": round(finished - listed_at, 3),
+                "refreshed": len(report.refreshed),
+                "adopted": len(report.adopted),
+                "rebuilt": len(report.rebuilt),
+                "vanished": len(report.vanished),
+            }
+        )
         return report
 
     async def _pass(self, listed_at: float) -> ReconcileReport:
@@ -248,9 +266,15 @@ class Reconciler:
         await self._store.put_externals(externals, external_scores)
         await self._store.prune_expired(self._clock())
         if any((report.adopted, report.rebuilt, report.vanished)):
-            logger.info("reconciled with Novita", extra={"adopted": report.adopted, "rebuilt": report.rebuilt,
-                                                         "vanished": report.vanished,
-                                                         "refreshed": len(report.refreshed)})
+            logger.info(
+                "reconciled with Novita",
+                extra={
+                    "adopted": report.adopted,
+                    "rebuilt": report.rebuilt,
+                    "vanished": report.vanished,
+                    "refreshed": len(report.refreshed),
+                },
+            )
         return report
 
     def _create_job_had_its_chance(self, record: _Known) -> bool:
@@ -285,10 +309,16 @@ class Reconciler:
         except RecordNotFound:
             return False
         if updated.state != before:
-            await self._events.emit("instance.state_changed", record.id, {
-                "from": before.value, "to": updated.state.value, "novitaStatus": live.status,
-                "statusError": error_text,
-            })
+            await self._events.emit(
+                "instance.state_changed",
+                record.id,
+                {
+                    "from": before.value,
+                    "to": updated.state.value,
+                    "novitaStatus": live.status,
+                    "statusError": error_text,
+                },
+            )
         return True
 
     async def _keep_connection(self, record_id: str, connection: ConnectionDetails) -> None:
@@ -313,8 +343,9 @@ class Reconciler:
 
         await self._store.update(record.id, adopt)
         await self._activity.observe_status(record.id, live.status, self._clock())
-        await self._events.emit("instance.adopted", record.id, {"novitaInstanceId": live.id,
-                                                                "novitaStatus": live.status})
+        await self._events.emit(
+            "instance.adopted", record.id, {"novitaInstanceId": live.id, "novitaStatus": live.status}
+        )
 
     async def _rebuild(self, name: str, record_id: str, live: Instance) -> None:
         now = self._clock()
@@ -332,8 +363,9 @@ class Reconciler:
             template_id=live.template_id,
             cluster_id=live.cluster_id,
             billing_mode=_BILLING_MODES.get(live.billing_mode, "onDemand"),
-            ports=[PortSpec(port=m.port, type="http" if m.type == "http" else "tcp")
-                   for m in live.port_mappings if m.port],
+            ports=[
+                PortSpec(port=m.port, type="http" if m.type == "http" else "tcp") for m in live.port_mappings if m.port
+            ],
             env_keys=[env.key for env in live.envs],
             endpoints=_endpoints(live),
             connection=connection_details(live),
@@ -345,8 +377,9 @@ class Reconciler:
         if await self._store.create(record, {}):
             await self._store.drop_spec(record_id)  # a rebuilt record has no create spec: the instance exists
             await self._activity.observe_status(record_id, live.status, now)
-            await self._events.emit("instance.rebuilt", record_id, {"novitaInstanceId": live.id,
-                                                                    "novitaStatus": live.status})
+            await self._events.emit(
+                "instance.rebuilt", record_id, {"novitaInstanceId": live.id, "novitaStatus": live.status}
+            )
 
     async def _vanished(self, novita_id: str) -> bool:
         """Confirm with a direct lookup that an instance missing from the list is really gone."""
@@ -379,7 +412,6 @@ def _endpoints(live: Instance) -> list[dict[str, object]]:
     return [m.model_dump() for m in live.port_mappings if m.endpoint]
 
 
-
 def _created_at(live: Instance, default: float) -> float:
     """Novita's creation time (Unix seconds) when it sends one as digits, else `default`."""
     return float(live.created_at) if live.created_at and live.created_at.isdigit() else default
@@ -389,5 +421,5 @@ async def _best_effort(write: Awaitable[None]) -> None:
     """Report progress if Valkey lets us; a failed pass must surface its own error, not Valkey's."""
     try:
         await write
-    except Exception:  # noqa: BLE001 - the original error is re-raised by the caller
+    except Exception:
         logger.debug("could not record the sync's failure", exc_info=True)

@@ -9,6 +9,7 @@ Each task has two keys in Valkey:
   overlaps the next one on another replica.
 A failing task is logged and runs again next period; it never stops the others.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -111,14 +112,17 @@ class LifecycleScheduler:
         finally:
             await lease.release()
 
-
     async def _claim(self, task: PeriodicTask) -> bool:
         """Take this period's run of `task` if it is due: True for the one replica that gets it."""
         now = self._clock()
         # The next-run key expires (real time) a little after it is due, so a stale one never blocks forever.
         expiry_ms = int(task.period_seconds * 2000) + 60_000
         claimed = await self._redis.eval(
-            _CLAIM_SCRIPT, 1, f"{KEY_PREFIX}next-run:{task.name}", repr(now), repr(now + task.period_seconds),
+            _CLAIM_SCRIPT,
+            1,
+            f"{KEY_PREFIX}next-run:{task.name}",
+            repr(now),
+            repr(now + task.period_seconds),
             str(expiry_ms),
         )
         return bool(claimed)

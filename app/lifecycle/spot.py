@@ -10,6 +10,7 @@ second one), under a per-instance lease so that two replicas never both try. Eve
 (`spot_recovery_started` / `spot_recovery_failed` with Novita's error) and sent as a webhook to the owner.
 An instance a user or a cost guard stopped is not a reclaimed one and is left stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,18 @@ logger = logging.getLogger(__name__)
 RECLAIM_SPOT_STATUSES = frozenset({"notified", "reclaiming", "terminated"})
 # Record events that mean someone asked for the instance to stop, or to run again, most recent wins.
 _STOP_EVENTS = frozenset({"stop_requested", "auto_stop"})
-_RUN_EVENTS = frozenset({"create_requested", "start_requested", "restart_requested", "created", "found_existing",
-                         "adopted", "rebuilt", "spot_recovery_started"})
+_RUN_EVENTS = frozenset(
+    {
+        "create_requested",
+        "start_requested",
+        "restart_requested",
+        "created",
+        "found_existing",
+        "adopted",
+        "rebuilt",
+        "spot_recovery_started",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -98,9 +109,13 @@ class SpotRecovery:
         outcomes = []
         async for record in self._store.iter_records():
             # Only what the sync last saw stopped can have been reclaimed: the others cost no Novita call.
-            if (record.billing_mode != "spot" or not record.auto_migrate or record.novita_instance_id is None
-                    or record.novita_status != STOPPED_STATUS
-                    or record.state in (InstanceState.DELETING, InstanceState.DELETED)):
+            if (
+                record.billing_mode != "spot"
+                or not record.auto_migrate
+                or record.novita_instance_id is None
+                or record.novita_status != STOPPED_STATUS
+                or record.state in (InstanceState.DELETING, InstanceState.DELETED)
+            ):
                 continue
             outcome = await self._check(record)
             if outcome is not None:

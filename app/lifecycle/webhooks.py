@@ -15,6 +15,7 @@ Layout (under `ngpu:lifecycle:`): `webhook:<delivery id>` hash (body, url, attem
 replicas never send the same delivery at once, and a delivered one is never sent again).
 Order is not promised (a retried event arrives after later ones): receivers order by the body's `occurredAt`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,9 +82,15 @@ class WebhookEvent:
     def body(self) -> str:
         """The JSON body, exactly as signed and sent."""
         return json.dumps(
-            {"id": self.id, "type": self.type, "occurredAt": self.occurred_at, "instanceId": self.instance_id,
-             "data": self.data},
-            sort_keys=True, separators=(",", ":"),
+            {
+                "id": self.id,
+                "type": self.type,
+                "occurredAt": self.occurred_at,
+                "instanceId": self.instance_id,
+                "data": self.data,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
         )
 
 
@@ -224,12 +231,25 @@ class WebhookOutbox:
     async def enqueue(self, event: WebhookEvent, url: str) -> str | None:
         """Store a delivery of `event` to `url`, due now; returns its id, or None if it was already stored."""
         delivery_id = f"{event.id}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
-        record = {"event_id": event.id, "event_type": event.type, "body": event.body(), "url": url,
-                  "attempts": "0", "state": "pending", "last_error": ""}
+        record = {
+            "event_id": event.id,
+            "event_type": event.type,
+            "body": event.body(),
+            "url": url,
+            "attempts": "0",
+            "state": "pending",
+            "last_error": "",
+        }
         fields = [item for pair in record.items() for item in pair]
         created = await self._redis.eval(
-            _ENQUEUE_SCRIPT, 2, _delivery_key(delivery_id), DUE_KEY,
-            delivery_id, repr(self._clock()), str(DELIVERY_RETENTION_SECONDS), *fields,
+            _ENQUEUE_SCRIPT,
+            2,
+            _delivery_key(delivery_id),
+            DUE_KEY,
+            delivery_id,
+            repr(self._clock()),
+            str(DELIVERY_RETENTION_SECONDS),
+            *fields,
         )
         return delivery_id if created else None
 
@@ -281,17 +301,22 @@ class WebhookOutbox:
         except UnsafeWebhookUrl as error:
             return await self._failed(delivery_id, attempts, str(error), retryable=False)
         except httpx.HTTPError as error:
-            return await self._failed(delivery_id, attempts, f"network error ({type(error).__name__})",
-                                      retryable=True)
+            return await self._failed(delivery_id, attempts, f"network error ({type(error).__name__})", retryable=True)
         if response.is_success:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(_delivery_key(delivery_id), mapping={"state": "delivered", "attempts": str(attempts),
-                                                               "last_error": ""})
+                pipe.hset(
+                    _delivery_key(delivery_id),
+                    mapping={"state": "delivered", "attempts": str(attempts), "last_error": ""},
+                )
                 pipe.zrem(DUE_KEY, delivery_id)
                 await pipe.execute()
             return "delivered"
-        return await self._failed(delivery_id, attempts, f"receiver answered HTTP {response.status_code}",
-                                  retryable=response.status_code >= 500)
+        return await self._failed(
+            delivery_id,
+            attempts,
+            f"receiver answered HTTP {response.status_code}",
+            retryable=response.status_code >= 500,
+        )
 
     async def _post(self, url: str, delivery: dict[str, str]) -> httpx.Response:
         body = delivery["body"]
@@ -310,16 +335,20 @@ class WebhookOutbox:
         key = _delivery_key(delivery_id)
         give_up = not retryable or attempts >= self._policy.max_attempts
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"attempts": str(attempts), "last_error": reason,
-                                    "state": "dead" if give_up else "pending"})
+            pipe.hset(
+                key,
+                mapping={"attempts": str(attempts), "last_error": reason, "state": "dead" if give_up else "pending"},
+            )
             if give_up:
                 pipe.zrem(DUE_KEY, delivery_id)
                 pipe.zadd(DEAD_KEY, {delivery_id: self._clock()})
             else:
                 pipe.zadd(DUE_KEY, {delivery_id: self._clock() + self._policy.backoff(attempts)})
             await pipe.execute()
-        logger.warning("webhook delivery failed", extra={"deliveryId": delivery_id, "attempt": attempts,
-                                                         "reason": reason, "gaveUp": give_up})
+        logger.warning(
+            "webhook delivery failed",
+            extra={"deliveryId": delivery_id, "attempt": attempts, "reason": reason, "gaveUp": give_up},
+        )
         return "dead" if give_up else "retried"
 
 
@@ -341,7 +370,12 @@ class WebhookNotifier:
     """
 
     def __init__(
-        self, redis: Redis, outbox: WebhookOutbox | None, guard: UrlGuard, *, global_url: str | None,
+        self,
+        redis: Redis,
+        outbox: WebhookOutbox | None,
+        guard: UrlGuard,
+        *,
+        global_url: str | None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         if global_url is not None and outbox is None:
@@ -373,6 +407,8 @@ class WebhookNotifier:
         for url in urls:
             assert self._outbox is not None
             await self._outbox.enqueue(event, url)
-        logger.info("lifecycle event", extra={"eventType": event_type, "instanceId": instance_id,
-                                              "eventId": event.id, "receivers": len(urls)})
+        logger.info(
+            "lifecycle event",
+            extra={"eventType": event_type, "instanceId": instance_id, "eventId": event.id, "receivers": len(urls)},
+        )
         return event

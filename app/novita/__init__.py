@@ -1,4 +1,5 @@
 """The Novita v1 GPU-instance API client: typed models, typed errors, retries, circuit breaker and rate limit."""
+
 from app.novita.client import NOVITA_CALLS, NOVITA_ERRORS, NovitaClient, UpstreamStatus
 from app.novita.errors import (
     NovitaAuthError,

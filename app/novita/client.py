@@ -4,6 +4,7 @@ Every call goes through the same path: circuit breaker -> rate limiter -> one HT
 typed error; idempotent calls are retried for 429, 5xx and network errors with backoff. A create is never
 re-sent blindly: after an ambiguous failure it looks the instance up by its unique name first.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -206,7 +207,8 @@ class NovitaClient:
     async def find_instance_by_name(self, name: str) -> Instance | None:
         """The live instance named exactly ``name`` (Novita's name filter is fuzzy), ignoring removed ones."""
         matches = [
-            instance for instance in await self.list_instances(name=name)
+            instance
+            for instance in await self.list_instances(name=name)
             if instance.name == name and not instance.removed
         ]
         if len(matches) > 1:
@@ -346,8 +348,13 @@ class NovitaClient:
                     delay = self._retry.delay_before_retry(attempt_number, getattr(error, "retry_after", None))
                     logger.warning(
                         "novita call failed, retrying",
-                        extra={"endpoint": endpoint, "attempt": attempt_number, "delay_seconds": round(delay, 3),
-                               "reason": error.reason or error.kind, "status": error.status},
+                        extra={
+                            "endpoint": endpoint,
+                            "attempt": attempt_number,
+                            "delay_seconds": round(delay, 3),
+                            "reason": error.reason or error.kind,
+                            "status": error.status,
+                        },
                     )
                     await self._clock.sleep(delay)
         except NovitaError as error:
@@ -389,7 +396,8 @@ class NovitaClient:
                 # A 2xx that is not Novita's JSON (a proxy page, a truncated body) is an upstream failure: reading
                 # it as "no items" could make a lookup miss an instance and a create run twice.
                 error = NovitaUnavailable(
-                    f"Novita answered HTTP {response.status_code} without a JSON object", status=response.status_code,
+                    f"Novita answered HTTP {response.status_code} without a JSON object",
+                    status=response.status_code,
                     reason="INVALID_RESPONSE",
                 )
                 self._record(endpoint, "server_error", breaker_ok=False, error=error)
@@ -400,8 +408,15 @@ class NovitaClient:
         # Answers about the request (400, a *_NOT_FOUND, 409) mean Novita itself is fine. A 5xx or a 404 without
         # Novita's error body is Novita (or what is in front of it) failing; 429 and a refused key are not fine for us.
         failing = isinstance(error, NovitaUnavailable)
-        outcome = ("server_error" if response.status_code >= 500 else "unrouted" if failing
-                   else "rate_limited" if isinstance(error, NovitaRateLimited) else "client_error")
+        outcome = (
+            "server_error"
+            if response.status_code >= 500
+            else "unrouted"
+            if failing
+            else "rate_limited"
+            if isinstance(error, NovitaRateLimited)
+            else "client_error"
+        )
         upstream_trouble = failing or isinstance(error, NovitaRateLimited | NovitaAuthError)
         self._record(endpoint, outcome, breaker_ok=not failing, error=error if upstream_trouble else None)
         if isinstance(error, NovitaRateLimited):  # Novita's limit is the account's: every replica holds back

@@ -3,6 +3,7 @@
 Novita answers errors as ``{"code", "reason", "message", "metadata"}`` (reference §1.8), but any field may be
 missing and a proxy in front of it may answer with an HTML page, so parsing never trusts the body.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,16 @@ _AUTH_REASONS = frozenset({"INVALID_USER_TOKEN", "BANNED_USER", "FAILED_TO_AUTH"
 _STATE_CONFLICT_REASONS = frozenset({"CONFLICT", "DEPENDENT_RESOURCE_STATE"})
 # No capacity for this request here, or this place cannot take it (quota per GPU type, CUDA too old on the free
 # nodes, a cluster or node out of service): placement tries the next offer rather than failing the create.
-_INSUFFICIENT_RESOURCE_REASONS = frozenset({
-    "INSUFFICIENT_RESOURCE", "MIGRATE_INSUFFICIENT_RESOURCE", "CREATE_GPU_NUM_LIMIT", "CUDA_VERSION_INCOMPATIBLE",
-    "CLUSTER_STATUS", "NODE_STATUS",
-})
+_INSUFFICIENT_RESOURCE_REASONS = frozenset(
+    {
+        "INSUFFICIENT_RESOURCE",
+        "MIGRATE_INSUFFICIENT_RESOURCE",
+        "CREATE_GPU_NUM_LIMIT",
+        "CUDA_VERSION_INCOMPATIBLE",
+        "CLUSTER_STATUS",
+        "NODE_STATUS",
+    }
+)
 # The only observed text of Novita's answer to start/stop on an instance in the wrong state (reference §1.6).
 _STATE_CONFLICT_MESSAGE = "invalid state change"
 

@@ -5,6 +5,7 @@ answers disagree (numbers sent as strings, ``regions`` sent as ``{}``, ``Id`` vs
 returns (SSH and web-terminal passwords) are not modelled, so they are dropped at parse time and can never reach
 a log, a cache or an API answer; the registry-auth password is a ``SecretStr``.
 """
+
 from __future__ import annotations
 
 import re

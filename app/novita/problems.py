@@ -3,6 +3,7 @@
 `app.core.errors` renders the problem; this module decides which one, so the rendering stays in one place and knows
 nothing of Novita.
 """
+
 from __future__ import annotations
 
 import logging

@@ -17,6 +17,7 @@ Fail-safe when Valkey is down or slow: each replica falls back to its own local 
 `NOVITA_RATE_LIMIT_FALLBACK_PER_SECOND` (default 1/s). Without Valkey no job or sync runs, so the only Novita calls
 left are people's reads; a small local rate keeps N replicas well under the account's limit without stopping them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -76,6 +77,7 @@ Result = TypeVar("Result")
 
 def at_priority(priority: Priority, work: Callable[..., Awaitable[Result]]) -> Callable[..., Awaitable[Result]]:
     """`work` wrapped so that every call of it runs at `priority`."""
+
     async def run(*args: object, **kwargs: object) -> Result:
         with novita_priority(priority):
             return await work(*args, **kwargs)
@@ -177,13 +179,16 @@ class SharedRateBudget:
                 return
             try:
                 async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
-                    answer = await self._redis.client.eval(_TAKE_SCRIPT, 1, self._key, repr(self._rate),
-                                                           str(self._burst), str(need))
+                    answer = await self._redis.client.eval(
+                        _TAKE_SCRIPT, 1, self._key, repr(self._rate), str(self._burst), str(need)
+                    )
             except (RedisError, OSError, TimeoutError) as error:
                 if not isinstance(error, TimeoutError):
                     self._redis.record_failure(error)
-                logger.warning("shared Novita rate budget unavailable; using this replica's fallback budget",
-                               extra={"error": type(error).__name__})
+                logger.warning(
+                    "shared Novita rate budget unavailable; using this replica's fallback budget",
+                    extra={"error": type(error).__name__},
+                )
                 await self._fallback.acquire(priority)
                 return
             wait = float(answer)

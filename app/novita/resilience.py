@@ -4,6 +4,7 @@ All three read time from an injectable ``Clock`` so that tests drive them with a
 waiting for real backoff. They are small on purpose: each is a few lines of state that the client combines per
 HTTP attempt, which a general-purpose retry library would not make simpler.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """HTTP API of GPU products and regions (Novita clusters)."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -12,8 +13,12 @@ from app.core.schemas import ApiModel
 from app.products.service import BillingMode, ProductService, ProductView, RegionView
 
 # Both operations call Novita on a cache miss: its failures are theirs to answer.
-router = APIRouter(prefix="/api", tags=["products"], dependencies=[Depends(require_api_key)],
-                   responses={**AUTHENTICATED_RESPONSES, **NOVITA_RESPONSES})
+router = APIRouter(
+    prefix="/api",
+    tags=["products"],
+    dependencies=[Depends(require_api_key)],
+    responses={**AUTHENTICATED_RESPONSES, **NOVITA_RESPONSES},
+)
 
 
 class ProductList(ApiModel):

@@ -1,4 +1,5 @@
 """GPU products and regions from Novita, cached on Valkey, with the "cheapest available" rule used by placement."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -25,8 +26,10 @@ class ProductView(ApiModel):
     name: str
     available: bool = Field(description="Novita says an instance can be created now")
     available_gpu_number: int | None = None
-    price: float | None = Field(description="price in the requested billing mode (per GPU-hour, per month "
-                                            "for monthly); null when the product has no such price")
+    price: float | None = Field(
+        description="price in the requested billing mode (per GPU-hour, per month "
+        "for monthly); null when the product has no such price"
+    )
     on_demand_price: float | None = None
     spot_price: float | None = None
     monthly_prices: list[dict[str, float | int | None]] = Field(default_factory=list)

@@ -4,6 +4,7 @@ Sign-in exchanges an API key for a session cookie (app/ui/sessions.py); every fo
 Pages poll small HTML fragments for live updates (static/dashboard.js); no script or style comes from elsewhere.
 None of these routes is in the OpenAPI schema.
 """
+
 from __future__ import annotations
 
 from fastapi import FastAPI

@@ -4,6 +4,7 @@ The create form is validated by the API's own `CreateInstanceRequest`, so a fiel
 422 would name it with; only the form's text shapes (numbers, `8888/http` port lists, `KEY=value` lines) are read
 here first.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,9 @@ GENERAL = "_form"  # where an error that names no field is shown
 
 async def read_form(request: Request) -> dict[str, str]:
     """The urlencoded body as one value per field (the first one); the body size is capped by the app's middleware."""
-    parsed = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True,
-                      max_num_fields=MAX_FORM_FIELDS)
+    parsed = parse_qs(
+        (await request.body()).decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
+    )
     return {name: values[0] for name, values in parsed.items()}
 
 

@@ -3,6 +3,7 @@
 Every page but sign-in needs a session; every POST needs the session's CSRF token. Errors become HTML pages with the
 status the API would answer (`DashboardRoute`), never a stack trace. `Server-Timing` gives each page's server time.
 """
+
 from __future__ import annotations
 
 import re
@@ -64,8 +65,14 @@ _SECURITY_HEADERS = {
 }
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-templates.env.globals.update(when=views.when, duration=views.duration, usd=views.usd, states=list(InstanceState),
-                             sort_keys=views.SORT_KEYS, page_sizes=views.PAGE_SIZES)
+templates.env.globals.update(
+    when=views.when,
+    duration=views.duration,
+    usd=views.usd,
+    states=list(InstanceState),
+    sort_keys=views.SORT_KEYS,
+    page_sizes=views.PAGE_SIZES,
+)
 
 
 class SignInRequired(Exception):
@@ -87,11 +94,18 @@ class DashboardRoute(APIRoute):
             try:
                 response = await handle(request)
             except SignInRequired:
-                response = (Response(status_code=401) if FRAGMENT_HEADER in request.headers
-                            else RedirectResponse("/ui/login", status_code=303))
+                response = (
+                    Response(status_code=401)
+                    if FRAGMENT_HEADER in request.headers
+                    else RedirectResponse("/ui/login", status_code=303)
+                )
             except CsrfRejected:
-                response = _error_page(request, 403, "The form was refused: it did not carry this session's "
-                                                    "security token. Reload the page and try again.")
+                response = _error_page(
+                    request,
+                    403,
+                    "The form was refused: it did not carry this session's "
+                    "security token. Reload the page and try again.",
+                )
             except RequestValidationError as error:
                 fields = ", ".join(str(item["loc"][-1]) for item in error.errors())
                 response = _error_page(request, 422, f"Invalid value for: {fields}.")
@@ -164,8 +178,9 @@ def _is_https(request: Request) -> bool:
 
 
 def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="strict",
-                        secure=_is_https(request))
+    response.set_cookie(
+        name, value, max_age=max_age, path="/ui", httponly=True, samesite="strict", secure=_is_https(request)
+    )
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -192,8 +207,9 @@ async def sign_in_page(request: Request, signed_out: bool = False) -> Response:
 def _sign_in_form(request: Request, status: int, *, error: str | None = None, notice: str | None = None) -> Response:
     token = secrets.token_urlsafe(32)
     open_access = not _services(request).get(Settings).client_api_keys
-    response = _render(request, "login.html", status, csrf_token=token, error=error, notice=notice,
-                       open_access=open_access)
+    response = _render(
+        request, "login.html", status, csrf_token=token, error=error, notice=notice, open_access=open_access
+    )
     _set_cookie(request, response, SIGN_IN_CSRF_COOKIE, token, max_age=3600)
     return response
 
@@ -259,8 +275,14 @@ class ListingQuery:
 
     def link(self, **changes: Any) -> str:
         """This query with some values changed, as a URL query string."""
-        values = {"status": self.state.value if self.state else "", "name": self.name, "sort": self.sort,
-                  "page": self.page, "pageSize": self.page_size, **changes}
+        values = {
+            "status": self.state.value if self.state else "",
+            "name": self.name,
+            "sort": self.sort,
+            "page": self.page,
+            "pageSize": self.page_size,
+            **changes,
+        }
         return "?" + urlencode({key: value for key, value in values.items() if value not in ("", None)})
 
 
@@ -277,20 +299,28 @@ async def _listing(services: Services, query: ListingQuery) -> dict[str, Any]:
     service = services.get(InstanceService)
     products = await _products_by_id(services)
     if query.sort == "newest":  # the service's own order: let it page
-        page = await service.list_instances(state=query.state, name=query.name or None, page=query.page,
-                                            page_size=query.page_size)
+        page = await service.list_instances(
+            state=query.state, name=query.name or None, page=query.page, page_size=query.page_size
+        )
         page_rows, total, synced = views.rows(page.items, products), page.total, page.novita_synced
     else:
         whole = await service.list_instances(state=query.state, name=query.name or None, page=1, page_size=_ALL)
         ordered = views.sort_rows(views.rows(whole.items, products), query.sort)
         start = (query.page - 1) * query.page_size
-        page_rows, total, synced = ordered[start:start + query.page_size], whole.total, whole.novita_synced
-    return {"rows": page_rows, "pager": views.Pager(query.page, query.page_size, total), "synced": synced,
-            "query": query}
+        page_rows, total, synced = ordered[start : start + query.page_size], whole.total, whole.novita_synced
+    return {
+        "rows": page_rows,
+        "pager": views.Pager(query.page, query.page_size, total),
+        "synced": synced,
+        "query": query,
+    }
 
 
 def listing_query(
-    status: str = "", name: str = "", sort: str = "newest", page: int = 1,
+    status: str = "",
+    name: str = "",
+    sort: str = "newest",
+    page: int = 1,
     page_size: Annotated[int, Query(alias="pageSize")] = views.DEFAULT_PAGE_SIZE,
 ) -> ListingQuery:
     """FastAPI dependency: the list page's query (`pageSize` spelt as in the API)."""
@@ -317,15 +347,25 @@ async def instance_rows(request: Request, session: Session, query: Listing) -> R
 @router.get("/instances/new")
 async def create_page(request: Request, session: Session) -> Response:
     """The create form."""
-    return await _create_form(request, session, CreateForm(values={"gpuNum": "1", "rootfsSize": "60",
-                                                                  "billingMode": "onDemand"}))
+    return await _create_form(
+        request, session, CreateForm(values={"gpuNum": "1", "rootfsSize": "60", "billingMode": "onDemand"})
+    )
 
 
 async def _create_form(request: Request, session: UiSession, form: CreateForm, status: int = 200) -> Response:
-    products = sorted((await _products_by_id(_services(request))).values(),
-                      key=lambda product: (not product.available, product.name, product.regions))
-    return _render(request, "create.html", status, session=session, form=form, products=products,
-                   idempotency_key="ui-" + secrets.token_hex(16))
+    products = sorted(
+        (await _products_by_id(_services(request))).values(),
+        key=lambda product: (not product.available, product.name, product.regions),
+    )
+    return _render(
+        request,
+        "create.html",
+        status,
+        session=session,
+        form=form,
+        products=products,
+        idempotency_key="ui-" + secrets.token_hex(16),
+    )
 
 
 @router.post("/instances")
@@ -364,8 +404,9 @@ async def _instance_context(services: Services, instance_id: str) -> dict[str, A
 
 
 @router.get("/instances/{instance_id}")
-async def instance_page(request: Request, session: Session, instance_id: str, done: str = "",
-                        job: str = "") -> Response:
+async def instance_page(
+    request: Request, session: Session, instance_id: str, done: str = "", job: str = ""
+) -> Response:
     """One instance: state, connection, events, its latest job, actions; the panel refreshes itself."""
     context = await _instance_context(_services(request), instance_id)
     message = DONE_MESSAGES.get(done)
@@ -414,8 +455,7 @@ async def heartbeat(request: Request, session: Session, _form: Form, instance_id
 
 
 @router.post("/instances/{instance_id}/{action}")
-async def instance_action(request: Request, session: Session, _form: Form, instance_id: str,
-                          action: str) -> Response:
+async def instance_action(request: Request, session: Session, _form: Form, instance_id: str, action: str) -> Response:
     """Queue a start, stop or restart."""
     if action not in ("start", "stop", "restart"):
         raise ValidationFailed("the action must be start, stop or restart", field="path.action")
@@ -426,8 +466,7 @@ async def instance_action(request: Request, session: Session, _form: Form, insta
 
 
 @router.get("/jobs")
-async def jobs_page(request: Request, session: Session,
-                    job_id: Annotated[str, Query(alias="id")] = "") -> Response:
+async def jobs_page(request: Request, session: Session, job_id: Annotated[str, Query(alias="id")] = "") -> Response:
     """A job by id (`?id=`), and the dead letters."""
     queue = _services(request).get(JobQueue)
     job_id = job_id.strip()

@@ -4,6 +4,7 @@ The cookie holds only the token; Valkey holds, under the token's SHA-256 (so a c
 cookie), the key's name, a digest of the key (a session ends when its key is changed or removed), the per-session
 CSRF token and an expiry. The key itself is never stored, shown or logged.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,12 @@ class SessionStore:
             csrf_token=secrets.token_urlsafe(32),
             expires_at=time.time() + self.ttl_seconds,
         )
-        record = {"keyName": key_name, "keyDigest": key_digest_value, "csrf": session.csrf_token,
-                  "expiresAt": session.expires_at}
+        record = {
+            "keyName": key_name,
+            "keyDigest": key_digest_value,
+            "csrf": session.csrf_token,
+            "expiresAt": session.expires_at,
+        }
         await self._redis.set(_SESSION_KEY.format(digest=digest(token)), json.dumps(record), ex=self.ttl_seconds)
         return token, session
 
@@ -84,8 +89,12 @@ class SessionStore:
         if raw is None:
             return None
         record = json.loads(raw)
-        return UiSession(key_name=record["keyName"], key_digest=record["keyDigest"], csrf_token=record["csrf"],
-                         expires_at=float(record["expiresAt"]))
+        return UiSession(
+            key_name=record["keyName"],
+            key_digest=record["keyDigest"],
+            csrf_token=record["csrf"],
+            expires_at=float(record["expiresAt"]),
+        )
 
     async def close(self, token: str | None) -> None:
         """End a session (sign-out)."""

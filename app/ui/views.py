@@ -1,4 +1,5 @@
 """What the dashboard's pages show, computed from the services' views: prices per hour, sorting, paging, times."""
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,11 @@ def hourly_price(view: InstanceView, products: dict[str, ProductView]) -> float 
     product = products.get(view.product_id or "")
     if product is None:
         return None
-    per_gpu = product.spot_price if view.billing_mode == "spot" else (
-        product.on_demand_price if view.billing_mode in (None, "onDemand") else None)
+    per_gpu = (
+        product.spot_price
+        if view.billing_mode == "spot"
+        else (product.on_demand_price if view.billing_mode in (None, "onDemand") else None)
+    )
     return per_gpu * (view.gpu_num or 1) if per_gpu else None
 
 

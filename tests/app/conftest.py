@@ -6,13 +6,15 @@ Fixtures:
 - `api_server` (function): one ready server with the test settings of `make_test_settings()`.
 Both flush the shared redis-server and reset the fake Novita first, so each test starts from empty state.
 """
+
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,14 @@ from fastapi import FastAPI
 
 from app.container import AppContainer
 from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.core.redis import RedisManager
+from app.jobs.queue import JobQueue
+from app.jobs.worker import Worker
 from app.main import create_app
+
+# Fixtures defined beside their helpers, offered here to every test module of tests/app.
+from tests.app.lifecycle_helpers import lifecycle_env, webhook_receiver  # noqa: F401
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
 
@@ -170,3 +179,56 @@ def api_server_factory(
 def api_server(api_server_factory: StartServer) -> ApiServer:
     """One ready API server on the shared redis-server and fake Novita."""
     return api_server_factory()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll an async condition until true; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class QueueKit:
+    """Builds queues and workers on the shared redis-server and tears them all down after the test."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.metrics = Metrics()  # shared by the test's workers
+        self._managers: list[RedisManager] = []
+        self._workers: list[Worker] = []
+
+    async def queue(self, **overrides: Any) -> JobQueue:
+        """A connected queue with its own Valkey connections."""
+        manager = RedisManager(fast_settings(self.server.url, **overrides))
+        self._managers.append(manager)
+        await manager.wait_until_connected()
+        return JobQueue(manager)
+
+    def worker(self, queue: JobQueue, handlers: dict[str, Any], name: str, **overrides: Any) -> Worker:
+        """A worker (not started) with `handlers` registered."""
+        worker = Worker(queue, fast_settings(self.server.url, **overrides), self.metrics, consumer_name=name)
+        for kind, handler in handlers.items():
+            worker.register(kind, handler)
+        self._workers.append(worker)
+        return worker
+
+    async def job_state(self, queue: JobQueue, job_id: str) -> str | None:
+        job = await queue.get(job_id)
+        return None if job is None else job.state
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            await worker.stop(grace_seconds=0.5)
+        for manager in self._managers:
+            await manager.close()
+
+
+@pytest.fixture
+async def kit(redis_server: RedisServer) -> AsyncIterator[QueueKit]:
+    redis_server.start()
+    redis_server.flushall()
+    queue_kit = QueueKit(redis_server)
+    yield queue_kit
+    await queue_kit.close()

@@ -1,4 +1,5 @@
 """Helpers for the instance API tests: request bodies and waiting for jobs, all over real HTTP."""
+
 from __future__ import annotations
 
 import time
@@ -82,7 +83,9 @@ def run_action(client: httpx.Client, instance_id: str, action: str) -> dict[str,
 
 
 def wait_for_list(
-    client: httpx.Client, condition: Callable[[dict[str, Any]], bool], timeout: float = JOB_TIMEOUT_SECONDS,
+    client: httpx.Client,
+    condition: Callable[[dict[str, Any]], bool],
+    timeout: float = JOB_TIMEOUT_SECONDS,
     **params: Any,
 ) -> dict[str, Any]:
     """Poll `GET /api/instances` until `condition(page)` holds (lists show what the background sync saw last)."""

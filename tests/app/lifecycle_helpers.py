@@ -3,6 +3,7 @@ on the fake Novita, a manual wall clock, a local webhook receiver on 127.0.0.1, 
 
 Import the fixtures into a test module with `from tests.app.lifecycle_helpers import lifecycle_env  # noqa: F401`.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,15 @@ class LifecycleEnv:
 
 def novita_client(fake: FakeNovitaHandle) -> NovitaClient:
     """A Novita client to the fake with short timeouts and no rate limiting to speak of."""
-    return NovitaClient(fake.base_url, fake.api_key, timeout_seconds=3.0, max_attempts=2,
-                        backoff_base_seconds=0.01, backoff_max_seconds=0.05, rate_limit_per_second=1000.0)
+    return NovitaClient(
+        fake.base_url,
+        fake.api_key,
+        timeout_seconds=3.0,
+        max_attempts=2,
+        backoff_base_seconds=0.01,
+        backoff_max_seconds=0.05,
+        rate_limit_per_second=1000.0,
+    )
 
 
 @pytest.fixture
@@ -93,8 +101,13 @@ async def lifecycle_env(redis_server: RedisServer, novita: FakeNovitaHandle) -> 
     manager = RedisManager(settings)
     client = novita_client(novita)
     env = LifecycleEnv(
-        redis=manager.client, redis_manager=manager, store=InstanceStore(manager),
-        activity=ActivityStore(manager.client), novita=client, fake=novita, clock=ManualWallClock(),
+        redis=manager.client,
+        redis_manager=manager,
+        store=InstanceStore(manager),
+        activity=ActivityStore(manager.client),
+        novita=client,
+        fake=novita,
+        clock=ManualWallClock(),
         redis_server=redis_server,
     )
     try:
@@ -104,26 +117,48 @@ async def lifecycle_env(redis_server: RedisServer, novita: FakeNovitaHandle) -> 
         await manager.close()
 
 
-async def create_on_novita(env: LifecycleEnv, name: str, *, billing_mode: str = "onDemand",
-                           ports: str | None = None) -> str:
+async def create_on_novita(
+    env: LifecycleEnv, name: str, *, billing_mode: str = "onDemand", ports: str | None = None
+) -> str:
     """Create an instance on the fake Novita (RTX 4090 in us-ca-6) and return its Novita id."""
-    return await env.novita.create_instance(CreateInstanceRequest(
-        name=name, product_id="4090-us-ca-6", gpu_num=1, rootfs_size=20,
-        image_url="docker.io/library/ubuntu:22.04", ports=ports, billing_mode=billing_mode,  # type: ignore[arg-type]
-    ))
+    return await env.novita.create_instance(
+        CreateInstanceRequest(
+            name=name,
+            product_id="4090-us-ca-6",
+            gpu_num=1,
+            rootfs_size=20,
+            image_url="docker.io/library/ubuntu:22.04",
+            ports=ports,
+            billing_mode=billing_mode,  # type: ignore[arg-type]
+        )
+    )
 
 
 def make_record(
-    *, name: str = "trainer", novita_instance_id: str | None = None, novita_status: str | None = None,
-    created_at: float, billing_mode: str = "onDemand", record_id: str | None = None, auto_migrate: bool = False,
+    *,
+    name: str = "trainer",
+    novita_instance_id: str | None = None,
+    novita_status: str | None = None,
+    created_at: float,
+    billing_mode: str = "onDemand",
+    record_id: str | None = None,
+    auto_migrate: bool = False,
 ) -> InstanceRecord:
     """A record as the API writes it, optionally already holding a Novita id and status."""
     record_id = record_id or new_record_id()
     record = InstanceRecord(
-        id=record_id, name=name, upstream_name=upstream_name(name, record_id),
-        novita_instance_id=novita_instance_id, product_name="RTX 4090 24GB", gpu_num=1, rootfs_size=20,
-        image_url="docker.io/library/ubuntu:22.04", billing_mode=billing_mode,  # type: ignore[arg-type]
-        auto_migrate=auto_migrate, ports=[PortSpec(port=8888, type="http")], created_at=created_at,
+        id=record_id,
+        name=name,
+        upstream_name=upstream_name(name, record_id),
+        novita_instance_id=novita_instance_id,
+        product_name="RTX 4090 24GB",
+        gpu_num=1,
+        rootfs_size=20,
+        image_url="docker.io/library/ubuntu:22.04",
+        billing_mode=billing_mode,  # type: ignore[arg-type]
+        auto_migrate=auto_migrate,
+        ports=[PortSpec(port=8888, type="http")],
+        created_at=created_at,
         updated_at=created_at,
     )
     if novita_status is not None:
@@ -133,14 +168,22 @@ def make_record(
     return record
 
 
-async def managed_instance(env: LifecycleEnv, *, status: str, billing_mode: str = "onDemand",
-                           name: str = "trainer", auto_migrate: bool = False) -> InstanceRecord:
+async def managed_instance(
+    env: LifecycleEnv, *, status: str, billing_mode: str = "onDemand", name: str = "trainer", auto_migrate: bool = False
+) -> InstanceRecord:
     """A record of ours with a matching instance on the fake Novita, frozen in `status` (created at clock time)."""
     record_id = new_record_id()
     novita_id = await create_on_novita(env, upstream_name(name, record_id), billing_mode=billing_mode)
     env.fake.set_state(novita_id, status=status, frozen=True)
-    record = make_record(name=name, record_id=record_id, novita_instance_id=novita_id, novita_status=status,
-                         created_at=env.clock(), billing_mode=billing_mode, auto_migrate=auto_migrate)
+    record = make_record(
+        name=name,
+        record_id=record_id,
+        novita_instance_id=novita_id,
+        novita_status=status,
+        created_at=env.clock(),
+        billing_mode=billing_mode,
+        auto_migrate=auto_migrate,
+    )
     assert await env.store.create(record, {})
     await env.store.drop_spec(record.id)
     return record

@@ -1,4 +1,5 @@
 """The Valkey cache against a real redis-server: TTLs, single-flight in and across processes, invalidation, outage."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """Configuration from the environment: each bad value gives one clear error naming the variable, never the value."""
+
 from __future__ import annotations
 
 import os
@@ -66,7 +67,11 @@ def config_error(env: pytest.MonkeyPatch, **variables: str | None) -> str:
         ({"APP_ENV": "staging"}, "APP_ENV: Input should be 'development' or 'production'", None),
         ({"PORT": "eighty"}, "PORT: Input should be a valid integer", None),
         ({"REDIS_CA_CERT": "/nonexistent/ca.pem"}, "REDIS_CA_CERT: is not a readable file", None),
-        ({"REDIS_HEALTH_CHECK_INTERVAL_SECONDS": "300"}, "REDIS_HEALTH_CHECK_INTERVAL_SECONDS: Input should be less", None),
+        (
+            {"REDIS_HEALTH_CHECK_INTERVAL_SECONDS": "300"},
+            "REDIS_HEALTH_CHECK_INTERVAL_SECONDS: Input should be less",
+            None,
+        ),
         ({"NOVITA_BASE_URL": "ftp://novita"}, "NOVITA_BASE_URL: must be an http(s) URL", None),
     ],
 )

@@ -1,4 +1,5 @@
 """Over real HTTP: API-key auth, problem+json for every error class, body limit, request ids, no secret in logs."""
+
 from __future__ import annotations
 
 import io
@@ -67,7 +68,9 @@ def test_unexpected_errors_are_500_without_details_and_secrets_stay_out_of_logs(
     async def leaky_bug() -> None:
         raise RuntimeError(f"bug while using {novita_key} and {api_server.api_key}")
 
-    api_server.app.add_api_route("/api/test-bug", leaky_bug, dependencies=[Depends(require_api_key)])  # a route with a bug that mentions secrets
+    api_server.app.add_api_route(
+        "/api/test-bug", leaky_bug, dependencies=[Depends(require_api_key)]
+    )  # a route with a bug that mentions secrets
     try:
         with api_server.client() as client:
             answer = client.get("/api/test-bug", headers={"X-Request-ID": "bug-1"})
@@ -109,8 +112,9 @@ def test_novita_failures_map_to_upstream_statuses(api_server: ApiServer, fake_no
     with api_server.client() as client:
         limited = client.get("/api/products")
     fake_novita.clear_faults()
-    fake_novita.add_faults({"path": "/products", "kind": "server_error", "status": 500, "reason": "BOOM",
-                            "count": None})
+    fake_novita.add_faults(
+        {"path": "/products", "kind": "server_error", "status": 500, "reason": "BOOM", "count": None}
+    )
     with api_server.client() as client:
         failing = client.get("/api/products")
     assert limited.status_code == 429 and limited.headers["content-type"] == PROBLEM

@@ -1,6 +1,7 @@
 """Access hardening over real HTTP: per-key rate limits kept in Valkey (429 + Retry-After, fail open), and CORS
 that exists only when configured. API-key checks, the body limit and docs-off-in-production are covered in
 test_errors_and_auth.py and test_config.py."""
+
 from __future__ import annotations
 
 import time
@@ -29,9 +30,7 @@ def _get(server: ApiServer, key: str, path: str = LIMITED_PATH) -> httpx.Respons
 
 
 def _decisions(server: ApiServer, outcome: str) -> float:
-    sample = server.container.metrics.registry.get_sample_value(
-        "rate_limit_decisions_total", {"outcome": outcome}
-    )
+    sample = server.container.metrics.registry.get_sample_value("rate_limit_decisions_total", {"outcome": outcome})
     return sample or 0.0
 
 

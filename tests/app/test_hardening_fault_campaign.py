@@ -1,6 +1,7 @@
 """The fault campaign (`python -m faults --quick`) in CI: real redis-server, fake Novita and API processes; a kill -9
 during a burst of 200 creates, a Valkey outage, Novita faults with the breaker opening and closing, three replicas
 on one Valkey. Every case must end with zero lost and zero duplicated operations and all its checks true."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,14 @@ def _create_on_novita(novita: FakeNovitaHandle, name: str) -> None:
     response = httpx.post(
         novita.base_url + "/gpu/instance/create",
         headers={"Authorization": f"Bearer {novita.api_key}"},
-        json={"name": name, "productId": "4090-us-ca-6", "gpuNum": 1, "rootfsSize": 60, "kind": "gpu",
-              "imageUrl": "docker.io/library/ubuntu:22.04"},
+        json={
+            "name": name,
+            "productId": "4090-us-ca-6",
+            "gpuNum": 1,
+            "rootfsSize": 60,
+            "kind": "gpu",
+            "imageUrl": "docker.io/library/ubuntu:22.04",
+        },
     )
     assert response.status_code == 200, response.text
 

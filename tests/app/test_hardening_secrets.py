@@ -6,6 +6,7 @@ fake Novita with its key, with two client keys. The test goes through success pa
 error paths (missing, wrong and misplaced keys, Novita errors that echo our key, a Novita timeout, validation errors,
 Valkey down), captures everything the app emits, then scans it all for every secret value.
 """
+
 from __future__ import annotations
 
 import io
@@ -115,50 +116,85 @@ def _drive(server: ApiServer, novita: FakeNovitaHandle, redis_tls: RedisServer, 
     """Success and error paths; every answer is recorded for the scan."""
     rec = capture.record
     base = server.base_url
-    with httpx.Client(base_url=base, headers={"X-API-Key": ALPHA_KEY}, timeout=15) as alpha, \
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {BRAVO_KEY}"}, timeout=15) as bravo, \
-            httpx.Client(base_url=base, timeout=15) as anonymous:
+    with (
+        httpx.Client(base_url=base, headers={"X-API-Key": ALPHA_KEY}, timeout=15) as alpha,
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {BRAVO_KEY}"}, timeout=15) as bravo,
+        httpx.Client(base_url=base, timeout=15) as anonymous,
+    ):
         # Success: create with a secret env value, watch the job, list, show, stop.
         body = create_body(envs=[{"key": "HF_TOKEN", "value": SECRET_ENV_VALUE, "secret": True}])
         accepted = rec(alpha.post("/api/instances", json=body, headers={"Idempotency-Key": "secret-scan-1"}))
         assert accepted.status_code == 202, accepted.text
         instance_id, job_id = accepted.json()["instance"]["id"], accepted.json()["jobId"]
         assert wait_for_job(alpha, job_id)["state"] == "succeeded"
-        for path in (f"/api/jobs/{job_id}", "/api/jobs/dead-letters", "/api/instances", f"/api/instances/{instance_id}",
-                     "/api/products", "/api/regions", "/health", "/readyz", "/livez", "/metrics"):
+        for path in (
+            f"/api/jobs/{job_id}",
+            "/api/jobs/dead-letters",
+            "/api/instances",
+            f"/api/instances/{instance_id}",
+            "/api/products",
+            "/api/regions",
+            "/health",
+            "/readyz",
+            "/livez",
+            "/metrics",
+        ):
             assert rec(bravo.get(path)).status_code == 200, path
         assert run_action(alpha, instance_id, "stop")["state"] == "succeeded"
         rec(alpha.post(f"/api/instances/{instance_id}/stop"))  # 409: already stopped
 
         # Authentication errors, including secrets sent where they do not belong.
         novita_key = novita.api_key
-        for headers in ({}, {"X-API-Key": novita_key}, {"Authorization": f"Bearer {redis_tls.password}"},
-                        {"X-API-Key": ALPHA_KEY[:-1]}, {"X-API-Key": ALPHA_KEY + "x"}):
+        for headers in (
+            {},
+            {"X-API-Key": novita_key},
+            {"Authorization": f"Bearer {redis_tls.password}"},
+            {"X-API-Key": ALPHA_KEY[:-1]},
+            {"X-API-Key": ALPHA_KEY + "x"},
+        ):
             assert rec(anonymous.get("/api/instances", headers=headers)).status_code == 401
 
         # Validation errors whose invalid input is a secret.
-        for bad in (create_body(name=ALPHA_KEY + "!"), create_body(billingMode=novita_key),
-                    create_body(imageUrl=f"redis {redis_tls.password}"), {"name": BRAVO_KEY, "extra": novita_key}):
+        for bad in (
+            create_body(name=ALPHA_KEY + "!"),
+            create_body(billingMode=novita_key),
+            create_body(imageUrl=f"redis {redis_tls.password}"),
+            {"name": BRAVO_KEY, "extra": novita_key},
+        ):
             assert rec(alpha.post("/api/instances", json=bad)).status_code == 422
         assert rec(alpha.get("/api/products", params={"gpuNum": novita_key})).status_code == 422
         assert rec(alpha.get(f"/api/jobs/{ALPHA_KEY}!")).status_code == 422
         assert rec(alpha.get(f"/api/jobs/{ALPHA_KEY}")).status_code == 404  # the detail names the id it looked for
-        assert rec(alpha.post("/api/instances", content=f'{{"name": "{novita_key}"'.encode(),
-                              headers={"Content-Type": "application/json"})).status_code == 422
+        assert (
+            rec(
+                alpha.post(
+                    "/api/instances",
+                    content=f'{{"name": "{novita_key}"'.encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+            ).status_code
+            == 422
+        )
 
         # Novita errors that echo our key back (in JSON, in HTML), a server error, and a timeout.
         echo = f"invalid token Bearer {novita_key} for key {novita_key}"
         _forget_cache(redis_tls)  # the catalogue was cached by the success path; these calls must reach Novita
         novita.add_faults(
             {"path": "/products", "kind": "error", "status": 401, "reason": "FAILED_TO_AUTH", "message": echo},
-            {"path": "/clusters", "kind": "error", "status": 500, "contentType": "text/html",
-             "body": f"<html><body>upstream said {novita_key}</body></html>"},
+            {
+                "path": "/clusters",
+                "kind": "error",
+                "status": 500,
+                "contentType": "text/html",
+                "body": f"<html><body>upstream said {novita_key}</body></html>",
+            },
         )
         assert rec(alpha.get("/api/products", params={"gpuName": "H100"})).status_code == 502
         assert rec(alpha.get("/api/regions")).status_code == 502
         novita.clear_faults()
-        novita.add_faults({"path": "/gpu/instances", "kind": "server_error", "status": 500, "message": echo,
-                           "count": None})
+        novita.add_faults(
+            {"path": "/gpu/instances", "kind": "server_error", "status": 500, "message": echo, "count": None}
+        )
         rec(alpha.get("/api/instances"))  # answered from our records only, flagged novitaSynced=false
         novita.clear_faults()
         novita.add_faults({"path": "/clusters", "kind": "timeout", "delaySeconds": 2})

@@ -4,6 +4,7 @@ A real redis-server gets a user with exactly the rules `components/valkey.py` gi
 `ngpu:*`, the listed commands, nothing else); the API runs as that user through its whole instance lifecycle, the
 catalogue, jobs, rate limits and health, and Valkey's own ACL LOG must show no denied command or key.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -24,8 +25,15 @@ def app_user_url(redis_server: RedisServer) -> str:
     """Create the ACL user on the shared server (as Aiven would) and return its URL; removed afterwards."""
     redis_server.start()
     password = secrets.token_hex(16)
-    rules = ["reset", "on", f">{password}", "resetchannels", "-@all",
-             *(f"~{pattern}" for pattern in APP_KEY_PATTERNS), *(f"+{command}" for command in APP_COMMANDS)]
+    rules = [
+        "reset",
+        "on",
+        f">{password}",
+        "resetchannels",
+        "-@all",
+        *(f"~{pattern}" for pattern in APP_KEY_PATTERNS),
+        *(f"+{command}" for command in APP_COMMANDS),
+    ]
     with redis_server.client() as admin:
         admin.acl_setuser(USERNAME, reset=True)  # start from nothing even if a previous test left it
         admin.execute_command("ACL", "SETUSER", USERNAME, *rules)
@@ -52,8 +60,16 @@ def test_the_api_runs_entirely_on_the_least_privilege_user(
         assert wait_for_job(client, replay.json()["jobId"])["state"] == "succeeded"
         for action in ("stop", "start", "restart", "delete"):
             assert run_action(client, running["id"], action)["state"] == "succeeded", action
-        for path in ("/api/instances", f"/api/instances/{running['id']}", "/api/products", "/api/regions",
-                     "/api/jobs/dead-letters", "/health", "/readyz", "/metrics"):
+        for path in (
+            "/api/instances",
+            f"/api/instances/{running['id']}",
+            "/api/products",
+            "/api/regions",
+            "/api/jobs/dead-letters",
+            "/health",
+            "/readyz",
+            "/metrics",
+        ):
             assert client.get(path).status_code == 200, path
         assert client.get("/health").json()["status"] == "healthy"
 
@@ -64,8 +80,13 @@ def test_the_user_cannot_step_outside_its_keys_and_commands(redis_server: RedisS
     """The rules are enforced (so the test above proves something): other keys and admin commands are refused."""
     with redis.Redis.from_url(app_user_url, decode_responses=True) as as_app:
         as_app.set("ngpu:probe", "1")
-        for forbidden in (lambda: as_app.get("other:key"), lambda: as_app.keys("*"), lambda: as_app.flushall(),
-                          lambda: as_app.config_get("*"), lambda: as_app.execute_command("ACL", "LIST")):
+        for forbidden in (
+            lambda: as_app.get("other:key"),
+            lambda: as_app.keys("*"),
+            lambda: as_app.flushall(),
+            lambda: as_app.config_get("*"),
+            lambda: as_app.execute_command("ACL", "LIST"),
+        ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 forbidden()
     assert len(_denials(redis_server)) == 5

@@ -1,4 +1,5 @@
 """Health endpoints over real HTTP: formats, Valkey outages and recovery, readiness at start, production mode."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,14 @@ def test_health_documents_have_the_agreed_format(api_server: ApiServer) -> None:
     assert body["reasons"] == {}
 
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
-    for name in ("job_queue_depth", "job_queue_pending", "job_queue_dead_letters", "http_requests_total",
-                 "valkey_up 1.0", "novita_calls"):
+    for name in (
+        "job_queue_depth",
+        "job_queue_pending",
+        "job_queue_dead_letters",
+        "http_requests_total",
+        "valkey_up 1.0",
+        "novita_calls",
+    ):
         assert name in metrics.text
 
 
@@ -74,9 +81,7 @@ def test_valkey_outage_makes_health_503_and_the_app_recovers_by_itself(
     api_server.wait_until("/readyz", 200, timeout=5)
 
 
-def test_not_ready_until_valkey_answers_at_start(
-    api_server_factory: StartServer, redis_server: RedisServer
-) -> None:
+def test_not_ready_until_valkey_answers_at_start(api_server_factory: StartServer, redis_server: RedisServer) -> None:
     redis_server.stop()
     try:
         server = api_server_factory(wait_ready=False)
@@ -139,17 +144,31 @@ def test_a_novita_outage_is_reported_with_its_reason_and_the_recovery_too(
     assert up.json()["status"] == "healthy" and up.json()["reasons"] == {}
 
 
-@pytest.mark.parametrize(("status", "reason"), [(401, "FAILED_TO_AUTH"), (403, "FORBIDDEN"),
-                                                (400, "INVALID_USER_TOKEN"), (400, "BANNED_USER")])
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(401, "FAILED_TO_AUTH"), (403, "FORBIDDEN"), (400, "INVALID_USER_TOKEN"), (400, "BANNED_USER")],
+)
 def test_a_refused_key_turns_novita_down_on_every_replica_without_traffic(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle, status: int, reason: str
 ) -> None:
     """Two production replicas that serve no request learn from the shared background check."""
     # The status sync (every 0.2 s in tests) would list Novita too: slow it down so every call counted is the check's.
-    replicas = [api_server_factory(app_env="production", novita_health_check_interval_seconds=0.3,
-                                   reconcile_interval_seconds=3600) for _ in range(2)]
-    fake_novita.add_faults({"path": "*", "kind": "error", "status": status, "reason": reason,
-                            "message": "failed to authenticate API key", "count": None})
+    replicas = [
+        api_server_factory(
+            app_env="production", novita_health_check_interval_seconds=0.3, reconcile_interval_seconds=3600
+        )
+        for _ in range(2)
+    ]
+    fake_novita.add_faults(
+        {
+            "path": "*",
+            "kind": "error",
+            "status": status,
+            "reason": reason,
+            "message": "failed to authenticate API key",
+            "count": None,
+        }
+    )
     for replica in replicas:
         body = _wait_for_novita(replica, "down").json()
         assert body["status"] == "degraded"
@@ -175,16 +194,19 @@ def test_a_refused_key_seen_by_a_request_shows_at_once_and_health_calls_nothing(
 ) -> None:
     server = api_server_factory(app_env="production")  # the background check runs once a minute
     _wait_for_novita(server, "up")
-    fake_novita.add_faults({"path": "/products", "kind": "error", "status": 401, "reason": "FAILED_TO_AUTH",
-                            "count": None})
+    fake_novita.add_faults(
+        {"path": "/products", "kind": "error", "status": 401, "reason": "FAILED_TO_AUTH", "count": None}
+    )
     with server.client() as client:
         assert client.get("/api/products").status_code == 502
         calls_before = fake_novita.calls()
         health = client.get("/health")
         assert fake_novita.calls() == calls_before
         assert health.json()["services"]["novitaApi"] == "down"
-        assert "refused our API key (FAILED_TO_AUTH) (seen by this replica's calls at " in \
-            health.json()["reasons"]["novitaApi"]
+        assert (
+            "refused our API key (FAILED_TO_AUTH) (seen by this replica's calls at "
+            in health.json()["reasons"]["novitaApi"]
+        )
         fake_novita.clear_faults()
         assert client.get("/api/products").status_code == 200  # a call that works again is the newest evidence
         assert client.get("/health").json()["services"]["novitaApi"] == "up"
@@ -202,20 +224,36 @@ def _wait_for_novita(server: ApiServer, state: str, timeout: float = 10.0) -> ht
             time.sleep(0.05)
 
 
-def _start_python_m_app(redis_server: RedisServer, fake_novita: FakeNovitaHandle, pid_file: Path,
-                        **extra: str) -> tuple[subprocess.Popen, int]:
+def _start_python_m_app(
+    redis_server: RedisServer, fake_novita: FakeNovitaHandle, pid_file: Path, **extra: str
+) -> tuple[subprocess.Popen, int]:
     """`python -m app` on a free loopback port, returned once /readyz answers 200."""
     redis_server.start()
     redis_server.flushall()
     port = free_port()
     environment = {key: value for key, value in os.environ.items() if key.upper() not in _SETTING_NAMES}
-    environment.update({
-        "REDIS_URL": redis_server.url, "NOVITA_API_KEY": fake_novita.api_key, "NOVITA_BASE_URL": fake_novita.base_url,
-        "API_KEYS": "ci:0123456789abcdef0123", "HOST": "127.0.0.1", "PORT": str(port), "PID_FILE": str(pid_file),
-        "JOB_READ_BLOCK_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "2", **extra,
-    })
-    process = subprocess.Popen([sys.executable, "-m", "app"], env=environment, cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    environment.update(
+        {
+            "REDIS_URL": redis_server.url,
+            "NOVITA_API_KEY": fake_novita.api_key,
+            "NOVITA_BASE_URL": fake_novita.base_url,
+            "API_KEYS": "ci:0123456789abcdef0123",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "PID_FILE": str(pid_file),
+            "JOB_READ_BLOCK_SECONDS": "0.2",
+            "SHUTDOWN_GRACE_SECONDS": "2",
+            **extra,
+        }
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        env=environment,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -255,7 +293,10 @@ def test_python_m_app_serves_writes_its_pid_and_drains_on_sigterm(
     assert not pid_file.exists()
     with redis_server.client() as raw:  # it left the consumer group tidy: nothing pending, no stale consumer
         assert raw.xinfo_consumers("ngpu:jobs:stream", "workers") == []
-        assert raw.hget(f"ngpu:job:{job_id}", "last_error") == "LookupError: no handler registered for job kind 'test.unknown'"
+        assert (
+            raw.hget(f"ngpu:job:{job_id}", "last_error")
+            == "LookupError: no handler registered for job kind 'test.unknown'"
+        )
     assert fake_novita.api_key not in output
 
 

@@ -1,4 +1,5 @@
 """The container probe (`python -m app.healthcheck`) against a real local HTTP server and a real process it may kill."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def livez() -> Iterator[tuple[str, LivezBehaviour]]:
     behaviour = LivezBehaviour()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        def do_GET(self) -> None:
             time.sleep(behaviour.delay_seconds)
             body = json.dumps({"status": "ok", "readyOnce": behaviour.ready_once}).encode()
             self.send_response(behaviour.status)
@@ -66,8 +67,9 @@ def app_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def config_for(url: str, tmp_path: Path, kill_after: int = 3, timeout_seconds: float = 0.5) -> ProbeConfig:
-    return ProbeConfig(livez_url=url, timeout_seconds=timeout_seconds, kill_after=kill_after,
-                       pid_file=tmp_path / "app.pid")
+    return ProbeConfig(
+        livez_url=url, timeout_seconds=timeout_seconds, kill_after=kill_after, pid_file=tmp_path / "app.pid"
+    )
 
 
 def exit_status(process: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
@@ -182,18 +184,29 @@ def test_missing_pid_file_after_ready_is_reported(livez, tmp_path):
 
 
 def test_config_from_env_reads_the_contract_variables():
-    config = ProbeConfig.from_env({"PORT": "4000", "HEALTHCHECK_TIMEOUT_SECONDS": "2.5",
-                                   "HEALTHCHECK_KILL_AFTER": "7", "PID_FILE": "/run/x.pid"})
+    config = ProbeConfig.from_env(
+        {"PORT": "4000", "HEALTHCHECK_TIMEOUT_SECONDS": "2.5", "HEALTHCHECK_KILL_AFTER": "7", "PID_FILE": "/run/x.pid"}
+    )
     assert config.livez_url == "http://127.0.0.1:4000/livez"
     assert (config.timeout_seconds, config.kill_after, config.pid_file) == (2.5, 7, Path("/run/x.pid"))
     assert config.state_file == Path("/run/healthcheck-state.json")
     defaults = ProbeConfig.from_env({})
     assert (defaults.livez_url, defaults.timeout_seconds, defaults.kill_after) == (
-        "http://127.0.0.1:3003/livez", 5.0, 5)
+        "http://127.0.0.1:3003/livez",
+        5.0,
+        5,
+    )
 
 
-@pytest.mark.parametrize(("name", "value"), [("HEALTHCHECK_KILL_AFTER", "0"), ("HEALTHCHECK_KILL_AFTER", "five"),
-                                             ("HEALTHCHECK_TIMEOUT_SECONDS", "soon"), ("PORT", "-1")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HEALTHCHECK_KILL_AFTER", "0"),
+        ("HEALTHCHECK_KILL_AFTER", "five"),
+        ("HEALTHCHECK_TIMEOUT_SECONDS", "soon"),
+        ("PORT", "-1"),
+    ],
+)
 def test_bad_config_names_the_variable(name, value):
     with pytest.raises(ProbeConfigError, match=name):
         ProbeConfig.from_env({name: value})
@@ -203,12 +216,24 @@ def test_module_entry_point_exit_codes(livez, app_process, tmp_path):
     """`python -m app.healthcheck` as Docker runs it: exit 0 when healthy, 1 with the reason otherwise."""
     url, behaviour = livez
     port = url.rsplit(":", 1)[1].split("/")[0]
-    env = {**os.environ, "HOST": "0.0.0.0", "PORT": port, "PID_FILE": str(tmp_path / "app.pid"),
-           "HEALTHCHECK_TIMEOUT_SECONDS": "1", "HEALTHCHECK_KILL_AFTER": "1"}
+    env = {
+        **os.environ,
+        "HOST": "0.0.0.0",
+        "PORT": port,
+        "PID_FILE": str(tmp_path / "app.pid"),
+        "HEALTHCHECK_TIMEOUT_SECONDS": "1",
+        "HEALTHCHECK_KILL_AFTER": "1",
+    }
 
     def probe() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "app.healthcheck"], env=env, capture_output=True, text=True,
-                              timeout=30, cwd=Path(__file__).resolve().parents[2])
+        return subprocess.run(
+            [sys.executable, "-m", "app.healthcheck"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).resolve().parents[2],
+        )
 
     healthy = probe()
     assert (healthy.returncode, healthy.stdout.startswith("healthy")) == (0, True)
@@ -223,8 +248,9 @@ def test_module_entry_point_exit_codes(livez, app_process, tmp_path):
 
 def test_unwritable_state_directory_does_not_break_a_healthy_probe(livez):
     url, _ = livez
-    config = ProbeConfig(livez_url=url, timeout_seconds=0.5, kill_after=1,
-                         pid_file=Path("/nonexistent-probe-dir/app.pid"))
+    config = ProbeConfig(
+        livez_url=url, timeout_seconds=0.5, kill_after=1, pid_file=Path("/nonexistent-probe-dir/app.pid")
+    )
     code, message = run_probe(config)
     assert code == HEALTHY
     assert "cannot record probe state in /nonexistent-probe-dir" in message

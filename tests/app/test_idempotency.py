@@ -1,4 +1,5 @@
 """`Idempotency-Key` on POST /api/instances: a replay returns the first result and never creates twice."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -90,9 +91,7 @@ def test_different_keys_create_different_instances(client: httpx.Client) -> None
 
 @pytest.mark.parametrize("key", ["", "has space", "x" * 256, "naïve"])
 def test_malformed_key_is_422(client: httpx.Client, key: str) -> None:
-    response = client.post(
-        "/api/instances", json=create_body(), headers={"Idempotency-Key": key.encode("utf-8")}
-    )
+    response = client.post("/api/instances", json=create_body(), headers={"Idempotency-Key": key.encode("utf-8")})
 
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "header.Idempotency-Key"

@@ -1,4 +1,5 @@
 """The instances API end to end over real HTTP: real redis-server, fake Novita, the app's own worker."""
+
 from __future__ import annotations
 
 import time
@@ -117,9 +118,7 @@ def test_no_capacity_anywhere_fails_the_instance_and_the_job(
     assert fake_novita.call_count("POST", CREATE_PATH) == 2  # eu-de-1 has no deployable 4090: not even tried
 
 
-def test_lost_create_response_makes_exactly_one_instance(
-    client: httpx.Client, fake_novita: FakeNovitaHandle
-) -> None:
+def test_lost_create_response_makes_exactly_one_instance(client: httpx.Client, fake_novita: FakeNovitaHandle) -> None:
     fake_novita.add_faults({"path": CREATE_PATH, "kind": "lost_response", "count": 1})
 
     instance = create_running(client, name="lost")
@@ -259,13 +258,16 @@ def test_delete_before_creation_creates_nothing(
     assert live == []
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/api/instances/0123456789abcdef"),
-    ("POST", "/api/instances/0123456789abcdef/start"),
-    ("POST", "/api/instances/0123456789abcdef/stop"),
-    ("POST", "/api/instances/0123456789abcdef/restart"),
-    ("DELETE", "/api/instances/0123456789abcdef"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/api/instances/0123456789abcdef"),
+        ("POST", "/api/instances/0123456789abcdef/start"),
+        ("POST", "/api/instances/0123456789abcdef/stop"),
+        ("POST", "/api/instances/0123456789abcdef/restart"),
+        ("DELETE", "/api/instances/0123456789abcdef"),
+    ],
+)
 def test_unknown_instance_is_404(client: httpx.Client, method: str, path: str) -> None:
     response = client.request(method, path)
 
@@ -337,8 +339,14 @@ def test_list_merges_novita_filters_and_paginates(
     external_id = httpx.post(
         f"{fake_novita.base_url}{CREATE_PATH}",
         headers={"Authorization": f"Bearer {fake_novita.api_key}"},
-        json={"name": "made-elsewhere", "productId": "5090-as-sgp-2", "gpuNum": 1, "rootfsSize": 20,
-              "imageUrl": "ubuntu", "kind": "gpu"},
+        json={
+            "name": "made-elsewhere",
+            "productId": "5090-as-sgp-2",
+            "gpuNum": 1,
+            "rootfsSize": 20,
+            "imageUrl": "ubuntu",
+            "kind": "gpu",
+        },
     ).json()["id"]
 
     everything = wait_for_list(client, lambda page: page["total"] == 4)  # the next background sync adds it
@@ -365,9 +373,7 @@ def test_list_merges_novita_filters_and_paginates(
     assert {e["field"] for e in bad.json()["errors"]} == {"query.status", "query.pageSize"}
 
 
-def test_list_serves_local_records_when_novita_is_down(
-    client: httpx.Client, fake_novita: FakeNovitaHandle
-) -> None:
+def test_list_serves_local_records_when_novita_is_down(client: httpx.Client, fake_novita: FakeNovitaHandle) -> None:
     instance = create_running(client)
     fake_novita.add_faults({"path": "/gpu/instances", "kind": "server_error", "count": None})
 
@@ -427,11 +433,24 @@ def test_no_secret_ever_appears_in_answers_or_valkey(
 
 
 EXPECTED_STATES = {
-    "toCreate": "provisioning", "creating": "provisioning", "pulling": "provisioning", "running": "running",
-    "toStart": "starting", "starting": "starting", "toStop": "stopping", "stopping": "stopping",
-    "exited": "stopped", "toRestart": "restarting", "restarting": "restarting", "toRemove": "deleting",
-    "removing": "deleting", "removed": "deleted", "toReset": "updating", "resetting": "updating",
-    "migrating": "updating", "freezing": "frozen",
+    "toCreate": "provisioning",
+    "creating": "provisioning",
+    "pulling": "provisioning",
+    "running": "running",
+    "toStart": "starting",
+    "starting": "starting",
+    "toStop": "stopping",
+    "stopping": "stopping",
+    "exited": "stopped",
+    "toRestart": "restarting",
+    "restarting": "restarting",
+    "toRemove": "deleting",
+    "removing": "deleting",
+    "removed": "deleted",
+    "toReset": "updating",
+    "resetting": "updating",
+    "migrating": "updating",
+    "freezing": "frozen",
 }
 
 
@@ -454,8 +473,11 @@ def test_every_novita_status_maps_to_a_documented_state(
     for status in EXPECTED_STATES:
         fake_novita.set_state(instance["novitaInstanceId"], status=status)
         seen[status] = live_state()["state"]
-    fake_novita.set_state(instance["novitaInstanceId"], status="running",
-                          status_error={"state": "running", "message": "GPU fell off the bus"})
+    fake_novita.set_state(
+        instance["novitaInstanceId"],
+        status="running",
+        status_error={"state": "running", "message": "GPU fell off the bus"},
+    )
     failed = live_state()
 
     assert seen == EXPECTED_STATES

@@ -1,5 +1,6 @@
 """Connection details in the instance view (SSH command, Jupyter, web terminal, port endpoints), over real HTTP
 against the fake Novita; its passwords never come through."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,9 @@ def client(api_server: ApiServer) -> httpx.Client:
 
 
 def test_a_running_instance_shows_how_to_reach_it(client: httpx.Client, fake_novita: FakeNovitaHandle) -> None:
-    created = create_running(client, name="notebook", ports=[{"port": 8888, "type": "http"},
-                                                             {"port": 6006, "type": "tcp"}])
+    created = create_running(
+        client, name="notebook", ports=[{"port": 8888, "type": "http"}, {"port": 6006, "type": "tcp"}]
+    )
     view = wait_until_ready(client, created["id"])
     upstream = fake_novita.instances(name=view["upstreamName"])[0]
 
@@ -69,17 +71,32 @@ def test_an_instance_made_elsewhere_shows_its_connection_too(
     client: httpx.Client, fake_novita: FakeNovitaHandle, api_server: ApiServer
 ) -> None:
     # Made on the Novita account directly, not through this service.
-    with httpx.Client(base_url=fake_novita.base_url,
-                      headers={"Authorization": f"Bearer {fake_novita.api_key}"}) as novita:
-        made = novita.post("/gpu/instance/create", json={
-            "name": "outside", "productId": "4090-us-ca-6", "gpuNum": 1, "rootfsSize": 20,
-            "imageUrl": "docker.io/library/ubuntu:22.04", "kind": "gpu", "ports": "8888/http"})
+    with httpx.Client(
+        base_url=fake_novita.base_url, headers={"Authorization": f"Bearer {fake_novita.api_key}"}
+    ) as novita:
+        made = novita.post(
+            "/gpu/instance/create",
+            json={
+                "name": "outside",
+                "productId": "4090-us-ca-6",
+                "gpuNum": 1,
+                "rootfsSize": 20,
+                "imageUrl": "docker.io/library/ubuntu:22.04",
+                "kind": "gpu",
+                "ports": "8888/http",
+            },
+        )
     assert made.status_code == 200, made.text
 
     # Lists come from our index: the instance shows up once the background sync has seen it.
     deadline = time.monotonic() + 10
-    while not (outside := [item for item in client.get("/api/instances").json()["items"]
-                           if item["novitaInstanceId"] == made.json()["id"]]):
+    while not (
+        outside := [
+            item
+            for item in client.get("/api/instances").json()["items"]
+            if item["novitaInstanceId"] == made.json()["id"]
+        ]
+    ):
         assert time.monotonic() < deadline, "the sync never listed the instance made elsewhere"
         time.sleep(0.1)
     assert len(outside) == 1 and outside[0]["managed"] is False

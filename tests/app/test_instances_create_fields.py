@@ -1,5 +1,6 @@
 """Create fields real users need, over HTTP to the fake Novita: `imageAuth` (a secret), `tools` (Jupyter),
 `networkStorages`, `entrypoint`, `minCudaVersion`, and spot recovery opted into per instance (`autoMigrate`)."""
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,13 @@ def test_create_passes_the_new_fields_to_novita_in_its_shapes(
     caplog.set_level(logging.DEBUG)
     with api_server.client() as client:
         accepted = create_instance(
-            client, imageAuth=REGISTRY_SECRET, tools=[{"name": "Jupyter", "port": 8888, "type": "http"}],
-            ports=[{"port": 8000, "type": "http"}], networkStorages=[{"id": "ns-team", "mountPoint": "/data"}],
-            entrypoint="/usr/bin/env", minCudaVersion="12.2",
+            client,
+            imageAuth=REGISTRY_SECRET,
+            tools=[{"name": "Jupyter", "port": 8888, "type": "http"}],
+            ports=[{"port": 8000, "type": "http"}],
+            networkStorages=[{"id": "ns-team", "mountPoint": "/data"}],
+            entrypoint="/usr/bin/env",
+            minCudaVersion="12.2",
         )
         job = wait_for_job(client, accepted["jobId"])
         view = client.get(f"/api/instances/{accepted['instance']['id']}")
@@ -34,7 +39,9 @@ def test_create_passes_the_new_fields_to_novita_in_its_shapes(
     assert created["received"] == {
         "tools": [{"name": "Jupyter", "port": "8888", "type": "http"}],
         "networkStorages": [{"Id": "ns-team", "mountPoint": "/data"}],
-        "entrypoint": "/usr/bin/env", "minCudaVersion": "12.2", "imageAuthSent": True,
+        "entrypoint": "/usr/bin/env",
+        "minCudaVersion": "12.2",
+        "imageAuthSent": True,
     }
     assert created["imageAuthId"] == ""  # the credentials replace any saved registry auth
     exposed = [str(accepted), str(job), view.text, listing.text, caplog.text]

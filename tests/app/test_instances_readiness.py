@@ -1,5 +1,6 @@
 """Readiness over real HTTP: `running` on Novita is not `ready` until every exposed port answers (fake Novita's
 port endpoints lead back to it on loopback)."""
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,9 @@ def test_an_instance_is_ready_once_its_ports_answer_and_not_before(
 ) -> None:
     server = api_server_factory(readiness_retry_interval_seconds=0.1)
     with server.client() as client:
-        instance = _running_with_silent_ports(client, fake_novita, name="probed",
-                                              ports=[{"port": 8888, "type": "http"}, {"port": 22, "type": "tcp"}])
+        instance = _running_with_silent_ports(
+            client, fake_novita, name="probed", ports=[{"port": 8888, "type": "http"}, {"port": 22, "type": "tcp"}]
+        )
         time.sleep(0.5)  # several probe rounds
         assert client.get(f"/api/instances/{instance['id']}").json()["readyAt"] is None
 

@@ -2,6 +2,7 @@
 counts exactly like a brute-force scan of the records, cursor pages stay complete and stable while instances are
 created and deleted, a Valkey that loses everything mid-sync loses nothing for good, and the readiness answer never
 comes before the index is complete."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,12 +22,7 @@ from tests.app.instances_client import (
     wait_for_job,
     wait_for_list,
 )
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    RecordingSink,
-    lifecycle_env,
-    make_record,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, RecordingSink, make_record
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
 
@@ -38,8 +34,9 @@ BASE_TIME = 1_700_000_000.0
 def _brute_force(records: list[InstanceRecord], state: InstanceState | None, name: str | None) -> list[str]:
     """What a list must return, computed from every record: newest first, ties by id descending (Valkey's order)."""
     needle = name.casefold() if name else None
-    matching = [r for r in records if (state is None or r.state == state)
-                and (needle is None or needle in r.name.casefold())]
+    matching = [
+        r for r in records if (state is None or r.state == state) and (needle is None or needle in r.name.casefold())
+    ]
     return [r.id for r in sorted(matching, key=lambda r: (r.created_at, r.id), reverse=True)]
 
 
@@ -49,16 +46,20 @@ async def _seed(env: LifecycleEnv, count: int, seed: int = 15) -> list[InstanceR
     records = []
     for position in range(count):
         status = rng.choice(NOVITA_STATUSES)
-        record = make_record(name=f"{rng.choice(NAMES)}-{position}", novita_status=status,
-                             novita_instance_id=f"nv{position:05d}" if status else None,
-                             created_at=BASE_TIME + rng.randint(0, count // 4))
+        record = make_record(
+            name=f"{rng.choice(NAMES)}-{position}",
+            novita_status=status,
+            novita_instance_id=f"nv{position:05d}" if status else None,
+            created_at=BASE_TIME + rng.randint(0, count // 4),
+        )
         assert await env.store.create(record, {})
         records.append(record)
     return records
 
 
-async def _walk(env: LifecycleEnv, *, state: InstanceState | None, name: str | None, page_size: int,
-                between_pages: object = None) -> tuple[list[str], int]:
+async def _walk(
+    env: LifecycleEnv, *, state: InstanceState | None, name: str | None, page_size: int, between_pages: object = None
+) -> tuple[list[str], int]:
     """Every id of a cursor walk (and the first page's total); `between_pages` is awaited after each page."""
     seen: list[str] = []
     cursor: Cursor | None = None
@@ -108,8 +109,9 @@ async def test_cursor_pages_stay_complete_and_stable_under_concurrent_creates_an
 
     async def churn() -> None:  # between two pages: two new instances, and one instance deleted
         for _ in range(2):
-            fresh = make_record(name="late", novita_status="running", novita_instance_id=f"late{rng.random()}",
-                                created_at=time.time())
+            fresh = make_record(
+                name="late", novita_status="running", novita_instance_id=f"late{rng.random()}", created_at=time.time()
+            )
             await env.store.create(fresh, {})
         if to_delete:
             victim = to_delete.pop()
@@ -155,9 +157,16 @@ async def test_nothing_is_lost_when_valkey_loses_everything_mid_sync(
 
 def _old_format_record(position: int) -> InstanceRecord:
     record_id = f"{position:016x}"
-    record = InstanceRecord(id=record_id, name=f"legacy{position}", upstream_name=upstream_name("legacy", record_id),
-                            gpu_num=1, rootfs_size=20, billing_mode="onDemand", created_at=BASE_TIME + position,
-                            updated_at=BASE_TIME + position)
+    record = InstanceRecord(
+        id=record_id,
+        name=f"legacy{position}",
+        upstream_name=upstream_name("legacy", record_id),
+        gpu_num=1,
+        rootfs_size=20,
+        billing_mode="onDemand",
+        created_at=BASE_TIME + position,
+        updated_at=BASE_TIME + position,
+    )
     record.apply_novita("running" if position % 2 else "exited", None)
     return record
 
@@ -183,8 +192,9 @@ def test_readyz_answers_200_only_once_older_records_are_indexed(
     assert everything["total"] == 400 and stopped["total"] == 200
 
 
-def test_request_and_job_paths_never_scan_the_keyspace(api_server_factory: StartServer,
-                                                       redis_server: RedisServer) -> None:
+def test_request_and_job_paths_never_scan_the_keyspace(
+    api_server_factory: StartServer, redis_server: RedisServer
+) -> None:
     server = api_server_factory()
     with server.client() as client:
         with redis_server.client() as valkey:
@@ -221,9 +231,12 @@ def test_a_create_costs_one_create_call_and_no_polling(
 def test_cursor_paging_over_http_and_a_bad_cursor_is_a_422(api_server_factory: StartServer) -> None:
     server = api_server_factory()
     with server.client() as client:
-        ids = [client.post("/api/instances", json={"name": f"pg{i}", "productName": "RTX 4090 24GB",
-                                                   "imageUrl": "ubuntu"}).json()["instance"]["id"]
-               for i in range(5)]
+        ids = [
+            client.post(
+                "/api/instances", json={"name": f"pg{i}", "productName": "RTX 4090 24GB", "imageUrl": "ubuntu"}
+            ).json()["instance"]["id"]
+            for i in range(5)
+        ]
         first = client.get("/api/instances", params={"pageSize": 2}).json()
         second = client.get("/api/instances", params={"pageSize": 2, "cursor": first["nextCursor"]}).json()
         third = client.get("/api/instances", params={"pageSize": 2, "cursor": second["nextCursor"]}).json()

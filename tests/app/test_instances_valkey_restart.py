@@ -4,6 +4,7 @@ Each logical request carries its own Idempotency-Key and is retried by the clien
 connection fails), as a well-behaved client would. Afterwards every request must have been accepted exactly once,
 every accepted job must have succeeded, and Novita must hold exactly one instance per request.
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,5 +1,6 @@
 """Cancel and requeue of jobs: over real HTTP against the real redis-server, across replicas, and against a worker
 racing the cancel (a cancelled job never runs, even when its stream entry was already delivered)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +14,8 @@ import httpx
 from app.core.errors import Conflict
 from app.jobs.queue import CONSUMER_GROUP, SCHEDULED_KEY, STREAM_KEY, JobContext, JobQueue
 from app.jobs.service import JobControl
-from tests.app.conftest import ApiServer, StartServer
+from tests.app.conftest import ApiServer, QueueKit, StartServer, wait_for
 from tests.app.instances_client import create_running, wait_for_job
-from tests.app.test_queue import QueueKit, kit, wait_for  # noqa: F401  (fixture)
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
 
@@ -41,7 +41,9 @@ class Recorder:
 
 
 async def test_cancel_over_http_404_409_and_a_cancelled_job_never_runs(
-    api_server: ApiServer, kit: QueueKit, redis_server: RedisServer  # noqa: F811
+    api_server: ApiServer,
+    kit: QueueKit,
+    redis_server: RedisServer,
 ) -> None:
     recorder = Recorder()
     api_server.container.worker.register("demo.recorded", recorder)
@@ -74,7 +76,8 @@ async def test_cancel_over_http_404_409_and_a_cancelled_job_never_runs(
 
 
 async def test_requeue_of_a_dead_letter_over_http_runs_it_again_once(
-    api_server_factory: StartServer, kit: QueueKit  # noqa: F811
+    api_server_factory: StartServer,
+    kit: QueueKit,
 ) -> None:
     server = api_server_factory(job_max_attempts=2)
     recorder = Recorder()
@@ -100,8 +103,10 @@ async def test_requeue_of_a_dead_letter_over_http_runs_it_again_once(
     assert done["state"] == "succeeded" and done["attempts"] == 1 and done["requeuedAt"] == accepted["requeuedAt"]
     assert recorder.ran == [job.id] * 3  # two failed attempts, then exactly one more run
     assert dead_letters == []
-    assert not_dead.status_code == 409 and "is scheduled: only a dead-lettered job can be requeued" in \
-        not_dead.json()["detail"]
+    assert (
+        not_dead.status_code == 409
+        and "is scheduled: only a dead-lettered job can be requeued" in not_dead.json()["detail"]
+    )
     assert unknown.status_code == 404
 
 
@@ -131,7 +136,7 @@ def test_cancelling_a_stop_waiting_out_a_novita_outage_puts_the_instance_back(
     assert "job_cancelled" in [event["action"] for event in view["events"]]
 
 
-async def test_a_job_cancelled_after_its_entry_was_delivered_is_acknowledged_unrun(kit: QueueKit) -> None:  # noqa: F811
+async def test_a_job_cancelled_after_its_entry_was_delivered_is_acknowledged_unrun(kit: QueueKit) -> None:
     queue = await kit.queue()
     job = await queue.enqueue("demo.recorded", {})
     # A worker read the entry and then died: the entry is delivered and pending, the job still `queued`.
@@ -154,7 +159,7 @@ async def test_a_job_cancelled_after_its_entry_was_delivered_is_acknowledged_unr
     assert await queue.redis.client.xlen(STREAM_KEY) == 0
 
 
-async def test_cancel_racing_the_worker_either_wins_or_is_refused_never_both(kit: QueueKit) -> None:  # noqa: F811
+async def test_cancel_racing_the_worker_either_wins_or_is_refused_never_both(kit: QueueKit) -> None:
     queue = await kit.queue()
     control = JobControl(queue, retention_seconds=60)
     recorder = Recorder()

@@ -1,5 +1,6 @@
 """The lifecycle automations inside the running app, over real HTTP: the heartbeat endpoint, idle auto-stop with a
 signed webhook, and records rebuilt by reconciliation after Valkey lost them. Timings are shortened by settings."""
+
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,7 @@ from standardwebhooks import Webhook
 
 from tests.app.conftest import ApiServer, StartServer
 from tests.app.instances_client import create_running
-from tests.app.lifecycle_helpers import WebhookReceiver, webhook_receiver  # noqa: F401  (fixture)
+from tests.app.lifecycle_helpers import WebhookReceiver
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
 
@@ -55,16 +56,20 @@ def test_heartbeat_answers_for_known_instances_only(api_server: ApiServer) -> No
         assert beat.json()["instanceId"] == instance["id"] and beat.json()["lastUsedAt"] > 0
         missing = client.post("/api/instances/0123456789abcdef/heartbeat")
         assert missing.status_code == 404
-        assert client.post(f"/api/instances/{instance['id']}/heartbeat", headers={"X-API-Key": "wrong"}).status_code \
-            == 401
+        assert (
+            client.post(f"/api/instances/{instance['id']}/heartbeat", headers={"X-API-Key": "wrong"}).status_code == 401
+        )
 
 
 def test_an_idle_instance_is_stopped_and_the_owner_told(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle, webhook_receiver: WebhookReceiver
 ) -> None:
     server = api_server_factory(
-        **FAST_LIFECYCLE, auto_stop_idle_seconds=1.0, auto_stop_startup_grace_seconds=3.0,
-        webhook_url=webhook_receiver.url, webhook_secret=SECRET,
+        **FAST_LIFECYCLE,
+        auto_stop_idle_seconds=1.0,
+        auto_stop_startup_grace_seconds=3.0,
+        webhook_url=webhook_receiver.url,
+        webhook_secret=SECRET,
     )
     with server.client() as client:
         busy = create_running(client, name="busy")

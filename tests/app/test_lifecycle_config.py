@@ -1,5 +1,6 @@
 """The lifecycle settings: read from the environment like every other setting, checked, and mapped onto the
 automations (production blocks private webhook targets unless explicitly allowed)."""
+
 from __future__ import annotations
 
 import base64
@@ -31,11 +32,18 @@ def test_defaults_turn_the_cost_guards_on_and_spot_recovery_off(monkeypatch: pyt
 
 
 def test_environment_variables_change_the_automations(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = lifecycle_config(settings_from(
-        monkeypatch, AUTO_STOP_IDLE_SECONDS="600", AUTO_STOP_DRY_RUN="true", MAX_INSTANCE_LIFETIME_SECONDS="86400",
-        SPOT_RECOVERY_ENABLED="true", WEBHOOK_URL="https://hooks.example/novita", WEBHOOK_SECRET="s3cret-value",
-        RECONCILE_INTERVAL_SECONDS="120",
-    ))
+    config = lifecycle_config(
+        settings_from(
+            monkeypatch,
+            AUTO_STOP_IDLE_SECONDS="600",
+            AUTO_STOP_DRY_RUN="true",
+            MAX_INSTANCE_LIFETIME_SECONDS="86400",
+            SPOT_RECOVERY_ENABLED="true",
+            WEBHOOK_URL="https://hooks.example/novita",
+            WEBHOOK_SECRET="s3cret-value",
+            RECONCILE_INTERVAL_SECONDS="120",
+        )
+    )
     assert config.guards.idle_timeout_seconds == 600 and config.guards.dry_run
     assert config.guards.max_lifetime_seconds == 86400 and config.spot.enabled
     assert config.webhook_url == "https://hooks.example/novita" and config.webhook_signing_key == b"s3cret-value"
@@ -49,13 +57,16 @@ def test_production_blocks_private_webhook_targets_unless_allowed(monkeypatch: p
     assert not lifecycle_config(allowed).webhook_block_private
 
 
-@pytest.mark.parametrize(("env", "problem"), [
-    ({"WEBHOOK_URL": "https://hooks.example/x"}, "WEBHOOK_SECRET: is required when WEBHOOK_URL is set"),
-    ({"WEBHOOK_URL": "ftp://hooks.example/x", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL: must be an http(s) URL"),
-    ({"AUTO_STOP_IDLE_SECONDS": "0"}, "AUTO_STOP_IDLE_SECONDS"),
-    ({"WEBHOOK_SECRET": "whsec_not base64!"}, "WEBHOOK_SECRET: after 'whsec_' must come the key in base64"),
-    ({"WEBHOOK_SECRET": "whsec_"}, "WEBHOOK_SECRET: has no key after 'whsec_'"),
-])
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"WEBHOOK_URL": "https://hooks.example/x"}, "WEBHOOK_SECRET: is required when WEBHOOK_URL is set"),
+        ({"WEBHOOK_URL": "ftp://hooks.example/x", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL: must be an http(s) URL"),
+        ({"AUTO_STOP_IDLE_SECONDS": "0"}, "AUTO_STOP_IDLE_SECONDS"),
+        ({"WEBHOOK_SECRET": "whsec_not base64!"}, "WEBHOOK_SECRET: after 'whsec_' must come the key in base64"),
+        ({"WEBHOOK_SECRET": "whsec_"}, "WEBHOOK_SECRET: has no key after 'whsec_'"),
+    ],
+)
 def test_bad_lifecycle_settings_are_named(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         settings_from(monkeypatch, **env)

@@ -1,4 +1,5 @@
 """Cost guards: each fires at its time and not a second before, dry run acts not, and of two replicas only one acts."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,17 +18,12 @@ from app.lifecycle.cost_guards import (
     max_lifetime,
     provisioning_timeout,
 )
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    RecordingSink,
-    lifecycle_env,
-    make_record,
-    managed_instance,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, RecordingSink, make_record, managed_instance
 
 T0 = 1_800_000_000.0
-POLICY = CostGuardPolicy(provisioning_timeout_seconds=600, idle_timeout_seconds=1800, startup_grace_seconds=2700,
-                         action_lock_seconds=30)
+POLICY = CostGuardPolicy(
+    provisioning_timeout_seconds=600, idle_timeout_seconds=1800, startup_grace_seconds=2700, action_lock_seconds=30
+)
 STOP_PATH = "/gpu/instance/stop"
 DELETE_PATH = "/gpu/instance/delete"
 
@@ -101,8 +97,9 @@ def test_max_lifetime_is_off_by_default_and_fires_at_its_limit() -> None:
 # -- the executor against the fake Novita and a real Valkey ------------------------------------------------------------
 
 
-def executor(env: LifecycleEnv, sink: RecordingSink, policy: CostGuardPolicy = POLICY,
-             redis: Redis | None = None) -> CostGuardExecutor:
+def executor(
+    env: LifecycleEnv, sink: RecordingSink, policy: CostGuardPolicy = POLICY, redis: Redis | None = None
+) -> CostGuardExecutor:
     redis = redis or env.redis
     return CostGuardExecutor(env.store, env.novita, redis, ActivityStore(redis), sink, policy, clock=env.clock)
 

@@ -1,5 +1,6 @@
 """Placement against the fake Novita's catalogue (through the real, Valkey-cached ProductService): cheapest available
 offer by region order, INSUFFICIENT_RESOURCE moves on, templates and registry auths resolved before create."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from app.core.metrics import Metrics
 from app.lifecycle.placement import NoCapacity, Offer, Placement, PlacementError, PlacementRequest
 from app.novita.models import CreateInstanceRequest
 from app.products.service import ProductService
-from tests.app.lifecycle_helpers import LifecycleEnv, lifecycle_env  # noqa: F401  (fixture)
+from tests.app.lifecycle_helpers import LifecycleEnv
 
 CREATE = "/gpu/instance/create"
 
@@ -30,8 +31,15 @@ def request(gpu_name: str = "RTX 4090 24GB", **overrides: object) -> PlacementRe
 
 def build(name: str = "trainer-0123456789abcdef") -> Callable[[Offer], CreateInstanceRequest]:
     def to_request(offer: Offer) -> CreateInstanceRequest:
-        return CreateInstanceRequest(name=name, product_id=offer.product_id, cluster_id=offer.cluster_id, gpu_num=1,
-                                     rootfs_size=20, image_url="docker.io/library/ubuntu:22.04")
+        return CreateInstanceRequest(
+            name=name,
+            product_id=offer.product_id,
+            cluster_id=offer.cluster_id,
+            gpu_num=1,
+            rootfs_size=20,
+            image_url="docker.io/library/ubuntu:22.04",
+        )
+
     return to_request
 
 
@@ -39,7 +47,9 @@ async def test_cheapest_available_first_when_no_region_is_preferred(lifecycle_en
     offers = (await placement(lifecycle_env).plan(request())).offers
     # eu-de-1 has RTX 4090s but none available; cn-hongkong-1 has none at all.
     assert [(o.cluster_id, o.product_id, o.price) for o in offers] == [
-        ("us-ca-6", "4090-us-ca-6", 67000), ("as-sgp-2", "4090-as-sgp-2", 69000)]
+        ("us-ca-6", "4090-us-ca-6", 67000),
+        ("as-sgp-2", "4090-as-sgp-2", 69000),
+    ]
 
 
 async def test_the_configured_region_order_comes_before_price(lifecycle_env: LifecycleEnv) -> None:
@@ -91,7 +101,10 @@ async def test_no_capacity_anywhere_lists_what_was_tried(lifecycle_env: Lifecycl
         await place.create(plan, build())
 
     assert [(note.kind, note.where) for note in raised.value.skipped] == [
-        ("no_product", "eu-de-1"), ("insufficient_resource", "us-ca-6"), ("insufficient_resource", "as-sgp-2")]
+        ("no_product", "eu-de-1"),
+        ("insufficient_resource", "us-ca-6"),
+        ("insufficient_resource", "as-sgp-2"),
+    ]
     assert "eu-de-1: no available 'RTX 4090 24GB'" in str(raised.value)
     assert env.fake.instances() == [] and env.fake.call_count("POST", CREATE) == 2
 
@@ -100,20 +113,32 @@ async def test_templates_and_registry_auths_are_resolved_before_create(lifecycle
     place = placement(lifecycle_env)
     spec = await place.resolve_launch(template_id="tpl-private", envs={"MODE": "serve"})
     assert (spec.image_url, spec.image_auth_id, spec.ports, spec.command) == (
-        "registry.example.com/team/infer:1.0", "auth-registry-1", "8000/http", "serve")
+        "registry.example.com/team/infer:1.0",
+        "auth-registry-1",
+        "8000/http",
+        "serve",
+    )
     assert spec.envs == {"MODE": "serve"}
 
-    own = await place.resolve_launch(template_id="tpl-pytorch", image_url="docker.io/me/app:1", ports="80/http",
-                                     image_auth="example-registry", envs={"JUPYTER_TOKEN": "mine"})
+    own = await place.resolve_launch(
+        template_id="tpl-pytorch",
+        image_url="docker.io/me/app:1",
+        ports="80/http",
+        image_auth="example-registry",
+        envs={"JUPYTER_TOKEN": "mine"},
+    )
     assert (own.image_url, own.ports, own.image_auth_id) == ("docker.io/me/app:1", "80/http", "auth-registry-1")
     assert own.envs == {"JUPYTER_TOKEN": "mine"}
 
 
-@pytest.mark.parametrize(("arguments", "problem"), [
-    ({"template_id": "tpl-missing"}, "template 'tpl-missing' does not exist"),
-    ({"image_url": "docker.io/x:1", "image_auth": "nobody"}, "registry auth 'nobody' does not exist"),
-    ({}, "no image"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ({"template_id": "tpl-missing"}, "template 'tpl-missing' does not exist"),
+        ({"image_url": "docker.io/x:1", "image_auth": "nobody"}, "registry auth 'nobody' does not exist"),
+        ({}, "no image"),
+    ],
+)
 async def test_unresolvable_launch_specs_are_refused_with_the_reason(
     lifecycle_env: LifecycleEnv, arguments: dict[str, str], problem: str
 ) -> None:

@@ -1,5 +1,6 @@
 """Readiness: after `running`, every exposed port must answer; one probe round per step, resumable from its inputs;
 the readiness job ends at its deadline even while Novita is down."""
+
 from __future__ import annotations
 
 import socket
@@ -21,12 +22,7 @@ from app.lifecycle.readiness import GaveUp, ReadinessPolicy, ReadinessProbe, Rea
 from app.lifecycle.webhooks import UrlGuard, WebhookNotifier
 from app.novita.models import Instance, PortMapping
 from app.products.service import ProductService
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    RecordingSink,
-    lifecycle_env,
-    managed_instance,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, RecordingSink, managed_instance
 from tests.loopback import free_port
 
 POLICY = ReadinessPolicy(probe_timeout_seconds=1.0, retry_interval_seconds=5.0, max_wait_seconds=60.0)
@@ -135,11 +131,17 @@ async def test_the_readiness_job_gives_up_at_its_deadline_while_novita_is_down(l
     record = await managed_instance(env, status="running")
     sink = RecordingSink()
     handlers = readiness_handlers(env, sink, max_wait_seconds=60.0, retry_interval_seconds=5.0)
-    job = Job(id="readiness-1", kind=READINESS_JOB, payload={"instance_id": record.id}, state="running",
-              created_at=env.clock())
+    job = Job(
+        id="readiness-1",
+        kind=READINESS_JOB,
+        payload={"instance_id": record.id},
+        state="running",
+        created_at=env.clock(),
+    )
     context = JobContext(job=job, queue=JobQueue(env.redis_manager))
-    env.fake.add_faults({"path": "/gpu/instance", "method": "GET", "kind": "server_error", "status": 503,
-                         "count": None})
+    env.fake.add_faults(
+        {"path": "/gpu/instance", "method": "GET", "kind": "server_error", "status": 503, "count": None}
+    )
 
     with pytest.raises(RetryLater) as first:
         await handlers.readiness(context)
@@ -164,8 +166,13 @@ async def test_the_readiness_job_still_succeeds_when_novita_comes_back_in_time(l
     record = await managed_instance(env, status="running")
     sink = RecordingSink()
     handlers = readiness_handlers(env, sink, max_wait_seconds=60.0, retry_interval_seconds=5.0)
-    job = Job(id="readiness-2", kind=READINESS_JOB, payload={"instance_id": record.id}, state="running",
-              created_at=env.clock())
+    job = Job(
+        id="readiness-2",
+        kind=READINESS_JOB,
+        payload={"instance_id": record.id},
+        state="running",
+        created_at=env.clock(),
+    )
     context = JobContext(job=job, queue=JobQueue(env.redis_manager))
     env.fake.add_faults({"path": "/gpu/instance", "method": "GET", "kind": "server_error", "count": 2})
 
@@ -181,12 +188,23 @@ async def test_the_readiness_job_still_succeeds_when_novita_comes_back_in_time(l
 
 def readiness_handlers(env: LifecycleEnv, sink: RecordingSink, **policy: float) -> InstanceJobHandlers:
     """The instance job handlers on the real Valkey and the fake Novita, deciding deadlines by the manual clock."""
-    settings = Settings(redis_url=env.redis_server.url, novita_api_key=env.fake.api_key,
-                        **{f"readiness_{name}": value for name, value in policy.items()})
+    settings = Settings(
+        redis_url=env.redis_server.url,
+        novita_api_key=env.fake.api_key,
+        **{f"readiness_{name}": value for name, value in policy.items()},
+    )
     cache = Cache(env.redis_manager, Metrics())
     queue = JobQueue(env.redis_manager)
     no_instance_webhooks = WebhookNotifier(env.redis, None, UrlGuard(block_private=True), global_url=None)
-    instances = InstanceService(settings=settings, store=env.store, queue=queue, novita=env.novita, cache=cache,
-                                activity=env.activity, webhooks=no_instance_webhooks)
-    return InstanceJobHandlers(settings, env.store, env.novita, ProductService(settings, env.novita, cache),
-                               instances, sink, clock=env.clock)
+    instances = InstanceService(
+        settings=settings,
+        store=env.store,
+        queue=queue,
+        novita=env.novita,
+        cache=cache,
+        activity=env.activity,
+        webhooks=no_instance_webhooks,
+    )
+    return InstanceJobHandlers(
+        settings, env.store, env.novita, ProductService(settings, env.novita, cache), instances, sink, clock=env.clock
+    )

@@ -1,5 +1,6 @@
 """Reconciliation: Novita is the truth. A create whose answer was lost is adopted (not duplicated), records lost with
 Valkey are rebuilt, vanished instances are marked, changed statuses are refreshed, once across replicas."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,14 +13,7 @@ from app.lifecycle.activity import ActivityStore
 from app.lifecycle.reconcile import Reconciler, parse_upstream_name
 from app.novita.errors import NovitaCreateOutcomeUnknown, NovitaError
 from app.novita.models import CreateInstanceRequest
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    RecordingSink,
-    create_on_novita,
-    lifecycle_env,
-    make_record,
-    managed_instance,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, RecordingSink, create_on_novita, make_record, managed_instance
 
 CREATE = "/gpu/instance/create"
 ADOPT_AFTER = 600.0
@@ -27,8 +21,16 @@ ADOPT_AFTER = 600.0
 
 def reconciler(env: LifecycleEnv, sink: RecordingSink, redis: Redis | None = None) -> Reconciler:
     redis = redis or env.redis
-    return Reconciler(env.novita, env.store, redis, ActivityStore(redis), sink, lease_seconds=30,
-                      adopt_pending_after_seconds=ADOPT_AFTER, clock=env.clock)
+    return Reconciler(
+        env.novita,
+        env.store,
+        redis,
+        ActivityStore(redis),
+        sink,
+        lease_seconds=30,
+        adopt_pending_after_seconds=ADOPT_AFTER,
+        clock=env.clock,
+    )
 
 
 def test_upstream_names_are_recognised_only_in_our_format() -> None:
@@ -44,12 +46,20 @@ async def test_a_create_whose_answer_was_lost_is_adopted_not_duplicated(lifecycl
     record = make_record(created_at=env.clock())
     assert await env.store.create(record, {"name": record.name})
     # Novita creates the instance but the answer is lost, and the client's lookup by name fails too.
-    env.fake.add_faults({"path": CREATE, "kind": "lost_response", "status": 500},
-                        {"path": "/gpu/instances", "kind": "server_error", "count": 2})
+    env.fake.add_faults(
+        {"path": CREATE, "kind": "lost_response", "status": 500},
+        {"path": "/gpu/instances", "kind": "server_error", "count": 2},
+    )
     with pytest.raises(NovitaCreateOutcomeUnknown):
-        await env.novita.create_instance(CreateInstanceRequest(
-            name=record.upstream_name, product_id="4090-us-ca-6", gpu_num=1, rootfs_size=20,
-            image_url="docker.io/library/ubuntu:22.04"))
+        await env.novita.create_instance(
+            CreateInstanceRequest(
+                name=record.upstream_name,
+                product_id="4090-us-ca-6",
+                gpu_num=1,
+                rootfs_size=20,
+                image_url="docker.io/library/ubuntu:22.04",
+            )
+        )
     [created] = env.fake.instances(record.upstream_name)
     env.clock.advance(ADOPT_AFTER - 1)
     early = await reconciler(env, sink).run()  # the create job may still find it itself: leave it alone
@@ -83,7 +93,10 @@ async def test_records_lost_with_valkey_are_rebuilt_from_novita(lifecycle_env: L
         rebuilt = await env.store.get(original.id)
         assert rebuilt is not None
         assert (rebuilt.name, rebuilt.upstream_name, rebuilt.novita_instance_id) == (
-            original.name, original.upstream_name, original.novita_instance_id)
+            original.name,
+            original.upstream_name,
+            original.novita_instance_id,
+        )
         assert rebuilt.state == state and rebuilt.billing_mode == original.billing_mode
         assert rebuilt.events[-1].action == "rebuilt"
         assert await env.store.get_spec(original.id) is None

@@ -1,5 +1,6 @@
 """The lifecycle scheduler: each periodic task runs once per period across replicas, survives restarts, never overlaps
 itself, and one failing task does not stop the others."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.lifecycle.scheduler import LifecycleScheduler, PeriodicTask
-from tests.app.lifecycle_helpers import LifecycleEnv, lifecycle_env  # noqa: F401  (fixture)
+from tests.app.lifecycle_helpers import LifecycleEnv
 
 PERIOD = 60.0
 
@@ -135,8 +136,9 @@ async def test_run_forever_ticks_until_cancelled(lifecycle_env: LifecycleEnv) ->
             done.set()
         await asyncio.sleep(0)
 
-    ticker = LifecycleScheduler(env.redis, [runs.task("reconcile")], tick_seconds=1.0, clock=env.clock,
-                                sleep=fake_sleep)
+    ticker = LifecycleScheduler(
+        env.redis, [runs.task("reconcile")], tick_seconds=1.0, clock=env.clock, sleep=fake_sleep
+    )
     loop = asyncio.create_task(ticker.run_forever())
     await done.wait()
     loop.cancel()
@@ -161,8 +163,12 @@ async def test_stops_even_when_a_task_swallows_the_cancellation(lifecycle_env: L
         except asyncio.CancelledError:
             return
 
-    ticker = LifecycleScheduler(lifecycle_env.redis, [PeriodicTask("swallow", PERIOD, swallows_cancel)],
-                                tick_seconds=0.01, clock=lifecycle_env.clock)
+    ticker = LifecycleScheduler(
+        lifecycle_env.redis,
+        [PeriodicTask("swallow", PERIOD, swallows_cancel)],
+        tick_seconds=0.01,
+        clock=lifecycle_env.clock,
+    )
     loop = asyncio.create_task(ticker.run_forever())
     await started.wait()
     loop.cancel()

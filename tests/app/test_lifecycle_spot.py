@@ -5,6 +5,7 @@ instances are left alone; two replicas recover once.
 The recovery action is injected; these tests pass the client's `migrate_instance`, as the app does, and count the
 fake Novita's migrate calls.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,22 +14,26 @@ from redis.asyncio import Redis
 
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.spot import SpotPolicy, SpotRecovery
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    RecordingSink,
-    lifecycle_env,
-    managed_instance,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, RecordingSink, managed_instance
 
 POLICY = SpotPolicy(enabled=True, min_interval_seconds=4 * 3600, lock_seconds=30)
 MIGRATE = "/gpu/instance/migrate"
 
 
-def recovery(env: LifecycleEnv, sink: RecordingSink, policy: SpotPolicy = POLICY,
-             redis: Redis | None = None) -> SpotRecovery:
+def recovery(
+    env: LifecycleEnv, sink: RecordingSink, policy: SpotPolicy = POLICY, redis: Redis | None = None
+) -> SpotRecovery:
     redis = redis or env.redis
-    return SpotRecovery(env.store, env.novita, redis, ActivityStore(redis), sink, policy,
-                        recover=env.novita.migrate_instance, clock=env.clock)
+    return SpotRecovery(
+        env.store,
+        env.novita,
+        redis,
+        ActivityStore(redis),
+        sink,
+        policy,
+        recover=env.novita.migrate_instance,
+        clock=env.clock,
+    )
 
 
 async def test_a_reclaimed_spot_instance_is_recovered_at_most_once_per_interval(lifecycle_env: LifecycleEnv) -> None:
@@ -55,8 +60,15 @@ async def test_a_reclaimed_spot_instance_is_recovered_at_most_once_per_interval(
 async def test_a_failed_recovery_is_visible_on_the_record_and_sent(lifecycle_env: LifecycleEnv) -> None:
     env, sink = lifecycle_env, RecordingSink()
     record = await managed_instance(env, status="exited", billing_mode="spot", auto_migrate=True)
-    env.fake.add_faults({"path": MIGRATE, "kind": "error", "status": 400, "reason": "MIGRATE_INSUFFICIENT_RESOURCE",
-                         "message": "no spare hardware"})
+    env.fake.add_faults(
+        {
+            "path": MIGRATE,
+            "kind": "error",
+            "status": 400,
+            "reason": "MIGRATE_INSUFFICIENT_RESOURCE",
+            "message": "no spare hardware",
+        }
+    )
 
     [outcome] = await recovery(env, sink).run_once()
 

@@ -1,4 +1,5 @@
 """Every Novita status maps to one of our documented states; the guards' status groups are real Novita statuses."""
+
 from __future__ import annotations
 
 from app.fleet.states import (
@@ -12,9 +13,26 @@ from app.fleet.states import (
 )
 
 # Reference section 1.6: the eighteen v1 statuses.
-DOCUMENTED = ["toCreate", "creating", "pulling", "running", "toStart", "starting", "toStop", "stopping", "exited",
-              "toRestart", "restarting", "toRemove", "removing", "removed", "toReset", "resetting", "migrating",
-              "freezing"]
+DOCUMENTED = [
+    "toCreate",
+    "creating",
+    "pulling",
+    "running",
+    "toStart",
+    "starting",
+    "toStop",
+    "stopping",
+    "exited",
+    "toRestart",
+    "restarting",
+    "toRemove",
+    "removing",
+    "removed",
+    "toReset",
+    "resetting",
+    "migrating",
+    "freezing",
+]
 
 
 def test_every_documented_status_has_a_known_state() -> None:

@@ -1,5 +1,6 @@
 """The automations assembled as the app runs them, two replicas over one Valkey: after Valkey lost everything,
 reconciliation rebuilds the records, the idle instance is stopped once, and each event reaches the receiver once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,23 +14,21 @@ from app.fleet.store import InstanceStore
 from app.lifecycle.automation import LifecycleAutomation, LifecycleConfig
 from app.lifecycle.cost_guards import CostGuardPolicy
 from app.lifecycle.webhooks import DeliveryPolicy
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    WebhookReceiver,
-    lifecycle_env,
-    managed_instance,
-    webhook_receiver,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, WebhookReceiver, managed_instance
 
 STOP = "/gpu/instance/stop"
 
 
 def config(receiver: WebhookReceiver) -> LifecycleConfig:
     return LifecycleConfig(
-        webhook_url=receiver.url, webhook_signing_key=b"system-test-signing-key", webhook_block_private=False,
+        webhook_url=receiver.url,
+        webhook_signing_key=b"system-test-signing-key",
+        webhook_block_private=False,
         delivery=DeliveryPolicy(timeout_seconds=2.0, lock_seconds=5.0),
         guards=CostGuardPolicy(idle_timeout_seconds=60, startup_grace_seconds=60, action_lock_seconds=30),
-        cost_guard_interval_seconds=30, reconcile_interval_seconds=300, webhook_delivery_interval_seconds=5,
+        cost_guard_interval_seconds=30,
+        reconcile_interval_seconds=300,
+        webhook_delivery_interval_seconds=5,
     )
 
 
@@ -69,8 +68,7 @@ async def test_two_replicas_after_a_valkey_flush(
         await tick()
     event_ids = Counter(item.headers["webhook-id"] for item in webhook_receiver.received)
     assert set(event_ids.values()) == {1}
-    assert sorted(body["type"] for body in webhook_receiver.bodies()) == ["instance.auto_stopped",
-                                                                          "instance.rebuilt"]
+    assert sorted(body["type"] for body in webhook_receiver.bodies()) == ["instance.auto_stopped", "instance.rebuilt"]
     for replica, redis, novita in zip(replicas, replica_redis, novita_clients, strict=True):
         await replica.stop()
         await redis.aclose()
@@ -83,8 +81,9 @@ async def test_start_reconciles_at_once_and_keeps_ticking(
     env = lifecycle_env
     record = await managed_instance(env, status="running")
     await env.redis.delete(f"ngpu:instance:{record.id}")  # the last writes were lost
-    automation = LifecycleAutomation(config(webhook_receiver), env.redis, env.novita, InstanceStore(env.redis_manager),
-                                     clock=env.clock)
+    automation = LifecycleAutomation(
+        config(webhook_receiver), env.redis, env.novita, InstanceStore(env.redis_manager), clock=env.clock
+    )
 
     await automation.start()
     assert automation.startup_reconcile is not None

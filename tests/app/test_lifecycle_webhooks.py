@@ -1,6 +1,7 @@
 """Webhooks: signed per Standard Webhooks (checked with an independent HMAC and with the `standardwebhooks` library
 that receivers use), retries on 5xx and network errors only, a durable
 outbox that survives a restart, one delivery per event across replicas, and the SSRF guard."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,18 +24,14 @@ from app.lifecycle.webhooks import (
     WebhookNotifier,
     WebhookOutbox,
 )
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    WebhookReceiver,
-    lifecycle_env,
-    webhook_receiver,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, WebhookReceiver
 from tests.loopback import free_port
 
 SIGNING_KEY = b"test-signing-key-0123456789abcdef"
 WHSEC_SECRET = "whsec_" + base64.b64encode(SIGNING_KEY).decode()  # the same key, in the standard's form
-POLICY = DeliveryPolicy(max_attempts=3, backoff_base_seconds=10.0, backoff_max_seconds=100.0,
-                        timeout_seconds=2.0, lock_seconds=5.0)
+POLICY = DeliveryPolicy(
+    max_attempts=3, backoff_base_seconds=10.0, backoff_max_seconds=100.0, timeout_seconds=2.0, lock_seconds=5.0
+)
 ALLOW_LOOPBACK = UrlGuard(block_private=False)
 
 
@@ -64,8 +61,13 @@ async def test_delivery_is_signed_over_id_timestamp_and_body(
     signed = f"{sent.id}.{timestamp}.".encode() + received.body
     expected = base64.b64encode(hmac.new(SIGNING_KEY, signed, hashlib.sha256).digest()).decode()
     assert received.headers["webhook-signature"] == f"v1,{expected}"
-    assert json.loads(received.body) == {"id": sent.id, "type": "instance.auto_stopped", "instanceId": "rec1",
-                                         "occurredAt": sent.occurred_at, "data": {"reason": "idle"}}
+    assert json.loads(received.body) == {
+        "id": sent.id,
+        "type": "instance.auto_stopped",
+        "instanceId": "rec1",
+        "occurredAt": sent.occurred_at,
+        "data": {"reason": "idle"},
+    }
     wrong = base64.b64encode(hmac.new(b"another-key", signed, hashlib.sha256).digest()).decode()
     assert received.headers["webhook-signature"] != f"v1,{wrong}"
     await outbox.aclose()
@@ -78,8 +80,9 @@ async def test_the_standardwebhooks_library_verifies_every_attempt_under_one_id(
     webhook_receiver.statuses = [503]
     quick_retry = DeliveryPolicy(max_attempts=3, backoff_base_seconds=0.01, timeout_seconds=2.0, lock_seconds=5.0)
     # The library compares the timestamp with the real time, so this outbox signs with the real clock.
-    outbox = WebhookOutbox(lifecycle_env.redis, signing_key=SIGNING_KEY, guard=ALLOW_LOOPBACK, policy=quick_retry,
-                           clock=time.time)
+    outbox = WebhookOutbox(
+        lifecycle_env.redis, signing_key=SIGNING_KEY, guard=ALLOW_LOOPBACK, policy=quick_retry, clock=time.time
+    )
     sent = event(lifecycle_env)
     await outbox.enqueue(sent, webhook_receiver.url)
 
@@ -159,9 +162,7 @@ async def test_network_errors_are_retried_then_the_delivery_is_dead(lifecycle_en
     await outbox.aclose()
 
 
-async def test_a_restart_loses_no_notification(
-    lifecycle_env: LifecycleEnv, webhook_receiver: WebhookReceiver
-) -> None:
+async def test_a_restart_loses_no_notification(lifecycle_env: LifecycleEnv, webhook_receiver: WebhookReceiver) -> None:
     before_restart = outbox_for(lifecycle_env)
     sent = event(lifecycle_env)
     await before_restart.enqueue(sent, webhook_receiver.url)
@@ -205,8 +206,9 @@ async def test_notifier_sends_to_the_global_and_the_instance_url(
     other = WebhookReceiver()
     try:
         outbox = outbox_for(lifecycle_env)
-        notifier = WebhookNotifier(lifecycle_env.redis, outbox, ALLOW_LOOPBACK, global_url=webhook_receiver.url,
-                                   clock=lifecycle_env.clock)
+        notifier = WebhookNotifier(
+            lifecycle_env.redis, outbox, ALLOW_LOOPBACK, global_url=webhook_receiver.url, clock=lifecycle_env.clock
+        )
         await notifier.set_instance_url("rec1", other.url)
 
         emitted = await notifier.emit("instance.state_changed", "rec1", {"from": "provisioning", "to": "running"})
@@ -221,15 +223,18 @@ async def test_notifier_sends_to_the_global_and_the_instance_url(
         other.close()
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:8080/hooks",
-    "http://10.1.2.3/hooks",
-    "https://169.254.169.254/latest/meta-data",
-    "http://192.168.0.10/",
-    "http://[::1]/hooks",
-    "http://[::ffff:10.0.0.1]/hooks",
-    "http://localhost/hooks",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hooks",
+        "http://10.1.2.3/hooks",
+        "https://169.254.169.254/latest/meta-data",
+        "http://192.168.0.10/",
+        "http://[::1]/hooks",
+        "http://[::ffff:10.0.0.1]/hooks",
+        "http://localhost/hooks",
+    ],
+)
 async def test_production_guard_refuses_private_addresses(url: str) -> None:
     guard = UrlGuard(block_private=True)
     with pytest.raises(UnsafeWebhookUrl, match="refused in production"):
@@ -249,11 +254,14 @@ async def test_guard_checks_every_address_a_name_resolves_to() -> None:
     await guard.check("https://public.example/hooks")
 
 
-@pytest.mark.parametrize(("url", "problem"), [
-    ("ftp://example.com/x", "http:// or https://"),
-    ("http:///no-host", "http:// or https://"),
-    ("https://user:secret@example.com/x", "credentials"),
-])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://example.com/x", "http:// or https://"),
+        ("http:///no-host", "http:// or https://"),
+        ("https://user:secret@example.com/x", "credentials"),
+    ],
+)
 async def test_guard_refuses_malformed_urls_everywhere(url: str, problem: str) -> None:
     with pytest.raises(UnsafeWebhookUrl, match=problem) as raised:
         await UrlGuard(block_private=False).check(url)

@@ -2,6 +2,7 @@
 
 Time-driven behaviour (backoff, breaker reset, rate limit) runs on a manual clock, so no test waits for it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,8 +68,12 @@ async def make_client(novita: FakeNovitaHandle, manual_clock: ManualClock) -> As
 
     def factory(**overrides: Any) -> NovitaClient:
         arguments: dict[str, Any] = {
-            "base_url": novita.base_url, "api_key": novita.api_key, "timeout_seconds": 2.0,
-            "rate_limit_per_second": 1000.0, "clock": manual_clock.as_clock(), "rng": random.Random(7),
+            "base_url": novita.base_url,
+            "api_key": novita.api_key,
+            "timeout_seconds": 2.0,
+            "rate_limit_per_second": 1000.0,
+            "clock": manual_clock.as_clock(),
+            "rng": random.Random(7),
         }
         arguments.update(overrides)
         client = NovitaClient(**arguments)
@@ -81,8 +86,14 @@ async def make_client(novita: FakeNovitaHandle, manual_clock: ManualClock) -> As
 
 
 def create_request(name: str, product_id: str = AVAILABLE_4090, **fields: Any) -> CreateInstanceRequest:
-    return CreateInstanceRequest(name=name, product_id=product_id, gpu_num=1, rootfs_size=50,
-                                 image_url="docker.io/library/ubuntu:22.04", **fields)
+    return CreateInstanceRequest(
+        name=name,
+        product_id=product_id,
+        gpu_num=1,
+        rootfs_size=50,
+        image_url="docker.io/library/ubuntu:22.04",
+        **fields,
+    )
 
 
 def metric(name: str, endpoint: str, outcome: str) -> float:
@@ -90,6 +101,7 @@ def metric(name: str, endpoint: str, outcome: str) -> float:
 
 
 # -- every endpoint ------------------------------------------------------------------------------------------------
+
 
 async def test_lists_products_with_prices_availability_and_filters(make_client: ClientFactory) -> None:
     client = make_client()
@@ -122,8 +134,9 @@ async def test_instance_lifecycle_create_stop_start_restart_delete(
 ) -> None:
     novita.set_step_seconds(None)
     client = make_client()
-    instance_id = await client.create_instance(create_request("lifecycle", ports="8888/http,22/tcp",
-                                                              billing_mode="spot"))
+    instance_id = await client.create_instance(
+        create_request("lifecycle", ports="8888/http,22/tcp", billing_mode="spot")
+    )
     created = await client.get_instance(instance_id)
     assert (created.name, created.status, created.billing_mode, created.gpu_num) == ("lifecycle", "toCreate", "spot", 1)
     assert [(mapping.port, mapping.type) for mapping in created.port_mappings] == [(8888, "http"), (22, "tcp")]
@@ -179,8 +192,13 @@ async def test_status_error_is_the_failure_signal(make_client: ClientFactory, no
     novita.set_step_seconds(0)
     client = make_client()
     broken = await client.create_instance(
-        CreateInstanceRequest(name="broken", product_id=AVAILABLE_4090, gpu_num=1, rootfs_size=20,
-                              image_url="docker.io/acme/does-not-exist:1")
+        CreateInstanceRequest(
+            name="broken",
+            product_id=AVAILABLE_4090,
+            gpu_num=1,
+            rootfs_size=20,
+            image_url="docker.io/acme/does-not-exist:1",
+        )
     )
     instance = await client.get_instance(broken)
     assert instance.status == "pulling"  # there is no "failed" status ...
@@ -211,8 +229,11 @@ async def test_templates_and_registry_auths(make_client: ClientFactory) -> None:
         await client.get_template("tpl-missing")
 
     [auth] = await client.list_registry_auths()
-    assert (auth.id, auth.username, auth.password.get_secret_value()) == ("auth-registry-1", "robot",
-                                                                          "fake-registry-password")
+    assert (auth.id, auth.username, auth.password.get_secret_value()) == (
+        "auth-registry-1",
+        "robot",
+        "fake-registry-password",
+    )
     assert "fake-registry-password" not in repr(auth)
 
 
@@ -232,6 +253,7 @@ async def test_find_instance_by_name_is_exact_and_skips_removed(
 
 
 # -- retries -------------------------------------------------------------------------------------------------------
+
 
 async def test_429_waits_for_retry_after_then_succeeds(
     make_client: ClientFactory, novita: FakeNovitaHandle, manual_clock: ManualClock
@@ -277,8 +299,10 @@ async def test_5xx_surfaces_as_unavailable_after_the_last_attempt(
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [
-        ({"kind": "error", "status": 400, "reason": "VALIDATOR_PARAM", "message": "gpuNum is invalid"},
-         NovitaBadRequest),
+        (
+            {"kind": "error", "status": 400, "reason": "VALIDATOR_PARAM", "message": "gpuNum is invalid"},
+            NovitaBadRequest,
+        ),
         ({"kind": "error", "status": 401, "reason": "FAILED_TO_AUTH", "message": "bad key"}, NovitaAuthError),
         ({"kind": "error", "status": 403, "reason": "FORBIDDEN", "message": "no"}, NovitaAuthError),
         ({"kind": "error", "status": 404, "reason": "RESOURCE_NOT_FOUND", "message": "not here"}, NovitaNotFound),
@@ -286,7 +310,10 @@ async def test_5xx_surfaces_as_unavailable_after_the_last_attempt(
     ],
 )
 async def test_4xx_is_not_retried(
-    make_client: ClientFactory, novita: FakeNovitaHandle, manual_clock: ManualClock, fault: dict[str, Any],
+    make_client: ClientFactory,
+    novita: FakeNovitaHandle,
+    manual_clock: ManualClock,
+    fault: dict[str, Any],
     expected: type[NovitaError],
 ) -> None:
     novita.add_faults({"path": "/clusters", "count": None, **fault})
@@ -318,14 +345,16 @@ async def test_a_slow_answer_within_the_timeout_succeeds(make_client: ClientFact
     assert len(await make_client(timeout_seconds=1.0, max_attempts=1).list_clusters()) == 4
 
 
-async def test_network_errors_are_retried(make_client: ClientFactory, novita: FakeNovitaHandle,
-                                          manual_clock: ManualClock) -> None:
+async def test_network_errors_are_retried(
+    make_client: ClientFactory, novita: FakeNovitaHandle, manual_clock: ManualClock
+) -> None:
     transport = RecordingTransport(manual_clock, fail_first=[httpx.ReadError("connection reset")])
     assert len(await make_client(transport=transport).list_clusters()) == 4
     assert len(transport.request_times) == 2 and novita.call_count(*CLUSTERS) == 1
 
 
 # -- circuit breaker -----------------------------------------------------------------------------------------------
+
 
 async def test_breaker_opens_fails_fast_and_closes_after_reset(
     make_client: ClientFactory, novita: FakeNovitaHandle, manual_clock: ManualClock
@@ -380,6 +409,7 @@ async def test_4xx_answers_do_not_open_the_breaker(make_client: ClientFactory, n
 
 # -- rate limiter --------------------------------------------------------------------------------------------------
 
+
 async def test_rate_limiter_bounds_calls_per_second(make_client: ClientFactory, manual_clock: ManualClock) -> None:
     transport = RecordingTransport(manual_clock)
     client = make_client(rate_limit_per_second=5, rate_limit_burst=5, transport=transport)
@@ -397,23 +427,44 @@ async def test_rate_limiter_bounds_calls_per_second(make_client: ClientFactory, 
 
 # -- error parsing -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("fault", "expected", "message_part"),
     [
         ({"kind": "html_error", "status": 502}, NovitaUnavailable, "502 Bad Gateway"),
-        ({"kind": "error", "status": 400, "body": "upstream says no", "contentType": "text/plain"},
-         NovitaBadRequest, "upstream says no"),
+        (
+            {"kind": "error", "status": 400, "body": "upstream says no", "contentType": "text/plain"},
+            NovitaBadRequest,
+            "upstream says no",
+        ),
         ({"kind": "error", "status": 400, "body": ""}, NovitaBadRequest, "empty body"),
-        ({"kind": "error", "status": 400, "body": "[1, 2]", "contentType": "application/json"},
-         NovitaBadRequest, "non-JSON"),
-        ({"kind": "error", "status": 400, "body": '{"code": 400}', "contentType": "application/json"},
-         NovitaBadRequest, "without a message"),
-        ({"kind": "error", "status": 400, "body": '{"code": 400, "reason": "RESOURCE_NOT_FOUND"}',
-          "contentType": "application/json"}, NovitaNotFound, "without a message"),
+        (
+            {"kind": "error", "status": 400, "body": "[1, 2]", "contentType": "application/json"},
+            NovitaBadRequest,
+            "non-JSON",
+        ),
+        (
+            {"kind": "error", "status": 400, "body": '{"code": 400}', "contentType": "application/json"},
+            NovitaBadRequest,
+            "without a message",
+        ),
+        (
+            {
+                "kind": "error",
+                "status": 400,
+                "body": '{"code": 400, "reason": "RESOURCE_NOT_FOUND"}',
+                "contentType": "application/json",
+            },
+            NovitaNotFound,
+            "without a message",
+        ),
     ],
 )
 async def test_error_bodies_are_parsed_defensively(
-    make_client: ClientFactory, novita: FakeNovitaHandle, fault: dict[str, Any], expected: type[NovitaError],
+    make_client: ClientFactory,
+    novita: FakeNovitaHandle,
+    fault: dict[str, Any],
+    expected: type[NovitaError],
     message_part: str,
 ) -> None:
     novita.add_faults({"path": "/clusters", "count": None, **fault})
@@ -426,8 +477,16 @@ async def test_error_bodies_are_parsed_defensively(
 async def test_a_2xx_that_is_not_json_is_an_upstream_failure(
     make_client: ClientFactory, novita: FakeNovitaHandle
 ) -> None:
-    novita.add_faults({"path": "/clusters", "kind": "error", "status": 200, "body": "<html>login</html>",
-                       "contentType": "text/html", "count": None})
+    novita.add_faults(
+        {
+            "path": "/clusters",
+            "kind": "error",
+            "status": 200,
+            "body": "<html>login</html>",
+            "contentType": "text/html",
+            "count": None,
+        }
+    )
     with pytest.raises(NovitaUnavailable) as raised:
         await make_client(max_attempts=2).list_clusters()
     assert raised.value.reason == "INVALID_RESPONSE" and novita.call_count(*CLUSTERS) == 2
@@ -469,6 +528,7 @@ async def test_insufficient_resource_is_typed_and_not_retried(
 
 
 # -- create without duplicates -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("lost_how", [{"status": 500}, {"delaySeconds": 1.0}], ids=["500", "hang"])
 async def test_lost_create_answer_returns_the_one_instance(
@@ -531,6 +591,7 @@ def test_create_request_validates_ports_before_sending() -> None:
 
 # -- secrets, status, metrics --------------------------------------------------------------------------------------
 
+
 async def test_api_key_never_appears_in_errors_or_logs(
     make_client: ClientFactory, novita: FakeNovitaHandle, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -540,13 +601,17 @@ async def test_api_key_never_appears_in_errors_or_logs(
         {"path": "/clusters", "kind": "error", "status": 400, "message": f"bad token Bearer {key}"},
         {"path": "/products", "kind": "server_error", "message": f"backend rejected {key}", "count": None},
         {"path": "/gpu/instance", "kind": "timeout", "delaySeconds": 1.0, "count": None},
-        {"path": "/templates", "kind": "error", "status": 401, "body": f"<h1>denied {key}</h1>",
-         "contentType": "text/html"},
+        {
+            "path": "/templates",
+            "kind": "error",
+            "status": 401,
+            "body": f"<h1>denied {key}</h1>",
+            "contentType": "text/html",
+        },
     )
     client = make_client(max_attempts=2, timeout_seconds=0.2)
     errors: list[NovitaError] = []
-    for call in (client.list_clusters, client.list_products, lambda: client.get_instance("x"),
-                 client.list_templates):
+    for call in (client.list_clusters, client.list_products, lambda: client.get_instance("x"), client.list_templates):
         with pytest.raises(NovitaError) as raised:
             await call()
         errors.append(raised.value)
@@ -561,9 +626,7 @@ async def test_api_key_never_appears_in_errors_or_logs(
     assert key not in repr(client.status())
 
 
-async def test_status_and_metrics_report_recent_calls(
-    make_client: ClientFactory, novita: FakeNovitaHandle
-) -> None:
+async def test_status_and_metrics_report_recent_calls(make_client: ClientFactory, novita: FakeNovitaHandle) -> None:
     client = make_client(max_attempts=2)
     fresh = client.status()
     assert (fresh.breaker_state, fresh.calls, fresh.errors, fresh.last_success_at) == ("closed", 0, 0, None)
@@ -590,8 +653,9 @@ async def test_an_answer_of_the_wrong_shape_is_an_upstream_failure_without_its_v
     make_client: ClientFactory, novita: FakeNovitaHandle
 ) -> None:
     body = '{"instances": [{"name": "no-id", "connectComponentSSH": {"password": "leaky-ssh-password"}}]}'
-    novita.add_faults({"path": "/gpu/instances", "kind": "error", "status": 200, "body": body,
-                       "contentType": "application/json"})
+    novita.add_faults(
+        {"path": "/gpu/instances", "kind": "error", "status": 200, "body": body, "contentType": "application/json"}
+    )
     with pytest.raises(NovitaUnavailable) as raised:
         await make_client().list_instances()
     assert raised.value.reason == "INVALID_RESPONSE" and "id (missing)" in raised.value.message

@@ -1,6 +1,7 @@
 """The deployment's one Novita budget (app/novita/ratebudget.py) on the real redis-server: several replicas' limiters
 together stay within the configured rate, a person's call goes before a job step before the background sync, a 429
 seen by one replica pauses all of them, and without Valkey each replica falls back to its small local budget."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,9 @@ async def replicas(redis_server: RedisServer) -> AsyncIterator[list[SharedRateBu
         await manager.close()
 
 
-async def _take_for(budget: SharedRateBudget, priority: Priority, seconds: float, grants: Counter[str],
-                    label: str) -> None:
+async def _take_for(
+    budget: SharedRateBudget, priority: Priority, seconds: float, grants: Counter[str], label: str
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
@@ -46,10 +48,13 @@ async def _take_for(budget: SharedRateBudget, priority: Priority, seconds: float
 async def test_replicas_together_never_exceed_the_shared_rate(replicas: list[SharedRateBudget]) -> None:
     grants: Counter[str] = Counter()
     seconds = 2.0
-    await asyncio.gather(*(
-        _take_for(budget, Priority.PERSON, seconds, grants, f"replica{index}")
-        for index, budget in enumerate(replicas) for _ in range(4)  # 4 callers per replica, 12 in all
-    ))
+    await asyncio.gather(
+        *(
+            _take_for(budget, Priority.PERSON, seconds, grants, f"replica{index}")
+            for index, budget in enumerate(replicas)
+            for _ in range(4)  # 4 callers per replica, 12 in all
+        )
+    )
     total = sum(grants.values())
     assert total <= RATE * seconds + BURST  # one budget: not three times the rate
     assert total >= RATE * seconds * 0.75  # and the budget is used, not starved by the coordination

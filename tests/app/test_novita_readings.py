@@ -6,6 +6,7 @@
   breaker, never a deletion, also not by reconciliation); `INVALID_USER_TOKEN`/`BANNED_USER` (HTTP 400) are auth
   errors that are not retried; capacity-like reasons are `NovitaInsufficientResource`.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,12 +27,7 @@ from app.novita import (
     NovitaNotFound,
     NovitaUnavailable,
 )
-from tests.app.lifecycle_helpers import (  # noqa: F401  (fixtures)
-    LifecycleEnv,
-    RecordingSink,
-    lifecycle_env,
-    managed_instance,
-)
+from tests.app.lifecycle_helpers import LifecycleEnv, RecordingSink, managed_instance
 from tests.fakes.fixtures import FakeNovitaHandle, ManualClock
 
 LIST = ("GET", "/gpu/instances")
@@ -63,8 +59,13 @@ async def make_client(novita: FakeNovitaHandle, manual_clock: ManualClock) -> As
 
     def factory(**overrides: Any) -> NovitaClient:
         arguments: dict[str, Any] = {
-            "base_url": novita.base_url, "api_key": novita.api_key, "timeout_seconds": 2.0, "page_size": PAGE_SIZE,
-            "rate_limit_per_second": 1000.0, "clock": manual_clock.as_clock(), "rng": random.Random(7),
+            "base_url": novita.base_url,
+            "api_key": novita.api_key,
+            "timeout_seconds": 2.0,
+            "page_size": PAGE_SIZE,
+            "rate_limit_per_second": 1000.0,
+            "clock": manual_clock.as_clock(),
+            "rng": random.Random(7),
         }
         clients.append(NovitaClient(**{**arguments, **overrides}))
         return clients[-1]
@@ -75,8 +76,14 @@ async def make_client(novita: FakeNovitaHandle, manual_clock: ManualClock) -> As
 
 
 def create_request(name: str, **fields: Any) -> CreateInstanceRequest:
-    return CreateInstanceRequest(name=name, product_id="4090-us-ca-6", gpu_num=1, rootfs_size=50,
-                                 image_url="docker.io/library/ubuntu:22.04", **fields)
+    return CreateInstanceRequest(
+        name=name,
+        product_id="4090-us-ca-6",
+        gpu_num=1,
+        rootfs_size=50,
+        image_url="docker.io/library/ubuntu:22.04",
+        **fields,
+    )
 
 
 async def create_many(client: NovitaClient, prefix: str, count: int) -> list[str]:
@@ -84,6 +91,7 @@ async def create_many(client: NovitaClient, prefix: str, count: int) -> list[str
 
 
 # -- listing -------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("base", BASES)
@@ -129,8 +137,9 @@ async def test_listing_stops_when_the_server_ignores_page_num() -> None:
         requests.append(request)
         return httpx.Response(200, json={"instances": [{"id": f"i{n}", "name": "x"} for n in range(2)]})
 
-    client = NovitaClient("http://novita.test/v1", "key", page_size=2,
-                          transport=httpx.MockTransport(same_page_every_time))
+    client = NovitaClient(
+        "http://novita.test/v1", "key", page_size=2, transport=httpx.MockTransport(same_page_every_time)
+    )
     try:
         assert [instance.id for instance in await client.list_instances()] == ["i0", "i1"]
     finally:
@@ -140,6 +149,7 @@ async def test_listing_stops_when_the_server_ignores_page_num() -> None:
 
 
 # -- lookups by name (what keeps a create from running twice) ------------------------------------------------------
+
 
 @pytest.mark.parametrize("base", BASES)
 async def test_lookup_by_name_finds_an_instance_on_any_page(
@@ -171,6 +181,7 @@ async def test_a_lost_create_answer_is_settled_by_the_lookup_without_a_duplicate
 
 # -- what a 404 means ----------------------------------------------------------------------------------------------
 
+
 async def test_a_bare_404_is_an_upstream_fault_retried_and_counted_by_the_breaker(
     make_client: ClientFactory, novita: FakeNovitaHandle
 ) -> None:
@@ -193,14 +204,21 @@ async def test_a_bare_404_is_an_upstream_fault_retried_and_counted_by_the_breake
     [
         pytest.param({"kind": "error", "status": 404, "reason": "RESOURCE_NOT_FOUND"}, True, id="404-RESOURCE"),
         pytest.param({"kind": "error", "status": 400, "reason": "INSTANCE_NOT_FOUND"}, True, id="400-INSTANCE"),
-        pytest.param({"kind": "error", "status": 404, "reason": "NOT_FOUND", "message": "no route"}, False,
-                     id="404-route-reason"),
-        pytest.param({"kind": "error", "status": 404, "body": "<html>404</html>", "contentType": "text/html"},
-                     False, id="404-html"),
+        pytest.param(
+            {"kind": "error", "status": 404, "reason": "NOT_FOUND", "message": "no route"}, False, id="404-route-reason"
+        ),
+        pytest.param(
+            {"kind": "error", "status": 404, "body": "<html>404</html>", "contentType": "text/html"},
+            False,
+            id="404-html",
+        ),
         pytest.param({"kind": "error", "status": 404, "body": ""}, False, id="404-empty"),
         pytest.param({"kind": "bare_404"}, False, id="404-plain-text"),
-        pytest.param({"kind": "error", "status": 200, "body": "{}", "contentType": "application/json"}, False,
-                     id="200-without-an-instance"),
+        pytest.param(
+            {"kind": "error", "status": 200, "body": "{}", "contentType": "application/json"},
+            False,
+            id="200-without-an-instance",
+        ),
     ],
 )
 async def test_only_a_novita_not_found_reason_means_gone(
@@ -218,8 +236,9 @@ async def test_reconciliation_never_marks_a_record_deleted_on_a_bare_404(lifecyc
     assert record.novita_instance_id is not None
     env.fake.vanish(record.novita_instance_id)  # missing from the list, and every direct lookup hits a wrong route
     env.fake.add_faults({"path": "/gpu/instance", "kind": "bare_404", "count": None})
-    reconciler = Reconciler(env.novita, env.store, env.redis, ActivityStore(env.redis), sink, lease_seconds=30,
-                            clock=env.clock)
+    reconciler = Reconciler(
+        env.novita, env.store, env.redis, ActivityStore(env.redis), sink, lease_seconds=30, clock=env.clock
+    )
 
     report = await reconciler.run()
 
@@ -235,6 +254,7 @@ async def test_reconciliation_never_marks_a_record_deleted_on_a_bare_404(lifecyc
 
 # -- auth and capacity reasons -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("refusal", ["INVALID_USER_TOKEN", "BANNED_USER"])
 async def test_auth_reasons_sent_as_400_are_auth_errors_and_not_retried(
     make_client: ClientFactory, novita: FakeNovitaHandle, manual_clock: ManualClock, refusal: str
@@ -248,8 +268,10 @@ async def test_auth_reasons_sent_as_400_are_auth_errors_and_not_retried(
     assert client.status().last_error_reason == refusal  # what /health reports
 
 
-@pytest.mark.parametrize("reason", ["CREATE_GPU_NUM_LIMIT", "CUDA_VERSION_INCOMPATIBLE", "CLUSTER_STATUS",
-                                    "NODE_STATUS", "INSUFFICIENT_RESOURCE"])
+@pytest.mark.parametrize(
+    "reason",
+    ["CREATE_GPU_NUM_LIMIT", "CUDA_VERSION_INCOMPATIBLE", "CLUSTER_STATUS", "NODE_STATUS", "INSUFFICIENT_RESOURCE"],
+)
 async def test_capacity_like_reasons_are_insufficient_resource(
     make_client: ClientFactory, novita: FakeNovitaHandle, reason: str
 ) -> None:
@@ -263,16 +285,23 @@ async def test_create_sends_the_optional_fields_in_novitas_shapes(
     make_client: ClientFactory, novita: FakeNovitaHandle
 ) -> None:
     client = make_client()
-    instance_id = await client.create_instance(create_request(
-        "full", entrypoint="/bin/sh -c", min_cuda_version="12.2", image_auth="robot:s3cret-pass",
-        tools=[{"name": "Jupyter", "port": "8888", "type": "http"}],
-        network_storages=[{"Id": "ns-1", "mountPoint": "/data"}],
-    ))
+    instance_id = await client.create_instance(
+        create_request(
+            "full",
+            entrypoint="/bin/sh -c",
+            min_cuda_version="12.2",
+            image_auth="robot:s3cret-pass",
+            tools=[{"name": "Jupyter", "port": "8888", "type": "http"}],
+            network_storages=[{"Id": "ns-1", "mountPoint": "/data"}],
+        )
+    )
     [created] = [instance for instance in novita.instances() if instance["id"] == instance_id]
     assert created["received"] == {
-        "entrypoint": "/bin/sh -c", "minCudaVersion": "12.2",
+        "entrypoint": "/bin/sh -c",
+        "minCudaVersion": "12.2",
         "tools": [{"name": "Jupyter", "port": "8888", "type": "http"}],
-        "networkStorages": [{"Id": "ns-1", "mountPoint": "/data"}], "imageAuthSent": True,
+        "networkStorages": [{"Id": "ns-1", "mountPoint": "/data"}],
+        "imageAuthSent": True,
     }
     with pytest.raises(NovitaInsufficientResource) as raised:  # these nodes have CUDA 12.4
         await client.create_instance(create_request("too-new", min_cuda_version="12.8"))

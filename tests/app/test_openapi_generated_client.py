@@ -3,6 +3,7 @@ drives the whole workflow: products, create, get, list, heartbeat, stop/start/re
 answer of every error class. The generated client raises on any status its operation does not declare, and every
 answer must parse into the model declared for it (errors into `Problem`), so a spec that lies fails here.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,9 +34,24 @@ def generate_client(spec: dict[str, Any], directory: Path) -> ModuleType:
     (directory / "openapi.json").write_text(json.dumps(spec))
     (directory / "config.yaml").write_text(GENERATOR_CONFIG)
     result = subprocess.run(
-        [sys.executable, "-m", "openapi_python_client", "generate", "--path", "openapi.json", "--output-path",
-         "generated", "--meta", "none", "--config", "config.yaml"],
-        cwd=directory, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "openapi_python_client",
+            "generate",
+            "--path",
+            "openapi.json",
+            "--output-path",
+            "generated",
+            "--meta",
+            "none",
+            "--config",
+            "config.yaml",
+        ],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # Warnings mean parts of the spec the generator could not turn into typed code.
@@ -51,8 +67,13 @@ def generate_client(spec: dict[str, Any], directory: Path) -> ModuleType:
 def generated(api_server_factory: StartServer, tmp_path: Path) -> Iterator[tuple[ApiServer, ModuleType]]:
     # The status sync runs only when a job asks (a long interval): its own successful listings would otherwise reset
     # the breaker's count of consecutive failures that the last step of the workflow opens it with.
-    server = api_server_factory(rate_limit_requests=0, novita_timeout_seconds=0.5, novita_breaker_reset_seconds=0.5,
-                                novita_breaker_failure_threshold=3, reconcile_interval_seconds=3600)
+    server = api_server_factory(
+        rate_limit_requests=0,
+        novita_timeout_seconds=0.5,
+        novita_breaker_reset_seconds=0.5,
+        novita_breaker_failure_threshold=3,
+        reconcile_interval_seconds=3600,
+    )
     spec = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()
     package = generate_client(spec, tmp_path)
     try:
@@ -69,8 +90,9 @@ class Driver:
     def __init__(self, package: ModuleType, server: ApiServer) -> None:
         self.package = package
         self.models = importlib.import_module(f"{PACKAGE}.models")
-        self.client = package.AuthenticatedClient(base_url=server.base_url, token=server.api_key,
-                                                  raise_on_unexpected_status=True, timeout=httpx.Timeout(15.0))
+        self.client = package.AuthenticatedClient(
+            base_url=server.base_url, token=server.api_key, raise_on_unexpected_status=True, timeout=httpx.Timeout(15.0)
+        )
         self.anonymous = package.Client(base_url=server.base_url, raise_on_unexpected_status=True)
         self.statuses: set[tuple[str, int]] = set()
 
@@ -127,10 +149,14 @@ def test_the_whole_workflow_through_a_generated_client(
     assert {region.id for region in drive.call("products", "list_regions", 200).parsed.items} >= {"us-ca-6"}
 
     # Create (with the new fields), get, list, heartbeat.
-    body = models.CreateInstanceRequest.from_dict(create_body(
-        billingMode="spot", autoMigrate=True, minCudaVersion="12.2",
-        tools=[{"name": "Jupyter", "port": 8889, "type": "http"}],
-    ))
+    body = models.CreateInstanceRequest.from_dict(
+        create_body(
+            billingMode="spot",
+            autoMigrate=True,
+            minCudaVersion="12.2",
+            tools=[{"name": "Jupyter", "port": 8889, "type": "http"}],
+        )
+    )
     created = drive.accepted(drive.call("instances", "create_instance", 202, body=body, idempotency_key="wf-1"))
     instance_id = created.instance.id
     view = drive.call("instances", "get_instance", 200, instance_id=instance_id).parsed
@@ -141,8 +167,9 @@ def test_the_whole_workflow_through_a_generated_client(
 
     # The original service's routes: a timestamped heartbeat, stop-all's preview, actions by name.
     used_at = datetime.now(UTC) - timedelta(minutes=1)
-    stamped = drive.call("compat", "update_last_used", 200, instance_id=instance_id,
-                         body=models.LastUsedRequest(last_used_at=used_at)).parsed
+    stamped = drive.call(
+        "compat", "update_last_used", 200, instance_id=instance_id, body=models.LastUsedRequest(last_used_at=used_at)
+    ).parsed
     assert stamped.last_used_at == pytest.approx(used_at.timestamp())
     preview = drive.call("compat", "stop_all", 200, body=models.StopAllRequest(dry_run=True)).parsed
     assert [item.instance_id for item in preview.items] == [instance_id] and preview.dry_run is True
@@ -164,8 +191,12 @@ def test_the_whole_workflow_through_a_generated_client(
     drive.call("instances", "get_instance", 404, instance_id="0123456789abcdef")
     drive.call("jobs", "get_job", 404, job_id="no-such-job")
     drive.call("instances", "list_instances", 422, page_size=1000)
-    drive.call("instances", "create_instance", 422, body=models.CreateInstanceRequest.from_dict(
-        create_body(productId="4090-us-ca-6")))  # productName and productId both given
+    drive.call(
+        "instances",
+        "create_instance",
+        422,
+        body=models.CreateInstanceRequest.from_dict(create_body(productId="4090-us-ca-6")),
+    )  # productName and productId both given
     drive.call("products", "list_regions", 401, client=drive.anonymous)
     drive.call("instances", "create_instance", 401, client=drive.anonymous, body=body)
 

@@ -6,6 +6,7 @@ limit, unknown ids, bad input, an oversized or undecodable body, a state conflic
 throttling or answering bare 404s, Valkey down) and each status it answers must be declared for it, with the
 Problem body for errors. The operation table must cover the spec exactly, so a new route cannot slip past.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -49,38 +50,51 @@ OPERATIONS: dict[tuple[str, str], Call] = {
     ("get", "/api/products"): lambda c, ids, bad: c.get("/api/products", params={"gpuNum": 0} if bad else {}),
     ("get", "/api/regions"): lambda c, ids, bad: c.get("/api/regions"),
     ("post", "/api/instances"): lambda c, ids, bad: c.post("/api/instances", json=_body(bad, name="other")),
-    ("get", "/api/instances"): lambda c, ids, bad: c.get(
-        "/api/instances", params={"pageSize": 0} if bad else {}),
+    ("get", "/api/instances"): lambda c, ids, bad: c.get("/api/instances", params={"pageSize": 0} if bad else {}),
     ("get", "/api/instances/{instance_id}"): lambda c, ids, bad: c.get(
-        f"/api/instances/{'bad id!' if bad else ids.instance}"),
+        f"/api/instances/{'bad id!' if bad else ids.instance}"
+    ),
     ("post", "/api/instances/{instance_id}/start"): lambda c, ids, bad: c.post(
-        f"/api/instances/{'bad id!' if bad else ids.instance}/start"),
+        f"/api/instances/{'bad id!' if bad else ids.instance}/start"
+    ),
     ("post", "/api/instances/{instance_id}/stop"): lambda c, ids, bad: c.post(
-        f"/api/instances/{'bad id!' if bad else ids.instance}/stop"),
+        f"/api/instances/{'bad id!' if bad else ids.instance}/stop"
+    ),
     ("post", "/api/instances/{instance_id}/restart"): lambda c, ids, bad: c.post(
-        f"/api/instances/{'bad id!' if bad else ids.instance}/restart"),
+        f"/api/instances/{'bad id!' if bad else ids.instance}/restart"
+    ),
     ("post", "/api/instances/{instance_id}/heartbeat"): lambda c, ids, bad: c.post(
-        f"/api/instances/{'bad id!' if bad else ids.instance}/heartbeat"),
+        f"/api/instances/{'bad id!' if bad else ids.instance}/heartbeat"
+    ),
     ("delete", "/api/instances/{instance_id}"): lambda c, ids, bad: c.delete(
-        f"/api/instances/{'bad id!' if bad else ids.instance}"),
+        f"/api/instances/{'bad id!' if bad else ids.instance}"
+    ),
     ("get", "/api/jobs/{job_id}"): lambda c, ids, bad: c.get(f"/api/jobs/{'bad id!' if bad else ids.job}"),
     ("get", "/api/jobs/dead-letters"): lambda c, ids, bad: c.get(
-        "/api/jobs/dead-letters", params={"limit": 0} if bad else {}),
+        "/api/jobs/dead-letters", params={"limit": 0} if bad else {}
+    ),
     ("post", "/api/jobs/{job_id}/cancel"): lambda c, ids, bad: c.post(
-        f"/api/jobs/{'bad id!' if bad else ids.job}/cancel"),
+        f"/api/jobs/{'bad id!' if bad else ids.job}/cancel"
+    ),
     ("post", "/api/jobs/{job_id}/requeue"): lambda c, ids, bad: c.post(
-        f"/api/jobs/{'bad id!' if bad else ids.job}/requeue"),
+        f"/api/jobs/{'bad id!' if bad else ids.job}/requeue"
+    ),
     # The original service's routes (app/compat).
     ("post", "/api/instances/start"): lambda c, ids, bad: c.post(
-        "/api/instances/start", json={"instanceName": "a b" if bad else ids.name}),
+        "/api/instances/start", json={"instanceName": "a b" if bad else ids.name}
+    ),
     ("post", "/api/instances/stop"): lambda c, ids, bad: c.post(
-        "/api/instances/stop", json={"instanceName": "a b" if bad else ids.name}),
+        "/api/instances/stop", json={"instanceName": "a b" if bad else ids.name}
+    ),
     ("post", "/api/instances/delete"): lambda c, ids, bad: c.post(
-        "/api/instances/delete", json={"instanceName": "a b" if bad else ids.name}),
+        "/api/instances/delete", json={"instanceName": "a b" if bad else ids.name}
+    ),
     ("post", "/api/instances/stop-all"): lambda c, ids, bad: c.post(
-        "/api/instances/stop-all", json={"dryRun": False} if bad else {"dryRun": True}),
+        "/api/instances/stop-all", json={"dryRun": False} if bad else {"dryRun": True}
+    ),
     ("put", "/api/instances/{instance_id}/last-used"): lambda c, ids, bad: c.put(
-        f"/api/instances/{ids.instance}/last-used", json={"lastUsedAt": "soon" if bad else None}),
+        f"/api/instances/{ids.instance}/last-used", json={"lastUsedAt": "soon" if bad else None}
+    ),
 }
 
 
@@ -92,8 +106,16 @@ class StatusLedger:
         self.seen: dict[tuple[str, str, int], str] = {}
         self.wrong_bodies: list[str] = []
 
-    def run(self, server: ApiServer, scenario: str, ids: Ids, *, authenticated: bool = True, bad: bool = False,
-            only: Callable[[tuple[str, str]], bool] = lambda op: True) -> dict[tuple[str, str], int]:
+    def run(
+        self,
+        server: ApiServer,
+        scenario: str,
+        ids: Ids,
+        *,
+        authenticated: bool = True,
+        bad: bool = False,
+        only: Callable[[tuple[str, str]], bool] = lambda op: True,
+    ) -> dict[tuple[str, str], int]:
         answers = {}
         with server.client(authenticated=authenticated, timeout=30.0) as client:
             for op, call in OPERATIONS.items():
@@ -108,8 +130,9 @@ class StatusLedger:
         declared = self.spec["paths"][op[1]][op[0]]["responses"].get(str(response.status_code), {})
         media_type = response.headers.get("content-type", "").split(";")[0]
         if declared and media_type not in declared.get("content", {}):
-            self.wrong_bodies.append(f"{op[0].upper()} {op[1]} answered {response.status_code} as {media_type} "
-                                     f"({scenario})")
+            self.wrong_bodies.append(
+                f"{op[0].upper()} {op[1]} answered {response.status_code} as {media_type} ({scenario})"
+            )
 
     def undeclared(self) -> list[str]:
         return [
@@ -140,8 +163,9 @@ def test_every_status_an_operation_answers_is_declared(
 ) -> None:
     # A breaker that never opens, so that each Novita fault reaches the operations as itself (its 503 is declared
     # and provoked by the generated-client test).
-    server = api_server_factory(rate_limit_requests=0, novita_timeout_seconds=0.3,
-                                novita_breaker_failure_threshold=10_000)
+    server = api_server_factory(
+        rate_limit_requests=0, novita_timeout_seconds=0.3, novita_breaker_failure_threshold=10_000
+    )
     spec = httpx.get(f"{server.base_url}/openapi.json").json()
     ledger = StatusLedger(spec)
     with server.client() as client:
@@ -157,10 +181,16 @@ def test_every_status_an_operation_answers_is_declared(
         for op in filter(has_body(spec), OPERATIONS):
             method, path = op
             for scenario, content in [("invalid JSON", b"{not json"), ("not UTF-8", b"O\x06\xfe\x1d\x14\xff")]:
-                ledger.note(op, client.request(method, path, content=content, headers={
-                    "content-type": "application/json"}), scenario)
-            ledger.note(op, client.request(method, path, content=b"x" * (2 << 20), headers={
-                "content-type": "application/json"}), "oversized body")
+                ledger.note(
+                    op,
+                    client.request(method, path, content=content, headers={"content-type": "application/json"}),
+                    scenario,
+                )
+            ledger.note(
+                op,
+                client.request(method, path, content=b"x" * (2 << 20), headers={"content-type": "application/json"}),
+                "oversized body",
+            )
     ledger.run(server, "state conflicts (the instance is being deleted)", real)  # the first run queued a delete
     for scenario, fault in [
         ("Novita failing", {"kind": "server_error"}),
@@ -192,15 +222,20 @@ def test_every_status_an_operation_answers_is_declared(
 
 def test_every_protected_operation_declares_its_security_and_shared_errors(api_server: ApiServer) -> None:
     spec = httpx.get(f"{api_server.base_url}/openapi.json").json()
-    protected = [(path, method, operation) for path, operations in spec["paths"].items()
-                 for method, operation in operations.items() if path.startswith("/api/")]
+    protected = [
+        (path, method, operation)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if path.startswith("/api/")
+    ]
     assert len(protected) == len([op for op in OPERATIONS if op[1].startswith("/api/")])
     for path, method, operation in protected:
         assert operation["security"] == [{"ApiKeyHeader": []}, {"BearerToken": []}], (method, path)
         for status in ("401", "429", "503"):
             response = operation["responses"][status]
-            assert response["content"] == {"application/problem+json": {"schema": {
-                "$ref": "#/components/schemas/Problem"}}}, (method, path, status)
+            assert response["content"] == {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            }, (method, path, status)
             if status != "401":
                 assert "Retry-After" in response["headers"], (method, path, status)
         if operation["responses"].get("202"):
@@ -214,7 +249,14 @@ def test_health_answers_and_enums_are_described(api_server: ApiServer) -> None:
         assert {"200", "503"} <= set(paths[path]["get"]["responses"]), path
     assert paths["/api/instances"]["post"]["responses"].get("404") is None  # create never looks an id up
     assert schemas["JobView"]["properties"]["state"]["enum"] == [
-        "queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled"]
+        "queued",
+        "scheduled",
+        "running",
+        "succeeded",
+        "failed",
+        "dead",
+        "cancelled",
+    ]
     known_kinds, any_kind = schemas["JobView"]["properties"]["kind"]["anyOf"]
     assert "instance.create" in known_kinds["enum"] and any_kind == {"type": "string"}
     assert set(schemas["Health"]["required"]) >= {"status", "services", "version", "uptimeSeconds", "queue"}

@@ -1,4 +1,5 @@
 """GET /api/products and GET /api/regions over real HTTP: ordering, filters, caching, auth and upstream errors."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -116,8 +117,11 @@ def test_bad_billing_mode_is_a_422_naming_the_parameter(api_server: ApiServer) -
     [
         ({"kind": "rate_limit", "retryAfter": 1}, 429, "RATE_LIMIT_EXCEEDED"),
         ({"kind": "server_error"}, 502, None),
-        ({"kind": "error", "status": 401, "reason": "FAILED_TO_AUTH", "message": "failed to authenticate"},
-         502, "FAILED_TO_AUTH"),
+        (
+            {"kind": "error", "status": 401, "reason": "FAILED_TO_AUTH", "message": "failed to authenticate"},
+            502,
+            "FAILED_TO_AUTH",
+        ),
         ({"kind": "timeout", "delaySeconds": 2}, 504, "TIMEOUT"),
     ],
     ids=["429", "5xx", "auth", "timeout"],

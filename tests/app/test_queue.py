@@ -1,78 +1,23 @@
 """The job queue and worker against a real redis-server: durability, reclaim, retries, dead letters, locking."""
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from app.core.errors import ServiceUnavailable
-from app.core.metrics import Metrics
-from app.core.redis import RedisManager
 from app.jobs.queue import DEAD_KEY, SCHEDULED_KEY, STREAM_KEY, Job, JobContext, JobQueue, RetryLater, job_key
-from app.jobs.worker import Worker
-from tests.app.conftest import ApiServer, fast_settings
+from tests.app.conftest import ApiServer, QueueKit, wait_for
 from tests.fixtures_redis import RedisServer
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll an async condition until true; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-class QueueKit:
-    """Builds queues and workers on the shared redis-server and tears them all down after the test."""
-
-    def __init__(self, server: RedisServer) -> None:
-        self.server = server
-        self.metrics = Metrics()  # shared by the test's workers
-        self._managers: list[RedisManager] = []
-        self._workers: list[Worker] = []
-
-    async def queue(self, **overrides: Any) -> JobQueue:
-        """A connected queue with its own Valkey connections."""
-        manager = RedisManager(fast_settings(self.server.url, **overrides))
-        self._managers.append(manager)
-        await manager.wait_until_connected()
-        return JobQueue(manager)
-
-    def worker(self, queue: JobQueue, handlers: dict[str, Any], name: str, **overrides: Any) -> Worker:
-        """A worker (not started) with `handlers` registered."""
-        worker = Worker(queue, fast_settings(self.server.url, **overrides), self.metrics, consumer_name=name)
-        for kind, handler in handlers.items():
-            worker.register(kind, handler)
-        self._workers.append(worker)
-        return worker
-
-    async def job_state(self, queue: JobQueue, job_id: str) -> str | None:
-        job = await queue.get(job_id)
-        return None if job is None else job.state
-
-    async def close(self) -> None:
-        for worker in self._workers:
-            await worker.stop(grace_seconds=0.5)
-        for manager in self._managers:
-            await manager.close()
-
-
-@pytest.fixture
-async def kit(redis_server: RedisServer) -> AsyncIterator[QueueKit]:
-    redis_server.start()
-    redis_server.flushall()
-    queue_kit = QueueKit(redis_server)
-    yield queue_kit
-    await queue_kit.close()
 
 
 async def test_enqueue_is_durable_before_it_returns_and_idempotent_by_job_id(
@@ -135,7 +80,7 @@ async def test_failing_job_is_retried_with_growing_backoff_then_dead_lettered(ki
     dead = await queue.dead_letters()
     assert [d.id for d in dead] == [job.id]
     assert dead[0].attempts == 3 and dead[0].last_error == "RuntimeError: boom 3"
-    gaps = [later - earlier for earlier, later in zip(attempts_at, attempts_at[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts_at)]
     assert len(gaps) == 2
     assert gaps[0] >= 0.2 * 0.8 and gaps[1] >= 0.4 * 0.8  # exponential: base, then twice the base (±20 % jitter)
     assert (await queue.depth()).dead == 1
@@ -213,9 +158,7 @@ async def test_job_of_a_killed_worker_is_reclaimed_and_its_effect_happens_once(
             raw.incr(f"test:effect:{context.job.id}")
         return {"done": 1}
 
-    rescuer = kit.worker(
-        queue, {"demo.effect": apply_effect_once}, "rescuer", job_visibility_timeout_seconds=1.0
-    )
+    rescuer = kit.worker(queue, {"demo.effect": apply_effect_once}, "rescuer", job_visibility_timeout_seconds=1.0)
     await rescuer.start()
     await wait_for(lambda: _is(kit, queue, job.id, "succeeded"), timeout=15, what="reclaimed job")
     with redis_server.client() as raw:

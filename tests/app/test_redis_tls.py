@@ -1,4 +1,5 @@
 """Valkey over TLS, as on Aiven: `rediss://`/`valkeys://` with a password and a CA the test makes (trustme)."""
+
 from __future__ import annotations
 
 import asyncio

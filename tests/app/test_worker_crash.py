@@ -3,6 +3,7 @@
 The first API runs as a real child process (`python -m app`) so it can be killed without a chance to clean up; a
 second API (in-process) on the same redis-server reclaims the unacknowledged job after the visibility timeout.
 """
+
 from __future__ import annotations
 
 import os
@@ -130,8 +131,10 @@ def test_killed_while_polling_the_job_completes(
     with child_api.client() as client:
         accepted = create_instance(client, name="polled")
         instance_path = f"/api/instances/{accepted['instance']['id']}"
-        _wait_until(lambda: client.get(instance_path).json()["novitaInstanceId"] is not None,
-                    what="the record to get its Novita id")
+        _wait_until(
+            lambda: client.get(instance_path).json()["novitaInstanceId"] is not None,
+            what="the record to get its Novita id",
+        )
     child_api.kill()
     fake_novita.set_step_seconds(TEST_STEP_SECONDS)
 
