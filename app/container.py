@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.access.keys import KeyRing
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.deps import Services
@@ -45,6 +46,7 @@ class AppContainer:
     jobs: JobControl  # cancel and requeue
     cache: Cache
     rate_limiter: RateLimiter
+    keys: KeyRing  # API keys as principals: the bootstrap admins of API_KEYS and those stored in Valkey
     instances: InstanceService
     products: ProductService
     automation: LifecycleAutomation  # reconciliation, cost guards, webhooks, spot recovery
@@ -117,6 +119,7 @@ class AppContainer:
             rate_limiter=RateLimiter(
                 redis, metrics, limit=settings.rate_limit_requests, window_seconds=settings.rate_limit_window_seconds
             ),
+            keys=KeyRing(redis, settings.api_key_hashing_key, settings.client_api_keys),
             instances=instances,
             products=ProductService(settings, novita, cache),
             automation=automation,
@@ -135,6 +138,8 @@ class AppContainer:
         services.add(JobQueue, self.queue)
         services.add(JobControl, self.jobs)
         services.add(RateLimiter, self.rate_limiter)
+        services.add(KeyRing, self.keys)
+        services.add(InstanceStore, self.instances.store)
         services.add(InstanceService, self.instances)
         services.add(ProductService, self.products)
         services.add(Worker, self.worker)

@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.access.auth import require_scope
+from app.access.router import router as keys_router
 from app.compat.router import router as compat_router
 from app.container import AppContainer
 from app.core.config import ConfigError, Settings, load_settings
@@ -69,20 +71,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["Location", "Retry-After", "X-Request-ID"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # sees every answer but /livez
     app.add_middleware(LivenessEndpoint, process=container.process)  # outermost: liveness depends on nothing
-    for router in (health_router, jobs_router, instances_router, products_router, compat_router):
+    for router in (health_router, jobs_router, instances_router, products_router, compat_router, keys_router):
         app.include_router(router)
     install_dashboard(app, container.redis.client, settings.ui_session_ttl_seconds)  # /ui, outside the OpenAPI schema
     if not settings.client_api_keys:
         logger.warning("API_KEYS is not set: the API is open to anyone who can reach it (development only)")
     if settings.fault_injection:
         logger.warning("FAULT_INJECTION is on: /debug endpoints are served")
-        app.include_router(faults_router)
+        app.include_router(faults_router, dependencies=[Depends(require_scope("admin"))])
     container.register_job_handlers()
     return app
 

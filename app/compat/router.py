@@ -8,9 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Response, status
 
+from app.access.auth import OperateCaller, authenticate
+from app.access.principal import Principal
 from app.compat.schemas import ByNameAction, ByNameStart, LastUsedRequest, StopAllRequest, StopAllResult
 from app.compat.service import CompatService
-from app.core.auth import require_api_key
 from app.core.deps import provide
 from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
 from app.fleet.actions import Action
@@ -18,7 +19,7 @@ from app.fleet.schemas import AcceptedResponse, HeartbeatView
 from app.instances.service import InstanceService
 
 router = APIRouter(
-    prefix="/api/instances", tags=["compat"], dependencies=[Depends(require_api_key)], responses=AUTHENTICATED_RESPONSES
+    prefix="/api/instances", tags=["compat"], dependencies=[Depends(authenticate)], responses=AUTHENTICATED_RESPONSES
 )
 
 _BY_NAME_RESPONSES = {
@@ -36,8 +37,10 @@ async def get_compat_service(instances: Annotated[InstanceService, Depends(provi
 Service = Annotated[CompatService, Depends(get_compat_service)]
 
 
-async def _by_name(service: CompatService, body: ByNameAction, action: Action, response: Response) -> AcceptedResponse:
-    accepted = await service.action_by_name(body.instance_name, action, body.webhook_url)
+async def _by_name(
+    service: CompatService, body: ByNameAction, action: Action, response: Response, caller: Principal
+) -> AcceptedResponse:
+    accepted = await service.action_by_name(body.instance_name, action, body.webhook_url, caller)
     response.headers["Location"] = f"/api/jobs/{accepted.job_id}"
     return accepted
 
@@ -45,32 +48,41 @@ async def _by_name(service: CompatService, body: ByNameAction, action: Action, r
 @router.post(
     "/start", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse, responses=_BY_NAME_RESPONSES
 )
-async def start_by_name(body: ByNameStart, service: Service, response: Response) -> AcceptedResponse:
+async def start_by_name(
+    body: ByNameStart, service: Service, response: Response, caller: OperateCaller
+) -> AcceptedResponse:
     """Queue a start of the instance named `instanceName` (the original's `POST /api/instances/start`)."""
-    return await _by_name(service, body, "start", response)
+    return await _by_name(service, body, "start", response, caller)
 
 
 @router.post(
     "/stop", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse, responses=_BY_NAME_RESPONSES
 )
-async def stop_by_name(body: ByNameAction, service: Service, response: Response) -> AcceptedResponse:
+async def stop_by_name(
+    body: ByNameAction, service: Service, response: Response, caller: OperateCaller
+) -> AcceptedResponse:
     """Queue a stop of the instance named `instanceName` (the original's `POST /api/instances/stop`)."""
-    return await _by_name(service, body, "stop", response)
+    return await _by_name(service, body, "stop", response, caller)
 
 
 @router.post(
     "/delete", status_code=status.HTTP_202_ACCEPTED, response_model=AcceptedResponse, responses=_BY_NAME_RESPONSES
 )
-async def delete_by_name(body: ByNameAction, service: Service, response: Response) -> AcceptedResponse:
+async def delete_by_name(
+    body: ByNameAction, service: Service, response: Response, caller: OperateCaller
+) -> AcceptedResponse:
     """Queue the deletion of the instance named `instanceName` (the original's `POST /api/instances/delete`)."""
-    return await _by_name(service, body, "delete", response)
+    return await _by_name(service, body, "delete", response, caller)
 
 
 @router.post("/stop-all", response_model=StopAllResult)
-async def stop_all(service: Service, body: Annotated[StopAllRequest | None, Body()] = None) -> StopAllResult:
-    """Stop every running instance this service manages. A dry run (what would stop) unless the body says
-    `{"dryRun": false, "confirm": "stop-all"}`; each stop is a job, listed with its instance."""
-    return await service.stop_all(dry_run=(body or StopAllRequest()).dry_run)
+async def stop_all(
+    service: Service, caller: OperateCaller, body: Annotated[StopAllRequest | None, Body()] = None
+) -> StopAllResult:
+    """Stop every running instance of the key's team (every one this service manages, for an admin). A dry run
+    (what would stop) unless the body says `{"dryRun": false, "confirm": "stop-all"}`; each stop is a job, listed
+    with its instance."""
+    return await service.stop_all(caller, dry_run=(body or StopAllRequest()).dry_run)
 
 
 @router.put(
@@ -81,9 +93,10 @@ async def stop_all(service: Service, body: Annotated[StopAllRequest | None, Body
 async def update_last_used(
     instance_id: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
     service: Service,
+    caller: OperateCaller,
     body: Annotated[LastUsedRequest | None, Body()] = None,
 ) -> HeartbeatView:
     """The original's heartbeat: the instance was in use at `lastUsedAt` (now when left out); idle auto-stop
     counts from the latest one. Same as `POST /api/instances/{id}/heartbeat`, with a timestamp."""
     at = body.last_used_at.timestamp() if body is not None and body.last_used_at is not None else None
-    return await service.last_used(instance_id, at)
+    return await service.last_used(instance_id, at, caller)

@@ -22,6 +22,12 @@ DEFAULT_NOVITA_BASE_URL = "https://api.novita.ai/gpu-instance/openapi/v1"
 _REDIS_SCHEME_REWRITES = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
 _API_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_API_KEY_LENGTH = 16
+MIN_API_KEY_HASH_SECRET_LENGTH = 32
+# Development only (production refuses to start without API_KEY_HASH_SECRET): a fixed, published value, so that every
+# replica and every restart of a development deployment hashes keys alike without configuration (a random one per
+# process would invalidate the keys on each restart and disagree between replicas). It protects nothing, and needs
+# not to: development keys guard fake or test accounts.
+DEVELOPMENT_API_KEY_HASH_SECRET = "development-only-api-key-hash-secret-not-for-production"
 # Standard Webhooks' form of a signing secret: the prefix, then the key in base64.
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
@@ -77,8 +83,11 @@ class Settings(BaseSettings):
     # One `GET /clusters` per interval across all replicas, shared through Valkey; what /health reports (app/health).
     novita_health_check_interval_seconds: float = Field(60.0, gt=0)
 
-    # Clients of this API: `name:key,name:key`.
+    # Clients of this API: `name:key,name:key`, the bootstrap admin keys; admins create the others through the API.
     api_keys: SecretStr | None = None
+    # The HMAC key that API keys are stored under (app/access/keys.py): without it a copy of Valkey cannot test
+    # guessed keys offline. Required in production; development falls back to `DEVELOPMENT_API_KEY_HASH_SECRET`.
+    api_key_hash_secret: SecretStr | None = None
     # Per key name, shared by every replica through Valkey; 0 turns the limit off (app/core/ratelimit.py).
     rate_limit_requests: int = Field(600, ge=0)
     rate_limit_window_seconds: int = Field(60, ge=1, le=3600)
@@ -217,12 +226,23 @@ class Settings(BaseSettings):
         _parse_api_keys(value.get_secret_value())
         return value
 
+    @field_validator("api_key_hash_secret")
+    @classmethod
+    def _check_api_key_hash_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value()) < MIN_API_KEY_HASH_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_API_KEY_HASH_SECRET_LENGTH} characters")
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.redis_url is None and not self.redis_host:
             raise ValueError("REDIS_URL: is required (or REDIS_HOST with REDIS_PORT/REDIS_PASSWORD/REDIS_TLS)")
         if self.app_env == "production" and self.api_keys is None:
             raise ValueError("API_KEYS: is required when APP_ENV=production")
+        if self.app_env == "production" and self.api_key_hash_secret is None:
+            raise ValueError("API_KEY_HASH_SECRET: is required when APP_ENV=production")
         if self.webhook_url is not None and (self.webhook_secret is None or not self.webhook_secret.get_secret_value()):
             raise ValueError("WEBHOOK_SECRET: is required when WEBHOOK_URL is set (webhooks are always signed)")
         if self.app_env == "production" and self.fault_injection:
@@ -279,6 +299,12 @@ class Settings(BaseSettings):
             return {}
         return _parse_api_keys(self.api_keys.get_secret_value())
 
+    @property
+    def api_key_hashing_key(self) -> bytes:
+        """The HMAC key of stored API keys (a secret: never log it)."""
+        secret = self.api_key_hash_secret
+        return (secret.get_secret_value() if secret is not None else DEVELOPMENT_API_KEY_HASH_SECRET).encode()
+
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redaction filter."""
         secrets = [self.novita_api_key.get_secret_value(), self.redis_connection_url]
@@ -290,6 +316,8 @@ class Settings(BaseSettings):
             if password:
                 secrets.append(password)
         secrets.extend(key.get_secret_value() for key in self.client_api_keys.values())
+        if self.api_key_hash_secret is not None:
+            secrets.append(self.api_key_hash_secret.get_secret_value())
         if self.webhook_secret is not None:
             secrets.append(self.webhook_secret.get_secret_value())
         if self.webhook_url is not None:

@@ -73,6 +73,12 @@ class Unauthorized(AppError):
         return {"WWW-Authenticate": 'APIKey header="X-API-Key", Bearer'}
 
 
+class Forbidden(AppError):
+    """The key is valid but its scope does not cover the operation (403); `detail` names the scope needed."""
+
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
 class PayloadTooLarge(AppError):
     """The request body is larger than the configured limit (413)."""
 

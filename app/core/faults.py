@@ -1,4 +1,6 @@
-"""Fault injection for the container tests (`FAULT_INJECTION=true`, refused in production by the settings)."""
+"""Fault injection for the container tests (`FAULT_INJECTION=true`, refused in production by the settings).
+
+The composition root includes this router behind the admin scope (core knows no principals)."""
 
 from __future__ import annotations
 
@@ -6,13 +8,11 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
-
-from app.core.auth import require_api_key
+from fastapi import APIRouter, Query
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/debug", tags=["debug"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/debug", tags=["debug"])
 
 
 @router.post("/block-loop")

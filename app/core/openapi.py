@@ -1,10 +1,10 @@
 """Make `/openapi.json` describe what the API really answers, so generated clients (and the fuzzer) can rely on it.
 
 The routes declare what is specific to them, and FastAPI emits it, however the routers are included:
-- security: `require_api_key` takes its key through FastAPI security schemes (app/core/auth.py), so every operation
+- security: `app.access.auth.authenticate` takes its key through FastAPI security schemes, so every operation
   behind it lists `ApiKeyHeader` and `BearerToken`;
-- the answers of the shared layers: routers behind the key use `AUTHENTICATED_RESPONSES` (401, 429 and 503 with
-  `Retry-After`), those that call Novita synchronously add `NOVITA_RESPONSES` (502, 504), and each operation adds
+- the answers of the shared layers: routers behind the key use `AUTHENTICATED_RESPONSES` (401, 403 naming the scope
+  needed, 429 and 503 with `Retry-After`), those that call Novita synchronously add `NOVITA_RESPONSES` (502, 504), and each operation adds
   its own 404/409 and the `Location` of a 202 (`accepted_response`).
 This module then completes the generated document once, from each operation's shape alone:
 - every operation may answer 500; those with parameters or a body 422; those with a body 400 (undecodable) and
@@ -65,6 +65,7 @@ def problem(description: str, *, retry_after: bool = False) -> dict[str, Any]:
 
 AUTHENTICATED_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: problem("missing or invalid API key"),
+    403: problem("the API key's scope does not cover this operation: `detail` names the scope needed"),
     429: problem("the rate limit of this API key (or Novita's) is used up", retry_after=True),
     503: problem("Valkey or Novita unavailable: nothing was accepted", retry_after=True),
 }

@@ -3,8 +3,12 @@
 Keys (all under `ngpu:instances`), written by `InstanceStore` in the same transaction as the record they describe:
 - `ngpu:instances`                    sorted set of every member by creation time (the unfiltered list).
 - `ngpu:instances:state:<state>`      one sorted set per state, same scores: a status filter is one set, its count
-                                      a ZCARD, its page a ZREVRANGE. A team filter (issue 10) would be one more set
-                                      per team, paged the same way (intersected with a state set when both are given).
+                                      a ZCARD, its page a ZREVRANGE.
+- `ngpu:instances:team:<team>`        the same per owning team (and `...:team:<team>:state:<state>` per team and
+                                      state), so a team's page reads only its own members. Unowned records (team
+                                      null) and instances made outside this service are in no team set: admins
+                                      only, who page the sets above.
+- `ngpu:instances:teams`              hash member -> its team, so that dropping a member finds its team sets.
 - `ngpu:instances:names`              hash member -> case-folded name. The name filter is a case-insensitive
                                       substring, which no sorted structure answers; the page script walks the
                                       (state) set and this hash inside Valkey, so only the page's ids and the count
@@ -41,6 +45,7 @@ NAMES_KEY = f"{PREFIX}:names"
 SYNCED_AT_KEY = f"{PREFIX}:synced-at"
 EXPIRING_KEY = f"{PREFIX}:expiring"
 EXTERNALS_KEY = f"{PREFIX}:externals"
+TEAMS_KEY = f"{PREFIX}:teams"
 VERSION_KEY = f"{PREFIX}:index-version"
 SYNC_STATUS_KEY = f"{PREFIX}:sync"
 SYNC_WANTED_KEY = f"{PREFIX}:sync-wanted"
@@ -55,6 +60,11 @@ EXTERNAL_MEMBER_PREFIX = "ext:"
 def state_key(state: str) -> str:
     """The sorted set of one state's members."""
     return f"{PREFIX}:state:{state}"
+
+
+def team_key(team: str, state: str | None = None) -> str:
+    """The sorted set of one team's members (of one state, when given)."""
+    return f"{PREFIX}:team:{team}" + (f":state:{state}" if state is not None else "")
 
 
 def external_member(novita_id: str) -> str:

@@ -400,6 +400,9 @@ class InstanceView(ApiModel):
     managed: bool
     name: str
     upstream_name: str | None = None
+    team: str | None = Field(
+        None, description="the owning team; null: unowned (adopted or made elsewhere), admins only"
+    )
     novita_instance_id: str | None = None
     state: InstanceState
     novita_status: str | None = None

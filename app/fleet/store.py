@@ -137,7 +137,7 @@ class InstanceStore:
     async def update(self, instance_id: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
         """Apply `change` to the record atomically (optimistic: re-read and re-apply if another writer won).
 
-        A change of state moves the record between the state sets of the index in the same transaction.
+        A change of state or owning team moves the record between the sets of the index in the same transaction.
         """
         key = _record_key(instance_id)
         async with _valkey_errors(), self._client.pipeline(transaction=True) as pipe:
@@ -148,13 +148,16 @@ class InstanceStore:
                     if raw is None:
                         raise RecordNotFound(instance_id)
                     record = InstanceRecord.model_validate_json(raw)
-                    before = record.state
+                    before = record.state, record.team
                     change(record)
                     pipe.multi()
                     pipe.set(key, record.model_dump_json(), keepttl=True)
-                    if record.state != before:
-                        pipe.zrem(index.state_key(before), record.id)
+                    if record.state != before[0]:
+                        pipe.zrem(index.state_key(before[0]), record.id)
                         pipe.zadd(index.state_key(record.state), {record.id: record.created_at})
+                    if (record.state, record.team) != before:
+                        _unindex_team(pipe, record.id, *before)
+                        _index_team(pipe, record)
                         pipe.incr(index.VERSION_COUNTER_KEY)
                     if record.state == InstanceState.DELETED:
                         pipe.expire(key, DELETED_RECORD_RETENTION_SECONDS)
@@ -174,9 +177,16 @@ class InstanceStore:
         offset: int,
         count: int,
         cursor: index.Cursor | None = None,
+        team: str | None = None,
     ) -> IndexPage:
-        """One page of the index, newest first, and the filter's total; reads only the page's records."""
-        set_key = index.state_key(state) if state is not None else index.ALL_KEY
+        """One page of the index, newest first, and the filter's total; reads only the page's records.
+
+        With `team`, only that team's members (its own sorted sets); without, every member (what admins see).
+        """
+        if team is not None:
+            set_key = index.team_key(team, state)
+        else:
+            set_key = index.state_key(state) if state is not None else index.ALL_KEY
         async with _valkey_errors():
             answer = await self._client.eval(
                 index.PAGE_SCRIPT,
@@ -330,7 +340,13 @@ class InstanceStore:
         return indexed
 
     async def _unindex(self, members: list[str]) -> None:
+        async with _valkey_errors():
+            teams = await self._client.hmget(index.TEAMS_KEY, members)
         async with _valkey_errors(), self._client.pipeline(transaction=True) as pipe:
+            for member, team in zip(members, teams, strict=True):
+                if team is not None:
+                    _unindex_team(pipe, member, None, _text(team))
+            pipe.hdel(index.TEAMS_KEY, *members)
             pipe.zrem(index.ALL_KEY, *members)
             for state in InstanceState:
                 pipe.zrem(index.state_key(state), *members)
@@ -370,6 +386,26 @@ def _index_record(pipe: Pipeline, record: InstanceRecord) -> None:
     pipe.zadd(index.ALL_KEY, {record.id: record.created_at})
     pipe.zadd(index.state_key(record.state), {record.id: record.created_at})
     pipe.hset(index.NAMES_KEY, record.id, record.name.casefold())
+    _index_team(pipe, record)
     pipe.incr(index.VERSION_COUNTER_KEY)
     if record.state == InstanceState.DELETED:
         pipe.zadd(index.EXPIRING_KEY, {record.id: time.time() + DELETED_RECORD_RETENTION_SECONDS})
+
+
+def _index_team(pipe: Pipeline, record: InstanceRecord) -> None:
+    """Queue the entries of `record` in its team's sets (none for an unowned record)."""
+    if record.team is None:
+        return
+    pipe.hset(index.TEAMS_KEY, record.id, record.team)
+    pipe.zadd(index.team_key(record.team), {record.id: record.created_at})
+    pipe.zadd(index.team_key(record.team, record.state), {record.id: record.created_at})
+
+
+def _unindex_team(pipe: Pipeline, member: str, state: InstanceState | None, team: str | None) -> None:
+    """Queue the removal of `member` from `team`'s sets (from every state set when `state` is not known)."""
+    if team is None:
+        return
+    pipe.hdel(index.TEAMS_KEY, member)
+    pipe.zrem(index.team_key(team), member)
+    for each in [state] if state is not None else list(InstanceState):
+        pipe.zrem(index.team_key(team, each), member)

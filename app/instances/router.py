@@ -6,9 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 
-from app.core.auth import require_api_key
+from app.access.auth import AdminCaller, OperateCaller, ReadCaller, authenticate
+from app.access.principal import Principal
+from app.access.schemas import TeamName
 from app.core.deps import provide
 from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
+from app.core.schemas import StrictRequestModel
 from app.fleet.actions import Action
 from app.fleet.schemas import (
     AcceptedResponse,
@@ -23,7 +26,7 @@ from app.instances.service import InstanceService
 router = APIRouter(
     prefix="/api/instances",
     tags=["instances"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(authenticate)],
     responses=AUTHENTICATED_RESPONSES,
 )
 
@@ -55,19 +58,21 @@ async def create_instance(
     body: CreateInstanceRequest,
     service: Service,
     response: Response,
+    caller: OperateCaller,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> AcceptedResponse:
-    """Queue the creation of an instance; 202 once the job is durably written.
+    """Queue the creation of an instance, owned by the key's team; 202 once the job is durably written.
 
     With an `Idempotency-Key` header, repeating the request returns the same instance and job and creates nothing
     twice; reusing the key with a different body is a 422.
     """
-    return _accepted(response, await service.create(body, idempotency_key))
+    return _accepted(response, await service.create(body, idempotency_key, caller))
 
 
 @router.get("", response_model=InstancePage)
 async def list_instances(
     service: Service,
+    caller: ReadCaller,
     state: Annotated[InstanceState | None, Query(alias="status", description="our state, e.g. running")] = None,
     name: Annotated[str | None, Query(max_length=255, description="case-insensitive substring")] = None,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
@@ -76,46 +81,68 @@ async def list_instances(
         str | None, Query(max_length=200, description="`nextCursor` of the previous page; replaces `page`")
     ] = None,
 ) -> InstancePage:
-    """Instances from our index, newest first, as the background sync last saw them on Novita (`syncedAt`);
-    instances made outside this service are included (`managed: false`)."""
-    return await service.list_instances(state=state, name=name, page=page, page_size=page_size, cursor=cursor)
+    """The key's team's instances (every instance for an admin) from our index, newest first, as the background sync
+    last saw them on Novita (`syncedAt`); admins also see instances made outside this service (`managed: false`)."""
+    return await service.list_instances(caller, state=state, name=name, page=page, page_size=page_size, cursor=cursor)
 
 
 @router.get("/{instance_id}", response_model=InstanceView, responses=_NOT_FOUND)
-async def get_instance(instance_id: InstanceId, service: Service) -> InstanceView:
+async def get_instance(instance_id: InstanceId, service: Service, caller: ReadCaller) -> InstanceView:
     """One instance, with Novita's live status when Novita answers."""
-    return await service.get(instance_id)
+    return await service.get(instance_id, caller)
 
 
-async def _action(instance_id: str, action: Action, service: InstanceService, response: Response) -> AcceptedResponse:
-    return _accepted(response, await service.request_action(instance_id, action))
+async def _action(
+    instance_id: str, action: Action, service: InstanceService, response: Response, caller: Principal
+) -> AcceptedResponse:
+    return _accepted(response, await service.request_action(instance_id, action, caller))
 
 
 @router.post("/{instance_id}/start", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
-async def start_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+async def start_instance(
+    instance_id: InstanceId, service: Service, response: Response, caller: OperateCaller
+) -> AcceptedResponse:
     """Queue a start of a stopped instance."""
-    return await _action(instance_id, "start", service, response)
+    return await _action(instance_id, "start", service, response, caller)
 
 
 @router.post("/{instance_id}/stop", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
-async def stop_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+async def stop_instance(
+    instance_id: InstanceId, service: Service, response: Response, caller: OperateCaller
+) -> AcceptedResponse:
     """Queue a stop of a running instance."""
-    return await _action(instance_id, "stop", service, response)
+    return await _action(instance_id, "stop", service, response, caller)
 
 
 @router.post("/{instance_id}/restart", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
-async def restart_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+async def restart_instance(
+    instance_id: InstanceId, service: Service, response: Response, caller: OperateCaller
+) -> AcceptedResponse:
     """Queue a restart of a running instance."""
-    return await _action(instance_id, "restart", service, response)
+    return await _action(instance_id, "restart", service, response, caller)
 
 
 @router.delete("/{instance_id}", status_code=202, response_model=AcceptedResponse, responses=_ACTION_RESPONSES)
-async def delete_instance(instance_id: InstanceId, service: Service, response: Response) -> AcceptedResponse:
+async def delete_instance(
+    instance_id: InstanceId, service: Service, response: Response, caller: OperateCaller
+) -> AcceptedResponse:
     """Queue the deletion of an instance (its data on Novita is lost)."""
-    return await _action(instance_id, "delete", service, response)
+    return await _action(instance_id, "delete", service, response, caller)
 
 
 @router.post("/{instance_id}/heartbeat", response_model=HeartbeatView, responses={**_NOT_FOUND, **_CONFLICT})
-async def heartbeat(instance_id: InstanceId, service: Service) -> HeartbeatView:
+async def heartbeat(instance_id: InstanceId, service: Service, caller: OperateCaller) -> HeartbeatView:
     """Say the instance is in use: idle auto-stop stops instances without a heartbeat for AUTO_STOP_IDLE_SECONDS."""
-    return await service.heartbeat(instance_id)
+    return await service.heartbeat(instance_id, caller)
+
+
+class OwnerChange(StrictRequestModel):
+    """`PUT /api/instances/{id}/owner`: the team that owns the instance from now on (null: unowned, admins only)."""
+
+    team: TeamName | None
+
+
+@router.put("/{instance_id}/owner", response_model=InstanceView, responses=_NOT_FOUND)
+async def set_owner(instance_id: InstanceId, body: OwnerChange, service: Service, _caller: AdminCaller) -> InstanceView:
+    """Give an instance to a team (admins): it then shows in that team's lists and answers its keys."""
+    return await service.set_owner(instance_id, body.team)

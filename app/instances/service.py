@@ -11,6 +11,8 @@ import secrets
 import time
 from typing import Any
 
+from app.access.ownership import listed_team, sees
+from app.access.principal import Principal
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
@@ -26,7 +28,7 @@ from app.fleet.schemas import (
     InstanceState,
     InstanceView,
 )
-from app.fleet.store import InstanceStore
+from app.fleet.store import InstanceStore, RecordNotFound
 from app.fleet.views import overlay, upstream_name
 from app.jobs.queue import JobQueue
 from app.lifecycle.activity import ActivityStore
@@ -105,11 +107,15 @@ class InstanceService:
         """The record store (shared with the job handlers)."""
         return self._store
 
-    async def create(self, request: CreateInstanceRequest, idempotency_key: str | None) -> AcceptedResponse:
-        """Record the instance and queue its create job; with an idempotency key, a replay returns the first result.
+    async def create(
+        self, request: CreateInstanceRequest, idempotency_key: str | None, owner: Principal
+    ) -> AcceptedResponse:
+        """Record the instance, owned by `owner`'s team, and queue its create job; with an idempotency key, a replay
+        returns the first result.
 
         A replay whose first attempt stopped half-way (e.g. Valkey failed after the key was claimed) finishes the
-        acceptance with the same ids, so retrying with the same key is always safe.
+        acceptance with the same ids, so retrying with the same key is always safe. Idempotency keys are per team:
+        another team's identical key neither replays nor reveals this one's instance.
         """
         record_id, job_id = new_record_id(), new_job_id()
         replay = False
@@ -121,7 +127,7 @@ class InstanceService:
                 )
             claim = {"fingerprint": request.fingerprint(), "instance_id": record_id, "job_id": job_id}
             existing = await self._store.claim_idempotency_key(
-                idempotency_key, claim, self._settings.idempotency_ttl_seconds
+                f"{owner.team or ''}:{idempotency_key}", claim, self._settings.idempotency_ttl_seconds
             )
             if existing is not None:
                 if existing["fingerprint"] != claim["fingerprint"]:
@@ -138,6 +144,7 @@ class InstanceService:
             id=record_id,
             name=request.name,
             upstream_name=upstream_name(request.name, record_id),
+            team=owner.team,
             product_id=request.product_id,
             product_name=request.product_name,
             gpu_num=request.gpu_num,
@@ -161,9 +168,10 @@ class InstanceService:
         await self._queue.enqueue(CREATE_JOB, {"instance_id": record_id}, job_id=job_id)  # existing id: no-op
         return AcceptedResponse(instance=InstanceView.from_record(record), job_id=job_id)
 
-    async def request_action(self, instance_id: str, action: Action) -> AcceptedResponse:
-        """Queue start/stop/restart/delete: 404 for an unknown id, 409 when the current state forbids it."""
-        record = await self._get_record(instance_id)
+    async def request_action(self, instance_id: str, action: Action, caller: Principal) -> AcceptedResponse:
+        """Queue start/stop/restart/delete: 404 for an id unknown (or not visible) to `caller`, 409 when the current
+        state forbids it."""
+        record = await self._get_record(instance_id, caller)
         if record.state not in ACTION_ALLOWED_FROM[action]:
             allowed = ", ".join(sorted(ACTION_ALLOWED_FROM[action]))
             raise Conflict(f"cannot {action} an instance that is {record.state.value} (allowed from: {allowed})")
@@ -181,9 +189,9 @@ class InstanceService:
         await self.forget_cached(updated.novita_instance_id)
         return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
 
-    async def heartbeat(self, instance_id: str, at: float | None = None) -> HeartbeatView:
+    async def heartbeat(self, instance_id: str, caller: Principal, at: float | None = None) -> HeartbeatView:
         """Note that the instance is in use (now, or at `at`): idle auto-stop counts from the latest heartbeat."""
-        record = await self._get_record(instance_id)
+        record = await self._get_record(instance_id, caller)
         if record.state in (InstanceState.DELETING, InstanceState.DELETED):
             raise Conflict(f"instance {instance_id!r} is {record.state.value}: there is nothing to keep alive")
         used_at = time.time() if at is None else at
@@ -197,9 +205,9 @@ class InstanceService:
         except UnsafeWebhookUrl as error:
             raise ValidationFailed(f"webhookUrl refused: {error}", field="body.webhookUrl") from None
 
-    async def get(self, instance_id: str) -> InstanceView:
+    async def get(self, instance_id: str, caller: Principal) -> InstanceView:
         """Our record with Novita's live status laid over it (the record alone when Novita cannot be reached)."""
-        record = await self._get_record(instance_id)
+        record = await self._get_record(instance_id, caller)
         view = InstanceView.from_record(record, synced_at=await self._store.synced_at(record.id))
         if record.novita_instance_id is None or record.state == InstanceState.DELETED:
             return view
@@ -212,12 +220,20 @@ class InstanceService:
         return overlay(view, live)
 
     async def list_instances(
-        self, *, state: InstanceState | None, name: str | None, page: int, page_size: int, cursor: str | None = None
+        self,
+        caller: Principal,
+        *,
+        state: InstanceState | None,
+        name: str | None,
+        page: int,
+        page_size: int,
+        cursor: str | None = None,
     ) -> InstancePage:
-        """A page of our index, newest first: no Novita call, and only the page's records are read.
+        """A page of what `caller` sees (its team's instances; every one for an admin), newest first: no Novita
+        call, and only the page's records are read.
 
-        Novita's view of each instance (instances made elsewhere included, `managed: false`) is folded into the index
-        by the background sync; `syncedAt` says when it last saw each one.
+        Novita's view of each instance (instances made elsewhere included, `managed: false`, admins only) is folded
+        into the index by the background sync; `syncedAt` says when it last saw each one.
         """
         after: Cursor | None = None
         if cursor is not None:
@@ -226,7 +242,9 @@ class InstanceService:
             except ValueError as error:
                 raise ValidationFailed(f"cursor: {error}", field="query.cursor") from None
         offset = 0 if after is not None else (page - 1) * page_size
-        found = await self._store.page(state=state, name=name, offset=offset, count=page_size, cursor=after)
+        found = await self._store.page(
+            state=state, name=name, offset=offset, count=page_size, cursor=after, team=listed_team(caller)
+        )
         records = {record.id: record for record in found.records}
         externals = {external_member(view["novitaInstanceId"]): view for view in found.externals}
         items: list[InstanceView] = []
@@ -249,6 +267,21 @@ class InstanceService:
             last_synced_at=float(sync["lastSuccessAt"]) if sync.get("lastSuccessAt") else None,
         )
 
+    async def set_owner(self, instance_id: str, team: str | None) -> InstanceView:
+        """Give the instance to `team` (None: unowned, admins only); the caller is an admin (the route checks)."""
+
+        def reassign(current: InstanceRecord) -> None:
+            if current.team != team:
+                current.add_event("owner_changed", detail=f"{current.team or 'none'} -> {team or 'none'}")
+                current.team = team
+                current.updated_at = time.time()
+
+        try:
+            record = await self._store.update(instance_id, reassign)
+        except RecordNotFound:
+            raise NotFound(f"no instance with id {instance_id!r}") from None
+        return InstanceView.from_record(record, synced_at=await self._store.synced_at(record.id))
+
     async def forget_cached(self, novita_id: str | None) -> None:
         """Drop the cached Novita view of one instance (after we changed it); by key, never by scanning."""
         if novita_id is not None:
@@ -265,8 +298,13 @@ class InstanceService:
         )
         return Instance.model_validate(raw)
 
-    async def _get_record(self, instance_id: str) -> InstanceRecord:
+    async def visible_record(self, instance_id: str, caller: Principal) -> InstanceRecord | None:
+        """The record if `caller` may see it; None when it does not exist or belongs to another team (alike)."""
         record = await self._store.get(instance_id)
+        return record if record is not None and sees(caller, record.team) else None
+
+    async def _get_record(self, instance_id: str, caller: Principal) -> InstanceRecord:
+        record = await self.visible_record(instance_id, caller)
         if record is None:
             raise NotFound(f"no instance with id {instance_id!r}")
         return record

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.core.auth import require_api_key
+from app.access.auth import require_scope
 from app.core.deps import provide
 from app.core.openapi import AUTHENTICATED_RESPONSES, NOVITA_RESPONSES
 from app.core.schemas import ApiModel
@@ -16,7 +16,7 @@ from app.products.service import BillingMode, ProductService, ProductView, Regio
 router = APIRouter(
     prefix="/api",
     tags=["products"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_scope("read"))],
     responses={**AUTHENTICATED_RESPONSES, **NOVITA_RESPONSES},
 )
 

@@ -23,22 +23,22 @@ from fastapi.templating import Jinja2Templates
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.core.auth import ANONYMOUS, key_name
-from app.core.config import Settings
+from app.access.auth import admit, check_scope
+from app.access.keys import KeyRing
 from app.core.deps import Services, services_of
 from app.core.errors import AppError, ServiceUnavailable, ValidationFailed
-from app.core.ratelimit import RateLimiter
 from app.fleet.actions import Action
 from app.fleet.schemas import InstanceState, InstanceView
+from app.fleet.store import InstanceStore
 from app.instances.service import ACTION_ALLOWED_FROM, InstanceService
 from app.jobs.queue import JobQueue
-from app.jobs.router import JobView
+from app.jobs.router import JobView, job_visible
 from app.novita.errors import NovitaError
 from app.novita.problems import novita_error_to_app_error
 from app.products.service import ProductService, ProductView
 from app.ui import views
 from app.ui.forms import GENERAL, CreateForm, parse_create_form, read_form
-from app.ui.sessions import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, SessionStore, UiSession, key_digest, tokens_match
+from app.ui.sessions import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, SessionStore, UiSession, tokens_match
 
 STATIC_DIR = Path(__file__).parent / "static"
 FRAGMENT_HEADER = "x-dashboard-fragment"  # sent by dashboard.js when it polls a fragment
@@ -137,24 +137,27 @@ def _sessions(request: Request) -> SessionStore:
 
 
 async def current_session(request: Request) -> UiSession:
-    """The signed-in session, acting as its key exactly like the API does (identity in the log, rate limit)."""
-    services = _services(request)
-    session = await _sessions(request).get(request.cookies.get(SESSION_COOKIE))
-    if session is None or not session.still_valid_for(services.get(Settings).client_api_keys):
+    """The signed-in session, acting as its key's principal now exactly like the API does (identity in the log,
+    rate limit, team, scope); a revoked key has no session any more."""
+    stored = await _sessions(request).get(request.cookies.get(SESSION_COOKIE))
+    principal = await _services(request).get(KeyRing).principal_of(stored.key_digest) if stored else None
+    if stored is None or principal is None:
         raise SignInRequired
-    request.state.api_key_name = session.key_name
-    await services.get(RateLimiter).enforce(session.key_name)
-    return session
+    await admit(request, principal)
+    return UiSession(principal=principal, csrf_token=stored.csrf_token)
 
 
 Session = Annotated[UiSession, Depends(current_session)]
 
 
 async def checked_form(request: Request, session: Session) -> dict[str, str]:
-    """The posted form, once its CSRF token matched the session's."""
+    """The posted form, once its CSRF token matched the session's and, for anything but signing out, the session's
+    key holds the `operate` scope (a read key's forged POST is a 403)."""
     form = await read_form(request)
     if not tokens_match(session.csrf_token, form.get("csrf_token")):
         raise CsrfRejected
+    if request.url.path != "/ui/logout":
+        check_scope(session.principal, "operate")
     return form
 
 
@@ -206,7 +209,7 @@ async def sign_in_page(request: Request, signed_out: bool = False) -> Response:
 
 def _sign_in_form(request: Request, status: int, *, error: str | None = None, notice: str | None = None) -> Response:
     token = secrets.token_urlsafe(32)
-    open_access = not _services(request).get(Settings).client_api_keys
+    open_access = _services(request).get(KeyRing).is_open
     response = _render(
         request, "login.html", status, csrf_token=token, error=error, notice=notice, open_access=open_access
     )
@@ -220,15 +223,12 @@ async def sign_in(request: Request) -> Response:
     form = await read_form(request)
     if not tokens_match(request.cookies.get(SIGN_IN_CSRF_COOKIE, ""), form.get("csrf_token")):
         raise CsrfRejected
-    keys = _services(request).get(Settings).client_api_keys
-    if keys:
-        try:
-            name = key_name(form.get("api_key", "").strip(), keys)
-        except AppError:
-            return _sign_in_form(request, 401, error="That API key is not valid.")
-    else:
-        name = ANONYMOUS
-    token, _ = await _sessions(request).open(name, key_digest(name, keys))
+    keys = _services(request).get(KeyRing)
+    presented = form.get("api_key", "").strip()
+    digest = keys.digest(presented) if presented else ""
+    if await keys.principal_of(digest) is None:
+        return _sign_in_form(request, 401, error="That API key is not valid.")
+    token = await _sessions(request).open(digest)
     response = _redirect("/ui/instances")
     _set_cookie(request, response, SESSION_COOKIE, token, max_age=_sessions(request).ttl_seconds)
     response.delete_cookie(SIGN_IN_CSRF_COOKIE, path="/ui")
@@ -295,16 +295,18 @@ async def _products_by_id(services: Services) -> dict[str, ProductView]:
         return {}
 
 
-async def _listing(services: Services, query: ListingQuery) -> dict[str, Any]:
+async def _listing(services: Services, session: UiSession, query: ListingQuery) -> dict[str, Any]:
     service = services.get(InstanceService)
     products = await _products_by_id(services)
     if query.sort == "newest":  # the service's own order: let it page
         page = await service.list_instances(
-            state=query.state, name=query.name or None, page=query.page, page_size=query.page_size
+            session.principal, state=query.state, name=query.name or None, page=query.page, page_size=query.page_size
         )
         page_rows, total, synced = views.rows(page.items, products), page.total, page.novita_synced
     else:
-        whole = await service.list_instances(state=query.state, name=query.name or None, page=1, page_size=_ALL)
+        whole = await service.list_instances(
+            session.principal, state=query.state, name=query.name or None, page=1, page_size=_ALL
+        )
         ordered = views.sort_rows(views.rows(whole.items, products), query.sort)
         start = (query.page - 1) * query.page_size
         page_rows, total, synced = ordered[start : start + query.page_size], whole.total, whole.novita_synced
@@ -332,21 +334,22 @@ Listing = Annotated[ListingQuery, Depends(listing_query)]
 
 @router.get("/instances")
 async def instances_page(request: Request, session: Session, query: Listing) -> Response:
-    """Every instance, filtered, sorted and paged; the rows refresh themselves."""
-    listing = await _listing(_services(request), query)
+    """The instances the key sees, filtered, sorted and paged; the rows refresh themselves."""
+    listing = await _listing(_services(request), session, query)
     return _render(request, "instances.html", session=session, **listing)
 
 
 @router.get("/instances/rows")
 async def instance_rows(request: Request, session: Session, query: Listing) -> Response:
     """The list's rows alone, for polling."""
-    listing = await _listing(_services(request), query)
+    listing = await _listing(_services(request), session, query)
     return _render(request, "_instance_rows.html", session=session, **listing)
 
 
 @router.get("/instances/new")
 async def create_page(request: Request, session: Session) -> Response:
-    """The create form."""
+    """The create form (for keys that may create)."""
+    check_scope(session.principal, "operate")
     return await _create_form(
         request, session, CreateForm(values={"gpuNum": "1", "rootfsSize": "60", "billingMode": "onDemand"})
     )
@@ -376,7 +379,7 @@ async def create_instance(request: Request, session: Session, form: Form) -> Res
         return await _create_form(request, session, shown, status=422)
     idempotency_key = form.get("idempotencyKey") or None
     try:
-        accepted = await _services(request).get(InstanceService).create(create, idempotency_key)
+        accepted = await _services(request).get(InstanceService).create(create, idempotency_key, session.principal)
     except ValidationFailed as error:
         shown.add_error(GENERAL, error.detail)
         return await _create_form(request, session, shown, status=422)
@@ -389,17 +392,19 @@ def _checked_id(instance_id: str) -> str:
     return instance_id
 
 
-async def _instance_context(services: Services, instance_id: str) -> dict[str, Any]:
-    view: InstanceView = await services.get(InstanceService).get(_checked_id(instance_id))
+async def _instance_context(services: Services, session: UiSession, instance_id: str) -> dict[str, Any]:
+    view: InstanceView = await services.get(InstanceService).get(_checked_id(instance_id), session.principal)
     job = await services.get(JobQueue).get(view.last_job_id) if view.last_job_id else None
     products = await _products_by_id(services)
+    operate = session.allows("operate")  # a read key is shown no action at all
     allowed = [action for action in ("start", "stop", "restart") if view.state in ACTION_ALLOWED_FROM[action]]
     return {
         "row": views.rows([view], products)[0],
         "job": JobView.of(job) if job else None,
-        "actions": allowed,
-        "can_delete": view.state in ACTION_ALLOWED_FROM["delete"],
-        "can_heartbeat": view.state not in (InstanceState.DELETING, InstanceState.DELETED),
+        "actions": allowed if operate else [],
+        "can_delete": operate and view.state in ACTION_ALLOWED_FROM["delete"],
+        "can_heartbeat": operate and view.state not in (InstanceState.DELETING, InstanceState.DELETED),
+        "read_only": not operate,
     }
 
 
@@ -408,7 +413,7 @@ async def instance_page(
     request: Request, session: Session, instance_id: str, done: str = "", job: str = ""
 ) -> Response:
     """One instance: state, connection, events, its latest job, actions; the panel refreshes itself."""
-    context = await _instance_context(_services(request), instance_id)
+    context = await _instance_context(_services(request), session, instance_id)
     message = DONE_MESSAGES.get(done)
     if message and _JOB_ID.match(job):
         message = f"{message} (job {job})."
@@ -418,25 +423,28 @@ async def instance_page(
 @router.get("/instances/{instance_id}/panel")
 async def instance_panel(request: Request, session: Session, instance_id: str) -> Response:
     """The instance's live part alone, for polling."""
-    context = await _instance_context(_services(request), instance_id)
+    context = await _instance_context(_services(request), session, instance_id)
     return _render(request, "_instance_panel.html", session=session, **context)
 
 
 @router.get("/instances/{instance_id}/delete")
 async def confirm_delete_page(request: Request, session: Session, instance_id: str) -> Response:
     """Ask before deleting, naming the instance."""
-    view = await _services(request).get(InstanceService).get(_checked_id(instance_id))
+    check_scope(session.principal, "operate")
+    view = await _services(request).get(InstanceService).get(_checked_id(instance_id), session.principal)
     return _render(request, "confirm_delete.html", session=session, view=view)
 
 
 async def _act(request: Request, session: UiSession, instance_id: str, action: Action) -> Response:
     services = _services(request)
     try:
-        accepted = await services.get(InstanceService).request_action(_checked_id(instance_id), action)
+        accepted = await services.get(InstanceService).request_action(
+            _checked_id(instance_id), action, session.principal
+        )
     except AppError as error:
         if error.status != 409:
             raise
-        context = await _instance_context(services, instance_id)
+        context = await _instance_context(services, session, instance_id)
         return _render(request, "instance.html", 409, session=session, error=error.detail, **context)
     return _redirect(f"/ui/instances/{instance_id}?done={action}&job={accepted.job_id}")
 
@@ -450,7 +458,7 @@ async def delete_instance(request: Request, session: Session, _form: Form, insta
 @router.post("/instances/{instance_id}/heartbeat")
 async def heartbeat(request: Request, session: Session, _form: Form, instance_id: str) -> Response:
     """Say the instance is in use."""
-    await _services(request).get(InstanceService).heartbeat(_checked_id(instance_id))
+    await _services(request).get(InstanceService).heartbeat(_checked_id(instance_id), session.principal)
     return _redirect(f"/ui/instances/{instance_id}?done=heartbeat")
 
 
@@ -468,13 +476,19 @@ async def instance_action(request: Request, session: Session, _form: Form, insta
 @router.get("/jobs")
 async def jobs_page(request: Request, session: Session, job_id: Annotated[str, Query(alias="id")] = "") -> Response:
     """A job by id (`?id=`), and the dead letters."""
-    queue = _services(request).get(JobQueue)
+    queue, records = _services(request).get(JobQueue), _services(request).get(InstanceStore)
     job_id = job_id.strip()
     job, missing = None, False
     if job_id:
         if not _JOB_ID.match(job_id):
             raise ValidationFailed("a job id is 1-128 letters, digits or . _ : -", field="query.id")
         found = await queue.get(job_id)
+        if found is not None and not await job_visible(found, records, session.principal):
+            found = None  # another team's job reads as one that does not exist
         job, missing = (JobView.of(found) if found else None), found is None
-    dead = [JobView.of(item) for item in await queue.dead_letters(100)]
+    dead = [
+        JobView.of(item)
+        for item in await queue.dead_letters(100)
+        if await job_visible(item, records, session.principal)
+    ]
     return _render(request, "jobs.html", session=session, job=job, job_id=job_id, missing=missing, dead=dead)

@@ -1,8 +1,9 @@
 """Dashboard sessions on Valkey: an API key is exchanged once for a random session token held in a cookie.
 
 The cookie holds only the token; Valkey holds, under the token's SHA-256 (so a copy of Valkey yields no usable
-cookie), the key's name, a digest of the key (a session ends when its key is changed or removed), the per-session
-CSRF token and an expiry. The key itself is never stored, shown or logged.
+cookie), the key's keyed hash (its digest, as the key ring stores it), the per-session CSRF token and an expiry. Each
+request resolves the digest to the key's principal now, so a revoked key ends its sessions at once and a session
+acts with its key's team and scope. The key itself is never stored, shown or logged.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from app.core.auth import ANONYMOUS
+from app.access.principal import Principal, Scope
 
 SESSION_COOKIE = "ngpu_ui_session"
 SIGN_IN_CSRF_COOKIE = "ngpu_ui_signin"  # the sign-in form's CSRF token, before any session exists
@@ -25,14 +25,8 @@ _SESSION_KEY = "ngpu:ui:session:{digest}"
 
 
 def digest(value: str) -> str:
-    """Hex SHA-256 of a token or key: what Valkey keeps instead of the value itself."""
+    """Hex SHA-256 of a session token: what Valkey keeps instead of the token itself."""
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def key_digest(key_name: str, keys: dict[str, SecretStr]) -> str:
-    """Digest of the key configured under `key_name` now ("" when there is none: the open development mode)."""
-    key = keys.get(key_name)
-    return digest(key.get_secret_value()) if key is not None else ""
 
 
 def tokens_match(expected: str, presented: str | None) -> bool:
@@ -41,19 +35,29 @@ def tokens_match(expected: str, presented: str | None) -> bool:
 
 
 @dataclass(frozen=True)
-class UiSession:
-    """A signed-in browser: whose key it acts as, and the CSRF token its forms must carry."""
+class StoredSession:
+    """A session as Valkey keeps it: the digest of the key it was opened with, and its CSRF token."""
 
-    key_name: str
-    key_digest: str
+    key_digest: str  # "" for the open development mode (no key)
     csrf_token: str
     expires_at: float
 
-    def still_valid_for(self, keys: dict[str, SecretStr]) -> bool:
-        """False once the key it was opened with is no longer configured under that name (rotated or removed)."""
-        if not keys:
-            return self.key_name == ANONYMOUS
-        return self.key_name in keys and hmac.compare_digest(self.key_digest, key_digest(self.key_name, keys))
+
+@dataclass(frozen=True)
+class UiSession:
+    """A signed-in browser: who it acts as now, and the CSRF token its forms must carry."""
+
+    principal: Principal
+    csrf_token: str
+
+    @property
+    def key_name(self) -> str:
+        """The key's name, shown in the page header."""
+        return self.principal.name
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether the pages offer what needs `scope` (the routes check it again)."""
+        return self.principal.allows(scope)
 
 
 class SessionStore:
@@ -63,37 +67,30 @@ class SessionStore:
         self._redis = redis
         self.ttl_seconds = ttl_seconds
 
-    async def open(self, key_name: str, key_digest_value: str) -> tuple[str, UiSession]:
-        """A new session for `key_name`; returns the cookie token (shown to nobody but the browser) and the session."""
+    async def open(self, key_digest: str) -> str:
+        """A new session for the key with `key_digest`; returns the cookie token (shown to nobody but the browser)."""
         token = secrets.token_urlsafe(32)
-        session = UiSession(
-            key_name=key_name,
-            key_digest=key_digest_value,
-            csrf_token=secrets.token_urlsafe(32),
-            expires_at=time.time() + self.ttl_seconds,
-        )
         record = {
-            "keyName": key_name,
-            "keyDigest": key_digest_value,
-            "csrf": session.csrf_token,
-            "expiresAt": session.expires_at,
+            "keyDigest": key_digest,
+            "csrf": secrets.token_urlsafe(32),
+            "expiresAt": time.time() + self.ttl_seconds,
         }
         await self._redis.set(_SESSION_KEY.format(digest=digest(token)), json.dumps(record), ex=self.ttl_seconds)
-        return token, session
+        return token
 
-    async def get(self, token: str | None) -> UiSession | None:
-        """The session of a cookie token, or None (no cookie, unknown, expired)."""
+    async def get(self, token: str | None) -> StoredSession | None:
+        """The session of a cookie token, or None (no cookie, unknown, expired, or from before sessions held keys'
+        digests)."""
         if not token or len(token) > 128:
             return None
         raw = await self._redis.get(_SESSION_KEY.format(digest=digest(token)))
         if raw is None:
             return None
         record = json.loads(raw)
-        return UiSession(
-            key_name=record["keyName"],
-            key_digest=record["keyDigest"],
-            csrf_token=record["csrf"],
-            expires_at=float(record["expiresAt"]),
+        if "keyDigest" not in record or "keyName" in record:  # opened by an older version: sign in again
+            return None
+        return StoredSession(
+            key_digest=record["keyDigest"], csrf_token=record["csrf"], expires_at=float(record["expiresAt"])
         )
 
     async def close(self, token: str | None) -> None:

@@ -71,7 +71,8 @@ def make_test_settings(redis_url: str, novita: FakeNovitaHandle, pid_file: Path,
         "novita_timeout_seconds": 2.0,
         "novita_max_attempts": 2,
         "novita_rate_limit_per_second": 1000.0,
-        "api_keys": "tests:" + secrets.token_hex(16),
+        "api_keys": "tests:" + secrets.token_hex(16),  # a bootstrap key: the tests act as an admin of no team
+        "api_key_hash_secret": secrets.token_hex(24),
         "pid_file": pid_file,
         "log_level": "INFO",
         "instance_poll_interval_seconds": 0.2,
@@ -86,7 +87,8 @@ def make_test_settings(redis_url: str, novita: FakeNovitaHandle, pid_file: Path,
 
 
 class ApiServer:
-    """A running app: `base_url`, `api_key`, its `container` (queue, redis, worker...) and a ready `client()`."""
+    """A running app: `base_url`, `api_key` (an admin's), its `container` (queue, redis, worker...), a ready
+    `client()`, and `new_key()` for the keys of teams."""
 
     def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app = app
@@ -114,10 +116,21 @@ class ApiServer:
                 raise RuntimeError("the API server did not start")
             time.sleep(0.01)
 
-    def client(self, *, authenticated: bool = True, timeout: float = 10.0) -> httpx.Client:
-        """An HTTP client to this server, sending the API key unless `authenticated=False`."""
-        headers = {"X-API-Key": self.api_key} if authenticated and self.api_key else {}
+    def client(self, *, authenticated: bool = True, timeout: float = 10.0, key: str | None = None) -> httpx.Client:
+        """An HTTP client to this server, sending `key` (default: the admin's `api_key`) unless
+        `authenticated=False`."""
+        sent = key if key is not None else self.api_key
+        headers = {"X-API-Key": sent} if authenticated and sent else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def new_key(self, team: str | None, scope: str = "operate", name: str | None = None) -> str:
+        """A key created through `POST /api/keys` by the admin: returns the key itself."""
+        body = {"name": name or f"{team or 'admin'}-{scope}-{secrets.token_hex(3)}", "team": team, "scope": scope}
+        with self.client() as client:
+            answer = client.post("/api/keys", json=body)
+        assert answer.status_code == 201, answer.text
+        key: str = answer.json()["key"]
+        return key
 
     def wait_until(self, path: str, status: int, timeout: float = _READY_TIMEOUT_SECONDS) -> httpx.Response:
         """Poll `path` until it answers `status`; fails the test with the last answer otherwise."""

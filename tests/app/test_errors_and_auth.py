@@ -11,7 +11,7 @@ import time
 import httpx
 from fastapi import Depends
 
-from app.core.auth import require_api_key
+from app.access.auth import authenticate
 from app.core.logging import JsonFormatter
 from tests.app.conftest import ApiServer, StartServer
 from tests.fakes.fixtures import FakeNovitaHandle
@@ -69,7 +69,7 @@ def test_unexpected_errors_are_500_without_details_and_secrets_stay_out_of_logs(
         raise RuntimeError(f"bug while using {novita_key} and {api_server.api_key}")
 
     api_server.app.add_api_route(
-        "/api/test-bug", leaky_bug, dependencies=[Depends(require_api_key)]
+        "/api/test-bug", leaky_bug, dependencies=[Depends(authenticate)]
     )  # a route with a bug that mentions secrets
     try:
         with api_server.client() as client:
