@@ -249,6 +249,13 @@ KEYS: dict[str, ConfigKey] = {
     "apiKeys": ConfigKey(
         "string", "", "Client API keys name:key,name:key (secret; required in production)", secret=True
     ),
+    "apiKeyHashSecret": ConfigKey(
+        "string",
+        "",
+        "API_KEY_HASH_SECRET: HMAC key the API stores client keys under (secret; required in production, at least "
+        "32 characters)",
+        secret=True,
+    ),
     "aivenToken": ConfigKey("string", "", "Aiven API token (secret; required in aiven mode)", secret=True),
     "dockerTlsCa": ConfigKey("string", "", "CA certificate (PEM) of the tcp:// Docker hosts (secret)", secret=True),
     "dockerTlsCert": ConfigKey(

@@ -26,6 +26,7 @@ RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MIN_WEBHOOK_SECRET_LENGTH = 24
+MIN_API_KEY_HASH_SECRET_LENGTH = 32  # as app/core/config.py requires
 
 
 def setting(key: str, env: str | None = None, secret_env: bool = False) -> Any:
@@ -81,6 +82,7 @@ class ServiceSettings(Concern):
     cors_allow_origins: t.OriginList = setting("corsAllowOrigins", env="CORS_ALLOW_ORIGINS")
     novita_api_key: t.OptionalSecret = setting("novitaApiKey", env="NOVITA_API_KEY", secret_env=True)
     api_keys: t.OptionalSecret = setting("apiKeys", env="API_KEYS", secret_env=True)
+    api_key_hash_secret: t.OptionalSecret = setting("apiKeyHashSecret", env="API_KEY_HASH_SECRET", secret_env=True)
 
     @property
     def is_production(self) -> bool:
@@ -93,6 +95,15 @@ class ServiceSettings(Concern):
             raise missing_secret("novitaApiKey")
         if self.is_production and self.api_keys is None:
             raise missing_secret("apiKeys")
+        if self.is_production and self.api_key_hash_secret is None:
+            raise missing_secret("apiKeyHashSecret")
+        if (
+            self.api_key_hash_secret is not None
+            and len(self.api_key_hash_secret.get_secret_value()) < MIN_API_KEY_HASH_SECRET_LENGTH
+        ):
+            raise RuleViolation(
+                "apiKeyHashSecret", f"is too short; use at least {MIN_API_KEY_HASH_SECRET_LENGTH} characters"
+            )
         if self.is_production and self.fault_injection:
             raise RuleViolation("faultInjection", "fault injection is refused when appEnv is production")
         return self

@@ -38,6 +38,7 @@ STACK_FILES_DIR_ENV = "INFRA_STACK_FILES_DIR"
 TEST_SECRETS = {
     "novitaApiKey": "test-novita-key-3f9c",
     "apiKeys": "ops:test-client-key-8d21",
+    "apiKeyHashSecret": "test-api-key-hash-secret-2b7f-0000000000",
     "aivenToken": "test-aiven-token-51ab",
 }
 MOCK_VALKEY_PASSWORD = "mock-valkey-password-77e0"

@@ -11,7 +11,7 @@ import pytest
 from tests.infra.harness import MOCK_VALKEY_PASSWORD, TEST_SECRETS, ProgramRun, Registration
 
 CONTAINER = "docker:index/container:Container"
-SECRET_ENVS = ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS", "WEBHOOK_URL", "WEBHOOK_SECRET")
+SECRET_ENVS = ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS", "API_KEY_HASH_SECRET", "WEBHOOK_URL", "WEBHOOK_SECRET")
 
 # What each stack must deploy (issue 2 and the seed document), in the form the provider reads back.
 EXPECTED: dict[str, dict[str, Any]] = {
@@ -128,6 +128,7 @@ async def test_environment_follows_the_container_contract(stack: str) -> None:
         "REDIS_URL": EXPECTED[stack]["REDIS_URL"],
         "NOVITA_API_KEY": TEST_SECRETS["novitaApiKey"],
         "API_KEYS": TEST_SECRETS["apiKeys"],
+        "API_KEY_HASH_SECRET": TEST_SECRETS["apiKeyHashSecret"],
         # The defaults of the pass-through settings, stated so the container shows what it runs with.
         "MAX_REQUEST_BODY_BYTES": "1048576",
         "RATE_LIMIT_REQUESTS": "600",
@@ -277,7 +278,7 @@ async def test_bridge_mode_joins_the_private_network() -> None:
 async def test_dev_without_client_keys_and_with_fault_injection() -> None:
     run = await ProgramRun.for_stack("dev", {"faultInjection": "true", "logLevel": "DEBUG"}, {"apiKeys": None}).run()
     env = env_map(api_container(run))
-    assert "API_KEYS" not in env
+    assert "API_KEYS" not in env and "API_KEY_HASH_SECRET" in env  # the harness sets it in every stack
     assert (env["FAULT_INJECTION"], env["LOG_LEVEL"]) == ("true", "DEBUG")
 
 

@@ -163,7 +163,9 @@ async def test_every_replica_gets_the_secrets_as_secrets_and_the_proxy_none() ->
     for replica in children_of(run, "ApiService"):
         for index, entry in enumerate(replica.inputs["envs"]):
             name = entry.split("=", 1)[0]
-            assert replica.is_secret(f"envs[{index}]") == (name in ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS")), name
+            assert replica.is_secret(f"envs[{index}]") == (
+                name in ("REDIS_URL", "NOVITA_API_KEY", "API_KEYS", "API_KEY_HASH_SECRET")
+            ), name
     (proxy,) = children_of(run, "EdgeProxy")
     assert not any(value in str(proxy.inputs) for value in TEST_SECRETS.values())
 

@@ -122,6 +122,8 @@ CONFIG_ERRORS = [
     ("dev", {"networkMode": "overlay"}, {}, "networkMode", "bridge, host"),
     ("dev", {}, {"novitaApiKey": None}, "novitaApiKey", "missing required secret"),
     ("prod", {}, {"apiKeys": None}, "apiKeys", "missing required secret"),
+    ("prod", {}, {"apiKeyHashSecret": None}, "apiKeyHashSecret", "missing required secret"),
+    ("dev", {}, {"apiKeyHashSecret": "short-secret-0123"}, "apiKeyHashSecret", "at least 32 characters"),
     ("prod", {}, {"aivenToken": None}, "aivenToken", "missing required secret"),
     ("dev", {"novitaApiKey": "plain-key"}, {"novitaApiKey": None}, "novitaApiKey", "plain text"),
     ("prod", {"faultInjection": "true"}, {}, "faultInjection", "refused when appEnv is production"),
