@@ -51,7 +51,9 @@ MIN_START_PERIOD_SECONDS = 120  # the seed: Aiven's first TLS connection needed 
 MIN_API_REPLICAS = 2
 
 # The container contract's secret variables (docs/architecture.md): the program passes each as a Pulumi secret.
-SECRET_ENV_NAMES = frozenset({"REDIS_URL", "REDIS_PASSWORD", "NOVITA_API_KEY", "API_KEYS", "WEBHOOK_SECRET"})
+SECRET_ENV_NAMES = frozenset(
+    {"REDIS_URL", "REDIS_PASSWORD", "NOVITA_API_KEY", "API_KEYS", "API_KEY_HASH_SECRET", "WEBHOOK_SECRET"}
+)
 
 # An image ID (`sha256:<64 hex>`) or a pushed image's digest reference (`name@sha256:<64 hex>`): both immutable.
 _IMMUTABLE_IMAGE = re.compile(r"^(?:[^@\s]+@)?sha256:[0-9a-f]{64}$")

@@ -60,7 +60,22 @@ def config_error(env: pytest.MonkeyPatch, **variables: str | None) -> str:
         ),
         ({"APP_ENV": "production"}, "API_KEYS: is required when APP_ENV=production", None),
         (
-            {"APP_ENV": "production", "API_KEYS": "ci:0123456789abcdef0123", "FAULT_INJECTION": "true"},
+            {"APP_ENV": "production", "API_KEYS": "ci:0123456789abcdef0123"},
+            "API_KEY_HASH_SECRET: is required when APP_ENV=production",
+            "0123456789abcdef0123",
+        ),
+        (
+            {"API_KEY_HASH_SECRET": "hash-secret-too-short-0f1e"},
+            "API_KEY_HASH_SECRET: must be at least 32 characters",
+            "hash-secret-too-short-0f1e",
+        ),
+        (
+            {
+                "APP_ENV": "production",
+                "API_KEYS": "ci:0123456789abcdef0123",
+                "API_KEY_HASH_SECRET": "0123456789abcdef0123456789abcdef",
+                "FAULT_INJECTION": "true",
+            },
             "FAULT_INJECTION: is refused when APP_ENV=production",
             "0123456789abcdef0123",
         ),
@@ -118,6 +133,7 @@ def test_seed_style_host_port_password_tls(env: pytest.MonkeyPatch) -> None:
 def test_production_turns_docs_off_unless_enabled(env: pytest.MonkeyPatch) -> None:
     env.setenv("APP_ENV", "production")
     env.setenv("API_KEYS", "ci:0123456789abcdef")
+    env.setenv("API_KEY_HASH_SECRET", "0123456789abcdef0123456789abcdef")
     assert load_settings().openapi_docs_enabled is False
     env.setenv("DOCS_ENABLED", "true")
     assert load_settings().openapi_docs_enabled is True

@@ -51,7 +51,11 @@ def test_environment_variables_change_the_automations(monkeypatch: pytest.Monkey
 
 
 def test_production_blocks_private_webhook_targets_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    production = {"APP_ENV": "production", "API_KEYS": "ops:0123456789abcdef0123"}
+    production = {
+        "APP_ENV": "production",
+        "API_KEYS": "ops:0123456789abcdef0123",
+        "API_KEY_HASH_SECRET": "0123456789abcdef0123456789abcdef",
+    }
     assert lifecycle_config(settings_from(monkeypatch, **production)).webhook_block_private
     allowed = settings_from(monkeypatch, **production, WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
     assert not lifecycle_config(allowed).webhook_block_private
