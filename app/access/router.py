@@ -10,6 +10,7 @@ from app.access.auth import AdminCaller, authenticate
 from app.access.keys import KeyRing
 from app.access.schemas import CreatedKey, CreateKeyRequest, KeyList, KeyView
 from app.core.deps import provide
+from app.core.errors import ValidationFailed
 from app.core.openapi import AUTHENTICATED_RESPONSES, problem
 
 router = APIRouter(
@@ -23,10 +24,13 @@ Keys = Annotated[KeyRing, Depends(provide(KeyRing))]
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=CreatedKey,
-    responses={409: problem("a key with this name exists")},
+    responses={409: problem("a key with this name exists (or is a bootstrap key's)")},
 )
 async def create_key(body: CreateKeyRequest, keys: Keys, _caller: AdminCaller) -> CreatedKey:
-    """Create a key for a team with a scope (`read` < `operate` < `admin`); `key` is in this answer only."""
+    """Create a key for a team with a scope (`read` < `operate` < `admin`); `key` is in this answer only. Only an
+    admin key may have no team."""
+    if body.team is None and body.scope != "admin":
+        raise ValidationFailed(f"a '{body.scope}' key needs a team (only admin keys may have none)", field="body.team")
     stored, key = await keys.create(body.name, body.team, body.scope)
     return CreatedKey(**KeyView.of(stored).model_dump(), key=key)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from app.access.keys import StoredKey
 from app.access.principal import Scope
@@ -20,12 +20,6 @@ class CreateKeyRequest(StrictRequestModel):
     name: KeyName
     team: TeamName | None = None
     scope: Scope
-
-    @model_validator(mode="after")
-    def _team_unless_admin(self) -> CreateKeyRequest:
-        if self.team is None and self.scope != "admin":
-            raise ValueError("team: is required for a 'read' or 'operate' key (only admin keys may have no team)")
-        return self
 
 
 class KeyView(ApiModel):
