@@ -10,6 +10,7 @@ Both flush the shared redis-server and reset the fake Novita first, so each test
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import socket
 import threading
@@ -131,6 +132,15 @@ class ApiServer:
         assert answer.status_code == 201, answer.text
         key: str = answer.json()["key"]
         return key
+
+    def dashboard(self, key: str) -> httpx.Client:
+        """A browser-like client signed in to /ui with `key` (the form's CSRF token read from the page); close it."""
+        client = httpx.Client(base_url=self.base_url, timeout=10.0)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/ui/login").text)
+        assert token is not None, "the sign-in form has no CSRF token"
+        signed_in = client.post("/ui/login", data={"csrf_token": token.group(1), "api_key": key})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/ui/instances", signed_in.text
+        return client
 
     def wait_until(self, path: str, status: int, timeout: float = _READY_TIMEOUT_SECONDS) -> httpx.Response:
         """Poll `path` until it answers `status`; fails the test with the last answer otherwise."""

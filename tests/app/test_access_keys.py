@@ -109,7 +109,7 @@ def test_keys_are_stored_only_as_their_keyed_hash(api_server: ApiServer, redis_s
     team_key = api_server.new_key("ml", "operate", name="ml-writer")
     with api_server.client(key=team_key) as client:  # use it: a session, rate-limit counters, an instance
         assert client.post("/api/instances", json=create_body(name="hash-check")).status_code == 202
-    _sign_in_to_the_dashboard(api_server, team_key)
+    api_server.dashboard(team_key).close()
 
     secret = api_server.settings.api_key_hashing_key
     expected_digest = hmac.new(secret, team_key.encode(), hashlib.sha256).hexdigest()
@@ -122,23 +122,12 @@ def test_keys_are_stored_only_as_their_keyed_hash(api_server: ApiServer, redis_s
         assert leaks == [], f"key material found in Valkey under {leaks}"
 
 
-def _sign_in_to_the_dashboard(server: ApiServer, key: str) -> httpx.Client:
-    """A browser-like client signed in to /ui with `key` (the form's CSRF token read from the page)."""
-    client = httpx.Client(base_url=server.base_url, timeout=10.0)
-    page = client.get("/ui/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert token is not None
-    signed_in = client.post("/ui/login", data={"csrf_token": token.group(1), "api_key": key})
-    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/ui/instances", signed_in.text
-    return client
-
-
 def test_a_revocation_holds_on_another_replica_within_a_second(api_server_factory: StartServer) -> None:
     shared = {"api_keys": "ops:" + secrets.token_hex(16), "api_key_hash_secret": secrets.token_hex(24)}
     first = api_server_factory(**shared)
     second = api_server_factory(**shared)
     team_key = first.new_key("ml", "read")
-    dashboard = _sign_in_to_the_dashboard(second, team_key)
+    dashboard = second.dashboard(team_key)
     with second.client(key=team_key) as on_second, first.client() as admin_on_first:
         assert on_second.get("/api/instances").status_code == 200
         assert dashboard.get("/ui/instances").status_code == 200
@@ -181,7 +170,7 @@ def test_no_key_reaches_any_log_line(api_server_factory: StartServer) -> None:
             wrong.get("/api/instances")  # 401 for a near miss
         with httpx.Client(base_url=server.base_url) as bearer:
             bearer.get("/api/instances", headers={"Authorization": f"Bearer {team_key}"})
-        _sign_in_to_the_dashboard(server, team_key).close()
+        server.dashboard(team_key).close()
         with server.client() as admin:
             admin.delete(f"/api/keys/{admin.get('/api/keys').json()['items'][0]['id']}")
         deadline = time.monotonic() + 5
