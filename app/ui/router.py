@@ -151,17 +151,24 @@ Session = Annotated[UiSession, Depends(current_session)]
 
 
 async def checked_form(request: Request, session: Session) -> dict[str, str]:
-    """The posted form, once its CSRF token matched the session's and, for anything but signing out, the session's
-    key holds the `operate` scope (a read key's forged POST is a 403)."""
+    """The posted form, once its CSRF token matched the session's."""
     form = await read_form(request)
     if not tokens_match(session.csrf_token, form.get("csrf_token")):
         raise CsrfRejected
-    if request.url.path != "/ui/logout":
-        check_scope(session.principal, "operate")
     return form
 
 
 Form = Annotated[dict[str, str], Depends(checked_form)]
+
+
+async def operate_form(session: Session, form: Form) -> dict[str, str]:
+    """A checked form that changes instances: the session's key must hold `operate` (a read key's forged POST is a
+    403)."""
+    check_scope(session.principal, "operate")
+    return form
+
+
+OperateForm = Annotated[dict[str, str], Depends(operate_form)]
 
 
 def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
@@ -372,7 +379,7 @@ async def _create_form(request: Request, session: UiSession, form: CreateForm, s
 
 
 @router.post("/instances")
-async def create_instance(request: Request, session: Session, form: Form) -> Response:
+async def create_instance(request: Request, session: Session, form: OperateForm) -> Response:
     """Validate with the API's own model; errors go beside their fields, a valid form is queued like the API does."""
     create, shown = parse_create_form(form)
     if create is None:
@@ -450,20 +457,22 @@ async def _act(request: Request, session: UiSession, instance_id: str, action: A
 
 
 @router.post("/instances/{instance_id}/delete")
-async def delete_instance(request: Request, session: Session, _form: Form, instance_id: str) -> Response:
+async def delete_instance(request: Request, session: Session, _form: OperateForm, instance_id: str) -> Response:
     """Queue the deletion (after the confirmation page)."""
     return await _act(request, session, instance_id, "delete")
 
 
 @router.post("/instances/{instance_id}/heartbeat")
-async def heartbeat(request: Request, session: Session, _form: Form, instance_id: str) -> Response:
+async def heartbeat(request: Request, session: Session, _form: OperateForm, instance_id: str) -> Response:
     """Say the instance is in use."""
     await _services(request).get(InstanceService).heartbeat(_checked_id(instance_id), session.principal)
     return _redirect(f"/ui/instances/{instance_id}?done=heartbeat")
 
 
 @router.post("/instances/{instance_id}/{action}")
-async def instance_action(request: Request, session: Session, _form: Form, instance_id: str, action: str) -> Response:
+async def instance_action(
+    request: Request, session: Session, _form: OperateForm, instance_id: str, action: str
+) -> Response:
     """Queue a start, stop or restart."""
     if action not in ("start", "stop", "restart"):
         raise ValidationFailed("the action must be start, stop or restart", field="path.action")

@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import redis
@@ -87,10 +88,12 @@ def _every_stored_text(valkey: redis.Redis) -> Iterator[tuple[str, bytes]]:
     for key in valkey.scan_iter(match="ngpu:*"):
         kind = valkey.type(key)
         yield key.decode(), key
+        values: list[Any]
         if kind == b"string":
             values = [valkey.get(key) or b""]
         elif kind == b"hash":
-            values = [part for pair in valkey.hgetall(key).items() for part in pair]
+            fields: dict[Any, Any] = valkey.hgetall(key)  # the sync client answers a dict
+            values = [part for pair in fields.items() for part in pair]
         elif kind == b"set":
             values = list(valkey.smembers(key))
         elif kind == b"zset":
@@ -98,7 +101,8 @@ def _every_stored_text(valkey: redis.Redis) -> Iterator[tuple[str, bytes]]:
         elif kind == b"list":
             values = list(valkey.lrange(key, 0, -1))
         elif kind == b"stream":
-            values = [part for _, fields in valkey.xrange(key) for pair in fields.items() for part in pair]
+            entries: list[Any] = valkey.xrange(key)  # type: ignore[assignment]  # sync client: a list
+            values = [part for _, fields in entries for pair in fields.items() for part in pair]
         else:
             raise AssertionError(f"unexpected type {kind!r} of {key!r}")
         for value in values:
