@@ -30,7 +30,17 @@ _HEALTHY_TIMEOUT_SECONDS = 90.0
 _NANOSECONDS = 1_000_000_000
 # What the Pulumi program passes the container (docs/architecture.md); the host's other variables stay out.
 _CONTAINER_VARIABLES = frozenset(
-    {"APP_ENV", "HOST", "PORT", "LOG_LEVEL", "REDIS_URL", "NOVITA_API_KEY", "NOVITA_BASE_URL", "API_KEYS"}
+    {
+        "APP_ENV",
+        "HOST",
+        "PORT",
+        "LOG_LEVEL",
+        "REDIS_URL",
+        "NOVITA_API_KEY",
+        "NOVITA_BASE_URL",
+        "API_KEYS",
+        "API_KEY_HASH_SECRET",
+    }
 )
 
 

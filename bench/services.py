@@ -79,6 +79,7 @@ class Services:
         self.work_dir = work_dir
         self.novita_api_key = "bench-novita-" + secrets.token_hex(8)
         self.client_api_key = "bench-client-" + secrets.token_hex(8)
+        self.api_key_hash_secret = secrets.token_hex(24)
         self.http = httpx.Client(timeout=5.0)
         self._stack = ExitStack()
         self._stack.callback(self.http.close)
@@ -137,6 +138,7 @@ class Services:
             "NOVITA_API_KEY": self.novita_api_key,
             "NOVITA_BASE_URL": f"{self.novita.url}/gpu-instance/openapi/v1",
             "API_KEYS": f"bench:{self.client_api_key}",
+            "API_KEY_HASH_SECRET": self.api_key_hash_secret,
             "PID_FILE": str(self.work_dir / "app.pid"),
             # The per-key limit (600/min by default) would turn the load runs into 429s; a limit no run reaches
             # keeps its per-request cost (one count in Valkey) in the figures.

@@ -130,6 +130,7 @@ class Stack:
         self.work_dir = work_dir
         work_dir.mkdir(parents=True, exist_ok=True)
         self.client_key = "faults-" + secrets.token_hex(16)
+        self.api_key_hash_secret = secrets.token_hex(24)
         self.novita_key = "fake-novita-" + secrets.token_hex(12)
         (work_dir / "redis").mkdir(exist_ok=True)
         self.redis = RedisServer(work_dir / "redis")
@@ -159,6 +160,7 @@ class Stack:
             "NOVITA_API_KEY": self.novita_key,
             "NOVITA_BASE_URL": self.novita.base_url,
             "API_KEYS": f"faults:{self.client_key}",
+            "API_KEY_HASH_SECRET": self.api_key_hash_secret,  # one for every replica: they must hash keys alike
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         env.update({name.upper(): str(value) for name, value in overrides.items()})

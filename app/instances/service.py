@@ -65,6 +65,12 @@ def cached_view_keys(novita_ids: list[str]) -> list[str]:
     return [NOVITA_CACHE_PREFIX + novita_id for novita_id in novita_ids]
 
 
+def _team_scoped(idempotency_key: str, team: str | None) -> str:
+    """Where a team's idempotency key is kept: prefixed by the team and a space, which no key may contain (so no
+    two teams' keys meet); a key of no team (admins) is kept as it was before teams existed."""
+    return idempotency_key if team is None else f"{team} {idempotency_key}"
+
+
 def new_record_id() -> str:
     """A record id: 16 lowercase hex characters (also the suffix that makes the upstream name unique)."""
     return secrets.token_hex(8)
@@ -127,7 +133,7 @@ class InstanceService:
                 )
             claim = {"fingerprint": request.fingerprint(), "instance_id": record_id, "job_id": job_id}
             existing = await self._store.claim_idempotency_key(
-                f"{owner.team or ''}:{idempotency_key}", claim, self._settings.idempotency_ttl_seconds
+                _team_scoped(idempotency_key, owner.team), claim, self._settings.idempotency_ttl_seconds
             )
             if existing is not None:
                 if existing["fingerprint"] != claim["fingerprint"]:

@@ -86,9 +86,9 @@ class FuzzRun:
         run()
 
 
-def _runs(operations: list[schemathesis.APIOperation], instance_id: str, job_id: str) -> list[FuzzRun]:
-    """Every operation in both modes; those that need an existing resource also with a real one."""
-    real_ids = {"instance_id": instance_id, "job_id": job_id}
+def _runs(operations: list[schemathesis.APIOperation], real_ids: dict[str, str]) -> list[FuzzRun]:
+    """Every operation in both modes; those that need an existing resource also with a real one (`real_ids` by
+    path parameter name)."""
     runs: list[FuzzRun] = []
     for operation in operations:
         runs += [FuzzRun(operation, GenerationMode.POSITIVE), FuzzRun(operation, GenerationMode.NEGATIVE)]
@@ -111,6 +111,7 @@ def test_every_operation_survives_generated_requests(fuzzed_server: ApiServer) -
     with fuzzed_server.client() as client:
         existing = create_running(client)
         job_id = client.get(f"/api/instances/{existing['id']}").json()["lastJobId"]
+        key_id = client.post("/api/keys", json={"name": "fuzzed", "team": "ml", "scope": "read"}).json()["id"]
     schema = schemathesis.openapi.from_url(f"{fuzzed_server.base_url}/openapi.json")
     # The key headers are ours (a valid X-API-Key on every request), not generated: the spec offers two alternative
     # schemes, so a mangled Authorization beside a valid X-API-Key is rightly accepted, which the negative check
@@ -122,7 +123,7 @@ def test_every_operation_survives_generated_requests(fuzzed_server: ApiServer) -
 
     failures: list[str] = []
     statuses: dict[str, Counter[int]] = {}
-    for run in _runs(fuzzed, existing["id"], job_id):
+    for run in _runs(fuzzed, {"instance_id": existing["id"], "job_id": job_id, "key_id": key_id}):
         counted = statuses.setdefault(run.label, Counter())
         try:
             run.execute(fuzzed_server, counted)
