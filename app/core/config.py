@@ -338,7 +338,7 @@ def _parse_api_keys(raw: str) -> dict[str, SecretStr]:
 def load_settings() -> Settings:
     """Read the environment; raise `ConfigError` with one line naming every bad variable."""
     try:
-        return Settings()  # type: ignore[call-arg]  # values come from the environment
+        return Settings()  # values come from the environment
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
 

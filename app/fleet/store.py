@@ -51,8 +51,8 @@ def _idempotency_key(key: str) -> str:
     return f"{_PREFIX}idempotency:{key}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RecordNotFound(LookupError):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 
 from app.core.auth import require_api_key
 from app.core.deps import provide
-from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
+from app.core.openapi import AUTHENTICATED_RESPONSES, Responses, accepted_response, problem
 from app.fleet.actions import Action
 from app.fleet.schemas import (
     AcceptedResponse,
@@ -29,9 +29,9 @@ router = APIRouter(
 
 InstanceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
-_NOT_FOUND = {404: problem("no instance with this id")}
-_CONFLICT = {409: problem("the instance's current state does not allow this action")}
-_ACTION_RESPONSES = {**accepted_response("queued: follow the job at `Location`"), **_NOT_FOUND, **_CONFLICT}
+_NOT_FOUND: Responses = {404: problem("no instance with this id")}
+_CONFLICT: Responses = {409: problem("the instance's current state does not allow this action")}
+_ACTION_RESPONSES: Responses = {**accepted_response("queued: follow the job at `Location`"), **_NOT_FOUND, **_CONFLICT}
 
 
 Service = Annotated[InstanceService, Depends(provide(InstanceService))]

@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.errors import ServiceUnavailable
-from app.core.redis import RedisManager
+from app.core.redis import RedisManager, text_hash, texts
 
 KEY_PREFIX = "ngpu:"
 STREAM_KEY = f"{KEY_PREFIX}jobs:stream"
@@ -237,7 +237,7 @@ class JobQueue:
 
     async def get(self, job_id: str) -> Job | None:
         """The job's current record, or None."""
-        record = await self._redis.client.hgetall(job_key(job_id))
+        record = text_hash(await self._redis.client.hgetall(job_key(job_id)))
         return Job.from_record(record) if record else None
 
     async def cancel(self, job_id: str, retention_seconds: int) -> str | None:
@@ -261,7 +261,7 @@ class JobQueue:
     async def dead_letters(self, limit: int = 100) -> list[Job]:
         """Dead jobs, most recent first."""
         ids = await self._redis.client.zrevrange(DEAD_KEY, 0, max(0, limit - 1))
-        jobs = [await self.get(job_id) for job_id in ids]
+        jobs = [await self.get(job_id) for job_id in texts(ids)]
         return [job for job in jobs if job is not None]
 
     async def depth(self) -> QueueStats:

@@ -17,7 +17,7 @@ import random
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -45,6 +45,8 @@ from app.jobs.queue import (
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# What XREADGROUP answers on our decoding client: [(stream, [(entry id, fields)])].
+_StreamRead = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
 # Begin an attempt only while the job may run (queued, or running under a worker that died): atomic against a cancel,
 # which changes only queued or scheduled jobs. Returns the attempt number, or -1 when the job must not run.
@@ -136,7 +138,7 @@ class Worker:
                 response = await self._redis.blocking_client.xreadgroup(
                     CONSUMER_GROUP, self.consumer_name, {STREAM_KEY: ">"}, count=1, block=block_ms
                 )
-                for _stream, entries in response or []:
+                for _stream, entries in cast(_StreamRead, response or []):
                     for entry_id, fields in entries:
                         await self._process_entry(entry_id, fields)
             except ResponseError as error:
@@ -299,7 +301,7 @@ class Worker:
         self, entry_id: str, job: Job, *, state: str, result: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
         key = job_key(job.id)
-        fields = {"state": state, "updated_at": repr(time.time()), "last_error": error or ""}
+        fields: dict[Any, str] = {"state": state, "updated_at": repr(time.time()), "last_error": error or ""}
         if result is not None:
             fields["result"] = json.dumps(result, default=str)
         async with self._redis.client.pipeline(transaction=True) as pipe:

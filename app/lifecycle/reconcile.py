@@ -188,12 +188,12 @@ class Reconciler:
         by_upstream_name: dict[str, _Known] = {}
         record_ids: set[str] = set()
         async for record in self._store.iter_records():
-            known = _Known.of(record)
-            record_ids.add(known.id)
-            if known.novita_instance_id:
-                by_novita_id[known.novita_instance_id] = known
+            entry = _Known.of(record)
+            record_ids.add(entry.id)
+            if entry.novita_instance_id:
+                by_novita_id[entry.novita_instance_id] = entry
             else:
-                by_upstream_name[known.upstream_name] = known
+                by_upstream_name[entry.upstream_name] = entry
         report = ReconcileReport()
         seen: set[str] = set()
         synced: list[str] = []

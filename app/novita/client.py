@@ -395,13 +395,13 @@ class NovitaClient:
             if expect_object and not isinstance(body, dict):
                 # A 2xx that is not Novita's JSON (a proxy page, a truncated body) is an upstream failure: reading
                 # it as "no items" could make a lookup miss an instance and a create run twice.
-                error = NovitaUnavailable(
+                invalid = NovitaUnavailable(
                     f"Novita answered HTTP {response.status_code} without a JSON object",
                     status=response.status_code,
                     reason="INVALID_RESPONSE",
                 )
-                self._record(endpoint, "server_error", breaker_ok=False, error=error)
-                raise error
+                self._record(endpoint, "server_error", breaker_ok=False, error=invalid)
+                raise invalid
             self._record(endpoint, "ok", breaker_ok=True)
             return body
         error = error_from_response(response, self._redact)

@@ -271,7 +271,7 @@ class ListingQuery:
         if len(name) > 255:
             raise ValidationFailed("name must be at most 255 characters", field="query.name")
         state = InstanceState(status) if status else None
-        return cls(state, name.strip(), sort, page, page_size)  # type: ignore[arg-type]  (sort checked above)
+        return cls(state, name.strip(), sort, page, page_size)  # sort checked above
 
     def link(self, **changes: Any) -> str:
         """This query with some values changed, as a URL query string."""
