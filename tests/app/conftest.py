@@ -105,6 +105,12 @@ class ApiServer:
             target=self._server.run, kwargs={"sockets": [listener]}, name="api-server", daemon=True
         )
 
+    @property
+    def redis_url(self) -> str:
+        """The Valkey URL the server uses (`make_test_settings` always sets one)."""
+        assert self.settings.redis_url is not None
+        return self.settings.redis_url.get_secret_value()
+
     def start(self) -> None:
         """Serve in a background thread; returns once uvicorn listens (not necessarily ready)."""
         self._thread.start()
@@ -179,6 +185,13 @@ def api_server_factory(
 def api_server(api_server_factory: StartServer) -> ApiServer:
     """One ready API server on the shared redis-server and fake Novita."""
     return api_server_factory()
+
+
+@pytest.fixture
+def client(api_server: ApiServer) -> Iterator[httpx.Client]:
+    """An authenticated HTTP client to `api_server`."""
+    with api_server.client() as client:
+        yield client
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
