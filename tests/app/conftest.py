@@ -4,7 +4,8 @@ Fixtures:
 - `api_server_factory` (function): `start(**setting_overrides) -> ApiServer`; every server it started is shut down
   gracefully at the end of the test. Use it for several replicas or non-default settings.
 - `api_server` (function): one ready server with the test settings of `make_test_settings()`.
-Both flush the shared redis-server and reset the fake Novita first, so each test starts from empty state.
+Both flush the shared redis-server and reset the fake Novita first, so each test starts from empty state, and clear
+the fake's faults afterwards, whether the test passed or not.
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ def api_server_factory(
         return server
 
     yield start
+    # The fake is shared by the session: a test that failed before clearing its faults must not pass them on.
+    fake_novita.clear_faults()
     for server in reversed(servers):
         server.stop()
 
