@@ -5,6 +5,7 @@ A client of this API retries a create with the same `Idempotency-Key` until it g
 until the deadline, and the operation still did not complete. "Duplicated" means an instance exists on (the fake)
 Novita more than once for one operation, or an instance exists that belongs to no operation.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,14 @@ _RETRY_PAUSE_SECONDS = 0.2
 
 def create_body(name: str) -> dict[str, Any]:
     """A valid create: the cheapest available RTX 4090, on demand."""
-    return {"name": name, "productName": "RTX 4090 24GB", "gpuNum": 1, "rootfsSize": 60,
-            "imageUrl": "docker.io/library/ubuntu:22.04", "ports": [{"port": 8888, "type": "http"}]}
+    return {
+        "name": name,
+        "productName": "RTX 4090 24GB",
+        "gpuNum": 1,
+        "rootfsSize": 60,
+        "imageUrl": "docker.io/library/ubuntu:22.04",
+        "ports": [{"port": 8888, "type": "http"}],
+    }
 
 
 @dataclass

@@ -4,6 +4,7 @@ boundary (`components/` never imports `app/`, `app/` never imports `pulumi` or `
 
 Read from the source with `ast`, so an import inside a function or under `TYPE_CHECKING` counts too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -69,10 +70,13 @@ def test_every_app_package_has_a_layer() -> None:
 @pytest.mark.parametrize("path", app_modules(), ids=lambda path: str(path.relative_to(ROOT)))
 def test_app_module_imports_only_lower_packages(path: Path) -> None:
     package = app_package(path)
-    upward = sorted({
-        module for module in imported_modules(path)
-        if (target := package_of_module(module)) is not None and target != package and RANK[target] >= RANK[package]
-    })
+    upward = sorted(
+        {
+            module
+            for module in imported_modules(path)
+            if (target := package_of_module(module)) is not None and target != package and RANK[target] >= RANK[package]
+        }
+    )
     assert upward == [], f"{package} (layer {RANK[package]}) imports a package at its layer or above: {upward}"
 
 
@@ -83,7 +87,9 @@ def test_app_never_imports_the_deployment(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted([*(ROOT / "components").rglob("*.py"), ROOT / "__main__.py"]), ids=lambda path: str(path.relative_to(ROOT))
+    "path",
+    sorted([*(ROOT / "components").rglob("*.py"), ROOT / "__main__.py"]),
+    ids=lambda path: str(path.relative_to(ROOT)),
 )
 def test_deployment_never_imports_the_app(path: Path) -> None:
     assert [module for module in imported_modules(path) if module.split(".")[0] == "app"] == []

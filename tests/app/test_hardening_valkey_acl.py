@@ -8,6 +8,7 @@ catalogue, jobs, rate limits and health, and Valkey's own ACL LOG must show no d
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,7 +22,7 @@ USERNAME = "ngpu-api"
 
 
 @pytest.fixture
-def app_user_url(redis_server: RedisServer) -> str:
+def app_user_url(redis_server: RedisServer) -> Iterator[str]:
     """Create the ACL user on the shared server (as Aiven would) and return its URL; removed afterwards."""
     redis_server.start()
     password = secrets.token_hex(16)

@@ -6,6 +6,7 @@ comes before the index is complete."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 
@@ -81,7 +82,9 @@ async def test_filters_pages_and_counts_agree_with_a_brute_force_scan(lifecycle_
     rng = random.Random(7)
     for record in rng.sample(records, 60):  # state changes move records between the state sets
         status = rng.choice(("running", "exited", "removed", "toStart"))
-        await env.store.update(record.id, lambda r, status=status: r.apply_novita(status, None))
+        await env.store.update(
+            record.id, functools.partial(InstanceRecord.apply_novita, status=status, status_error=None)
+        )
     current = await env.store.list_all()
 
     for state in (None, *InstanceState):

@@ -192,13 +192,14 @@ def test_every_status_an_operation_answers_is_declared(
                 "oversized body",
             )
     ledger.run(server, "state conflicts (the instance is being deleted)", real)  # the first run queued a delete
-    for scenario, fault in [
+    novita_faults: list[tuple[str, dict[str, Any]]] = [
         ("Novita failing", {"kind": "server_error"}),
         ("Novita timing out", {"kind": "timeout", "delaySeconds": 1.0}),
         ("Novita throttling", {"kind": "rate_limit", "retryAfter": 0}),
         ("Novita answering bare 404s", {"kind": "bare_404"}),
         ("Novita refusing our key", {"kind": "error", "status": 400, "reason": "INVALID_USER_TOKEN"}),
-    ]:
+    ]
+    for scenario, fault in novita_faults:
         fake_novita.clear_faults()
         forget_cached_novita_answers(redis_server)  # so that every operation that reads Novita calls it now
         fake_novita.add_faults({"path": "*", "count": None, **fault})
