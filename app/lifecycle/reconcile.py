@@ -51,6 +51,8 @@ LEASE_KEY = f"{KEY_PREFIX}lease:reconcile"
 _UPSTREAM_NAME = re.compile(r"^(?P<name>" + NAME_PATTERN.strip("^$") + r")-(?P<record_id>[0-9a-f]{16})$")
 # Novita statuses an instance's job may end on (settled, or gone): worth waking the job for.
 _NEWS_FOR_JOBS = frozenset({"running", "exited", "removed"})
+# Instances compared per slice of the apply loop (a few milliseconds of CPU) before requests get the event loop back.
+_APPLY_SLICE = 100
 _BILLING_MODES: dict[str | None, BillingMode] = {"onDemand": "onDemand", "spot": "spot", "monthly": "monthly"}
 
 
@@ -191,6 +193,8 @@ class Reconciler:
         for position, live in enumerate(live_instances, start=1):
             if position % 1000 == 0:
                 await self._store.write_sync_status({"applied": position})
+            elif position % _APPLY_SLICE == 0:
+                await asyncio.sleep(0)  # an unchanged instance awaits nothing: let requests in between slices
             known = by_novita_id.get(live.id)
             if known is not None:
                 seen.add(live.id)
