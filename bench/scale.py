@@ -24,13 +24,14 @@ import httpx
 from app.core.config import Settings
 from app.core.redis import RedisManager
 from app.instances.schemas import InstanceRecord
-from app.instances.service import new_record_id, upstream_name
+from app.instances.service import connection_details, new_record_id, upstream_name
 from app.instances.store import InstanceStore
 from app.jobs.queue import job_key
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.cost_guards import CostGuardExecutor, CostGuardPolicy
 from app.lifecycle.webhooks import UrlGuard, WebhookNotifier
 from app.novita.client import NovitaClient
+from app.novita.models import Instance
 from bench.memory import rss_mb
 from bench.report import Report, Row, ms, ratio
 from bench.services import ServerProcess, Services
@@ -144,23 +145,28 @@ async def _preload(services: Services, fleet: int) -> None:
             for name, record_id in zip(names, ids, strict=True)]})
         answer.raise_for_status()
         novita_ids = answer.json()["ids"]
+        listed = (await http.get(f"{services.novita.url}/_fake/instances")).json()["instances"]
+    live = {item["id"]: Instance.model_validate(item) for item in listed}
     manager = RedisManager(_settings(services))
     store = InstanceStore(manager)
     try:
         for start in range(0, fleet, _PRELOAD_BATCH):
-            await asyncio.gather(*(store.create(_record(ids[i], names[i], novita_ids[i], now - fleet + i), {})
+            await asyncio.gather(*(store.create(_record(ids[i], names[i], live[novita_ids[i]], now - fleet + i), {})
                                    for i in range(start, min(fleet, start + _PRELOAD_BATCH))))
         await store.ensure_index()  # marks the index as built (nothing to migrate)
     finally:
         await manager.close()
 
 
-def _record(record_id: str, name: str, novita_id: str, created_at: float) -> InstanceRecord:
+def _record(record_id: str, name: str, live: Instance, created_at: float) -> InstanceRecord:
+    """The record as the API and then the status sync leave it (the connection details included): the fleet is in
+    its steady state, so the first sync after start-up does not rewrite every record."""
     record = InstanceRecord(id=record_id, name=name, upstream_name=upstream_name(name, record_id),
-                            novita_instance_id=novita_id, product_name="RTX 4090 24GB", gpu_num=1, rootfs_size=60,
+                            novita_instance_id=live.id, product_name="RTX 4090 24GB", gpu_num=1, rootfs_size=60,
                             image_url="docker.io/library/ubuntu:22.04", billing_mode="onDemand",
-                            created_at=created_at, updated_at=created_at)
-    record.apply_novita("running", None)
+                            endpoints=[m.model_dump() for m in live.port_mappings if m.endpoint],
+                            connection=connection_details(live), created_at=created_at, updated_at=created_at)
+    record.apply_novita(live.status, None)
     return record
 
 

@@ -173,7 +173,9 @@ def test_a_refused_key_turns_novita_down_on_every_replica_without_traffic(
 def test_a_refused_key_seen_by_a_request_shows_at_once_and_health_calls_nothing(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle
 ) -> None:
-    server = api_server_factory(app_env="production")  # the background check runs once a minute
+    # The background check runs once a minute; the status sync is slowed too, or a listing it completes between the
+    # refused request and /health would be newer evidence that Novita answers.
+    server = api_server_factory(app_env="production", reconcile_interval_seconds=3600)
     _wait_for_novita(server, "up")
     fake_novita.add_faults({"path": "/products", "kind": "error", "status": 401, "reason": "FAILED_TO_AUTH",
                             "count": None})
