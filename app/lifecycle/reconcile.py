@@ -51,8 +51,11 @@ LEASE_KEY = f"{KEY_PREFIX}lease:reconcile"
 _UPSTREAM_NAME = re.compile(r"^(?P<name>" + NAME_PATTERN.strip("^$") + r")-(?P<record_id>[0-9a-f]{16})$")
 # Novita statuses an instance's job may end on (settled, or gone): worth waking the job for.
 _NEWS_FOR_JOBS = frozenset({"running", "exited", "removed"})
-# Instances compared per slice of the apply loop (a few milliseconds of CPU) before requests get the event loop back.
-_APPLY_SLICE = 100
+# A pass works in slices of about a millisecond of CPU, so that a request, which waits behind one slice at each of its
+# awaits, is not slowed by a pass running beside it: instances compared per slice of the apply loop, and records read
+# (and activities checked) per round trip.
+_APPLY_SLICE = 50
+_RECORD_SLICE = 100
 _BILLING_MODES: dict[str | None, BillingMode] = {"onDemand": "onDemand", "spot": "spot", "monthly": "monthly"}
 
 
@@ -175,7 +178,7 @@ class Reconciler:
         by_novita_id: dict[str, _Known] = {}
         by_upstream_name: dict[str, _Known] = {}
         record_ids: set[str] = set()
-        async for record in self._store.iter_records():
+        async for record in self._store.iter_records(batch=_RECORD_SLICE):
             known = _Known.of(record)
             record_ids.add(known.id)
             if known.novita_instance_id:
@@ -250,7 +253,7 @@ class Reconciler:
                 synced.append(known.id)
                 news.append(known)
                 report.vanished.append(known.id)
-        await self._activity.observe_many(statuses, self._clock())
+        await self._activity.observe_many(statuses, self._clock(), batch=_RECORD_SLICE)
         await self._store.mark_synced(synced + [external_member(novita_id) for novita_id in externals], listed_at)
         if self._forget_cached is not None and changed_ids:
             await self._forget_cached(changed_ids)
