@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import secrets
 import statistics
 import time
@@ -140,6 +141,8 @@ def _run_fleet(services: Services, report: Report, plan: ScalePlan, fleet: int, 
              "< 200 MB", peak < 200)
     finally:
         services.stop(api)
+    # The machine is shared: the load at the start alone does not say what other work ran during these rows.
+    report.note(f"{label}: 1-minute load average at the end of its rows: {os.getloadavg()[0]:.2f}")
 
 
 def _row(report: Report, measurement: str, value: str, baseline: str, rate: float | None, target: str,
