@@ -22,8 +22,8 @@ class RecordStore(Protocol):
         """Every record, newest first."""
         ...
 
-    def iter_records(self) -> AsyncIterator[InstanceRecord]:
-        """Every record, read in batches (memory bounded whatever the fleet size)."""
+    def iter_records(self, batch: int = ...) -> AsyncIterator[InstanceRecord]:
+        """Every record, `batch` per read (memory bounded whatever the fleet size)."""
         ...
 
     async def write_sync_status(self, fields: dict[str, str | float | int]) -> None:

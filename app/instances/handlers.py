@@ -310,7 +310,7 @@ class InstanceJobHandlers:
 
     async def _settle(self, ctx: JobContext, record: InstanceRecord, operation: str) -> dict[str, Any]:
         """One watching step: finish when Novita's status, as the shared background sync recorded it, is settled;
-        else come back in a poll interval. No Novita call: one listing per sync period serves every instance.
+        else come back later (`_watch_delay`). No Novita call: one listing per sync period serves every instance.
 
         Only a sync whose listing began after this job issued its operation counts, so a status from before the
         operation (a restart's `running`) never ends the job early.
@@ -318,11 +318,12 @@ class InstanceJobHandlers:
         record = await self._store.get(record.id) or record
         synced_at = await self._store.synced_at(record.id)
         status, error_text = record.novita_status, record.status_error
-        if synced_at is None or synced_at < _issued_at(record, operation, ctx.job.id) or status is None:
+        issued_at = _issued_at(record, operation, ctx.job.id)
+        if synced_at is None or synced_at < issued_at or status is None:
             if time.time() >= self._deadline(ctx):
                 await self._timeout(ctx, record, operation, f"no sync has seen the {operation} on Novita yet")
             await self._store.request_sync()  # the sync wakes this job when it brings news of the instance
-            raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: waiting for the sync")
+            raise RetryLater(self._watch_delay(ctx, issued_at), f"{operation}: waiting for the sync")
         if status in _SETTLED_STATUSES[operation]:
             if status == "running" and self._settings.readiness_enabled:
                 # Its own job, so that this one reports `running` now; the same id whichever replica gets here.
@@ -337,7 +338,19 @@ class InstanceJobHandlers:
         if self._clock() >= self._deadline(ctx):
             await self._timeout(ctx, record, operation, f"still {status}")
         await self._store.request_sync()
-        raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
+        raise RetryLater(self._watch_delay(ctx, issued_at), f"{operation}: Novita status {status}")
+
+    def _watch_delay(self, ctx: JobContext, issued_at: float) -> float:
+        """When a watching job looks again. The sync wakes it when it brings news of the instance (`queue.wake`), so
+        looking is only the fallback (a status the sync does not wake for, a sync that does not run): every poll
+        interval at first, then half the time waited so far, so a thousand jobs waiting on a long sync of a large
+        fleet do not keep the worker busy; never past the operation's deadline."""
+        now = self._clock()
+        waited = now - (issued_at or ctx.job.began_at)
+        poll = self._settings.instance_poll_interval_seconds
+        delay = min(max(poll, waited / 2), poll * _WATCH_DELAY_MAX_POLLS)
+        left = self._deadline(ctx) - now
+        return min(delay, left) if left > 0 else delay
 
     # -- readiness -------------------------------------------------------------------------------------------------
 
@@ -489,6 +502,9 @@ class InstanceJobHandlers:
             pass
         raise JobFailed(reason)
 
+
+# A watching job's fallback poll grows with its wait up to this many poll intervals (a minute by default).
+_WATCH_DELAY_MAX_POLLS = 12
 
 # Upstream failures that time cures; the client has already retried them with backoff.
 _NOVITA_OUTAGE = (NovitaUnavailable, NovitaRateLimited)

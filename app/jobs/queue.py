@@ -9,6 +9,8 @@ Layout (every key under `ngpu:`):
                          script moves due ids to the stream atomically, so several replicas never double-promote.
 - `ngpu:jobs:dead`       sorted set id -> time: jobs that exhausted their attempts, listable.
 - `ngpu:job-lock:<id>`   per-job lock so one job never runs twice at the same time across replicas.
+- `ngpu:job-woken:<id>`  a wake (`JobQueue.wake`) that found the job running rather than scheduled: its next
+                         `RetryLater` is due at once instead of after its delay, so no news is lost to that race.
 The worker that executes jobs is in `app/jobs/worker.py`.
 
 Cancel and requeue are Lua scripts on the job's record, so they are atomic against each other, against other replicas
@@ -38,6 +40,9 @@ SCHEDULED_KEY = f"{KEY_PREFIX}jobs:scheduled"
 DEAD_KEY = f"{KEY_PREFIX}jobs:dead"
 JOB_KEY_PREFIX = f"{KEY_PREFIX}job:"
 LOCK_KEY_PREFIX = f"{KEY_PREFIX}job-lock:"
+WOKEN_KEY_PREFIX = f"{KEY_PREFIX}job-woken:"
+# How long a wake waits for the running job to reschedule itself (a job step is far shorter).
+WOKEN_TTL_SECONDS = 60
 CONSUMER_GROUP = "workers"
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "dead", "cancelled"})
@@ -70,6 +75,29 @@ end
 return #due
 """
 
+# Wake jobs: a scheduled one becomes due now; one that is not scheduled (running right now) is marked woken, so that
+# the reschedule it is about to write (RESCHEDULE_SCRIPT) makes it due now. ARGV: now, woken TTL, woken key prefix,
+# then the ids.
+_WAKE_SCRIPT = """
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], 'LT', ARGV[1], id)
+  else
+    redis.call('SET', ARGV[3] .. id, '1', 'EX', ARGV[2])
+  end
+end
+return 1
+"""
+
+# Schedule a job that asked to come back later (`RetryLater`): at ARGV[2], or at once (ARGV[1]) if it was woken while
+# it ran. KEYS[1] the scheduled set, KEYS[2] the job's woken marker; ARGV[3] the job id.
+RESCHEDULE_SCRIPT = """
+local due = ARGV[2]
+if redis.call('DEL', KEYS[2]) == 1 then due = ARGV[1] end
+redis.call('ZADD', KEYS[1], due, ARGV[3])
+return 1
+"""
 
 # Cancel a waiting job: returns the state it had ('' when there is no such job); only queued/scheduled change.
 _CANCEL_SCRIPT = """
@@ -280,9 +308,12 @@ class JobQueue:
         )
 
     async def wake(self, job_ids: list[str]) -> None:
-        """Make these jobs due now if they are scheduled (a watching job whose news just arrived); others untouched."""
+        """Make these jobs due now (watching jobs whose news just arrived): a scheduled one at once, one running right
+        now as soon as it reschedules itself (see `RESCHEDULE_SCRIPT`). Jobs that never reschedule are untouched."""
         if job_ids:
-            await self._redis.client.zadd(SCHEDULED_KEY, dict.fromkeys(job_ids, time.time()), xx=True, lt=True)
+            await self._redis.client.eval(
+                _WAKE_SCRIPT, 1, SCHEDULED_KEY, repr(time.time()), str(WOKEN_TTL_SECONDS), WOKEN_KEY_PREFIX, *job_ids
+            )
 
     async def promote_due(self, limit: int = 100) -> int:
         """Move scheduled jobs whose time has come into the stream; returns how many moved."""

@@ -30,9 +30,11 @@ from app.jobs.queue import (
     CONSUMER_GROUP,
     DEAD_KEY,
     LOCK_KEY_PREFIX,
+    RESCHEDULE_SCRIPT,
     SCHEDULED_KEY,
     STREAM_KEY,
     TERMINAL_STATES,
+    WOKEN_KEY_PREFIX,
     Handler,
     Job,
     JobContext,
@@ -317,7 +319,19 @@ class Worker:
             if not count_attempt:
                 pipe.hincrby(key, "attempts", -1)
             pipe.hset(key, mapping={"state": "scheduled", "updated_at": repr(time.time()), "last_error": reason})
-            pipe.zadd(SCHEDULED_KEY, {job.id: time.time() + delay})
+            if count_attempt:  # a retry after a failure keeps its backoff
+                pipe.zadd(SCHEDULED_KEY, {job.id: time.time() + delay})
+            else:  # a watching job woken while it ran (its news arrived meanwhile) is due at once
+                now = time.time()
+                pipe.eval(
+                    RESCHEDULE_SCRIPT,
+                    2,
+                    SCHEDULED_KEY,
+                    f"{WOKEN_KEY_PREFIX}{job.id}",
+                    repr(now),
+                    repr(now + delay),
+                    job.id,
+                )
             pipe.xack(STREAM_KEY, CONSUMER_GROUP, entry_id)
             pipe.xdel(STREAM_KEY, entry_id)
             await pipe.execute()
