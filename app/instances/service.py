@@ -26,9 +26,9 @@ from app.fleet.schemas import (
     InstanceState,
     InstanceView,
 )
-from app.fleet.store import InstanceStore
+from app.fleet.store import InstanceStore, instance_jobs_key
 from app.fleet.views import overlay, upstream_name
-from app.jobs.queue import JobQueue
+from app.jobs.queue import Job, JobQueue
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.webhooks import UnsafeWebhookUrl, WebhookNotifier
 from app.novita.client import NovitaClient
@@ -158,7 +158,9 @@ class InstanceService:
         if replay:
             record = await self._store.get(record_id) or record
         # Enqueue is the last write: once it succeeded the request is accepted, and nothing after it may fail.
-        await self._queue.enqueue(CREATE_JOB, {"instance_id": record_id}, job_id=job_id)  # existing id: no-op
+        await self._queue.enqueue(  # an existing id: a no-op
+            CREATE_JOB, {"instance_id": record_id}, job_id=job_id, listed_in=instance_jobs_key(record_id)
+        )
         return AcceptedResponse(instance=InstanceView.from_record(record), job_id=job_id)
 
     async def request_action(self, instance_id: str, action: Action) -> AcceptedResponse:
@@ -169,7 +171,9 @@ class InstanceService:
             raise Conflict(f"cannot {action} an instance that is {record.state.value} (allowed from: {allowed})")
         job_id = new_job_id()
         # Job first: if Valkey fails before the record update, the job still runs and sets the state itself.
-        await self._queue.enqueue(ACTION_JOBS[action], {"instance_id": instance_id}, job_id=job_id)
+        await self._queue.enqueue(
+            ACTION_JOBS[action], {"instance_id": instance_id}, job_id=job_id, listed_in=instance_jobs_key(instance_id)
+        )
 
         def mark_requested(current: InstanceRecord) -> None:
             current.state = ACTION_TRANSITIONAL_STATE[action]
@@ -180,6 +184,12 @@ class InstanceService:
         updated = await self._store.update(instance_id, mark_requested)
         await self.forget_cached(updated.novita_instance_id)
         return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
+
+    async def jobs(self, instance_id: str, limit: int) -> list[Job]:
+        """The instance's newest `limit` jobs, newest first (404 for an unknown id); the queue lists every job queued
+        for it (create, actions, readiness checks) while the job's record is retained."""
+        record = await self._get_record(instance_id)
+        return await self._queue.listed(instance_jobs_key(record.id), limit)
 
     async def heartbeat(self, instance_id: str, at: float | None = None) -> HeartbeatView:
         """Note that the instance is in use (now, or at `at`): idle auto-stop counts from the latest heartbeat."""
