@@ -29,6 +29,15 @@ STATE_TONES: dict[InstanceState, str] = {
 }
 
 
+# Badge colour group of each job state (as for instances, the text always says the state).
+JOB_TONES = {"succeeded": "good", "failed": "bad", "dead": "bad", "cancelled": "muted"}
+
+
+def job_tone(state: str) -> str:
+    """Badge colour group of a job state: waiting and running jobs are "busy"."""
+    return JOB_TONES.get(state, "busy")
+
+
 def usd(raw: float | None) -> str | None:
     """A raw Novita price as dollars, e.g. 67000 -> "$0.67"."""
     if raw is None or raw <= 0:
