@@ -182,8 +182,9 @@ class InstanceStore:
         offset: int,
         count: int,
         cursor: index.Cursor | None = None,
+        order: index.ListOrder = "newest",
     ) -> IndexPage:
-        """One page of the index, newest first, and the filter's total; reads only the page's records."""
+        """One page of the index (newest first, or by name) and the filter's total; reads only the page's records."""
         set_key = index.state_key(state) if state is not None else index.ALL_KEY
         async with _valkey_errors():
             answer = await self._client.eval(
@@ -199,6 +200,7 @@ class InstanceStore:
                 cursor.member if cursor else "",
                 index.MATCH_KEY_PREFIX,
                 str(index.MATCH_TTL_SECONDS),
+                order,
             )
             total, flat = int(answer[0]), [_text(value) for value in answer[1:]]
             members, scores = flat[0::2], [float(score) for score in flat[1::2]]

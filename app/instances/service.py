@@ -15,7 +15,7 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.fleet.actions import ACTION_JOBS, CREATE_JOB, Action
-from app.fleet.index import Cursor, external_member
+from app.fleet.index import Cursor, ListOrder, external_member
 from app.fleet.schemas import (
     REVEAL_SECRETS,
     AcceptedResponse,
@@ -222,21 +222,33 @@ class InstanceService:
         return overlay(view, live)
 
     async def list_instances(
-        self, *, state: InstanceState | None, name: str | None, page: int, page_size: int, cursor: str | None = None
+        self,
+        *,
+        state: InstanceState | None,
+        name: str | None,
+        page: int,
+        page_size: int,
+        cursor: str | None = None,
+        order: ListOrder = "newest",
     ) -> InstancePage:
-        """A page of our index, newest first: no Novita call, and only the page's records are read.
+        """A page of our index, newest first (or by name, sorted in Valkey; pages by `page` only): no Novita call,
+        and only the page's records are read.
 
         Novita's view of each instance (instances made elsewhere included, `managed: false`) is folded into the index
         by the background sync; `syncedAt` says when it last saw each one.
         """
         after: Cursor | None = None
+        if cursor is not None and order != "newest":
+            raise ValidationFailed("a cursor pages the newest-first order only", field="query.cursor")
         if cursor is not None:
             try:
                 after = Cursor.decode(cursor)
             except ValueError as error:
                 raise ValidationFailed(f"cursor: {error}", field="query.cursor") from None
         offset = 0 if after is not None else (page - 1) * page_size
-        found = await self._store.page(state=state, name=name, offset=offset, count=page_size, cursor=after)
+        found = await self._store.page(
+            state=state, name=name, offset=offset, count=page_size, cursor=after, order=order
+        )
         records = {record.id: record for record in found.records}
         externals = {external_member(view["novitaInstanceId"]): view for view in found.externals}
         items: list[InstanceView] = []
@@ -247,7 +259,9 @@ class InstanceService:
             else:
                 items.append(InstanceView.model_validate({**externals[member], "syncedAt": synced}))
         more = offset + len(items) < found.total if after is None else len(items) == page_size
-        next_cursor = Cursor(found.scores[-1], found.members[-1]).encode() if items and more else None
+        next_cursor = (
+            Cursor(found.scores[-1], found.members[-1]).encode() if items and more and order == "newest" else None
+        )
         sync = found.sync_status
         return InstancePage(
             items=items,

@@ -45,7 +45,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 FRAGMENT_HEADER = "x-dashboard-fragment"  # sent by dashboard.js when it polls a fragment
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_ALL = 1_000_000  # "every instance" for a sort the service does not do itself
 DONE_MESSAGES = {
     "create": "Create requested",
     "start": "Start requested",
@@ -304,21 +303,30 @@ async def _products_by_id(services: Services) -> dict[str, ProductView]:
 async def _listing(services: Services, query: ListingQuery) -> dict[str, Any]:
     service = services.get(InstanceService)
     products = await _products_by_id(services)
-    if query.sort == "newest":  # the service's own order: let it page
+    beyond_window: int | None = None  # the filter's total, when the order covered only its newest SORT_WINDOW
+    if query.sort in ("newest", "name"):  # orders of the index itself: the service reads only the page
         page = await service.list_instances(
-            state=query.state, name=query.name or None, page=query.page, page_size=query.page_size
+            state=query.state,
+            name=query.name or None,
+            page=query.page,
+            page_size=query.page_size,
+            order="name" if query.sort == "name" else "newest",
         )
         page_rows, total, synced = views.rows(page.items, products), page.total, page.novita_synced
-    else:
-        whole = await service.list_instances(state=query.state, name=query.name or None, page=1, page_size=_ALL)
-        ordered = views.sort_rows(views.rows(whole.items, products), query.sort)
+    else:  # price, GPU and state come from the catalogue or the records: sort the newest SORT_WINDOW here
+        window = await service.list_instances(
+            state=query.state, name=query.name or None, page=1, page_size=views.SORT_WINDOW
+        )
+        ordered = views.sort_rows(views.rows(window.items, products), query.sort)
         start = (query.page - 1) * query.page_size
-        page_rows, total, synced = ordered[start : start + query.page_size], whole.total, whole.novita_synced
+        page_rows, total, synced = ordered[start : start + query.page_size], len(ordered), window.novita_synced
+        beyond_window = window.total if window.total > len(ordered) else None
     return {
         "rows": page_rows,
         "pager": views.Pager(query.page, query.page_size, total),
         "synced": synced,
         "query": query,
+        "beyond_window": beyond_window,
     }
 
 
