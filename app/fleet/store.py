@@ -6,6 +6,8 @@ Keys (all under `ngpu:`):
                               soon as Novita has the instance, so secret env values live in Valkey only until then.
 - `ngpu:instances...`         the list index (`app.fleet.index`), written in the record's own transactions.
 - `ngpu:idempotency:<key>`    JSON `{fingerprint, instance_id, job_id}`, written with SET NX and a TTL.
+- `ngpu:instance-jobs:<id>`   sorted set job id -> queued at: the instance's jobs, written by the job queue in the
+                              enqueue's own script (`JobQueue.enqueue(listed_in=...)`); expires with the record.
 
 Every Valkey failure surfaces as `ServiceUnavailable` (503), never as a 500.
 """
@@ -45,6 +47,11 @@ def _record_key(instance_id: str) -> str:
 
 def _spec_key(instance_id: str) -> str:
     return f"{_PREFIX}instance-spec:{instance_id}"
+
+
+def instance_jobs_key(instance_id: str) -> str:
+    """The sorted set of the jobs queued for an instance (the queue writes it; it expires with the record)."""
+    return f"{_PREFIX}instance-jobs:{instance_id}"
 
 
 def _idempotency_key(key: str) -> str:
@@ -158,6 +165,7 @@ class InstanceStore:
                         pipe.incr(index.VERSION_COUNTER_KEY)
                     if record.state == InstanceState.DELETED:
                         pipe.expire(key, DELETED_RECORD_RETENTION_SECONDS)
+                        pipe.expire(instance_jobs_key(record.id), DELETED_RECORD_RETENTION_SECONDS)
                         pipe.zadd(index.EXPIRING_KEY, {record.id: time.time() + DELETED_RECORD_RETENTION_SECONDS})
                     await pipe.execute()
                     return record
@@ -174,8 +182,9 @@ class InstanceStore:
         offset: int,
         count: int,
         cursor: index.Cursor | None = None,
+        order: index.ListOrder = "newest",
     ) -> IndexPage:
-        """One page of the index, newest first, and the filter's total; reads only the page's records."""
+        """One page of the index (newest first, or by name) and the filter's total; reads only the page's records."""
         set_key = index.state_key(state) if state is not None else index.ALL_KEY
         async with _valkey_errors():
             answer = await self._client.eval(
@@ -191,6 +200,7 @@ class InstanceStore:
                 cursor.member if cursor else "",
                 index.MATCH_KEY_PREFIX,
                 str(index.MATCH_TTL_SECONDS),
+                order,
             )
             total, flat = int(answer[0]), [_text(value) for value in answer[1:]]
             members, scores = flat[0::2], [float(score) for score in flat[1::2]]

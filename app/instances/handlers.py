@@ -25,7 +25,7 @@ from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.config import Settings
 from app.fleet.actions import ACTION_JOBS, CREATE_JOB, READINESS_JOB, Action
 from app.fleet.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
-from app.fleet.store import InstanceStore, RecordNotFound
+from app.fleet.store import InstanceStore, RecordNotFound, instance_jobs_key
 from app.instances.service import InstanceService
 from app.jobs.queue import Job, JobContext, JobFailed, RetryLater
 from app.jobs.service import JobControl
@@ -327,7 +327,12 @@ class InstanceJobHandlers:
         if status in _SETTLED_STATUSES[operation]:
             if status == "running" and self._settings.readiness_enabled:
                 # Its own job, so that this one reports `running` now; the same id whichever replica gets here.
-                await ctx.queue.enqueue(READINESS_JOB, {"instance_id": record.id}, job_id=f"{ctx.job.id}-readiness")
+                await ctx.queue.enqueue(
+                    READINESS_JOB,
+                    {"instance_id": record.id},
+                    job_id=f"{ctx.job.id}-readiness",
+                    listed_in=instance_jobs_key(record.id),
+                )
             return _Outcome(record.id, record.state, status, f"{operation} finished").as_result()
         if status == "removed":
             await self._fail(

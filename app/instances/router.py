@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from pydantic import BaseModel
 
 from app.core.auth import require_api_key
 from app.core.deps import provide
@@ -19,6 +20,8 @@ from app.fleet.schemas import (
     InstanceView,
 )
 from app.instances.service import InstanceService
+from app.jobs.queue import LISTED_JOBS_KEPT
+from app.jobs.router import JobView
 
 router = APIRouter(
     prefix="/api/instances",
@@ -85,6 +88,23 @@ async def list_instances(
 async def get_instance(instance_id: InstanceId, service: Service) -> InstanceView:
     """One instance, with Novita's live status when Novita answers."""
     return await service.get(instance_id)
+
+
+class InstanceJobList(BaseModel):
+    """Answer of `GET /api/instances/{id}/jobs`, newest first."""
+
+    items: list[JobView]
+
+
+@router.get("/{instance_id}/jobs", response_model=InstanceJobList, responses=_NOT_FOUND)
+async def list_instance_jobs(
+    instance_id: InstanceId,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=LISTED_JOBS_KEPT)] = 50,
+) -> InstanceJobList:
+    """Every job queued for the instance (create, start, stop, restart, delete, readiness checks), newest first:
+    the newest 100 are kept, each while its record is retained (`JOB_RETENTION_SECONDS` after it finished)."""
+    return InstanceJobList(items=[JobView.of(job) for job in await service.jobs(instance_id, limit)])
 
 
 async def _action(instance_id: str, action: Action, service: InstanceService, response: Response) -> AcceptedResponse:

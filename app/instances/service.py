@@ -15,7 +15,7 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.fleet.actions import ACTION_JOBS, CREATE_JOB, Action
-from app.fleet.index import Cursor, external_member
+from app.fleet.index import Cursor, ListOrder, external_member
 from app.fleet.schemas import (
     REVEAL_SECRETS,
     AcceptedResponse,
@@ -26,9 +26,9 @@ from app.fleet.schemas import (
     InstanceState,
     InstanceView,
 )
-from app.fleet.store import InstanceStore
+from app.fleet.store import InstanceStore, instance_jobs_key
 from app.fleet.views import overlay, upstream_name
-from app.jobs.queue import JobQueue
+from app.jobs.queue import Job, JobQueue
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.webhooks import UnsafeWebhookUrl, WebhookNotifier
 from app.novita.client import NovitaClient
@@ -158,7 +158,9 @@ class InstanceService:
         if replay:
             record = await self._store.get(record_id) or record
         # Enqueue is the last write: once it succeeded the request is accepted, and nothing after it may fail.
-        await self._queue.enqueue(CREATE_JOB, {"instance_id": record_id}, job_id=job_id)  # existing id: no-op
+        await self._queue.enqueue(  # an existing id: a no-op
+            CREATE_JOB, {"instance_id": record_id}, job_id=job_id, listed_in=instance_jobs_key(record_id)
+        )
         return AcceptedResponse(instance=InstanceView.from_record(record), job_id=job_id)
 
     async def request_action(self, instance_id: str, action: Action) -> AcceptedResponse:
@@ -169,7 +171,9 @@ class InstanceService:
             raise Conflict(f"cannot {action} an instance that is {record.state.value} (allowed from: {allowed})")
         job_id = new_job_id()
         # Job first: if Valkey fails before the record update, the job still runs and sets the state itself.
-        await self._queue.enqueue(ACTION_JOBS[action], {"instance_id": instance_id}, job_id=job_id)
+        await self._queue.enqueue(
+            ACTION_JOBS[action], {"instance_id": instance_id}, job_id=job_id, listed_in=instance_jobs_key(instance_id)
+        )
 
         def mark_requested(current: InstanceRecord) -> None:
             current.state = ACTION_TRANSITIONAL_STATE[action]
@@ -180,6 +184,12 @@ class InstanceService:
         updated = await self._store.update(instance_id, mark_requested)
         await self.forget_cached(updated.novita_instance_id)
         return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
+
+    async def jobs(self, instance_id: str, limit: int) -> list[Job]:
+        """The instance's newest `limit` jobs, newest first (404 for an unknown id); the queue lists every job queued
+        for it (create, actions, readiness checks) while the job's record is retained."""
+        record = await self._get_record(instance_id)
+        return await self._queue.listed(instance_jobs_key(record.id), limit)
 
     async def heartbeat(self, instance_id: str, at: float | None = None) -> HeartbeatView:
         """Note that the instance is in use (now, or at `at`): idle auto-stop counts from the latest heartbeat."""
@@ -212,21 +222,33 @@ class InstanceService:
         return overlay(view, live)
 
     async def list_instances(
-        self, *, state: InstanceState | None, name: str | None, page: int, page_size: int, cursor: str | None = None
+        self,
+        *,
+        state: InstanceState | None,
+        name: str | None,
+        page: int,
+        page_size: int,
+        cursor: str | None = None,
+        order: ListOrder = "newest",
     ) -> InstancePage:
-        """A page of our index, newest first: no Novita call, and only the page's records are read.
+        """A page of our index, newest first (or by name, sorted in Valkey; pages by `page` only): no Novita call,
+        and only the page's records are read.
 
         Novita's view of each instance (instances made elsewhere included, `managed: false`) is folded into the index
         by the background sync; `syncedAt` says when it last saw each one.
         """
         after: Cursor | None = None
+        if cursor is not None and order != "newest":
+            raise ValidationFailed("a cursor pages the newest-first order only", field="query.cursor")
         if cursor is not None:
             try:
                 after = Cursor.decode(cursor)
             except ValueError as error:
                 raise ValidationFailed(f"cursor: {error}", field="query.cursor") from None
         offset = 0 if after is not None else (page - 1) * page_size
-        found = await self._store.page(state=state, name=name, offset=offset, count=page_size, cursor=after)
+        found = await self._store.page(
+            state=state, name=name, offset=offset, count=page_size, cursor=after, order=order
+        )
         records = {record.id: record for record in found.records}
         externals = {external_member(view["novitaInstanceId"]): view for view in found.externals}
         items: list[InstanceView] = []
@@ -237,7 +259,9 @@ class InstanceService:
             else:
                 items.append(InstanceView.model_validate({**externals[member], "syncedAt": synced}))
         more = offset + len(items) < found.total if after is None else len(items) == page_size
-        next_cursor = Cursor(found.scores[-1], found.members[-1]).encode() if items and more else None
+        next_cursor = (
+            Cursor(found.scores[-1], found.members[-1]).encode() if items and more and order == "newest" else None
+        )
         sync = found.sync_status
         return InstancePage(
             items=items,

@@ -11,6 +11,8 @@ Layout (every key under `ngpu:`):
 - `ngpu:job-lock:<id>`   per-job lock so one job never runs twice at the same time across replicas.
 - `ngpu:job-woken:<id>`  a wake (`JobQueue.wake`) that found the job running rather than scheduled: its next
                          `RetryLater` is due at once instead of after its delay, so no news is lost to that race.
+- a list of the caller's (`enqueue(listed_in=<key>)`): sorted set id -> queued at, the newest `LISTED_JOBS_KEPT`
+                         kept, written in the enqueue's own script (e.g. an instance's jobs, keyed by its owner).
 The worker that executes jobs is in `app/jobs/worker.py`.
 
 Cancel and requeue are Lua scripts on the job's record, so they are atomic against each other, against other replicas
@@ -48,15 +50,23 @@ CONSUMER_GROUP = "workers"
 TERMINAL_STATES = frozenset({"succeeded", "failed", "dead", "cancelled"})
 # States a job can be cancelled in: it is waiting, not running.
 CANCELLABLE_STATES = frozenset({"queued", "scheduled"})
+# How many of the newest jobs a list (`enqueue(listed_in=...)`) keeps; older ids leave it as new ones arrive.
+LISTED_JOBS_KEPT = 100
 
-# Create the job record and make it deliverable in one atomic step: either both exist or neither does.
+# Create the job record and make it deliverable in one atomic step: either both exist or neither does. With a 4th
+# key, the job also joins that list (by its queue time), which is trimmed to its newest ARGV[4] ids in the same step.
 _ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 if tonumber(ARGV[2]) > 0 then
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 else
   redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+end
+if KEYS[4] then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[4])
+  if extra > 0 then redis.call('ZREM', KEYS[4], unpack(redis.call('ZRANGE', KEYS[4], 0, extra - 1))) end
 end
 return 1
 """
@@ -232,12 +242,19 @@ class JobQueue:
         return self._redis
 
     async def enqueue(
-        self, kind: str, payload: dict[str, Any], *, delay_seconds: float = 0.0, job_id: str | None = None
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        delay_seconds: float = 0.0,
+        job_id: str | None = None,
+        listed_in: str | None = None,
     ) -> Job:
         """Store a job durably and return it; with `job_id`, an existing job of that id is returned unchanged.
 
-        Returns only after Valkey acknowledged the write. Raises `ServiceUnavailable` when Valkey is down: nothing is
-        accepted that was not written.
+        With `listed_in` (a key under `ngpu:`), the new job also joins that list of jobs (`listed`), atomically with
+        the enqueue. Returns only after Valkey acknowledged the write. Raises `ServiceUnavailable` when Valkey is
+        down: nothing is accepted that was not written.
         """
         now = time.time()
         job = Job(
@@ -250,9 +267,10 @@ class JobQueue:
         )
         due_at = now + delay_seconds if delay_seconds > 0 else 0.0
         fields = [item for pair in job.to_record().items() for item in pair]
+        keys = [job_key(job.id), STREAM_KEY, SCHEDULED_KEY, *([listed_in] if listed_in else [])]
         try:
             created = await self._redis.client.eval(
-                _ENQUEUE_SCRIPT, 3, job_key(job.id), STREAM_KEY, SCHEDULED_KEY, job.id, repr(due_at), *fields
+                _ENQUEUE_SCRIPT, len(keys), *keys, job.id, repr(due_at), repr(now), str(LISTED_JOBS_KEPT), *fields
             )
             if not created:
                 existing = await self.get(job.id)
@@ -291,6 +309,21 @@ class JobQueue:
         ids = await self._redis.client.zrevrange(DEAD_KEY, 0, max(0, limit - 1))
         jobs = [await self.get(job_id) for job_id in texts(ids)]
         return [job for job in jobs if job is not None]
+
+    async def listed(self, list_key: str, limit: int) -> list[Job]:
+        """The newest `limit` jobs of a list written by `enqueue(listed_in=list_key)`, newest first.
+
+        Ids whose record has expired (finished longer ago than the retention) are dropped from the list here.
+        """
+        ids = [str(job_id) for job_id in await self._redis.client.zrevrange(list_key, 0, max(0, limit - 1))]
+        async with self._redis.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(job_key(job_id))
+            records = await pipe.execute() if ids else []
+        gone = [job_id for job_id, record in zip(ids, records, strict=True) if not record]
+        if gone:
+            await self._redis.client.zrem(list_key, *gone)
+        return [Job.from_record(record) for record in records if record]
 
     async def depth(self) -> QueueStats:
         """Current counts; acknowledged entries are deleted, so the stream holds only waiting and pending ones."""

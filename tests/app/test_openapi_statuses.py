@@ -54,6 +54,9 @@ OPERATIONS: dict[tuple[str, str], Call] = {
     ("get", "/api/instances/{instance_id}"): lambda c, ids, bad: c.get(
         f"/api/instances/{'bad id!' if bad else ids.instance}"
     ),
+    ("get", "/api/instances/{instance_id}/jobs"): lambda c, ids, bad: c.get(
+        f"/api/instances/{ids.instance}/jobs", params={"limit": 0} if bad else {}
+    ),
     ("post", "/api/instances/{instance_id}/start"): lambda c, ids, bad: c.post(
         f"/api/instances/{'bad id!' if bad else ids.instance}/start"
     ),
