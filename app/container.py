@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.billing.budgets import BudgetService, DefaultBudget, release_hook
+from app.billing.budgets import NO_TEAM, BudgetService, DefaultBudget, release_hook
 from app.billing.costs import CostService
 from app.core.cache import Cache
 from app.core.config import Settings
@@ -95,7 +95,7 @@ class AppContainer:
         store.on_transition(release_hook)
 
         def count_spend(segment: meter.Segment) -> None:
-            metrics.spend.labels(team=segment.team or "none").inc(float(segment.cost()))
+            metrics.spend.labels(team=segment.team or NO_TEAM).inc(float(segment.cost()))
 
         store.on_segment(count_spend)
         novita_health = NovitaHealth(

@@ -160,7 +160,7 @@ def test_the_create_job_fixes_on_demand_and_spot_prices(api_server: ApiServer) -
         report = client.get("/api/costs", params={"groupBy": "instance"}).json()
         assert {item["key"] for item in report["items"]} == {on_demand["id"], spot["id"]}
         metrics = client.get("/metrics").text
-        assert 'novita_spend_usd_total{team="none"}' in metrics  # the stop closed a billed interval
+        assert 'novita_spend_usd_total{team="-"}' in metrics  # the stop closed a billed interval
 
 
 def test_costs_name_the_bad_parameter(api_server: ApiServer) -> None:
