@@ -40,8 +40,9 @@ BudgetName = Literal["maxGpus", "maxSpendPerDay", "maxSpendPerMonth"]
 _RESERVE_SCRIPT = """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 local used = 0
-for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
-  used = used + tonumber(string.match(value, '^(%d+)'))
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 2, #entries, 2 do
+  used = used + tonumber(string.match(entries[i], '^(%d+)'))
 end
 if held then return {1, used} end
 local want = tonumber(ARGV[2])
@@ -195,8 +196,8 @@ class BudgetService:
         return [None if name == NO_TEAM else name for name in sorted(names)]
 
     async def gpus_in_use(self, team: str | None) -> int:
-        values = await self._redis.client.hvals(_reservations_key(team))
-        return sum(int(_text(value).split(":", 1)[0]) for value in values)
+        entries = await self._redis.client.hgetall(_reservations_key(team))  # HGETALL: in the ACL user's commands
+        return sum(int(_text(value).split(":", 1)[0]) for value in entries.values())
 
     async def view(self, team: str | None) -> BudgetView:
         """The team's limits and current use."""
