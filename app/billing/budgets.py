@@ -24,6 +24,7 @@ from app.billing.costs import CostService, day_start, month_start
 from app.core.errors import AppError
 from app.core.redis import RedisManager
 from app.core.schemas import ApiModel, StrictRequestModel
+from app.fleet import meter
 from app.fleet.schemas import InstanceRecord, InstanceState
 from app.fleet.store import InstanceStore
 
@@ -191,7 +192,7 @@ class BudgetService:
         client = self._redis.client
         names = {_text(m) for m in await client.smembers(_TEAMS_KEY)}
         names |= {_text(m) for m in await client.smembers(_RESERVING_TEAMS_KEY)}
-        spent = {_text(m) for m in await client.smembers("ngpu:meter:teams")}
+        spent = {_text(m) for m in await client.smembers(meter.TEAMS_KEY)}
         names |= {m or NO_TEAM for m in spent}
         return [None if name == NO_TEAM else name for name in sorted(names)]
 

@@ -1,5 +1,6 @@
-"""The budget guard: each period (once across replicas), it brings every open cost meter up to date, releases the
-GPU reservations a killed process left behind, and compares each team's spend with its day and month limits.
+"""The budget guard: each period (once across replicas), it closes the cost meters' intervals open for over an hour
+(so the spend counter of /metrics moves), releases the GPU reservations a killed process left behind, and compares
+each team's spend with its day and month limits.
 
 - Crossing 80 % and 100 % of a spend limit sends `budget.threshold_crossed` once per team, limit, period and
   threshold (a SET NX marker in Valkey, so no replica sends it twice).
@@ -10,6 +11,7 @@ GPU reservations a killed process left behind, and compares each team's spend wi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -29,6 +31,9 @@ from app.novita.errors import NovitaError, NovitaNotFound
 logger = logging.getLogger(__name__)
 
 THRESHOLDS = (80, 100)
+# An open billed interval older than this is closed and reopened (the spend counter of /metrics moves, and the
+# meter's sorted sets grow by at most one interval per instance and hour).
+METER_CHECKPOINT_SECONDS = 3600.0
 _ALERT_MARKER_SECONDS = 40 * 86400  # longer than any period it marks
 # States in which an instance holds GPUs that a stop gives back (an action already requested is left to finish).
 _STOPPABLE = frozenset(
@@ -88,13 +93,18 @@ class BudgetGuard:
         return outcomes
 
     async def checkpoint_meters(self) -> None:
-        """Close every open billed interval at now and open the next (the spend counter and reports stay current)."""
+        """Close the open billed intervals older than `METER_CHECKPOINT_SECONDS` at now and open the next ones."""
+        now = self._clock()
         for member in await self._redis.smembers(meter.OPEN_KEY):
             instance_id = member.decode() if isinstance(member, bytes) else member
-            try:
-                await self._store.update(instance_id, _unchanged, checkpoint_meter=True)
-            except RecordNotFound:
+            record = await self._store.get(instance_id)
+            if record is None:
                 await self._redis.srem(meter.OPEN_KEY, instance_id)  # expired with its meter open: nothing to bill
+                continue
+            if now - (record.billing_since or now) < METER_CHECKPOINT_SECONDS:
+                continue
+            with contextlib.suppress(RecordNotFound):
+                await self._store.update(instance_id, _unchanged, checkpoint_meter=True)
 
     async def _check_team(self, team: str | None) -> BudgetOutcome:
         alerts: list[tuple[str, int]] = []

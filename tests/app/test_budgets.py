@@ -277,3 +277,27 @@ async def test_off_by_default(lifecycle_env: LifecycleEnv) -> None:
     await guard.run_once()
     assert lifecycle_env.fake.call_count("POST", STOP_PATH) == 0
     assert sink.types() == ["budget.threshold_crossed", "budget.threshold_crossed"]  # 80 % and 100 %, no stop
+
+
+async def test_the_guard_checkpoints_only_intervals_open_for_over_an_hour(lifecycle_env: LifecycleEnv) -> None:
+    kit = Budgeted(lifecycle_env)
+    closed: list[meter.Segment] = []
+    kit.store.on_segment(closed.append)  # what the app's spend counter listens to
+    guard = BudgetGuard(
+        kit.budgets,
+        kit.store,
+        lifecycle_env.novita,
+        lifecycle_env.redis,
+        RecordingSink(),
+        BudgetGuardPolicy(),
+        lifecycle_env.clock,
+    )
+    record = await kit.running("ml")  # 1.00 USD an hour
+    lifecycle_env.clock.advance(3599)
+    await guard.checkpoint_meters()
+    assert closed == []
+    lifecycle_env.clock.advance(1)
+    await guard.checkpoint_meters()
+    assert [(s.instance_id, s.seconds, s.cost()) for s in closed] == [(record.id, 3600.0, Decimal(1))]
+    lifecycle_env.clock.advance(1800)
+    assert await kit.costs.spend("ml", 0) == Decimal("1.5")  # the closed hour and the half hour open since
