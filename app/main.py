@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.billing.router import budgets_router, costs_router
 from app.compat.router import router as compat_router
 from app.container import AppContainer
 from app.core.config import ConfigError, Settings, load_settings
@@ -70,13 +71,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["Location", "Retry-After", "X-Request-ID"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)  # sees every answer but /livez
     app.add_middleware(LivenessEndpoint, process=container.process)  # outermost: liveness depends on nothing
-    for router in (health_router, jobs_router, instances_router, products_router, compat_router):
+    routers = (
+        health_router,
+        jobs_router,
+        instances_router,
+        products_router,
+        costs_router,
+        budgets_router,
+        compat_router,
+    )
+    for router in routers:
         app.include_router(router)
     install_dashboard(app, container.redis.client, settings.ui_session_ttl_seconds)  # /ui, outside the OpenAPI schema
     if not settings.client_api_keys:

@@ -473,9 +473,102 @@ async def _replicas(stack: Stack, apis: list[ApiProcess], operations: list[Opera
         await client.aclose()
 
 
+# -- (e) a GPU budget under kill -9 ----------------------------------------------------------------------------------
+
+
+def budget_under_kill(settings: CaseSettings) -> CaseResult:
+    """Two replicas enforce one team's GPU cap while far more creates than it allows arrive; one replica is killed
+    (SIGKILL) mid-burst and restarted. The cap must hold at every moment, exactly the cap's worth must be accepted
+    (a client's retry with its Idempotency-Key finds the reservation its first attempt took), and once everything
+    settled the GPUs reserved must equal the instances on Novita (no reservation leaked by the kill)."""
+    name = "budget-kill9"
+    cap = int(settings.scale(10, 20))
+    count = int(settings.scale(40, 100))
+    stack = Stack(settings.work_dir / name)
+    started = time.monotonic()
+    try:
+        stack.start()
+        apis = [stack.add_api(budget_default_max_gpus=cap) for _ in range(2)]
+        operations = new_operations(name, count)
+        recover, peak = asyncio.run(_budget_burst(stack, apis, operations, kill_at=cap // 2))
+        result = tally(operations, stack.novita)
+        in_use = httpx.get(f"{apis[1].url}/api/budgets/-", headers={"X-API-Key": stack.client_key}, timeout=10)
+        reserved = in_use.json()["gpusInUse"]
+        return CaseResult(
+            name=name,
+            title=f"a cap of {cap} GPUs, {count} creates on two replicas, one killed (kill -9) mid-burst and restarted",
+            command=_command(name, settings),
+            tally=result,
+            recover_seconds=recover,
+            recovery="SIGKILL -> new process ready",
+            duration_seconds=time.monotonic() - started,
+            checks={
+                "cap never exceeded (instances on Novita, polled through the run)": peak <= cap,
+                "exactly the cap accepted, the rest refused with budget_exceeded": (
+                    result.accepted == cap and result.refused == count - cap
+                ),
+                "GPUs reserved after settling = instances on Novita (no leak)": reserved == result.novita_instances,
+            },
+            figures={
+                "accepted / refused": f"{result.accepted} / {result.refused}",
+                "most instances on Novita at once": str(peak),
+                "GPUs reserved after settling": str(reserved),
+            },
+        )
+    finally:
+        stack.close()
+
+
+async def _budget_burst(
+    stack: Stack, apis: list[ApiProcess], operations: list[Operation], kill_at: int
+) -> tuple[float, int]:
+    """Submit everything round robin; SIGKILL and restart the first replica once `kill_at` creates were accepted.
+    Returns the restart time and the most instances seen on Novita while the case ran."""
+    client = ApiClient([api.url for api in apis], stack.client_key)
+    victim = apis[0]
+    reached = asyncio.Event()
+    accepted = 0
+    peak = 0
+
+    def on_accepted(_: Operation) -> None:
+        nonlocal accepted
+        accepted += 1
+        if accepted >= kill_at:
+            reached.set()
+
+    async def kill_and_restart() -> float:
+        await reached.wait()
+        victim.kill()
+        killed_at = time.monotonic()
+        victim.start()
+        await asyncio.to_thread(victim.wait_ready)
+        return time.monotonic() - killed_at
+
+    async def watch(stop: asyncio.Event) -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, len(await asyncio.to_thread(stack.novita.instances)))
+            await asyncio.sleep(0.2)
+
+    stopped = asyncio.Event()
+    watcher = asyncio.create_task(watch(stopped))
+    try:
+        killer = asyncio.create_task(kill_and_restart())
+        await client.submit_all(operations, time.monotonic() + SUBMIT_TIMEOUT_SECONDS, on_accepted)
+        recover = await killer
+        await client.wait_settled(operations, SETTLE_TIMEOUT_SECONDS)
+        stopped.set()
+        await watcher
+        return recover, max(peak, len(stack.novita.instances()))
+    finally:
+        stopped.set()
+        await client.aclose()
+
+
 CASES: dict[str, Case] = {
     "kill9-burst": kill_api_during_burst,
     "valkey-outage": valkey_outage,
     "novita-faults": novita_faults,
     "three-replicas": three_replicas,
+    "budget-kill9": budget_under_kill,
 }

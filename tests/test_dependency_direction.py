@@ -20,9 +20,10 @@ APP_LAYERS: list[set[str]] = [
     {"core"},  # config, logging, Valkey, errors -> problem+json, auth, metrics: no domain knowledge
     {"novita"},  # the one client of Novita's API
     {"access"},  # who is asking: API keys as principals (name, team, scopes)
-    {"fleet"},  # the instance model: records, states, index, store, views
+    {"fleet"},  # the instance model: records, states, index, store, views, the cost meter
     {"jobs"},  # the durable queue and its worker, generic over job kinds
     {"products"},  # Novita's catalogue as the API shows it
+    {"billing"},  # cost reports over the meter, team budgets and their GPU reservations
     {"lifecycle"},  # policy: placement, readiness, cost guards, reconciliation, webhooks, spot recovery
     {"instances"},  # the instances API: service, job handlers, router
     {"health", "compat", "ui"},  # read-mostly faces over everything below

@@ -58,6 +58,9 @@ class RecordStore(Protocol):
         """Forget the create spec."""
         ...
 
-    async def update(self, instance_id: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
-        """Apply `change` atomically; `RecordNotFound` if the record is gone."""
+    async def update(
+        self, instance_id: str, change: Callable[[InstanceRecord], None], *, checkpoint_meter: bool = False
+    ) -> InstanceRecord:
+        """Apply `change` atomically (`checkpoint_meter`: and close the cost meter's open interval); `RecordNotFound`
+        if the record is gone."""
         ...

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.config import Settings
+from app.fleet import meter
 from app.fleet.actions import ACTION_JOBS, CREATE_JOB, READINESS_JOB, Action
 from app.fleet.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
 from app.fleet.store import InstanceStore, RecordNotFound, instance_jobs_key
@@ -117,6 +118,7 @@ class InstanceJobHandlers:
         self._store = store
         self._novita = novita
         self._placement = Placement(products, novita, region_order=settings.placement_regions)
+        self._products = products
         self._instances = instances
         self._events = events
         self._readiness_policy = ReadinessPolicy(
@@ -198,9 +200,26 @@ class InstanceJobHandlers:
         except NovitaAuthError as error:  # retrying with the same key cannot help: fail now, with the reason
             await self._fail(ctx, record.id, f"Novita refused this service's API key: {error}")
         await self._note_skipped(ctx, record.id, placed.skipped)
+        await self._fix_prices(record.id, spec, placed.offer)
         return await self._record_created(
             ctx, record.id, placed.novita_instance_id, placed.offer.cluster_id, "created", placed.offer.product_id
         )
+
+    async def _fix_prices(self, record_id: str, spec: CreateInstanceRequest, offer: Offer) -> None:
+        """Fix the instance's hourly prices from the offer Novita accepted (its meter bills at these from now on)."""
+        raw = offer.price if spec.billing_mode != "monthly" else None
+        if raw is None:
+            try:
+                raw = await self._products.price_per_gpu_hour(offer.product_id, offer.cluster_id, spec.billing_mode)
+            except NovitaError:
+                raw = None  # the catalogue is unreachable: the meter counts seconds, priced at 0 (README: limits)
+        gpu_price = meter.hourly_gpu_price(raw, spec.gpu_num)
+
+        def fix(record: InstanceRecord) -> None:
+            record.price_per_hour = str(gpu_price) if gpu_price is not None else None
+            record.storage_price_per_hour = str(meter.hourly_storage_price(record.rootfs_size))
+
+        await self._store.update(record_id, fix)
 
     async def _note_skipped(self, ctx: JobContext, record_id: str, skipped: list[Skipped]) -> None:
         """One event per cluster passed over (`no_product` or `insufficient_resource`, detail: the cluster)."""

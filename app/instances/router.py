@@ -33,7 +33,9 @@ router = APIRouter(
 InstanceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 _NOT_FOUND: Responses = {404: problem("no instance with this id")}
-_CONFLICT: Responses = {409: problem("the instance's current state does not allow this action")}
+_CONFLICT: Responses = {
+    409: problem("the instance's current state does not allow this action, or (start) the team's budget")
+}
 _ACTION_RESPONSES: Responses = {**accepted_response("queued: follow the job at `Location`"), **_NOT_FOUND, **_CONFLICT}
 
 
@@ -51,6 +53,7 @@ def _accepted(response: Response, accepted: AcceptedResponse) -> AcceptedRespons
     response_model=AcceptedResponse,
     responses={
         **accepted_response("accepted: the create job is durably queued; follow it at `Location`"),
+        409: problem("the team's budget does not allow it: `budget`, `limit` and `current` say which and why"),
         422: problem("invalid body, or an Idempotency-Key reused with a different body"),
     },
 )

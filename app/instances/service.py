@@ -11,6 +11,7 @@ import secrets
 import time
 from typing import Any
 
+from app.billing.budgets import BudgetService
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
@@ -91,6 +92,7 @@ class InstanceService:
         cache: Cache,
         activity: ActivityStore,
         webhooks: WebhookNotifier,
+        budgets: BudgetService | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -99,14 +101,18 @@ class InstanceService:
         self._cache = cache
         self._activity = activity
         self._webhooks = webhooks
+        self._budgets = budgets  # None: no budgets enforced (tests of other parts)
 
     @property
     def store(self) -> InstanceStore:
         """The record store (shared with the job handlers)."""
         return self._store
 
-    async def create(self, request: CreateInstanceRequest, idempotency_key: str | None) -> AcceptedResponse:
-        """Record the instance and queue its create job; with an idempotency key, a replay returns the first result.
+    async def create(
+        self, request: CreateInstanceRequest, idempotency_key: str | None, team: str | None = None
+    ) -> AcceptedResponse:
+        """Record the instance for `team` and queue its create job; with an idempotency key, a replay returns the
+        first result. The team's budget is checked, and its GPUs reserved, before anything is written (409 if not).
 
         A replay whose first attempt stopped half-way (e.g. Valkey failed after the key was claimed) finishes the
         acceptance with the same ids, so retrying with the same key is always safe.
@@ -133,10 +139,23 @@ class InstanceService:
 
         if request.webhook_url is not None:
             await self.set_webhook_url(record_id, request.webhook_url)
+        if self._budgets is not None:
+            await self._budgets.reserve(team, record_id, request.gpu_num)  # idempotent: a replay holds its GPUs
+        try:
+            return await self._accept_create(request, record_id, job_id, team, replay)
+        except BaseException:
+            if self._budgets is not None and not replay:
+                await self._budgets.release(team, record_id)
+            raise
+
+    async def _accept_create(
+        self, request: CreateInstanceRequest, record_id: str, job_id: str, team: str | None, replay: bool
+    ) -> AcceptedResponse:
         now = time.time()
         record = InstanceRecord(
             id=record_id,
             name=request.name,
+            team=team,
             upstream_name=upstream_name(request.name, record_id),
             product_id=request.product_id,
             product_name=request.product_name,
@@ -170,10 +189,21 @@ class InstanceService:
             allowed = ", ".join(sorted(ACTION_ALLOWED_FROM[action]))
             raise Conflict(f"cannot {action} an instance that is {record.state.value} (allowed from: {allowed})")
         job_id = new_job_id()
+        budgets = self._budgets if action == "start" else None  # a start takes the GPUs back: the budget decides
+        if budgets is not None:
+            await budgets.reserve(record.team, record.id, record.gpu_num)
         # Job first: if Valkey fails before the record update, the job still runs and sets the state itself.
-        await self._queue.enqueue(
-            ACTION_JOBS[action], {"instance_id": instance_id}, job_id=job_id, listed_in=instance_jobs_key(instance_id)
-        )
+        try:
+            await self._queue.enqueue(
+                ACTION_JOBS[action],
+                {"instance_id": instance_id},
+                job_id=job_id,
+                listed_in=instance_jobs_key(instance_id),
+            )
+        except BaseException:
+            if budgets is not None:
+                await budgets.release(record.team, record.id)
+            raise
 
         def mark_requested(current: InstanceRecord) -> None:
             current.state = ACTION_TRANSITIONAL_STATE[action]

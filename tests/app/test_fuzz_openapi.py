@@ -89,7 +89,7 @@ class FuzzRun:
 
 def _runs(operations: list[schemathesis.APIOperation], instance_id: str, job_id: str) -> list[FuzzRun]:
     """Every operation in both modes; those that need an existing resource also with a real one."""
-    real_ids = {"instance_id": instance_id, "job_id": job_id}
+    real_ids = {"instance_id": instance_id, "job_id": job_id, "team": "ml"}
     runs: list[FuzzRun] = []
     for operation in operations:
         runs += [FuzzRun(operation, GenerationMode.POSITIVE), FuzzRun(operation, GenerationMode.NEGATIVE)]

@@ -54,6 +54,7 @@ def test_the_api_runs_entirely_on_the_least_privilege_user(
 ) -> None:
     server = api_server_factory(redis_url=app_user_url, rate_limit_requests=1000)
     with server.client() as client:
+        assert client.put("/api/budgets/-", json={"maxGpus": 8, "maxSpendPerDay": "100"}).status_code == 200
         running = create_running(client)
         replay = client.post("/api/instances", json=create_body(name="replayed"), headers={"Idempotency-Key": "k-1"})
         again = client.post("/api/instances", json=create_body(name="replayed"), headers={"Idempotency-Key": "k-1"})
@@ -67,6 +68,8 @@ def test_the_api_runs_entirely_on_the_least_privilege_user(
             "/api/products",
             "/api/regions",
             "/api/jobs/dead-letters",
+            "/api/costs?groupBy=day",
+            "/api/budgets",
             "/health",
             "/readyz",
             "/metrics",

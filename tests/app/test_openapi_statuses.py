@@ -82,6 +82,14 @@ OPERATIONS: dict[tuple[str, str], Call] = {
     ("post", "/api/jobs/{job_id}/requeue"): lambda c, ids, bad: c.post(
         f"/api/jobs/{'bad id!' if bad else ids.job}/requeue"
     ),
+    ("get", "/api/costs"): lambda c, ids, bad: c.get(
+        "/api/costs", params={"groupBy": "cluster"} if bad else {"groupBy": "day", "from": "2026-01-01"}
+    ),
+    ("get", "/api/budgets"): lambda c, ids, bad: c.get("/api/budgets"),
+    ("get", "/api/budgets/{team}"): lambda c, ids, bad: c.get(f"/api/budgets/{'bad team!' if bad else 'ml'}"),
+    ("put", "/api/budgets/{team}"): lambda c, ids, bad: c.put(
+        "/api/budgets/ml", json={"maxGpus": -1} if bad else {"maxGpus": 64, "maxSpendPerMonth": "5000"}
+    ),
     # The original service's routes (app/compat).
     ("post", "/api/instances/start"): lambda c, ids, bad: c.post(
         "/api/instances/start", json={"instanceName": "a b" if bad else ids.name}
