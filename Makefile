@@ -27,8 +27,9 @@ $(INSTALLED): requirements.txt requirements-dev.txt app/requirements.txt
 
 venv: $(INSTALLED) ## create .venv with everything the program and the tests need
 
-# What `make lint` checks: the service, the program, the policy pack, the tests, the benchmarks and the scripts.
-LINT_PATHS := app components policy tests bench scripts __main__.py
+# What `make lint` checks: the service, the program, the policy pack, the tests, the fault campaign, the benchmarks
+# and the scripts.
+LINT_PATHS := app components policy tests faults bench scripts __main__.py
 
 # mypy reads bench/'s imports too (saq), so lint installs bench's pins like `make bench` does. Every tool runs even
 # when an earlier one fails, so one run shows all there is to fix; the target fails if any of them did.

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.access.keys import KeyRing
+from app.billing.budgets import NO_TEAM, BudgetService, DefaultBudget, release_hook
+from app.billing.costs import CostService
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.deps import Services
@@ -17,6 +19,7 @@ from app.core.metrics import Metrics
 from app.core.process import ProcessState
 from app.core.ratelimit import RateLimiter
 from app.core.redis import RedisManager
+from app.fleet import meter
 from app.fleet.store import InstanceStore
 from app.health.novita import CHECK_TASK, NovitaHealth
 from app.health.sources import HealthSources
@@ -49,6 +52,8 @@ class AppContainer:
     keys: KeyRing  # API keys as principals: the bootstrap admins of API_KEYS and those stored in Valkey
     instances: InstanceService
     products: ProductService
+    costs: CostService
+    budgets: BudgetService
     automation: LifecycleAutomation  # reconciliation, cost guards, webhooks, spot recovery
     worker: Worker
     process: ProcessState
@@ -78,6 +83,23 @@ class AppContainer:
         queue = JobQueue(redis)
         cache = Cache(redis, metrics, lock_seconds=settings.cache_lock_seconds)
         store = InstanceStore(redis)
+        costs = CostService(redis, store)
+        budgets = BudgetService(
+            redis,
+            store,
+            costs,
+            DefaultBudget(
+                max_gpus=settings.budget_default_max_gpus,
+                max_spend_per_day=settings.budget_default_max_spend_per_day,
+                max_spend_per_month=settings.budget_default_max_spend_per_month,
+            ),
+        )
+        store.on_transition(release_hook)
+
+        def count_spend(segment: meter.Segment) -> None:
+            metrics.spend.labels(team=segment.team or NO_TEAM).inc(float(segment.cost()))
+
+        store.on_segment(count_spend)
         novita_health = NovitaHealth(
             novita,
             redis.client,
@@ -97,6 +119,7 @@ class AppContainer:
             extra_tasks=[PeriodicTask(CHECK_TASK, settings.novita_health_check_interval_seconds, novita_health.check)],
             wake_jobs=queue.wake,
             forget_cached=forget_cached,
+            budgets=budgets,
         )
         instances = InstanceService(
             settings=settings,
@@ -106,6 +129,7 @@ class AppContainer:
             cache=cache,
             activity=automation.activity,
             webhooks=automation.events,
+            budgets=budgets,
         )
         return cls(
             settings=settings,
@@ -122,6 +146,8 @@ class AppContainer:
             keys=KeyRing(redis, settings.api_key_hashing_key, settings.client_api_keys),
             instances=instances,
             products=ProductService(settings, novita, cache),
+            costs=costs,
+            budgets=budgets,
             automation=automation,
             worker=Worker(queue, settings, metrics),
             process=ProcessState(),
@@ -142,6 +168,8 @@ class AppContainer:
         services.add(InstanceStore, self.instances.store)
         services.add(InstanceService, self.instances)
         services.add(ProductService, self.products)
+        services.add(CostService, self.costs)
+        services.add(BudgetService, self.budgets)
         services.add(Worker, self.worker)
         services.add(ProcessState, self.process)
         services.add(SecretRedactor, self.redact)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 
 WRK = "wrk"
 _REPORT_SCRIPT = Path(__file__).with_name("wrk") / "report.lua"
+_ROTATE_SCRIPT = Path(__file__).with_name("wrk") / "rotate.lua"
 _MARKER = "BENCH_JSON "
 # wrk's own request timeout; slower answers count as timeouts (reported, never hidden).
 _REQUEST_TIMEOUT_SECONDS = 10
@@ -41,11 +43,15 @@ def available() -> bool:
     return shutil.which(WRK) is not None
 
 
-def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str] | None = None) -> LoadResult:
-    """Load `url` with `connections` keep-alive connections from one wrk thread for `seconds`.
+def run_wrk(
+    url: str, connections: int, seconds: float, headers: dict[str, str] | None = None, paths: list[str] | None = None
+) -> LoadResult:
+    """Load `url` with `connections` keep-alive connections from one wrk thread for `seconds`; with `paths`, the
+    requests ask for those paths of `url` in turn.
 
     One thread: on 2 cores the server gets one core and the load generator the other.
     """
+    script = _ROTATE_SCRIPT if paths else _REPORT_SCRIPT
     command = [
         WRK,
         "-t1",
@@ -53,12 +59,21 @@ def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str] 
         f"-d{max(1, round(seconds))}s",
         f"--timeout={_REQUEST_TIMEOUT_SECONDS}s",
         "-s",
-        str(_REPORT_SCRIPT),
+        str(script),
     ]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
     command.append(url)
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    if paths:
+        command += ["--", *paths]
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+        env={**os.environ, "BENCH_WRK_REPORT": str(_REPORT_SCRIPT)},
+    )
     line = next((line for line in completed.stdout.splitlines() if line.startswith(_MARKER)), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary for {url}: {completed.stdout[-500:]} {completed.stderr[-500:]}")

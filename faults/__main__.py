@@ -2,6 +2,7 @@
 
 Exit code 0 when every case had zero lost, zero duplicated and all its checks true; 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse

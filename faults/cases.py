@@ -1,5 +1,6 @@
 """The fault cases. Each starts its own stack of real processes, sends creates through the HTTP API, breaks
 something, and returns its figures; `quick` shrinks counts and durations so the whole campaign fits in CI."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,6 +64,7 @@ def _log_count(apis: list[ApiProcess], message: str) -> int:
 
 # -- (a) kill -9 of the API during a burst ------------------------------------------------------------------------
 
+
 def kill_api_during_burst(settings: CaseSettings) -> CaseResult:
     """SIGKILL the only API replica while a burst of creates is being accepted; a new process takes over."""
     name = "kill9-burst"
@@ -86,8 +88,9 @@ def kill_api_during_burst(settings: CaseSettings) -> CaseResult:
             checks={"every kill hit the burst (creates still unaccepted)": all(k.accepted < count for k in kills)},
             figures={
                 "creates accepted when each kill hit": ", ".join(str(kill.accepted) for kill in kills),
-                "jobs reclaimed from the killed process": str(_log_count(stack.apis, "reclaimed a job left "
-                                                                                     "unfinished by a worker")),
+                "jobs reclaimed from the killed process": str(
+                    _log_count(stack.apis, "reclaimed a job left unfinished by a worker")
+                ),
             },
         )
     finally:
@@ -140,6 +143,7 @@ async def _burst_with_kills(
 
 # -- (b) Valkey stopped under load ------------------------------------------------------------------------------
 
+
 @dataclass
 class _Probe:
     """What the health endpoints answered during the outage."""
@@ -166,7 +170,7 @@ def valkey_outage(settings: CaseSettings) -> CaseResult:
         return CaseResult(
             name=name,
             title=f"Valkey stopped for {outage_seconds:g} s under load ({before_count} creates accepted before, "
-                  f"{during_count} sent during the outage)",
+            f"{during_count} sent during the outage)",
             command=_command(name, settings),
             tally=tally(operations, stack.novita),
             recover_seconds=outage.recover_seconds(during),
@@ -184,7 +188,7 @@ def valkey_outage(settings: CaseSettings) -> CaseResult:
             },
             figures={
                 "probes during outage (livez/readyz/health)": f"{len(probe.livez)}/{len(probe.readyz)}/"
-                                                               f"{len(probe.health)}",
+                f"{len(probe.health)}",
                 "creates accepted before the outage": str(sum(op.accepted for op in before)),
             },
         )
@@ -220,8 +224,11 @@ async def _outage(
         load = asyncio.create_task(client.submit_all(during, time.monotonic() + SUBMIT_TIMEOUT_SECONDS))
         async with httpx.AsyncClient(timeout=3) as http:
             while time.monotonic() - outage_started < outage_seconds:
-                for path, answers_list in (("/livez", probe.livez), ("/readyz", probe.readyz),
-                                           ("/health", probe.health)):
+                for path, answers_list in (
+                    ("/livez", probe.livez),
+                    ("/readyz", probe.readyz),
+                    ("/health", probe.health),
+                ):
                     try:
                         answers_list.append((await http.get(api.url + path)).status_code)
                     except httpx.HTTPError:
@@ -230,8 +237,9 @@ async def _outage(
         times.restart_began_at = time.monotonic()
         await asyncio.to_thread(stack.redis.start)
         times.restarted_at = time.monotonic()
-        times.ready_at = await asyncio.to_thread(wait_until, "/readyz 200 after Valkey is back",
-                                                 lambda: answers(api.url + "/readyz"), 60, 0.05)
+        times.ready_at = await asyncio.to_thread(
+            wait_until, "/readyz 200 after Valkey is back", lambda: answers(api.url + "/readyz"), 60, 0.05
+        )
         await load
         await client.wait_settled(before + during, SETTLE_TIMEOUT_SECONDS)
         return probe, times
@@ -240,6 +248,7 @@ async def _outage(
 
 
 # -- (c) Novita faults ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _NovitaFault:
@@ -254,14 +263,29 @@ def _novita_faults(settings: CaseSettings) -> list[_NovitaFault]:
     n = int(settings.scale(1, 2))  # the full run doubles every count
     return [
         _NovitaFault("429 storm", ({"path": "*", "kind": "rate_limit", "retryAfter": 0.1, "count": 40 * n},), 20 * n),
-        _NovitaFault("5xx", ({"path": "/gpu/instance/create", "kind": "server_error", "status": 503, "count": 8 * n},
-                             {"path": "/gpu/instance", "kind": "server_error", "status": 500, "count": 8 * n}), 20 * n),
-        _NovitaFault("timeouts", ({"path": "/gpu/instance/create", "kind": "timeout", "delaySeconds": 3,
-                                   "count": 4 * n},), 10 * n),
-        _NovitaFault("slow upstream (0.5 s per call)", ({"path": "*", "kind": "slow", "delaySeconds": 0.5,
-                                                         "count": None},), 10 * n),
-        _NovitaFault("lost create responses", ({"path": "/gpu/instance/create", "kind": "lost_response",
-                                                "count": 10 * n},), 20 * n),
+        _NovitaFault(
+            "5xx",
+            (
+                {"path": "/gpu/instance/create", "kind": "server_error", "status": 503, "count": 8 * n},
+                {"path": "/gpu/instance", "kind": "server_error", "status": 500, "count": 8 * n},
+            ),
+            20 * n,
+        ),
+        _NovitaFault(
+            "timeouts",
+            ({"path": "/gpu/instance/create", "kind": "timeout", "delaySeconds": 3, "count": 4 * n},),
+            10 * n,
+        ),
+        _NovitaFault(
+            "slow upstream (0.5 s per call)",
+            ({"path": "*", "kind": "slow", "delaySeconds": 0.5, "count": None},),
+            10 * n,
+        ),
+        _NovitaFault(
+            "lost create responses",
+            ({"path": "/gpu/instance/create", "kind": "lost_response", "count": 10 * n},),
+            20 * n,
+        ),
     ]
 
 
@@ -273,8 +297,12 @@ def novita_faults(settings: CaseSettings) -> CaseResult:
     started = time.monotonic()
     try:
         stack.start()
-        api = stack.add_api(novita_max_attempts=3, novita_breaker_failure_threshold=5,
-                            job_retry_base_seconds=0.5, job_retry_max_seconds=4)
+        api = stack.add_api(
+            novita_max_attempts=3,
+            novita_breaker_failure_threshold=5,
+            job_retry_base_seconds=0.5,
+            job_retry_max_seconds=4,
+        )
         operations: list[Operation] = []
         figures: dict[str, str] = {}
         for fault in _novita_faults(settings):
@@ -319,8 +347,11 @@ def _novita_health(api: ApiProcess) -> str:
 def _circuit_open_refusals(api: ApiProcess) -> float:
     """Novita calls the open breaker refused without sending them (from /metrics)."""
     text = httpx.get(api.url + "/metrics", timeout=3).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("novita_calls_total{") and 'outcome="circuit_open"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("novita_calls_total{") and 'outcome="circuit_open"' in line
+    )
 
 
 async def _submit(stack: Stack, api: ApiProcess, operations: list[Operation]) -> None:
@@ -373,6 +404,7 @@ def _breaker_cycle(
 
 # -- (d) three replicas on one Valkey ---------------------------------------------------------------------------
 
+
 def three_replicas(settings: CaseSettings) -> CaseResult:
     """Three API processes share one Valkey; creates go round robin; one replica is killed mid-way and its jobs
     are reclaimed by the others. A slow create on Novita widens the window in which a job running twice at the
@@ -384,8 +416,7 @@ def three_replicas(settings: CaseSettings) -> CaseResult:
     try:
         stack.start()
         apis = [stack.add_api() for _ in range(3)]
-        stack.novita.add_faults({"path": "/gpu/instance/create", "kind": "slow", "delaySeconds": 0.5,
-                                 "count": None})
+        stack.novita.add_faults({"path": "/gpu/instance/create", "kind": "slow", "delaySeconds": 0.5, "count": None})
         operations = new_operations(name, count)
         recover = asyncio.run(_replicas(stack, apis, operations))
         result = tally(operations, stack.novita)
@@ -400,13 +431,15 @@ def three_replicas(settings: CaseSettings) -> CaseResult:
             duration_seconds=time.monotonic() - started,
             figures={
                 "concurrent runs of one job": "none seen: every create on Novita takes 0.5 s here, so a job run "
-                                              "twice at once would have left a second instance (duplicated = "
-                                              f"{result.duplicated})",
+                "twice at once would have left a second instance (duplicated = "
+                f"{result.duplicated})",
                 "Novita create calls beyond one per instance (requests cut off by the kill, never acted on)": str(
-                    result.novita_create_calls - result.novita_instances),
+                    result.novita_create_calls - result.novita_instances
+                ),
                 "job runs (all replicas)": str(started_jobs),
-                "jobs reclaimed from the killed replica": str(_log_count(stack.apis, "reclaimed a job left "
-                                                                                     "unfinished by a worker")),
+                "jobs reclaimed from the killed replica": str(
+                    _log_count(stack.apis, "reclaimed a job left unfinished by a worker")
+                ),
             },
         )
     finally:
@@ -440,9 +473,102 @@ async def _replicas(stack: Stack, apis: list[ApiProcess], operations: list[Opera
         await client.aclose()
 
 
+# -- (e) a GPU budget under kill -9 ----------------------------------------------------------------------------------
+
+
+def budget_under_kill(settings: CaseSettings) -> CaseResult:
+    """Two replicas enforce one team's GPU cap while far more creates than it allows arrive; one replica is killed
+    (SIGKILL) mid-burst and restarted. The cap must hold at every moment, exactly the cap's worth must be accepted
+    (a client's retry with its Idempotency-Key finds the reservation its first attempt took), and once everything
+    settled the GPUs reserved must equal the instances on Novita (no reservation leaked by the kill)."""
+    name = "budget-kill9"
+    cap = int(settings.scale(10, 20))
+    count = int(settings.scale(40, 100))
+    stack = Stack(settings.work_dir / name)
+    started = time.monotonic()
+    try:
+        stack.start()
+        apis = [stack.add_api(budget_default_max_gpus=cap) for _ in range(2)]
+        operations = new_operations(name, count)
+        recover, peak = asyncio.run(_budget_burst(stack, apis, operations, kill_at=cap // 2))
+        result = tally(operations, stack.novita)
+        in_use = httpx.get(f"{apis[1].url}/api/budgets/-", headers={"X-API-Key": stack.client_key}, timeout=10)
+        reserved = in_use.json()["gpusInUse"]
+        return CaseResult(
+            name=name,
+            title=f"a cap of {cap} GPUs, {count} creates on two replicas, one killed (kill -9) mid-burst and restarted",
+            command=_command(name, settings),
+            tally=result,
+            recover_seconds=recover,
+            recovery="SIGKILL -> new process ready",
+            duration_seconds=time.monotonic() - started,
+            checks={
+                "cap never exceeded (instances on Novita, polled through the run)": peak <= cap,
+                "exactly the cap accepted, the rest refused with budget_exceeded": (
+                    result.accepted == cap and result.refused == count - cap
+                ),
+                "GPUs reserved after settling = instances on Novita (no leak)": reserved == result.novita_instances,
+            },
+            figures={
+                "accepted / refused": f"{result.accepted} / {result.refused}",
+                "most instances on Novita at once": str(peak),
+                "GPUs reserved after settling": str(reserved),
+            },
+        )
+    finally:
+        stack.close()
+
+
+async def _budget_burst(
+    stack: Stack, apis: list[ApiProcess], operations: list[Operation], kill_at: int
+) -> tuple[float, int]:
+    """Submit everything round robin; SIGKILL and restart the first replica once `kill_at` creates were accepted.
+    Returns the restart time and the most instances seen on Novita while the case ran."""
+    client = ApiClient([api.url for api in apis], stack.client_key)
+    victim = apis[0]
+    reached = asyncio.Event()
+    accepted = 0
+    peak = 0
+
+    def on_accepted(_: Operation) -> None:
+        nonlocal accepted
+        accepted += 1
+        if accepted >= kill_at:
+            reached.set()
+
+    async def kill_and_restart() -> float:
+        await reached.wait()
+        victim.kill()
+        killed_at = time.monotonic()
+        victim.start()
+        await asyncio.to_thread(victim.wait_ready)
+        return time.monotonic() - killed_at
+
+    async def watch(stop: asyncio.Event) -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, len(await asyncio.to_thread(stack.novita.instances)))
+            await asyncio.sleep(0.2)
+
+    stopped = asyncio.Event()
+    watcher = asyncio.create_task(watch(stopped))
+    try:
+        killer = asyncio.create_task(kill_and_restart())
+        await client.submit_all(operations, time.monotonic() + SUBMIT_TIMEOUT_SECONDS, on_accepted)
+        recover = await killer
+        await client.wait_settled(operations, SETTLE_TIMEOUT_SECONDS)
+        stopped.set()
+        await watcher
+        return recover, max(peak, len(stack.novita.instances()))
+    finally:
+        stopped.set()
+        await client.aclose()
+
+
 CASES: dict[str, Case] = {
     "kill9-burst": kill_api_during_burst,
     "valkey-outage": valkey_outage,
     "novita-faults": novita_faults,
     "three-replicas": three_replicas,
+    "budget-kill9": budget_under_kill,
 }

@@ -1,6 +1,7 @@
 """The real processes a fault case runs, all on 127.0.0.1: a redis-server standing in for Valkey, the fake Novita
 server (`python -m tests.fakes.novita`) and API replicas (`python -m app`, configured by environment variables
 exactly as the container is). Every process started here is stopped by `Stack.close()`."""
+
 from __future__ import annotations
 
 import os
@@ -113,8 +114,12 @@ class ApiProcess(ChildProcess):
 
     def wait_ready(self, timeout_seconds: float = 30.0) -> float:
         """Wait for /readyz 200; returns when (monotonic)."""
-        return wait_until(f"{self.name} /readyz 200", lambda: self._check() and answers(self.url + "/readyz"),
-                          timeout_seconds, interval=0.05)
+        return wait_until(
+            f"{self.name} /readyz 200",
+            lambda: self._check() and answers(self.url + "/readyz"),
+            timeout_seconds,
+            interval=0.05,
+        )
 
     def _check(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -137,8 +142,19 @@ class Stack:
         fake_port = free_port()
         self.fake = ChildProcess(
             "fake-novita",
-            [sys.executable, "-m", "tests.fakes.novita", "--host", LOOPBACK, "--port", str(fake_port),
-             "--api-key", self.novita_key, "--step-seconds", str(fake_step_seconds)],
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.novita",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(fake_port),
+                "--api-key",
+                self.novita_key,
+                "--step-seconds",
+                str(fake_step_seconds),
+            ],
             dict(os.environ),
             work_dir / "fake-novita.log",
         )

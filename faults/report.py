@@ -1,4 +1,5 @@
 """`docs/reliability.md`: the figures of the last campaign run, and the commands that reproduce every check."""
+
 from __future__ import annotations
 
 import platform
@@ -67,9 +68,11 @@ def render(results: list[CaseResult], *, quick: bool, total_seconds: float) -> s
         t = result.tally
         lines.append(f"### {result.name}: {'PASS' if result.passed else 'FAIL'}\n")
         lines.append(f"{result.title}.\n")
-        lines.append(f"- accepted {t.accepted}/{t.operations}, succeeded {t.succeeded}, HTTP attempts by the client "
-                     f"{t.http_attempts}; on Novita: {t.novita_instances} instances from {t.novita_create_calls} "
-                     f"create calls")
+        lines.append(
+            f"- accepted {t.accepted}/{t.operations}, succeeded {t.succeeded}, HTTP attempts by the client "
+            f"{t.http_attempts}; on Novita: {t.novita_instances} instances from {t.novita_create_calls} "
+            f"create calls"
+        )
         for label, value in result.figures.items():
             lines.append(f"- {label}: {value}")
         for label, held in result.checks.items():

@@ -2,9 +2,11 @@
 
 A client of this API retries a create with the same `Idempotency-Key` until it gets a 202 (connection refused,
 503, 429 and other 5xx are retried), so "lost" means: the API accepted the operation, or the client kept trying
-until the deadline, and the operation still did not complete. "Duplicated" means an instance exists on (the fake)
+until the deadline, and the operation still did not complete; a create refused by a team budget (409
+`budget_exceeded`) is an answer, not a loss. "Duplicated" means an instance exists on (the fake)
 Novita more than once for one operation, or an instance exists that belongs to no operation.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +28,14 @@ _RETRY_PAUSE_SECONDS = 0.2
 
 def create_body(name: str) -> dict[str, Any]:
     """A valid create: the cheapest available RTX 4090, on demand."""
-    return {"name": name, "productName": "RTX 4090 24GB", "gpuNum": 1, "rootfsSize": 60,
-            "imageUrl": "docker.io/library/ubuntu:22.04", "ports": [{"port": 8888, "type": "http"}]}
+    return {
+        "name": name,
+        "productName": "RTX 4090 24GB",
+        "gpuNum": 1,
+        "rootfsSize": 60,
+        "imageUrl": "docker.io/library/ubuntu:22.04",
+        "ports": [{"port": 8888, "type": "http"}],
+    }
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Operation:
     http_attempts: int = 0
     final_state: str | None = None
     accepted_at: float | None = None  # monotonic time of the first 202
+    refused: bool = False  # a budget refused it (409 budget_exceeded): final, and not lost
     job_ids_seen: set[str] = field(default_factory=set)
 
     @property
@@ -92,6 +101,9 @@ class ApiClient:
                 if on_accepted is not None:
                     on_accepted(operation)
                 return
+            if response is not None and response.status_code == 409 and _refused_by_budget(response):
+                operation.refused = True
+                return
             if response is not None and response.status_code < 500 and response.status_code != 429:
                 raise RuntimeError(f"create {operation.name} refused: {response.status_code} {response.text}")
             await asyncio.sleep(_RETRY_PAUSE_SECONDS)
@@ -125,12 +137,17 @@ class ApiClient:
         return time.monotonic()
 
 
+def _refused_by_budget(response: httpx.Response) -> bool:
+    return bool(response.json().get("type") == "/problems/budget_exceeded")
+
+
 @dataclass(frozen=True)
 class Tally:
     """The figures of one case."""
 
     operations: int
     accepted: int
+    refused: int  # by a budget
     succeeded: int
     lost: int
     duplicated: int
@@ -150,8 +167,9 @@ def tally(operations: list[Operation], novita: FakeNovitaHandle) -> Tally:
     return Tally(
         operations=len(operations),
         accepted=sum(1 for op in operations if op.accepted),
+        refused=sum(1 for op in operations if op.refused),
         succeeded=succeeded,
-        lost=len(operations) - succeeded,
+        lost=sum(1 for op in operations if not op.refused) - succeeded,
         duplicated=duplicated,
         novita_instances=sum(instances_by_name.values()),
         novita_create_calls=novita.calls().get(CREATE_CALL, 0),

@@ -4,6 +4,7 @@ boundary (`components/` never imports `app/`, `app/` never imports `pulumi` or `
 
 Read from the source with `ast`, so an import inside a function or under `TYPE_CHECKING` counts too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,9 +20,10 @@ APP_LAYERS: list[set[str]] = [
     {"core"},  # config, logging, Valkey, errors -> problem+json, auth, metrics: no domain knowledge
     {"novita"},  # the one client of Novita's API
     {"access"},  # who is asking: API keys as principals (name, team, scopes)
-    {"fleet"},  # the instance model: records, states, index, store, views
+    {"fleet"},  # the instance model: records, states, index, store, views, the cost meter
     {"jobs"},  # the durable queue and its worker, generic over job kinds
     {"products"},  # Novita's catalogue as the API shows it
+    {"billing"},  # cost reports over the meter, team budgets and their GPU reservations
     {"lifecycle"},  # policy: placement, readiness, cost guards, reconciliation, webhooks, spot recovery
     {"instances"},  # the instances API: service, job handlers, router
     {"health", "compat", "ui"},  # read-mostly faces over everything below
@@ -69,10 +71,13 @@ def test_every_app_package_has_a_layer() -> None:
 @pytest.mark.parametrize("path", app_modules(), ids=lambda path: str(path.relative_to(ROOT)))
 def test_app_module_imports_only_lower_packages(path: Path) -> None:
     package = app_package(path)
-    upward = sorted({
-        module for module in imported_modules(path)
-        if (target := package_of_module(module)) is not None and target != package and RANK[target] >= RANK[package]
-    })
+    upward = sorted(
+        {
+            module
+            for module in imported_modules(path)
+            if (target := package_of_module(module)) is not None and target != package and RANK[target] >= RANK[package]
+        }
+    )
     assert upward == [], f"{package} (layer {RANK[package]}) imports a package at its layer or above: {upward}"
 
 
@@ -83,7 +88,9 @@ def test_app_never_imports_the_deployment(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted([*(ROOT / "components").rglob("*.py"), ROOT / "__main__.py"]), ids=lambda path: str(path.relative_to(ROOT))
+    "path",
+    sorted([*(ROOT / "components").rglob("*.py"), ROOT / "__main__.py"]),
+    ids=lambda path: str(path.relative_to(ROOT)),
 )
 def test_deployment_never_imports_the_app(path: Path) -> None:
     assert [module for module in imported_modules(path) if module.split(".")[0] == "app"] == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -147,6 +148,15 @@ class Settings(BaseSettings):
     readiness_probe_timeout_seconds: float = Field(10.0, gt=0)
     readiness_retry_interval_seconds: float = Field(5.0, gt=0)
     readiness_max_wait_seconds: float = Field(600.0, gt=0)
+
+    # Budgets (app/billing): the stack's defaults for teams without limits of their own (empty: no limit), and
+    # the budget guard (alerts at 80 % and 100 % of a spend limit; the optional stop at 100 %).
+    budget_default_max_gpus: int | None = Field(None, ge=0)
+    budget_default_max_spend_per_day: Decimal | None = Field(None, ge=0, max_digits=15, decimal_places=6)
+    budget_default_max_spend_per_month: Decimal | None = Field(None, ge=0, max_digits=15, decimal_places=6)
+    budget_auto_stop: bool = False
+    budget_auto_stop_dry_run: bool = False
+    budget_check_interval_seconds: float = Field(60.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -366,7 +376,7 @@ def _parse_api_keys(raw: str) -> dict[str, SecretStr]:
 def load_settings() -> Settings:
     """Read the environment; raise `ConfigError` with one line naming every bad variable."""
     try:
-        return Settings()  # type: ignore[call-arg]  # values come from the environment
+        return Settings()  # values come from the environment
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
 

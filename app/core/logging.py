@@ -64,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         return self._redactor(json.dumps(entry, default=str))
 
 
-class _JsonStdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _JsonStdoutHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]  # generic in typeshed only
     """Marks the handler `configure_logging` installs, so a second call replaces it instead of doubling lines."""
 
 

@@ -52,6 +52,13 @@ class Metrics:
             registry=r,
         )
 
+        self.spend = Counter(
+            "novita_spend_usd_total",
+            "Our estimate of USD spent on Novita per team (billed intervals this replica closed; sum over replicas)",
+            ["team"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)

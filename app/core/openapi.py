@@ -55,6 +55,10 @@ _LOCATION = {
 }
 
 
+# What FastAPI takes as an operation's `responses`: status -> OpenAPI response object.
+Responses = dict[int | str, dict[str, Any]]
+
+
 def problem(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     """An error answer with the Problem body, optionally with `Retry-After`."""
     response: dict[str, Any] = {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}}
@@ -63,7 +67,7 @@ def problem(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
-AUTHENTICATED_RESPONSES: dict[int | str, dict[str, Any]] = {
+AUTHENTICATED_RESPONSES: Responses = {
     401: problem("missing or invalid API key"),
     403: problem("the API key's scope does not cover this operation: `detail` names the scope needed"),
     429: problem("the rate limit of this API key (or Novita's) is used up", retry_after=True),

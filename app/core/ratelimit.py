@@ -72,10 +72,12 @@ class RateLimiter:
                     pipe.incr(key)
                     _, count = await pipe.execute()
         except TimeoutError:  # slow, not necessarily down: leave `is_up` to the monitor
-            return self._fail_open("TimeoutError")
+            self._fail_open("TimeoutError")
+            return None
         except (RedisError, OSError) as error:
             self._redis.record_failure(error)
-            return self._fail_open(type(error).__name__)
+            self._fail_open(type(error).__name__)
+            return None
         reset_after = (window + 1) * self.window_seconds - now
         allowed = int(count) <= self.limit
         self._metrics.rate_limit_decisions.labels("allowed" if allowed else "limited").inc()

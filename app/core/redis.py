@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import secrets
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -149,6 +149,17 @@ class RedisManager:
         for client in (self._client, self._blocking_client):
             with contextlib.suppress(RedisError, OSError):  # closing: nothing left to do about a dead connection
                 await client.aclose()
+
+
+# Every client here decodes answers (decode_responses=True), so Valkey answers text; redis-py's types cannot know that.
+def texts(answer: Any) -> list[str]:
+    """A list answer (ZRANGE, SMEMBERS...) as the list of str it is."""
+    return cast(list[str], answer)
+
+
+def text_hash(answer: Any) -> dict[str, str]:
+    """An HGETALL answer as the dict of str it is."""
+    return cast(dict[str, str], answer)
 
 
 def _describe(error: BaseException) -> str:

@@ -38,6 +38,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 PREFIX = "ngpu:instances"
 ALL_KEY = PREFIX
@@ -55,6 +56,10 @@ MATCH_TTL_SECONDS = 30
 BUILD_LEASE_KEY = f"{PREFIX}:index-build-lease"
 INDEX_VERSION = "1"
 EXTERNAL_MEMBER_PREFIX = "ext:"
+
+
+# The orders a page can come in: by creation time (newest first, the sets' own order), or by name (sorted in Valkey).
+ListOrder = Literal["newest", "name"]
 
 
 def state_key(state: str) -> str:
@@ -107,7 +112,8 @@ class Cursor:
 
 # KEYS[1] the sorted set to page, KEYS[2] the names hash, KEYS[3] the version counter.
 # ARGV: needle ('' = no name filter), offset, count, cursor score ('' = no cursor), cursor member, match key prefix,
-# match TTL. Returns {total, member, score, member, score, ...} for the page (scores as strings), newest first.
+# match TTL, order ('newest', or 'name': by case-folded name, offset paging only). Returns {total, member, score,
+# member, score, ...} for the page (scores as strings), in that order.
 # A name filter first materialises the matching members (a walk of the set and the names hash inside Valkey, names
 # only, never records) into a match set for the current version, unless it exists; then every query is a ZCARD and a
 # range read of one sorted set.
@@ -144,6 +150,28 @@ if needle ~= '' then
   set_key = match_key
 end
 local out = {redis.call('ZCARD', set_key)}
+if ARGV[8] == 'name' then
+  -- Name order: sort the (filtered) set by the names hash inside Valkey, newest first among equal names; only the
+  -- page's members come back, so no record is read for the order either.
+  local all = redis.call('ZRANGE', set_key, 0, -1, 'WITHSCORES')
+  local entries = {}
+  for i = 1, #all, 2 do entries[#entries + 1] = {member = all[i], score = tonumber(all[i + 1]), raw = all[i + 1]} end
+  for first = 1, #entries, 1000 do
+    local members = {}
+    for j = first, math.min(first + 999, #entries) do members[#members + 1] = entries[j].member end
+    local names = redis.call('HMGET', KEYS[2], unpack(members))
+    for j = 1, #members do entries[first + j - 1].name = names[j] or '' end
+  end
+  table.sort(entries, function(a, b)
+    if a.name ~= b.name then return a.name < b.name end
+    if a.score ~= b.score then return a.score > b.score end
+    return a.member > b.member
+  end)
+  for i = offset + 1, math.min(offset + count, #entries) do
+    out[#out + 1] = entries[i].member; out[#out + 1] = entries[i].raw
+  end
+  return out
+end
 if not has_cursor then
   local page = redis.call('ZREVRANGE', set_key, offset, offset + count - 1, 'WITHSCORES')
   for _, value in ipairs(page) do out[#out + 1] = value end

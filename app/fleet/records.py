@@ -22,8 +22,8 @@ class RecordStore(Protocol):
         """Every record, newest first."""
         ...
 
-    def iter_records(self) -> AsyncIterator[InstanceRecord]:
-        """Every record, read in batches (memory bounded whatever the fleet size)."""
+    def iter_records(self, batch: int = ...) -> AsyncIterator[InstanceRecord]:
+        """Every record, `batch` per read (memory bounded whatever the fleet size)."""
         ...
 
     async def write_sync_status(self, fields: dict[str, str | float | int]) -> None:
@@ -58,6 +58,9 @@ class RecordStore(Protocol):
         """Forget the create spec."""
         ...
 
-    async def update(self, instance_id: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
-        """Apply `change` atomically; `RecordNotFound` if the record is gone."""
+    async def update(
+        self, instance_id: str, change: Callable[[InstanceRecord], None], *, checkpoint_meter: bool = False
+    ) -> InstanceRecord:
+        """Apply `change` atomically (`checkpoint_meter`: and close the cost meter's open interval); `RecordNotFound`
+        if the record is gone."""
         ...

@@ -374,6 +374,13 @@ class InstanceRecord(BaseModel):
     create_attempted_at: float | None = None
     last_job_id: str | None = None
     events: list[InstanceEvent] = Field(default_factory=list)
+    # The cost meter (app/fleet/meter.py): prices fixed when Novita accepted the create (USD per hour, exact decimal
+    # strings; None: unknown, e.g. prepaid monthly or adopted), the open interval, and the closed seconds per state.
+    price_per_hour: str | None = None
+    storage_price_per_hour: str | None = None
+    billing_state: str = "none"
+    billing_since: float | None = None
+    billed_seconds: dict[str, float] = Field(default_factory=dict)
 
     def add_event(self, action: str, detail: str = "", job_id: str | None = None) -> None:
         """Append an automatic action to the history, keeping only the latest ones."""
@@ -435,11 +442,38 @@ class InstanceView(ApiModel):
     connection: ConnectionDetails | None = Field(
         None, description="SSH, Jupyter, web terminal and port endpoints; null while Novita's data is not at hand"
     )
+    price_per_hour: str | None = Field(
+        None,
+        description="USD per hour while running (GPU price x gpuNum, fixed at create; exact decimal); null: unknown",
+    )
+    cost_so_far: str | None = Field(
+        None, description="USD billed so far by our estimate (README: costs); null for instances made elsewhere"
+    )
+    billed_seconds: dict[str, float] = Field(
+        default_factory=dict, description="seconds billed per billing state (compute, storage), the open one included"
+    )
 
     @classmethod
-    def from_record(cls, record: InstanceRecord, *, synced_at: float | None = None) -> InstanceView:
-        """The view of one of our records."""
-        return cls(managed=True, synced_at=synced_at, **record.model_dump())
+    def from_record(
+        cls, record: InstanceRecord, *, synced_at: float | None = None, now: float | None = None
+    ) -> InstanceView:
+        """The view of one of our records, its cost counted until `now` (default: the wall clock)."""
+        from app.fleet import meter  # the meter reads records: imported here, where both exist
+
+        at = time.time() if now is None else now
+        fields = record.model_dump(exclude={"price_per_hour", "billed_seconds"})
+        billed = dict(record.billed_seconds)
+        running = meter.open_segment(record, at)
+        if running is not None:
+            billed[running.state.value] = billed.get(running.state.value, 0.0) + running.seconds
+        return cls(
+            managed=True,
+            synced_at=synced_at,
+            price_per_hour=record.price_per_hour,
+            cost_so_far=meter.shown(meter.cost_so_far(record, at)),
+            billed_seconds=billed,
+            **fields,
+        )
 
 
 class HeartbeatView(ApiModel):

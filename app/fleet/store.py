@@ -6,6 +6,10 @@ Keys (all under `ngpu:`):
                               soon as Novita has the instance, so secret env values live in Valkey only until then.
 - `ngpu:instances...`         the list index (`app.fleet.index`), written in the record's own transactions.
 - `ngpu:idempotency:<key>`    JSON `{fingerprint, instance_id, job_id}`, written with SET NX and a TTL.
+- `ngpu:instance-jobs:<id>`   sorted set job id -> queued at: the instance's jobs, written by the job queue in the
+                              enqueue's own script (`JobQueue.enqueue(listed_in=...)`); expires with the record.
+- `ngpu:meter:...`            the cost meter's closed intervals (`app.fleet.meter`), written in the record's own
+                              transactions, like the transition hooks' writes (the budgets' GPU reservations).
 
 Every Valkey failure surfaces as `ServiceUnavailable` (503), never as a 500.
 """
@@ -25,9 +29,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
+from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.errors import ServiceUnavailable
 from app.core.redis import Lease, RedisManager
-from app.fleet import index
+from app.fleet import index, meter
 from app.fleet.schemas import InstanceRecord, InstanceState
 
 logger = logging.getLogger(__name__)
@@ -47,12 +52,17 @@ def _spec_key(instance_id: str) -> str:
     return f"{_PREFIX}instance-spec:{instance_id}"
 
 
+def instance_jobs_key(instance_id: str) -> str:
+    """The sorted set of the jobs queued for an instance (the queue writes it; it expires with the record)."""
+    return f"{_PREFIX}instance-jobs:{instance_id}"
+
+
 def _idempotency_key(key: str) -> str:
     return f"{_PREFIX}idempotency:{key}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RecordNotFound(LookupError):
@@ -82,11 +92,30 @@ class IndexPage:
     sync_status: dict[str, str]  # the background sync's last report (read in the same round trip)
 
 
+# Queues more writes in a record's transaction, given its state before (None: a new record) and the record as
+# written, so a layer above reacts to transitions atomically without this module knowing its keys (the budgets
+# release GPU reservations this way).
+TransitionHook = Callable[[Pipeline, InstanceState | None, InstanceRecord], None]
+# Told of each billed interval once its transaction committed (the spend counter of /metrics).
+SegmentListener = Callable[[meter.Segment], None]
+
+
 class InstanceStore:
     """Reads and writes instance records and their list index; the only module that knows their Valkey layout."""
 
-    def __init__(self, redis: RedisManager) -> None:
+    def __init__(self, redis: RedisManager, *, clock: WallClock = SYSTEM_CLOCK) -> None:
         self._redis = redis
+        self._clock = clock  # the meter's time
+        self._hooks: list[TransitionHook] = []
+        self._segment_listeners: list[SegmentListener] = []
+
+    def on_transition(self, hook: TransitionHook) -> None:
+        """Run `hook` inside every record write's transaction."""
+        self._hooks.append(hook)
+
+    def on_segment(self, listener: SegmentListener) -> None:
+        """Call `listener` with every billed interval this process closed."""
+        self._segment_listeners.append(listener)
 
     @property
     def _client(self) -> Redis:
@@ -97,10 +126,14 @@ class InstanceStore:
         async with _valkey_errors():
             if await self._client.exists(_record_key(record.id)):
                 return False
+            meter.advance(record, self._clock())  # opens the meter (billed at once for an adopted running instance)
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(_record_key(record.id), record.model_dump_json(), nx=True)
                 pipe.set(_spec_key(record.id), json.dumps(spec))
                 _index_record(pipe, record)
+                meter.queue_meter_writes(pipe, record, None)
+                for hook in self._hooks:
+                    hook(pipe, None, record)
                 written, *_ = await pipe.execute()
             return bool(written)
 
@@ -134,10 +167,14 @@ class InstanceStore:
         """Records named exactly `name` that are not deleted (names are not unique), newest first."""
         return [record for record in await self.list_all() if record.name == name and record.state != "deleted"]
 
-    async def update(self, instance_id: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
+    async def update(
+        self, instance_id: str, change: Callable[[InstanceRecord], None], *, checkpoint_meter: bool = False
+    ) -> InstanceRecord:
         """Apply `change` to the record atomically (optimistic: re-read and re-apply if another writer won).
 
-        A change of state or owning team moves the record between the sets of the index in the same transaction.
+        A change of state or owning team moves the record between the sets of the index in the same transaction; a
+        change of billing state closes the meter's interval in it too (`checkpoint_meter`: close it anyway, and open
+        the next).
         """
         key = _record_key(instance_id)
         async with _valkey_errors(), self._client.pipeline(transaction=True) as pipe:
@@ -150,8 +187,12 @@ class InstanceStore:
                     record = InstanceRecord.model_validate_json(raw)
                     before = record.state, record.team
                     change(record)
+                    closed = meter.advance(record, self._clock(), checkpoint=checkpoint_meter)
                     pipe.multi()
                     pipe.set(key, record.model_dump_json(), keepttl=True)
+                    meter.queue_meter_writes(pipe, record, closed)
+                    for hook in self._hooks:
+                        hook(pipe, before[0], record)
                     if record.state != before[0]:
                         pipe.zrem(index.state_key(before[0]), record.id)
                         pipe.zadd(index.state_key(record.state), {record.id: record.created_at})
@@ -161,8 +202,12 @@ class InstanceStore:
                         pipe.incr(index.VERSION_COUNTER_KEY)
                     if record.state == InstanceState.DELETED:
                         pipe.expire(key, DELETED_RECORD_RETENTION_SECONDS)
+                        pipe.expire(instance_jobs_key(record.id), DELETED_RECORD_RETENTION_SECONDS)
                         pipe.zadd(index.EXPIRING_KEY, {record.id: time.time() + DELETED_RECORD_RETENTION_SECONDS})
                     await pipe.execute()
+                    if closed is not None:
+                        for listener in self._segment_listeners:
+                            listener(closed)
                     return record
                 except WatchError:
                     continue
@@ -178,8 +223,9 @@ class InstanceStore:
         count: int,
         cursor: index.Cursor | None = None,
         team: str | None = None,
+        order: index.ListOrder = "newest",
     ) -> IndexPage:
-        """One page of the index, newest first, and the filter's total; reads only the page's records.
+        """One page of the index (newest first, or by name) and the filter's total; reads only the page's records.
 
         With `team`, only that team's members (its own sorted sets); without, every member (what admins see).
         """
@@ -201,6 +247,7 @@ class InstanceStore:
                 cursor.member if cursor else "",
                 index.MATCH_KEY_PREFIX,
                 str(index.MATCH_TTL_SECONDS),
+                order,
             )
             total, flat = int(answer[0]), [_text(value) for value in answer[1:]]
             members, scores = flat[0::2], [float(score) for score in flat[1::2]]

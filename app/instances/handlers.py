@@ -23,9 +23,10 @@ from pydantic import ValidationError
 
 from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.config import Settings
+from app.fleet import meter
 from app.fleet.actions import ACTION_JOBS, CREATE_JOB, READINESS_JOB, Action
 from app.fleet.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
-from app.fleet.store import InstanceStore, RecordNotFound
+from app.fleet.store import InstanceStore, RecordNotFound, instance_jobs_key
 from app.instances.service import InstanceService
 from app.jobs.queue import Job, JobContext, JobFailed, RetryLater
 from app.jobs.service import JobControl
@@ -117,6 +118,7 @@ class InstanceJobHandlers:
         self._store = store
         self._novita = novita
         self._placement = Placement(products, novita, region_order=settings.placement_regions)
+        self._products = products
         self._instances = instances
         self._events = events
         self._readiness_policy = ReadinessPolicy(
@@ -198,9 +200,26 @@ class InstanceJobHandlers:
         except NovitaAuthError as error:  # retrying with the same key cannot help: fail now, with the reason
             await self._fail(ctx, record.id, f"Novita refused this service's API key: {error}")
         await self._note_skipped(ctx, record.id, placed.skipped)
+        await self._fix_prices(record.id, spec, placed.offer)
         return await self._record_created(
             ctx, record.id, placed.novita_instance_id, placed.offer.cluster_id, "created", placed.offer.product_id
         )
+
+    async def _fix_prices(self, record_id: str, spec: CreateInstanceRequest, offer: Offer) -> None:
+        """Fix the instance's hourly prices from the offer Novita accepted (its meter bills at these from now on)."""
+        raw = offer.price if spec.billing_mode != "monthly" else None
+        if raw is None:
+            try:
+                raw = await self._products.price_per_gpu_hour(offer.product_id, offer.cluster_id, spec.billing_mode)
+            except NovitaError:
+                raw = None  # the catalogue is unreachable: the meter counts seconds, priced at 0 (README: limits)
+        gpu_price = meter.hourly_gpu_price(raw, spec.gpu_num)
+
+        def fix(record: InstanceRecord) -> None:
+            record.price_per_hour = str(gpu_price) if gpu_price is not None else None
+            record.storage_price_per_hour = str(meter.hourly_storage_price(record.rootfs_size))
+
+        await self._store.update(record_id, fix)
 
     async def _note_skipped(self, ctx: JobContext, record_id: str, skipped: list[Skipped]) -> None:
         """One event per cluster passed over (`no_product` or `insufficient_resource`, detail: the cluster)."""
@@ -310,7 +329,7 @@ class InstanceJobHandlers:
 
     async def _settle(self, ctx: JobContext, record: InstanceRecord, operation: str) -> dict[str, Any]:
         """One watching step: finish when Novita's status, as the shared background sync recorded it, is settled;
-        else come back in a poll interval. No Novita call: one listing per sync period serves every instance.
+        else come back later (`_watch_delay`). No Novita call: one listing per sync period serves every instance.
 
         Only a sync whose listing began after this job issued its operation counts, so a status from before the
         operation (a restart's `running`) never ends the job early.
@@ -318,15 +337,21 @@ class InstanceJobHandlers:
         record = await self._store.get(record.id) or record
         synced_at = await self._store.synced_at(record.id)
         status, error_text = record.novita_status, record.status_error
-        if synced_at is None or synced_at < _issued_at(record, operation, ctx.job.id) or status is None:
+        issued_at = _issued_at(record, operation, ctx.job.id)
+        if synced_at is None or synced_at < issued_at or status is None:
             if time.time() >= self._deadline(ctx):
                 await self._timeout(ctx, record, operation, f"no sync has seen the {operation} on Novita yet")
             await self._store.request_sync()  # the sync wakes this job when it brings news of the instance
-            raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: waiting for the sync")
+            raise RetryLater(self._watch_delay(ctx, issued_at), f"{operation}: waiting for the sync")
         if status in _SETTLED_STATUSES[operation]:
             if status == "running" and self._settings.readiness_enabled:
                 # Its own job, so that this one reports `running` now; the same id whichever replica gets here.
-                await ctx.queue.enqueue(READINESS_JOB, {"instance_id": record.id}, job_id=f"{ctx.job.id}-readiness")
+                await ctx.queue.enqueue(
+                    READINESS_JOB,
+                    {"instance_id": record.id},
+                    job_id=f"{ctx.job.id}-readiness",
+                    listed_in=instance_jobs_key(record.id),
+                )
             return _Outcome(record.id, record.state, status, f"{operation} finished").as_result()
         if status == "removed":
             await self._fail(
@@ -337,7 +362,19 @@ class InstanceJobHandlers:
         if self._clock() >= self._deadline(ctx):
             await self._timeout(ctx, record, operation, f"still {status}")
         await self._store.request_sync()
-        raise RetryLater(self._settings.instance_poll_interval_seconds, f"{operation}: Novita status {status}")
+        raise RetryLater(self._watch_delay(ctx, issued_at), f"{operation}: Novita status {status}")
+
+    def _watch_delay(self, ctx: JobContext, issued_at: float) -> float:
+        """When a watching job looks again. The sync wakes it when it brings news of the instance (`queue.wake`), so
+        looking is only the fallback (a status the sync does not wake for, a sync that does not run): every poll
+        interval at first, then half the time waited so far, so a thousand jobs waiting on a long sync of a large
+        fleet do not keep the worker busy; never past the operation's deadline."""
+        now = self._clock()
+        waited = now - (issued_at or ctx.job.began_at)
+        poll = self._settings.instance_poll_interval_seconds
+        delay = min(max(poll, waited / 2), poll * _WATCH_DELAY_MAX_POLLS)
+        left = self._deadline(ctx) - now
+        return min(delay, left) if left > 0 else delay
 
     # -- readiness -------------------------------------------------------------------------------------------------
 
@@ -489,6 +526,9 @@ class InstanceJobHandlers:
             pass
         raise JobFailed(reason)
 
+
+# A watching job's fallback poll grows with its wait up to this many poll intervals (a minute by default).
+_WATCH_DELAY_MAX_POLLS = 12
 
 # Upstream failures that time cures; the client has already retried them with backoff.
 _NOVITA_OUTAGE = (NovitaUnavailable, NovitaRateLimited)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from pydantic import BaseModel
 
 from app.access.auth import AdminCaller, OperateCaller, ReadCaller, authenticate
 from app.access.principal import Principal
 from app.access.schemas import TeamName
 from app.core.deps import provide
-from app.core.openapi import AUTHENTICATED_RESPONSES, accepted_response, problem
+from app.core.openapi import AUTHENTICATED_RESPONSES, Responses, accepted_response, problem
 from app.core.schemas import StrictRequestModel
 from app.fleet.actions import Action
 from app.fleet.schemas import (
@@ -22,6 +23,8 @@ from app.fleet.schemas import (
     InstanceView,
 )
 from app.instances.service import InstanceService
+from app.jobs.queue import LISTED_JOBS_KEPT
+from app.jobs.router import JobView
 
 router = APIRouter(
     prefix="/api/instances",
@@ -32,9 +35,11 @@ router = APIRouter(
 
 InstanceId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
-_NOT_FOUND = {404: problem("no instance with this id")}
-_CONFLICT = {409: problem("the instance's current state does not allow this action")}
-_ACTION_RESPONSES = {**accepted_response("queued: follow the job at `Location`"), **_NOT_FOUND, **_CONFLICT}
+_NOT_FOUND: Responses = {404: problem("no instance with this id")}
+_CONFLICT: Responses = {
+    409: problem("the instance's current state does not allow this action, or (start) the team's budget")
+}
+_ACTION_RESPONSES: Responses = {**accepted_response("queued: follow the job at `Location`"), **_NOT_FOUND, **_CONFLICT}
 
 
 Service = Annotated[InstanceService, Depends(provide(InstanceService))]
@@ -51,6 +56,7 @@ def _accepted(response: Response, accepted: AcceptedResponse) -> AcceptedRespons
     response_model=AcceptedResponse,
     responses={
         **accepted_response("accepted: the create job is durably queued; follow it at `Location`"),
+        409: problem("the team's budget does not allow it: `budget`, `limit` and `current` say which and why"),
         422: problem("invalid body, or an Idempotency-Key reused with a different body"),
     },
 )
@@ -90,6 +96,24 @@ async def list_instances(
 async def get_instance(instance_id: InstanceId, service: Service, caller: ReadCaller) -> InstanceView:
     """One instance, with Novita's live status when Novita answers."""
     return await service.get(instance_id, caller)
+
+
+class InstanceJobList(BaseModel):
+    """Answer of `GET /api/instances/{id}/jobs`, newest first."""
+
+    items: list[JobView]
+
+
+@router.get("/{instance_id}/jobs", response_model=InstanceJobList, responses=_NOT_FOUND)
+async def list_instance_jobs(
+    instance_id: InstanceId,
+    service: Service,
+    caller: ReadCaller,
+    limit: Annotated[int, Query(ge=1, le=LISTED_JOBS_KEPT)] = 50,
+) -> InstanceJobList:
+    """Every job queued for the instance (create, start, stop, restart, delete, readiness checks), newest first:
+    the newest 100 are kept, each while its record is retained (`JOB_RETENTION_SECONDS` after it finished)."""
+    return InstanceJobList(items=[JobView.of(job) for job in await service.jobs(instance_id, limit, caller)])
 
 
 async def _action(

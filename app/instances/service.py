@@ -13,11 +13,12 @@ from typing import Any
 
 from app.access.ownership import listed_team, sees
 from app.access.principal import Principal
+from app.billing.budgets import BudgetService
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.fleet.actions import ACTION_JOBS, CREATE_JOB, Action
-from app.fleet.index import Cursor, external_member
+from app.fleet.index import Cursor, ListOrder, external_member
 from app.fleet.schemas import (
     REVEAL_SECRETS,
     AcceptedResponse,
@@ -28,9 +29,9 @@ from app.fleet.schemas import (
     InstanceState,
     InstanceView,
 )
-from app.fleet.store import InstanceStore, RecordNotFound
+from app.fleet.store import InstanceStore, RecordNotFound, instance_jobs_key
 from app.fleet.views import overlay, upstream_name
-from app.jobs.queue import JobQueue
+from app.jobs.queue import Job, JobQueue
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.webhooks import UnsafeWebhookUrl, WebhookNotifier
 from app.novita.client import NovitaClient
@@ -99,6 +100,7 @@ class InstanceService:
         cache: Cache,
         activity: ActivityStore,
         webhooks: WebhookNotifier,
+        budgets: BudgetService | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -107,6 +109,7 @@ class InstanceService:
         self._cache = cache
         self._activity = activity
         self._webhooks = webhooks
+        self._budgets = budgets  # None: no budgets enforced (tests of other parts)
 
     @property
     def store(self) -> InstanceStore:
@@ -117,13 +120,15 @@ class InstanceService:
         self, request: CreateInstanceRequest, idempotency_key: str | None, owner: Principal
     ) -> AcceptedResponse:
         """Record the instance, owned by `owner`'s team, and queue its create job; with an idempotency key, a replay
-        returns the first result.
+        returns the first result. The team's budget is checked, and its GPUs reserved, before anything is written (409
+        if not).
 
         A replay whose first attempt stopped half-way (e.g. Valkey failed after the key was claimed) finishes the
         acceptance with the same ids, so retrying with the same key is always safe. Idempotency keys are per team:
         another team's identical key neither replays nor reveals this one's instance.
         """
         record_id, job_id = new_record_id(), new_job_id()
+        team = owner.team
         replay = False
         if idempotency_key is not None:
             if not _IDEMPOTENCY_KEY.match(idempotency_key):
@@ -133,7 +138,7 @@ class InstanceService:
                 )
             claim = {"fingerprint": request.fingerprint(), "instance_id": record_id, "job_id": job_id}
             existing = await self._store.claim_idempotency_key(
-                _team_scoped(idempotency_key, owner.team), claim, self._settings.idempotency_ttl_seconds
+                _team_scoped(idempotency_key, team), claim, self._settings.idempotency_ttl_seconds
             )
             if existing is not None:
                 if existing["fingerprint"] != claim["fingerprint"]:
@@ -145,12 +150,24 @@ class InstanceService:
 
         if request.webhook_url is not None:
             await self.set_webhook_url(record_id, request.webhook_url)
+        if self._budgets is not None:
+            await self._budgets.reserve(team, record_id, request.gpu_num)  # idempotent: a replay holds its GPUs
+        try:
+            return await self._accept_create(request, record_id, job_id, team, replay)
+        except BaseException:
+            if self._budgets is not None and not replay:
+                await self._budgets.release(team, record_id)
+            raise
+
+    async def _accept_create(
+        self, request: CreateInstanceRequest, record_id: str, job_id: str, team: str | None, replay: bool
+    ) -> AcceptedResponse:
         now = time.time()
         record = InstanceRecord(
             id=record_id,
             name=request.name,
+            team=team,
             upstream_name=upstream_name(request.name, record_id),
-            team=owner.team,
             product_id=request.product_id,
             product_name=request.product_name,
             gpu_num=request.gpu_num,
@@ -171,7 +188,9 @@ class InstanceService:
         if replay:
             record = await self._store.get(record_id) or record
         # Enqueue is the last write: once it succeeded the request is accepted, and nothing after it may fail.
-        await self._queue.enqueue(CREATE_JOB, {"instance_id": record_id}, job_id=job_id)  # existing id: no-op
+        await self._queue.enqueue(  # an existing id: a no-op
+            CREATE_JOB, {"instance_id": record_id}, job_id=job_id, listed_in=instance_jobs_key(record_id)
+        )
         return AcceptedResponse(instance=InstanceView.from_record(record), job_id=job_id)
 
     async def request_action(self, instance_id: str, action: Action, caller: Principal) -> AcceptedResponse:
@@ -182,8 +201,21 @@ class InstanceService:
             allowed = ", ".join(sorted(ACTION_ALLOWED_FROM[action]))
             raise Conflict(f"cannot {action} an instance that is {record.state.value} (allowed from: {allowed})")
         job_id = new_job_id()
+        budgets = self._budgets if action == "start" else None  # a start takes the GPUs back: the budget decides
+        if budgets is not None:
+            await budgets.reserve(record.team, record.id, record.gpu_num)
         # Job first: if Valkey fails before the record update, the job still runs and sets the state itself.
-        await self._queue.enqueue(ACTION_JOBS[action], {"instance_id": instance_id}, job_id=job_id)
+        try:
+            await self._queue.enqueue(
+                ACTION_JOBS[action],
+                {"instance_id": instance_id},
+                job_id=job_id,
+                listed_in=instance_jobs_key(instance_id),
+            )
+        except BaseException:
+            if budgets is not None:
+                await budgets.release(record.team, record.id)
+            raise
 
         def mark_requested(current: InstanceRecord) -> None:
             current.state = ACTION_TRANSITIONAL_STATE[action]
@@ -194,6 +226,12 @@ class InstanceService:
         updated = await self._store.update(instance_id, mark_requested)
         await self.forget_cached(updated.novita_instance_id)
         return AcceptedResponse(instance=InstanceView.from_record(updated), job_id=job_id)
+
+    async def jobs(self, instance_id: str, limit: int, caller: Principal) -> list[Job]:
+        """The instance's newest `limit` jobs, newest first (404 for an id `caller` cannot see); the queue lists every
+        job queued for it (create, actions, readiness checks) while the job's record is retained."""
+        record = await self._get_record(instance_id, caller)
+        return await self._queue.listed(instance_jobs_key(record.id), limit)
 
     async def heartbeat(self, instance_id: str, caller: Principal, at: float | None = None) -> HeartbeatView:
         """Note that the instance is in use (now, or at `at`): idle auto-stop counts from the latest heartbeat."""
@@ -234,14 +272,17 @@ class InstanceService:
         page: int,
         page_size: int,
         cursor: str | None = None,
+        order: ListOrder = "newest",
     ) -> InstancePage:
-        """A page of what `caller` sees (its team's instances; every one for an admin), newest first: no Novita
-        call, and only the page's records are read.
+        """A page of what `caller` sees (its team's instances; every one for an admin), newest first (or by name,
+        sorted in Valkey; pages by `page` only): no Novita call, and only the page's records are read.
 
         Novita's view of each instance (instances made elsewhere included, `managed: false`, admins only) is folded
         into the index by the background sync; `syncedAt` says when it last saw each one.
         """
         after: Cursor | None = None
+        if cursor is not None and order != "newest":
+            raise ValidationFailed("a cursor pages the newest-first order only", field="query.cursor")
         if cursor is not None:
             try:
                 after = Cursor.decode(cursor)
@@ -249,7 +290,7 @@ class InstanceService:
                 raise ValidationFailed(f"cursor: {error}", field="query.cursor") from None
         offset = 0 if after is not None else (page - 1) * page_size
         found = await self._store.page(
-            state=state, name=name, offset=offset, count=page_size, cursor=after, team=listed_team(caller)
+            state=state, name=name, offset=offset, count=page_size, cursor=after, team=listed_team(caller), order=order
         )
         records = {record.id: record for record in found.records}
         externals = {external_member(view["novitaInstanceId"]): view for view in found.externals}
@@ -261,7 +302,9 @@ class InstanceService:
             else:
                 items.append(InstanceView.model_validate({**externals[member], "syncedAt": synced}))
         more = offset + len(items) < found.total if after is None else len(items) == page_size
-        next_cursor = Cursor(found.scores[-1], found.members[-1]).encode() if items and more else None
+        next_cursor = (
+            Cursor(found.scores[-1], found.members[-1]).encode() if items and more and order == "newest" else None
+        )
         sync = found.sync_status
         return InstancePage(
             items=items,

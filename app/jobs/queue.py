@@ -9,6 +9,10 @@ Layout (every key under `ngpu:`):
                          script moves due ids to the stream atomically, so several replicas never double-promote.
 - `ngpu:jobs:dead`       sorted set id -> time: jobs that exhausted their attempts, listable.
 - `ngpu:job-lock:<id>`   per-job lock so one job never runs twice at the same time across replicas.
+- `ngpu:job-woken:<id>`  a wake (`JobQueue.wake`) that found the job running rather than scheduled: its next
+                         `RetryLater` is due at once instead of after its delay, so no news is lost to that race.
+- a list of the caller's (`enqueue(listed_in=<key>)`): sorted set id -> queued at, the newest `LISTED_JOBS_KEPT`
+                         kept, written in the enqueue's own script (e.g. an instance's jobs, keyed by its owner).
 The worker that executes jobs is in `app/jobs/worker.py`.
 
 Cancel and requeue are Lua scripts on the job's record, so they are atomic against each other, against other replicas
@@ -30,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.errors import ServiceUnavailable
-from app.core.redis import RedisManager
+from app.core.redis import RedisManager, text_hash, texts
 
 KEY_PREFIX = "ngpu:"
 STREAM_KEY = f"{KEY_PREFIX}jobs:stream"
@@ -38,20 +42,31 @@ SCHEDULED_KEY = f"{KEY_PREFIX}jobs:scheduled"
 DEAD_KEY = f"{KEY_PREFIX}jobs:dead"
 JOB_KEY_PREFIX = f"{KEY_PREFIX}job:"
 LOCK_KEY_PREFIX = f"{KEY_PREFIX}job-lock:"
+WOKEN_KEY_PREFIX = f"{KEY_PREFIX}job-woken:"
+# How long a wake waits for the running job to reschedule itself (a job step is far shorter).
+WOKEN_TTL_SECONDS = 60
 CONSUMER_GROUP = "workers"
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "dead", "cancelled"})
 # States a job can be cancelled in: it is waiting, not running.
 CANCELLABLE_STATES = frozenset({"queued", "scheduled"})
+# How many of the newest jobs a list (`enqueue(listed_in=...)`) keeps; older ids leave it as new ones arrive.
+LISTED_JOBS_KEPT = 100
 
-# Create the job record and make it deliverable in one atomic step: either both exist or neither does.
+# Create the job record and make it deliverable in one atomic step: either both exist or neither does. With a 4th
+# key, the job also joins that list (by its queue time), which is trimmed to its newest ARGV[4] ids in the same step.
 _ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 if tonumber(ARGV[2]) > 0 then
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 else
   redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+end
+if KEYS[4] then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[4])
+  if extra > 0 then redis.call('ZREM', KEYS[4], unpack(redis.call('ZRANGE', KEYS[4], 0, extra - 1))) end
 end
 return 1
 """
@@ -70,6 +85,29 @@ end
 return #due
 """
 
+# Wake jobs: a scheduled one becomes due now; one that is not scheduled (running right now) is marked woken, so that
+# the reschedule it is about to write (RESCHEDULE_SCRIPT) makes it due now. ARGV: now, woken TTL, woken key prefix,
+# then the ids.
+_WAKE_SCRIPT = """
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], 'LT', ARGV[1], id)
+  else
+    redis.call('SET', ARGV[3] .. id, '1', 'EX', ARGV[2])
+  end
+end
+return 1
+"""
+
+# Schedule a job that asked to come back later (`RetryLater`): at ARGV[2], or at once (ARGV[1]) if it was woken while
+# it ran. KEYS[1] the scheduled set, KEYS[2] the job's woken marker; ARGV[3] the job id.
+RESCHEDULE_SCRIPT = """
+local due = ARGV[2]
+if redis.call('DEL', KEYS[2]) == 1 then due = ARGV[1] end
+redis.call('ZADD', KEYS[1], due, ARGV[3])
+return 1
+"""
 
 # Cancel a waiting job: returns the state it had ('' when there is no such job); only queued/scheduled change.
 _CANCEL_SCRIPT = """
@@ -204,12 +242,19 @@ class JobQueue:
         return self._redis
 
     async def enqueue(
-        self, kind: str, payload: dict[str, Any], *, delay_seconds: float = 0.0, job_id: str | None = None
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        delay_seconds: float = 0.0,
+        job_id: str | None = None,
+        listed_in: str | None = None,
     ) -> Job:
         """Store a job durably and return it; with `job_id`, an existing job of that id is returned unchanged.
 
-        Returns only after Valkey acknowledged the write. Raises `ServiceUnavailable` when Valkey is down: nothing is
-        accepted that was not written.
+        With `listed_in` (a key under `ngpu:`), the new job also joins that list of jobs (`listed`), atomically with
+        the enqueue. Returns only after Valkey acknowledged the write. Raises `ServiceUnavailable` when Valkey is
+        down: nothing is accepted that was not written.
         """
         now = time.time()
         job = Job(
@@ -222,9 +267,10 @@ class JobQueue:
         )
         due_at = now + delay_seconds if delay_seconds > 0 else 0.0
         fields = [item for pair in job.to_record().items() for item in pair]
+        keys = [job_key(job.id), STREAM_KEY, SCHEDULED_KEY, *([listed_in] if listed_in else [])]
         try:
             created = await self._redis.client.eval(
-                _ENQUEUE_SCRIPT, 3, job_key(job.id), STREAM_KEY, SCHEDULED_KEY, job.id, repr(due_at), *fields
+                _ENQUEUE_SCRIPT, len(keys), *keys, job.id, repr(due_at), repr(now), str(LISTED_JOBS_KEPT), *fields
             )
             if not created:
                 existing = await self.get(job.id)
@@ -237,7 +283,7 @@ class JobQueue:
 
     async def get(self, job_id: str) -> Job | None:
         """The job's current record, or None."""
-        record = await self._redis.client.hgetall(job_key(job_id))
+        record = text_hash(await self._redis.client.hgetall(job_key(job_id)))
         return Job.from_record(record) if record else None
 
     async def cancel(self, job_id: str, retention_seconds: int) -> str | None:
@@ -261,8 +307,23 @@ class JobQueue:
     async def dead_letters(self, limit: int = 100) -> list[Job]:
         """Dead jobs, most recent first."""
         ids = await self._redis.client.zrevrange(DEAD_KEY, 0, max(0, limit - 1))
-        jobs = [await self.get(job_id) for job_id in ids]
+        jobs = [await self.get(job_id) for job_id in texts(ids)]
         return [job for job in jobs if job is not None]
+
+    async def listed(self, list_key: str, limit: int) -> list[Job]:
+        """The newest `limit` jobs of a list written by `enqueue(listed_in=list_key)`, newest first.
+
+        Ids whose record has expired (finished longer ago than the retention) are dropped from the list here.
+        """
+        ids = [str(job_id) for job_id in await self._redis.client.zrevrange(list_key, 0, max(0, limit - 1))]
+        async with self._redis.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(job_key(job_id))
+            records = await pipe.execute() if ids else []
+        gone = [job_id for job_id, record in zip(ids, records, strict=True) if not record]
+        if gone:
+            await self._redis.client.zrem(list_key, *gone)
+        return [Job.from_record(record) for record in records if record]
 
     async def depth(self) -> QueueStats:
         """Current counts; acknowledged entries are deleted, so the stream holds only waiting and pending ones."""
@@ -280,9 +341,12 @@ class JobQueue:
         )
 
     async def wake(self, job_ids: list[str]) -> None:
-        """Make these jobs due now if they are scheduled (a watching job whose news just arrived); others untouched."""
+        """Make these jobs due now (watching jobs whose news just arrived): a scheduled one at once, one running right
+        now as soon as it reschedules itself (see `RESCHEDULE_SCRIPT`). Jobs that never reschedule are untouched."""
         if job_ids:
-            await self._redis.client.zadd(SCHEDULED_KEY, dict.fromkeys(job_ids, time.time()), xx=True, lt=True)
+            await self._redis.client.eval(
+                _WAKE_SCRIPT, 1, SCHEDULED_KEY, repr(time.time()), str(WOKEN_TTL_SECONDS), WOKEN_KEY_PREFIX, *job_ids
+            )
 
     async def promote_due(self, limit: int = 100) -> int:
         """Move scheduled jobs whose time has come into the stream; returns how many moved."""

@@ -39,7 +39,7 @@ class JobView(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
     id: str
-    kind: JobKind | str
+    kind: JobKind | str  # type: ignore[valid-type]  # a Literal built from the job kinds: one list to keep
     state: JobState
     attempts: int
     last_error: str | None
@@ -54,7 +54,7 @@ class JobView(BaseModel):
         return cls(
             id=job.id,
             kind=job.kind,
-            state=job.state,  # type: ignore[arg-type]
+            state=job.state,
             attempts=job.attempts,
             last_error=job.last_error,
             created_at=job.created_at,

@@ -17,7 +17,7 @@ import random
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -30,9 +30,11 @@ from app.jobs.queue import (
     CONSUMER_GROUP,
     DEAD_KEY,
     LOCK_KEY_PREFIX,
+    RESCHEDULE_SCRIPT,
     SCHEDULED_KEY,
     STREAM_KEY,
     TERMINAL_STATES,
+    WOKEN_KEY_PREFIX,
     Handler,
     Job,
     JobContext,
@@ -45,6 +47,8 @@ from app.jobs.queue import (
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# What XREADGROUP answers on our decoding client: [(stream, [(entry id, fields)])].
+_StreamRead = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
 # Begin an attempt only while the job may run (queued, or running under a worker that died): atomic against a cancel,
 # which changes only queued or scheduled jobs. Returns the attempt number, or -1 when the job must not run.
@@ -136,7 +140,7 @@ class Worker:
                 response = await self._redis.blocking_client.xreadgroup(
                     CONSUMER_GROUP, self.consumer_name, {STREAM_KEY: ">"}, count=1, block=block_ms
                 )
-                for _stream, entries in response or []:
+                for _stream, entries in cast(_StreamRead, response or []):
                     for entry_id, fields in entries:
                         await self._process_entry(entry_id, fields)
             except ResponseError as error:
@@ -299,7 +303,7 @@ class Worker:
         self, entry_id: str, job: Job, *, state: str, result: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
         key = job_key(job.id)
-        fields = {"state": state, "updated_at": repr(time.time()), "last_error": error or ""}
+        fields: dict[Any, str] = {"state": state, "updated_at": repr(time.time()), "last_error": error or ""}
         if result is not None:
             fields["result"] = json.dumps(result, default=str)
         async with self._redis.client.pipeline(transaction=True) as pipe:
@@ -315,7 +319,19 @@ class Worker:
             if not count_attempt:
                 pipe.hincrby(key, "attempts", -1)
             pipe.hset(key, mapping={"state": "scheduled", "updated_at": repr(time.time()), "last_error": reason})
-            pipe.zadd(SCHEDULED_KEY, {job.id: time.time() + delay})
+            if count_attempt:  # a retry after a failure keeps its backoff
+                pipe.zadd(SCHEDULED_KEY, {job.id: time.time() + delay})
+            else:  # a watching job woken while it ran (its news arrived meanwhile) is due at once
+                now = time.time()
+                pipe.eval(
+                    RESCHEDULE_SCRIPT,
+                    2,
+                    SCHEDULED_KEY,
+                    f"{WOKEN_KEY_PREFIX}{job.id}",
+                    repr(now),
+                    repr(now + delay),
+                    job.id,
+                )
             pipe.xack(STREAM_KEY, CONSUMER_GROUP, entry_id)
             pipe.xdel(STREAM_KEY, entry_id)
             await pipe.execute()

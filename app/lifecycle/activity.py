@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from app.core.redis import text_hash
 from app.lifecycle.keys import KEY_PREFIX
 
 # An instance's activity outlives a stopped period of Novita's data retention (7 days) with a margin.
@@ -43,7 +44,7 @@ class ActivityStore:
 
     async def get(self, record_id: str) -> Activity:
         """The instance's activity (all None when nothing is known)."""
-        return _activity(await self._redis.hgetall(_key(record_id)))
+        return _activity(text_hash(await self._redis.hgetall(_key(record_id))))
 
     async def heartbeat(self, record_id: str, at: float) -> None:
         """Note that the instance was used at `at` (a later heartbeat never moves it back)."""

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.billing.budgets import BudgetService
 from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.config import Settings
 from app.fleet.records import RecordStore
 from app.lifecycle.activity import ActivityStore
+from app.lifecycle.budget_guard import BudgetGuard, BudgetGuardPolicy
 from app.lifecycle.cost_guards import CostGuardExecutor, CostGuardPolicy
 from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.scheduler import LifecycleScheduler, PeriodicTask
@@ -50,7 +52,9 @@ class LifecycleConfig:
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     guards: CostGuardPolicy = field(default_factory=CostGuardPolicy)
     spot: SpotPolicy = field(default_factory=SpotPolicy)
+    budget_guard: BudgetGuardPolicy = field(default_factory=BudgetGuardPolicy)
     cost_guard_interval_seconds: float = 60.0
+    budget_check_interval_seconds: float = 60.0
     reconcile_interval_seconds: float = 10.0
     reconcile_lease_seconds: float = 15.0
     reconcile_max_vanish_checks: int = 10
@@ -85,7 +89,13 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
         spot=SpotPolicy(
             enabled=settings.spot_recovery_enabled, min_interval_seconds=settings.spot_recovery_min_interval_seconds
         ),
+        budget_guard=BudgetGuardPolicy(
+            auto_stop=settings.budget_auto_stop,
+            dry_run=settings.budget_auto_stop_dry_run,
+            action_lock_seconds=settings.cost_guard_action_lock_seconds,
+        ),
         cost_guard_interval_seconds=settings.cost_guard_interval_seconds,
+        budget_check_interval_seconds=settings.budget_check_interval_seconds,
         reconcile_interval_seconds=settings.reconcile_interval_seconds,
         reconcile_lease_seconds=settings.reconcile_lease_seconds,
         reconcile_max_vanish_checks=settings.reconcile_max_vanish_checks,
@@ -110,6 +120,7 @@ class LifecycleAutomation:
         extra_tasks: Sequence[PeriodicTask] = (),
         wake_jobs: Callable[[list[str]], Awaitable[None]] | None = None,
         forget_cached: Callable[[list[str]], Awaitable[None]] | None = None,
+        budgets: BudgetService | None = None,
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
@@ -159,6 +170,10 @@ class LifecycleAutomation:
                     lease_seconds=config.delivery.lock_seconds,
                 )
             )
+        self.budget_guard: BudgetGuard | None = None
+        if budgets is not None:
+            self.budget_guard = BudgetGuard(budgets, store, novita, redis, self.events, config.budget_guard, clock)
+            tasks.append(PeriodicTask("budgets", config.budget_check_interval_seconds, self.budget_guard.run_once))
         self.spot: SpotRecovery | None = None
         if config.spot.enabled:
             if recover_spot is None:

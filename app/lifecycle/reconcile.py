@@ -51,6 +51,11 @@ LEASE_KEY = f"{KEY_PREFIX}lease:reconcile"
 _UPSTREAM_NAME = re.compile(r"^(?P<name>" + NAME_PATTERN.strip("^$") + r")-(?P<record_id>[0-9a-f]{16})$")
 # Novita statuses an instance's job may end on (settled, or gone): worth waking the job for.
 _NEWS_FOR_JOBS = frozenset({"running", "exited", "removed"})
+# A pass works in slices of about a millisecond of CPU, so that a request, which waits behind one slice at each of its
+# awaits, is not slowed by a pass running beside it: instances compared per slice of the apply loop, and records read
+# (and activities checked) per round trip.
+_APPLY_SLICE = 50
+_RECORD_SLICE = 100
 _BILLING_MODES: dict[str | None, BillingMode] = {"onDemand": "onDemand", "spot": "spot", "monthly": "monthly"}
 
 
@@ -132,7 +137,8 @@ class Reconciler:
         self._clock = clock
 
     async def run(self) -> ReconcileReport | None:
-        """One pass; None when another replica holds the lease. Novita errors propagate (nothing is changed)."""
+        """One pass; None when another replica holds the lease. Novita errors propagate: the pages read before the
+        error are applied, but nothing is marked vanished or dropped from the index."""
         lease = Lease(self._redis, LEASE_KEY, self._lease_seconds)
         if not await lease.acquire():
             return None
@@ -182,18 +188,20 @@ class Reconciler:
         return report
 
     async def _pass(self, listed_at: float) -> ReconcileReport:
-        # List Novita first: if it fails, nothing may be marked vanished.
-        live_instances = await self._novita.list_instances()
+        # Our records first, as small summaries; then Novita's listing a page at a time, each page applied as it
+        # arrives: a whole fleet's instances held at once (10,000 models) would be the largest thing in memory and
+        # make every full collection of the garbage collector, which requests wait behind, several times longer.
+        # Nothing is marked vanished unless every page was read.
         by_novita_id: dict[str, _Known] = {}
         by_upstream_name: dict[str, _Known] = {}
         record_ids: set[str] = set()
-        async for record in self._store.iter_records():
-            known = _Known.of(record)
-            record_ids.add(known.id)
-            if known.novita_instance_id:
-                by_novita_id[known.novita_instance_id] = known
+        async for record in self._store.iter_records(batch=_RECORD_SLICE):
+            entry = _Known.of(record)
+            record_ids.add(entry.id)
+            if entry.novita_instance_id:
+                by_novita_id[entry.novita_instance_id] = entry
             else:
-                by_upstream_name[known.upstream_name] = known
+                by_upstream_name[entry.upstream_name] = entry
         report = ReconcileReport()
         seen: set[str] = set()
         synced: list[str] = []
@@ -202,43 +210,49 @@ class Reconciler:
         statuses: dict[str, str] = {}
         externals: dict[str, dict[str, Any]] = {}
         external_scores: dict[str, float] = {}
-        total = len(live_instances)
-        await self._store.write_sync_status({"state": "applying", "listed": total, "applied": 0})
+        position = 0  # state "listing" (written by `_reconcile`) while pages are read and applied as they come
+        await self._store.write_sync_status({"listed": 0, "applied": 0})
 
-        for position, live in enumerate(live_instances, start=1):
-            if position % 1000 == 0:
-                await self._store.write_sync_status({"applied": position})
-            known = by_novita_id.get(live.id)
-            if known is not None:
-                seen.add(live.id)
-                synced.append(known.id)
-                statuses[known.id] = live.status
-                if await self._refresh(known, live):
-                    report.refreshed.append(known.id)
-                    changed_ids.append(live.id)
-                    if live.status in _NEWS_FOR_JOBS or live.error_text:
-                        news.append(known)
-                continue
-            if live.removed:
-                continue  # a deleted instance we do not know: nothing to adopt
-            known = by_upstream_name.get(live.name)
-            if known is not None:
-                if not self._create_job_had_its_chance(known):
+        async for page in self._novita.iter_instance_pages():
+            for live in page:
+                position += 1
+                if position % 1000 == 0:
+                    await self._store.write_sync_status({"applied": position})
+                elif position % _APPLY_SLICE == 0:
+                    await asyncio.sleep(0)  # an unchanged instance awaits nothing: let requests in between slices
+                known = by_novita_id.get(live.id)
+                if known is not None:
+                    seen.add(live.id)
+                    synced.append(known.id)
+                    statuses[known.id] = live.status
+                    if await self._refresh(known, live):
+                        report.refreshed.append(known.id)
+                        changed_ids.append(live.id)
+                        if live.status in _NEWS_FOR_JOBS or live.error_text:
+                            news.append(known)
                     continue
-                await self._adopt(known, live)
-                synced.append(known.id)
-                news.append(known)
-                report.adopted.append(known.id)
-                continue
-            parsed = parse_upstream_name(live.name)
-            if parsed is None:
-                externals[live.id] = external_view(live).model_dump(mode="json", by_alias=True)
-                external_scores[live.id] = _created_at(live, listed_at)
-            elif parsed[1] not in record_ids:
-                await self._rebuild(parsed[0], parsed[1], live)
-                record_ids.add(parsed[1])
-                synced.append(parsed[1])
-                report.rebuilt.append(parsed[1])
+                if live.removed:
+                    continue  # a deleted instance we do not know: nothing to adopt
+                known = by_upstream_name.get(live.name)
+                if known is not None:
+                    if not self._create_job_had_its_chance(known):
+                        continue
+                    await self._adopt(known, live)
+                    synced.append(known.id)
+                    news.append(known)
+                    report.adopted.append(known.id)
+                    continue
+                parsed = parse_upstream_name(live.name)
+                if parsed is None:
+                    externals[live.id] = external_view(live).model_dump(mode="json", by_alias=True)
+                    external_scores[live.id] = _created_at(live, listed_at)
+                elif parsed[1] not in record_ids:
+                    record_ids.add(parsed[1])
+                    # False when the record was written after our walk of the records (its create job is on it)
+                    if await self._rebuild(parsed[0], parsed[1], live):
+                        synced.append(parsed[1])
+                        report.rebuilt.append(parsed[1])
+        await self._store.write_sync_status({"state": "applying", "listed": position, "applied": position})
 
         checks = 0
         for novita_id, known in by_novita_id.items():
@@ -256,7 +270,7 @@ class Reconciler:
                 synced.append(known.id)
                 news.append(known)
                 report.vanished.append(known.id)
-        await self._activity.observe_many(statuses, self._clock())
+        await self._activity.observe_many(statuses, self._clock(), batch=_RECORD_SLICE)
         await self._store.mark_synced(synced + [external_member(novita_id) for novita_id in externals], listed_at)
         if self._forget_cached is not None and changed_ids:
             await self._forget_cached(changed_ids)
@@ -347,7 +361,8 @@ class Reconciler:
             "instance.adopted", record.id, {"novitaInstanceId": live.id, "novitaStatus": live.status}
         )
 
-    async def _rebuild(self, name: str, record_id: str, live: Instance) -> None:
+    async def _rebuild(self, name: str, record_id: str, live: Instance) -> bool:
+        """Write the record back from Novita's instance; False when a record with its id exists after all."""
         now = self._clock()
         created_at = _created_at(live, now)
         record = InstanceRecord(
@@ -374,12 +389,14 @@ class Reconciler:
         )
         record.apply_novita(live.status, live.error_text)
         record.add_event("rebuilt", f"record restored from Novita instance {live.id} (our records were lost)")
-        if await self._store.create(record, {}):
-            await self._store.drop_spec(record_id)  # a rebuilt record has no create spec: the instance exists
-            await self._activity.observe_status(record_id, live.status, now)
-            await self._events.emit(
-                "instance.rebuilt", record_id, {"novitaInstanceId": live.id, "novitaStatus": live.status}
-            )
+        if not await self._store.create(record, {}):
+            return False
+        await self._store.drop_spec(record_id)  # a rebuilt record has no create spec: the instance exists
+        await self._activity.observe_status(record_id, live.status, now)
+        await self._events.emit(
+            "instance.rebuilt", record_id, {"novitaInstanceId": live.id, "novitaStatus": live.status}
+        )
+        return True
 
     async def _vanished(self, novita_id: str) -> bool:
         """Confirm with a direct lookup that an instance missing from the list is really gone."""

@@ -29,14 +29,14 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import httpx
 from redis.asyncio import Redis
 
 from app.core.clock import SYSTEM_CLOCK, WallClock
-from app.core.redis import Lease
+from app.core.redis import Lease, text_hash, texts
 from app.lifecycle.keys import KEY_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class WebhookOutbox:
         """Send every delivery whose time has come (those another replica is sending are skipped)."""
         report = DeliveryReport()
         due = await self._redis.zrangebyscore(DUE_KEY, "-inf", repr(self._clock()), start=0, num=limit)
-        for delivery_id in due:
+        for delivery_id in texts(due):
             outcome = await self._deliver_once(delivery_id)
             if outcome is not None:
                 setattr(report, outcome, getattr(report, outcome) + 1)
@@ -265,13 +265,13 @@ class WebhookOutbox:
 
     async def get(self, delivery_id: str) -> dict[str, str] | None:
         """A delivery's stored fields (`state`: pending, delivered or dead; `attempts`, `last_error`)."""
-        raw = await self._redis.hgetall(_delivery_key(delivery_id))
+        raw = text_hash(await self._redis.hgetall(_delivery_key(delivery_id)))
         return raw or None
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, str]]:
         """Deliveries that gave up, most recent first."""
         ids = await self._redis.zrevrange(DEAD_KEY, 0, max(0, limit - 1))
-        return [delivery for delivery_id in ids if (delivery := await self.get(delivery_id)) is not None]
+        return [delivery for delivery_id in texts(ids) if (delivery := await self.get(delivery_id)) is not None]
 
     async def _deliver_once(self, delivery_id: str) -> str | None:
         lock = Lease(self._redis, f"{KEY_PREFIX}webhook-lock:{delivery_id}", self._policy.lock_seconds)
@@ -401,7 +401,7 @@ class WebhookNotifier:
         event = WebhookEvent(type=event_type, instance_id=instance_id, data=data, occurred_at=self._clock())
         urls = [self._global_url] if self._global_url else []
         if instance_id is not None and self._outbox is not None:
-            own = await self._redis.get(_target_key(instance_id))
+            own = cast(str | None, await self._redis.get(_target_key(instance_id)))
             if own and own not in urls:
                 urls.append(own)
         for url in urls:

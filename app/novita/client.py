@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -59,6 +59,8 @@ _USER_AGENT = "novita-gpu-api/0.1"
 _DEFAULT_PAGE_SIZE = 100
 # Safety stop for list pagination should Novita keep answering new items forever.
 _MAX_PAGES = 1000
+# Items validated between two turns of the event loop (about a millisecond of CPU).
+_PARSE_SLICE = 25
 
 Result = TypeVar("Result")
 Model = TypeVar("Model", bound=BaseModel)
@@ -219,9 +221,19 @@ class NovitaClient:
         self, *, name: str | None = None, product_name: str | None = None, status: str | None = None
     ) -> list[Instance]:
         """All instances across every page, optionally filtered (``name`` and ``product_name`` are fuzzy)."""
+        return [
+            instance
+            async for page in self.iter_instance_pages(name=name, product_name=product_name, status=status)
+            for instance in page
+        ]
+
+    async def iter_instance_pages(
+        self, *, name: str | None = None, product_name: str | None = None, status: str | None = None
+    ) -> AsyncIterator[list[Instance]]:
+        """``list_instances`` a page at a time, as the pages arrive (for a whole fleet: never all of it in memory)."""
         filters = _without_none({"name": name, "productName": product_name, "status": status})
-        items = await self._paginate("list_instances", "/gpu/instances", "instances", filters)
-        return _parse_list("list_instances", Instance, items)
+        async for page in self._pages("list_instances", "/gpu/instances", "instances", filters, Instance):
+            yield page
 
     async def get_instance(self, instance_id: str) -> Instance:
         """One instance; ``NovitaNotFound`` only when Novita's error body says it does not exist."""
@@ -259,8 +271,7 @@ class NovitaClient:
 
     async def list_templates(self) -> list[Template]:
         """All templates visible to the account, across pages."""
-        items = await self._paginate("list_templates", "/templates", "template", {})
-        return _parse_list("list_templates", Template, items)
+        return await self._paginate("list_templates", "/templates", "template", {}, Template)
 
     async def get_template(self, template_id: str) -> Template:
         """One template; ``NovitaNotFound`` when it does not exist."""
@@ -292,15 +303,26 @@ class NovitaClient:
 
     # -- plumbing ----------------------------------------------------------------------------------------------
 
-    async def _paginate(self, endpoint: str, path: str, key: str, filters: dict[str, Any]) -> list[Any]:
-        """Every item of a ``pageNum``/``pageSize`` list, right whichever base Novita counts pages from.
+    async def _paginate(
+        self, endpoint: str, path: str, key: str, filters: dict[str, Any], model: type[Model]
+    ) -> list[Model]:
+        """Every item of a ``pageNum``/``pageSize`` list (see `_pages`)."""
+        return [item async for page in self._pages(endpoint, path, key, filters, model) for item in page]
+
+    async def _pages(
+        self, endpoint: str, path: str, key: str, filters: dict[str, Any], model: type[Model]
+    ) -> AsyncIterator[list[Model]]:
+        """The new items of each page of a ``pageNum``/``pageSize`` list, right whichever base Novita counts pages
+        from, each page validated as it arrives.
 
         Novita's docs allow ``pageNum`` 0 and its console starts at 1, and the server may cap a page below the size
         asked for (reference section 2). So pages are read from 0 on, items are kept once per id, and the listing
         ends only on evidence: an empty page, a page with nothing new (a server that ignores ``pageNum``), or
         ``total`` (a number or a numeric string) items read. Never on a short page, never on a guessed base.
+        Validating a whole fleet's listing at once (100 pages at 10,000 instances) would hold the event loop for
+        half a second, and every request would wait behind it; a page is validated in slices for the same reason.
         """
-        items: list[Any] = []
+        count = 0
         seen_ids: set[str] = set()
         for page_num in range(_MAX_PAGES):
             params = {**filters, "pageNum": page_num, "pageSize": self._page_size}
@@ -308,15 +330,20 @@ class NovitaClient:
             page = _list_field(body, key)
             new_items = [item for item in page if _item_id(item) not in seen_ids]
             seen_ids.update(_item_id(item) for item in new_items)
-            items.extend(new_items)
+            count += len(new_items)
+            if new_items:
+                parsed: list[Model] = []
+                for start in range(0, len(new_items), _PARSE_SLICE):
+                    parsed.extend(_parse_list(endpoint, model, new_items[start : start + _PARSE_SLICE]))
+                    await asyncio.sleep(0)  # a request's every await would otherwise queue behind a whole page
+                yield parsed
             total = _as_count(body.get("total"))
-            if total is not None and len(items) >= total:
+            if total is not None and count >= total:
                 break
             # Page 0 alone proves nothing: a 1-based server answers it empty or as page 1. After it, an empty page
             # ends the list; a repeated one too, except page 1 (the same as page 0 under that reading).
             if (page_num >= 1 and not page) or (page_num >= 2 and not new_items):
                 break
-        return items
 
     async def _call(
         self,
@@ -395,13 +422,13 @@ class NovitaClient:
             if expect_object and not isinstance(body, dict):
                 # A 2xx that is not Novita's JSON (a proxy page, a truncated body) is an upstream failure: reading
                 # it as "no items" could make a lookup miss an instance and a create run twice.
-                error = NovitaUnavailable(
+                invalid = NovitaUnavailable(
                     f"Novita answered HTTP {response.status_code} without a JSON object",
                     status=response.status_code,
                     reason="INVALID_RESPONSE",
                 )
-                self._record(endpoint, "server_error", breaker_ok=False, error=error)
-                raise error
+                self._record(endpoint, "server_error", breaker_ok=False, error=invalid)
+                raise invalid
             self._record(endpoint, "ok", breaker_ok=True)
             return body
         error = error_from_response(response, self._redact)

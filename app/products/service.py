@@ -127,6 +127,16 @@ class ProductService:
         wanted = product_name.casefold()
         return next((p for p in candidates if p.available and p.name.casefold() == wanted), None)
 
+    async def price_per_gpu_hour(
+        self, product_id: str, cluster_id: str | None, billing_mode: BillingMode
+    ) -> float | None:
+        """The product's raw price per GPU-hour in `billing_mode` (None for monthly, which is prepaid, or unknown)."""
+        if billing_mode == "monthly":
+            return None
+        products = await self._products(cluster_id, billing_mode)
+        product = next((p for p in products if p.id == product_id), None)
+        return _price_in_mode(product, billing_mode) if product is not None else None
+
     async def list_regions(self) -> list[RegionView]:
         """Novita's clusters."""
         raw = await self._cache.get_or_load(

@@ -31,8 +31,9 @@ from app.fleet.actions import Action
 from app.fleet.schemas import InstanceState, InstanceView
 from app.fleet.store import InstanceStore
 from app.instances.service import ACTION_ALLOWED_FROM, InstanceService
-from app.jobs.queue import JobQueue
-from app.jobs.router import JobView, job_visible
+from app.jobs.queue import CANCELLABLE_STATES, JobQueue
+from app.jobs.router import JobView, job_visible, visible_job
+from app.jobs.service import JobControl
 from app.novita.errors import NovitaError
 from app.novita.problems import novita_error_to_app_error
 from app.products.service import ProductService, ProductView
@@ -44,7 +45,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 FRAGMENT_HEADER = "x-dashboard-fragment"  # sent by dashboard.js when it polls a fragment
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_ALL = 1_000_000  # "every instance" for a sort the service does not do itself
 DONE_MESSAGES = {
     "create": "Create requested",
     "start": "Start requested",
@@ -52,7 +52,10 @@ DONE_MESSAGES = {
     "restart": "Restart requested",
     "delete": "Delete requested",
     "heartbeat": "Heartbeat recorded: the idle auto-stop clock starts again",
+    "cancel": "Job cancelled: it will not run",
+    "requeue": "Job requeued: it runs again with a fresh attempt budget",
 }
+INSTANCE_JOBS_SHOWN = 25  # the API's `GET /api/instances/{id}/jobs` gives up to the 100 the queue keeps
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -69,6 +72,8 @@ templates.env.globals.update(
     when=views.when,
     duration=views.duration,
     usd=views.usd,
+    job_tone=views.job_tone,
+    cancellable_states=CANCELLABLE_STATES,
     states=list(InstanceState),
     sort_keys=views.SORT_KEYS,
     page_sizes=views.PAGE_SIZES,
@@ -278,7 +283,7 @@ class ListingQuery:
         if len(name) > 255:
             raise ValidationFailed("name must be at most 255 characters", field="query.name")
         state = InstanceState(status) if status else None
-        return cls(state, name.strip(), sort, page, page_size)  # type: ignore[arg-type]  (sort checked above)
+        return cls(state, name.strip(), sort, page, page_size)  # sort checked above
 
     def link(self, **changes: Any) -> str:
         """This query with some values changed, as a URL query string."""
@@ -305,23 +310,31 @@ async def _products_by_id(services: Services) -> dict[str, ProductView]:
 async def _listing(services: Services, session: UiSession, query: ListingQuery) -> dict[str, Any]:
     service = services.get(InstanceService)
     products = await _products_by_id(services)
-    if query.sort == "newest":  # the service's own order: let it page
+    beyond_window: int | None = None  # the filter's total, when the order covered only its newest SORT_WINDOW
+    if query.sort in ("newest", "name"):  # orders of the index itself: the service reads only the page
         page = await service.list_instances(
-            session.principal, state=query.state, name=query.name or None, page=query.page, page_size=query.page_size
+            session.principal,
+            state=query.state,
+            name=query.name or None,
+            page=query.page,
+            page_size=query.page_size,
+            order="name" if query.sort == "name" else "newest",
         )
         page_rows, total, synced = views.rows(page.items, products), page.total, page.novita_synced
-    else:
-        whole = await service.list_instances(
-            session.principal, state=query.state, name=query.name or None, page=1, page_size=_ALL
+    else:  # price, GPU and state come from the catalogue or the records: sort the newest SORT_WINDOW here
+        window = await service.list_instances(
+            session.principal, state=query.state, name=query.name or None, page=1, page_size=views.SORT_WINDOW
         )
-        ordered = views.sort_rows(views.rows(whole.items, products), query.sort)
+        ordered = views.sort_rows(views.rows(window.items, products), query.sort)
         start = (query.page - 1) * query.page_size
-        page_rows, total, synced = ordered[start : start + query.page_size], whole.total, whole.novita_synced
+        page_rows, total, synced = ordered[start : start + query.page_size], len(ordered), window.novita_synced
+        beyond_window = window.total if window.total > len(ordered) else None
     return {
         "rows": page_rows,
         "pager": views.Pager(query.page, query.page_size, total),
         "synced": synced,
         "query": query,
+        "beyond_window": beyond_window,
     }
 
 
@@ -400,14 +413,16 @@ def _checked_id(instance_id: str) -> str:
 
 
 async def _instance_context(services: Services, session: UiSession, instance_id: str) -> dict[str, Any]:
-    view: InstanceView = await services.get(InstanceService).get(_checked_id(instance_id), session.principal)
-    job = await services.get(JobQueue).get(view.last_job_id) if view.last_job_id else None
+    instances = services.get(InstanceService)
+    view: InstanceView = await instances.get(_checked_id(instance_id), session.principal)
+    jobs = await instances.jobs(view.id or instance_id, INSTANCE_JOBS_SHOWN, session.principal)
     products = await _products_by_id(services)
     operate = session.allows("operate")  # a read key is shown no action at all
     allowed = [action for action in ("start", "stop", "restart") if view.state in ACTION_ALLOWED_FROM[action]]
     return {
         "row": views.rows([view], products)[0],
-        "job": JobView.of(job) if job else None,
+        "jobs": [JobView.of(job) for job in jobs],
+        "max_jobs": INSTANCE_JOBS_SHOWN,
         "actions": allowed if operate else [],
         "can_delete": operate and view.state in ACTION_ALLOWED_FROM["delete"],
         "can_heartbeat": operate and view.state not in (InstanceState.DELETING, InstanceState.DELETED),
@@ -419,7 +434,7 @@ async def _instance_context(services: Services, session: UiSession, instance_id:
 async def instance_page(
     request: Request, session: Session, instance_id: str, done: str = "", job: str = ""
 ) -> Response:
-    """One instance: state, connection, events, its latest job, actions; the panel refreshes itself."""
+    """One instance: state, connection, events, its jobs, actions; the panel refreshes itself."""
     context = await _instance_context(_services(request), session, instance_id)
     message = DONE_MESSAGES.get(done)
     if message and _JOB_ID.match(job):
@@ -482,22 +497,62 @@ async def instance_action(
 # -- jobs --------------------------------------------------------------------------------------------------------
 
 
-@router.get("/jobs")
-async def jobs_page(request: Request, session: Session, job_id: Annotated[str, Query(alias="id")] = "") -> Response:
-    """A job by id (`?id=`), and the dead letters."""
-    queue, records = _services(request).get(JobQueue), _services(request).get(InstanceStore)
-    job_id = job_id.strip()
+def _checked_job_id(job_id: str, field: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ValidationFailed("a job id is 1-128 letters, digits or . _ : -", field=field)
+    return job_id
+
+
+async def _jobs_context(services: Services, session: UiSession, job_id: str) -> dict[str, Any]:
+    """The job asked for by id (if any) and the dead letters the session's principal sees: what the jobs page shows
+    and refreshes. Another team's job reads as one that does not exist."""
+    queue, records = services.get(JobQueue), services.get(InstanceStore)
     job, missing = None, False
     if job_id:
-        if not _JOB_ID.match(job_id):
-            raise ValidationFailed("a job id is 1-128 letters, digits or . _ : -", field="query.id")
-        found = await queue.get(job_id)
+        found = await queue.get(_checked_job_id(job_id, "query.id"))
         if found is not None and not await job_visible(found, records, session.principal):
-            found = None  # another team's job reads as one that does not exist
+            found = None
         job, missing = (JobView.of(found) if found else None), found is None
     dead = [
         JobView.of(item)
         for item in await queue.dead_letters(100)
         if await job_visible(item, records, session.principal)
     ]
-    return _render(request, "jobs.html", session=session, job=job, job_id=job_id, missing=missing, dead=dead)
+    return {"job": job, "job_id": job_id, "missing": missing, "dead": dead}
+
+
+JobIdQuery = Annotated[str, Query(alias="id")]
+
+
+@router.get("/jobs")
+async def jobs_page(request: Request, session: Session, job_id: JobIdQuery = "", done: str = "") -> Response:
+    """A job by id (`?id=`), and the dead letters, with cancel and requeue; the panel refreshes itself."""
+    context = await _jobs_context(_services(request), session, job_id.strip())
+    return _render(request, "jobs.html", session=session, done=DONE_MESSAGES.get(done), **context)
+
+
+@router.get("/jobs/panel")
+async def jobs_panel(request: Request, session: Session, job_id: JobIdQuery = "") -> Response:
+    """The jobs page's live part alone, for polling."""
+    context = await _jobs_context(_services(request), session, job_id.strip())
+    return _render(request, "_jobs_panel.html", session=session, **context)
+
+
+@router.post("/jobs/{job_id}/{operation}")
+async def job_control(request: Request, session: Session, _form: OperateForm, job_id: str, operation: str) -> Response:
+    """Cancel a waiting job or requeue a dead letter, as `POST /api/jobs/{id}/cancel|requeue` does; a refusal
+    (409: it runs or has finished; 404: unknown or another team's) is shown on the jobs page beside the job."""
+    services = _services(request)
+    control = services.get(JobControl)
+    if operation not in ("cancel", "requeue"):
+        raise ValidationFailed("the operation must be cancel or requeue", field="path.operation")
+    _checked_job_id(job_id, "path.jobId")
+    try:
+        await visible_job(services.get(JobQueue), services.get(InstanceStore), job_id, session.principal)
+        await (control.cancel(job_id) if operation == "cancel" else control.requeue(job_id))
+    except AppError as error:
+        if error.status not in (404, 409):
+            raise
+        context = await _jobs_context(services, session, job_id)
+        return _render(request, "jobs.html", error.status, session=session, error=error.detail, **context)
+    return _redirect(f"/ui/jobs?{urlencode({'id': job_id, 'done': operation})}")

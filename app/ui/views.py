@@ -17,6 +17,9 @@ PAGE_SIZES = (10, 25, 50, 100)
 DEFAULT_PAGE_SIZE = 25
 SortKey = Literal["newest", "name", "state", "price", "gpu"]
 SORT_KEYS: tuple[SortKey, ...] = ("newest", "name", "state", "price", "gpu")
+# Orders the index cannot give (price and GPU need the catalogue; state, then name) sort at most this many of the
+# newest matching instances, so a page's server time stays bounded however large the fleet grows.
+SORT_WINDOW = 1000
 
 # Badge colour group of each state (the text always says the state; colour is never the only signal).
 STATE_TONES: dict[InstanceState, str] = {
@@ -27,6 +30,15 @@ STATE_TONES: dict[InstanceState, str] = {
     InstanceState.UNKNOWN: "warn",
     InstanceState.FROZEN: "warn",
 }
+
+
+# Badge colour group of each job state (as for instances, the text always says the state).
+JOB_TONES = {"succeeded": "good", "failed": "bad", "dead": "bad", "cancelled": "muted"}
+
+
+def job_tone(state: str) -> str:
+    """Badge colour group of a job state: waiting and running jobs are "busy"."""
+    return JOB_TONES.get(state, "busy")
 
 
 def usd(raw: float | None) -> str | None:
@@ -79,19 +91,17 @@ def rows(views: list[InstanceView], products: dict[str, ProductView]) -> list[In
     ]
 
 
-_SORTS: dict[SortKey, tuple[Callable[[InstanceRow], Any], bool]] = {
-    "newest": (lambda row: row.view.created_at or 0.0, True),
-    "name": (lambda row: row.view.name.casefold(), False),
-    "state": (lambda row: (row.view.state.value, row.view.name.casefold()), False),
-    "price": (lambda row: (row.price_per_hour is None, row.price_per_hour or 0.0), False),
-    "gpu": (lambda row: (row.gpu or "").casefold(), False),
+# The orders sorted here (newest and name come sorted from the index).
+_SORTS: dict[SortKey, Callable[[InstanceRow], Any]] = {
+    "state": lambda row: (row.view.state.value, row.view.name.casefold()),
+    "price": lambda row: (row.price_per_hour is None, row.price_per_hour or 0.0),
+    "gpu": lambda row: (row.gpu or "").casefold(),
 }
 
 
 def sort_rows(items: list[InstanceRow], key: SortKey) -> list[InstanceRow]:
     """Rows in the order the person chose (stable, so equal rows keep the service's newest-first order)."""
-    order, descending = _SORTS[key]
-    return sorted(items, key=order, reverse=descending)
+    return sorted(items, key=_SORTS[key])
 
 
 @dataclass(frozen=True)

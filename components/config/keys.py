@@ -172,6 +172,25 @@ KEYS: dict[str, ConfigKey] = {
         "integer", 2700, "AUTO_STOP_STARTUP_GRACE_SECONDS: never auto-stopped this soon after it started running"
     ),
     "autoStopDryRun": ConfigKey("boolean", False, "AUTO_STOP_DRY_RUN: the cost guards only log what they would do"),
+    "budgetDefaultMaxGpus": ConfigKey(
+        "string",
+        "",
+        "BUDGET_DEFAULT_MAX_GPUS: GPUs a team may hold at once unless an admin set its own (empty = no limit)",
+    ),
+    "budgetDefaultMaxSpendPerDay": ConfigKey(
+        "string", "", "BUDGET_DEFAULT_MAX_SPEND_PER_DAY: USD a team may spend per UTC day by default (empty = no limit)"
+    ),
+    "budgetDefaultMaxSpendPerMonth": ConfigKey(
+        "string",
+        "",
+        "BUDGET_DEFAULT_MAX_SPEND_PER_MONTH: USD a team may spend per UTC month by default (empty = no limit)",
+    ),
+    "budgetAutoStop": ConfigKey(
+        "boolean", False, "BUDGET_AUTO_STOP: stop a team's instances when it reaches 100 % of a spend budget"
+    ),
+    "budgetAutoStopDryRun": ConfigKey(
+        "boolean", False, "BUDGET_AUTO_STOP_DRY_RUN: the budget guard only logs the instances it would stop"
+    ),
     "maxInstanceLifetimeSeconds": ConfigKey(
         "integer", 0, "MAX_INSTANCE_LIFETIME_SECONDS: instances older than this are stopped (0 = no limit)"
     ),

@@ -119,7 +119,7 @@ class JobSettings(Concern):
 
 
 class LifecycleSettings(Concern):
-    """Lifecycle automation of Novita instances: placement, readiness, cost guards, spot recovery."""
+    """Lifecycle automation of Novita instances: placement, readiness, cost guards, budgets' defaults, spot recovery."""
 
     placement_region_order: t.ClusterIdList = setting("placementRegionOrder", env="PLACEMENT_REGION_ORDER")
     readiness_enabled: t.Flag = setting("readinessEnabled", env="READINESS_ENABLED")
@@ -136,6 +136,15 @@ class LifecycleSettings(Concern):
     max_instance_lifetime_seconds: t.SecondsOrZero = setting(
         "maxInstanceLifetimeSeconds", env="MAX_INSTANCE_LIFETIME_SECONDS"
     )
+    budget_default_max_gpus: t.OptionalWholeNumber = setting("budgetDefaultMaxGpus", env="BUDGET_DEFAULT_MAX_GPUS")
+    budget_default_max_spend_per_day: t.OptionalUsd = setting(
+        "budgetDefaultMaxSpendPerDay", env="BUDGET_DEFAULT_MAX_SPEND_PER_DAY"
+    )
+    budget_default_max_spend_per_month: t.OptionalUsd = setting(
+        "budgetDefaultMaxSpendPerMonth", env="BUDGET_DEFAULT_MAX_SPEND_PER_MONTH"
+    )
+    budget_auto_stop: t.Flag = setting("budgetAutoStop", env="BUDGET_AUTO_STOP")
+    budget_auto_stop_dry_run: t.Flag = setting("budgetAutoStopDryRun", env="BUDGET_AUTO_STOP_DRY_RUN")
     spot_recovery_enabled: t.Flag = setting("spotRecoveryEnabled", env="SPOT_RECOVERY_ENABLED")
     spot_recovery_min_interval_seconds: t.Seconds = setting(
         "spotRecoveryMinIntervalSeconds", env="SPOT_RECOVERY_MIN_INTERVAL_SECONDS"

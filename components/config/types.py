@@ -58,6 +58,9 @@ OptionalDomain = Annotated[str, BeforeValidator(check.domain_name)]
 OptionalEmail = Annotated[str, BeforeValidator(check.email_address)]
 DockerHostList = Annotated[tuple[str, ...], BeforeValidator(partial(check.docker_host_list, forms=DOCKER_HOST_FORMS))]
 # A secret config value; empty means not set. The loader has already refused one stored in plain text.
+# Empty (no limit) or a value: the budgets' defaults.
+OptionalWholeNumber = Annotated[str, matching(r"|\d{1,6}", "empty (no limit) or a whole number")]
+OptionalUsd = Annotated[str, matching(r"|\d{1,9}(\.\d{1,6})?", "empty (no limit) or USD like 250.00")]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(lambda raw: SecretStr(raw) if raw else None)]
 
 

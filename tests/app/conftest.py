@@ -4,7 +4,8 @@ Fixtures:
 - `api_server_factory` (function): `start(**setting_overrides) -> ApiServer`; every server it started is shut down
   gracefully at the end of the test. Use it for several replicas or non-default settings.
 - `api_server` (function): one ready server with the test settings of `make_test_settings()`.
-Both flush the shared redis-server and reset the fake Novita first, so each test starts from empty state.
+Both flush the shared redis-server and reset the fake Novita first, so each test starts from empty state, and clear
+the fake's faults afterwards, whether the test passed or not.
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ class ApiServer:
             target=self._server.run, kwargs={"sockets": [listener]}, name="api-server", daemon=True
         )
 
+    @property
+    def redis_url(self) -> str:
+        """The Valkey URL the server uses (`make_test_settings` always sets one)."""
+        assert self.settings.redis_url is not None
+        return self.settings.redis_url.get_secret_value()
+
     def start(self) -> None:
         """Serve in a background thread; returns once uvicorn listens (not necessarily ready)."""
         self._thread.start()
@@ -194,6 +201,8 @@ def api_server_factory(
         return server
 
     yield start
+    # The fake is shared by the session: a test that failed before clearing its faults must not pass them on.
+    fake_novita.clear_faults()
     for server in reversed(servers):
         server.stop()
 
@@ -202,6 +211,13 @@ def api_server_factory(
 def api_server(api_server_factory: StartServer) -> ApiServer:
     """One ready API server on the shared redis-server and fake Novita."""
     return api_server_factory()
+
+
+@pytest.fixture
+def client(api_server: ApiServer) -> Iterator[httpx.Client]:
+    """An authenticated HTTP client to `api_server`."""
+    with api_server.client() as client:
+        yield client
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:

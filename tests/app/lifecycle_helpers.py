@@ -1,7 +1,7 @@
 """Shared pieces of the lifecycle tests: a Valkey client and record store on the real redis-server, a Novita client
 on the fake Novita, a manual wall clock, a local webhook receiver on 127.0.0.1, and instance/record builders.
 
-Import the fixtures into a test module with `from tests.app.lifecycle_helpers import lifecycle_env  # noqa: F401`.
+tests/app/conftest.py offers the fixtures (`lifecycle_env`, `webhook_receiver`) to every test module.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
-from app.fleet.schemas import InstanceRecord, InstanceState, PortSpec
+from app.fleet.schemas import BillingMode, InstanceRecord, InstanceState, PortSpec
 from app.fleet.store import InstanceStore
 from app.fleet.views import upstream_name
 from app.instances.service import new_record_id
@@ -118,7 +118,7 @@ async def lifecycle_env(redis_server: RedisServer, novita: FakeNovitaHandle) -> 
 
 
 async def create_on_novita(
-    env: LifecycleEnv, name: str, *, billing_mode: str = "onDemand", ports: str | None = None
+    env: LifecycleEnv, name: str, *, billing_mode: BillingMode = "onDemand", ports: str | None = None
 ) -> str:
     """Create an instance on the fake Novita (RTX 4090 in us-ca-6) and return its Novita id."""
     return await env.novita.create_instance(
@@ -129,7 +129,7 @@ async def create_on_novita(
             rootfs_size=20,
             image_url="docker.io/library/ubuntu:22.04",
             ports=ports,
-            billing_mode=billing_mode,  # type: ignore[arg-type]
+            billing_mode=billing_mode,
         )
     )
 
@@ -140,7 +140,7 @@ def make_record(
     novita_instance_id: str | None = None,
     novita_status: str | None = None,
     created_at: float,
-    billing_mode: str = "onDemand",
+    billing_mode: BillingMode = "onDemand",
     record_id: str | None = None,
     auto_migrate: bool = False,
 ) -> InstanceRecord:
@@ -155,7 +155,7 @@ def make_record(
         gpu_num=1,
         rootfs_size=20,
         image_url="docker.io/library/ubuntu:22.04",
-        billing_mode=billing_mode,  # type: ignore[arg-type]
+        billing_mode=billing_mode,
         auto_migrate=auto_migrate,
         ports=[PortSpec(port=8888, type="http")],
         created_at=created_at,
@@ -169,7 +169,12 @@ def make_record(
 
 
 async def managed_instance(
-    env: LifecycleEnv, *, status: str, billing_mode: str = "onDemand", name: str = "trainer", auto_migrate: bool = False
+    env: LifecycleEnv,
+    *,
+    status: str,
+    billing_mode: BillingMode = "onDemand",
+    name: str = "trainer",
+    auto_migrate: bool = False,
 ) -> InstanceRecord:
     """A record of ours with a matching instance on the fake Novita, frozen in `status` (created at clock time)."""
     record_id = new_record_id()

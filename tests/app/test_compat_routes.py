@@ -210,5 +210,5 @@ def test_webhook_url_is_refused_when_webhooks_are_not_configured(api_server: Api
 
 
 def _activity(server: ApiServer, record_id: str) -> dict[str, str]:
-    with redis.Redis.from_url(server.settings.redis_url.get_secret_value(), decode_responses=True) as valkey:
+    with redis.Redis.from_url(server.redis_url, decode_responses=True) as valkey:
         return valkey.hgetall(f"ngpu:lifecycle:activity:{record_id}")

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 from fastapi import Depends
@@ -96,7 +97,7 @@ def test_request_body_over_the_limit_is_413(api_server_factory: StartServer) -> 
     server = api_server_factory(max_request_body_bytes=1024)
     big = b'{"name": "' + b"x" * 4096 + b'"}'
 
-    def chunks() -> httpx.SyncByteStream:
+    def chunks() -> Iterator[bytes]:
         yield from (big[i : i + 512] for i in range(0, len(big), 512))
 
     with server.client() as client:

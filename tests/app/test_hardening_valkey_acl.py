@@ -8,6 +8,7 @@ catalogue, jobs, rate limits and health, and Valkey's own ACL LOG must show no d
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,7 +22,7 @@ USERNAME = "ngpu-api"
 
 
 @pytest.fixture
-def app_user_url(redis_server: RedisServer) -> str:
+def app_user_url(redis_server: RedisServer) -> Iterator[str]:
     """Create the ACL user on the shared server (as Aiven would) and return its URL; removed afterwards."""
     redis_server.start()
     password = secrets.token_hex(16)
@@ -53,6 +54,7 @@ def test_the_api_runs_entirely_on_the_least_privilege_user(
 ) -> None:
     server = api_server_factory(redis_url=app_user_url, rate_limit_requests=1000)
     with server.client() as client:
+        assert client.put("/api/budgets/-", json={"maxGpus": 8, "maxSpendPerDay": "100"}).status_code == 200
         running = create_running(client)
         replay = client.post("/api/instances", json=create_body(name="replayed"), headers={"Idempotency-Key": "k-1"})
         again = client.post("/api/instances", json=create_body(name="replayed"), headers={"Idempotency-Key": "k-1"})
@@ -66,6 +68,8 @@ def test_the_api_runs_entirely_on_the_least_privilege_user(
             "/api/products",
             "/api/regions",
             "/api/jobs/dead-letters",
+            "/api/costs?groupBy=day",
+            "/api/budgets",
             "/health",
             "/readyz",
             "/metrics",

@@ -110,17 +110,8 @@ def test_shutdown_before_valkey_ever_answered_is_prompt(api_server_factory: Star
 def test_production_health_makes_no_live_novita_call(
     api_server_factory: StartServer, fake_novita: FakeNovitaHandle, redis_server: RedisServer
 ) -> None:
-    server = api_server_factory(app_env="production", reconcile_interval_seconds=3600)
-    deadline = time.monotonic() + 10
-    with redis_server.client() as raw:  # the background check ran at start-up and shared what it saw
-        while raw.get(CHECK_KEY) is None:
-            assert time.monotonic() < deadline, "the background Novita check never ran"
-            time.sleep(0.05)
+    server = _start_quiet_production_server(api_server_factory, redis_server)
     with server.client(authenticated=False) as client:
-        # The start-up reconciliation (in the background) lists Novita once; wait for it to finish.
-        while (client.get("/health").json()["reconciliation"] or {}).get("state") != "done":
-            assert time.monotonic() < deadline, "the start-up reconciliation never finished"
-            time.sleep(0.05)
         calls_before = fake_novita.calls()
         answers = [client.get("/health") for _ in range(20)]
     assert all(a.status_code == 200 and a.json()["services"]["novitaApi"] == "up" for a in answers)
@@ -190,10 +181,11 @@ def test_a_refused_key_turns_novita_down_on_every_replica_without_traffic(
 
 
 def test_a_refused_key_seen_by_a_request_shows_at_once_and_health_calls_nothing(
-    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle, redis_server: RedisServer
 ) -> None:
-    server = api_server_factory(app_env="production")  # the background check runs once a minute
-    _wait_for_novita(server, "up")
+    # Nothing in the background calls Novita from here on: a successful listing landing between the refused request
+    # and the read would otherwise be the newest evidence (and count as a call).
+    server = _start_quiet_production_server(api_server_factory, redis_server)
     fake_novita.add_faults(
         {"path": "/products", "kind": "error", "status": 401, "reason": "FAILED_TO_AUTH", "count": None}
     )
@@ -210,6 +202,22 @@ def test_a_refused_key_seen_by_a_request_shows_at_once_and_health_calls_nothing(
         fake_novita.clear_faults()
         assert client.get("/api/products").status_code == 200  # a call that works again is the newest evidence
         assert client.get("/health").json()["services"]["novitaApi"] == "up"
+
+
+def _start_quiet_production_server(api_server_factory: StartServer, redis_server: RedisServer) -> ApiServer:
+    """A production server whose start-up Novita calls are over: the background check (next in a minute) has shared
+    what it saw and the start-up reconciliation (next in an hour) has listed Novita, so Novita sees no call but ours."""
+    server = api_server_factory(app_env="production", reconcile_interval_seconds=3600)
+    deadline = time.monotonic() + 10
+    with redis_server.client() as raw:
+        while raw.get(CHECK_KEY) is None:
+            assert time.monotonic() < deadline, "the background Novita check never ran"
+            time.sleep(0.05)
+    with server.client(authenticated=False) as client:
+        while (client.get("/health").json()["reconciliation"] or {}).get("state") != "done":
+            assert time.monotonic() < deadline, "the start-up reconciliation never finished"
+            time.sleep(0.05)
+    return server
 
 
 def _wait_for_novita(server: ApiServer, state: str, timeout: float = 10.0) -> httpx.Response:
@@ -230,6 +238,7 @@ def _start_python_m_app(
     """`python -m app` on a free loopback port, returned once /readyz answers 200."""
     redis_server.start()
     redis_server.flushall()
+    fake_novita.reset()  # whatever an earlier test left on the shared fake (faults, instances)
     port = free_port()
     environment = {key: value for key, value in os.environ.items() if key.upper() not in _SETTING_NAMES}
     environment.update(

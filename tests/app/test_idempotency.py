@@ -13,12 +13,6 @@ from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
 
 
-@pytest.fixture
-def client(api_server: ApiServer) -> httpx.Client:
-    with api_server.client() as client:
-        yield client
-
-
 def _post(client: httpx.Client, key: str | None, **overrides: object) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key is not None else {}
     return client.post("/api/instances", json=create_body(**overrides), headers=headers)
@@ -91,7 +85,7 @@ def test_different_keys_create_different_instances(client: httpx.Client) -> None
 
 @pytest.mark.parametrize("key", ["", "has space", "x" * 256, "naïve"])
 def test_malformed_key_is_422(client: httpx.Client, key: str) -> None:
-    response = client.post("/api/instances", json=create_body(), headers={"Idempotency-Key": key.encode("utf-8")})
+    response = client.post("/api/instances", json=create_body(), headers={b"Idempotency-Key": key.encode("utf-8")})
 
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "header.Idempotency-Key"

@@ -22,12 +22,6 @@ from tests.fakes.fixtures import FakeNovitaHandle
 from tests.fixtures_redis import RedisServer
 
 
-@pytest.fixture
-def client(api_server: ApiServer) -> httpx.Client:
-    with api_server.client() as client:
-        yield client
-
-
 def test_create_answers_202_with_the_record_and_a_durable_job(
     client: httpx.Client, api_server: ApiServer, fake_novita: FakeNovitaHandle
 ) -> None:

@@ -6,17 +6,10 @@ from __future__ import annotations
 import time
 
 import httpx
-import pytest
 
 from tests.app.conftest import ApiServer
 from tests.app.instances_client import create_running, wait_until_ready
 from tests.fakes.fixtures import FakeNovitaHandle
-
-
-@pytest.fixture
-def client(api_server: ApiServer) -> httpx.Client:
-    with api_server.client() as client:
-        yield client
 
 
 def test_a_running_instance_shows_how_to_reach_it(client: httpx.Client, fake_novita: FakeNovitaHandle) -> None:

@@ -47,7 +47,7 @@ def test_create_passes_the_new_fields_to_novita_in_its_shapes(
     exposed = [str(accepted), str(job), view.text, listing.text, caplog.text]
     assert all(REGISTRY_SECRET not in text and "pa55-" not in text for text in exposed)
     # Once Novita has the instance, the create spec (the only place holding the secret) is gone from Valkey.
-    valkey = redis.Redis.from_url(api_server.settings.redis_url.get_secret_value())
+    valkey = redis.Redis.from_url(api_server.redis_url)
     try:
         stored = [valkey.dump(key) or b"" for key in valkey.scan_iter()]
     finally:

@@ -6,6 +6,7 @@ comes before the index is complete."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 
@@ -81,7 +82,9 @@ async def test_filters_pages_and_counts_agree_with_a_brute_force_scan(lifecycle_
     rng = random.Random(7)
     for record in rng.sample(records, 60):  # state changes move records between the state sets
         status = rng.choice(("running", "exited", "removed", "toStart"))
-        await env.store.update(record.id, lambda r, status=status: r.apply_novita(status, None))
+        await env.store.update(
+            record.id, functools.partial(InstanceRecord.apply_novita, status=status, status_error=None)
+        )
     current = await env.store.list_all()
 
     for state in (None, *InstanceState):
@@ -245,3 +248,30 @@ def test_cursor_paging_over_http_and_a_bad_cursor_is_a_422(api_server_factory: S
     walked = [item["id"] for item in first["items"] + second["items"] + third["items"]]
     assert walked == list(reversed(ids)) and third["nextCursor"] is None
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query.cursor"
+
+
+def test_a_job_waiting_without_news_looks_less_often_as_it_waits_and_still_ends_at_its_deadline(
+    api_server_factory: StartServer, fake_novita: FakeNovitaHandle
+) -> None:
+    """The sync wakes a watching job when it brings news; a status it does not wake for (a create stuck in
+    `toCreate`) leaves the job to its fallback look, which must thin out (half the wait so far) instead of running
+    every poll interval, and must not overshoot the provisioning deadline."""
+    fake_novita.set_step_seconds(None)  # the instance stays `toCreate`: a status no job is woken for
+    server = api_server_factory(instance_poll_interval_seconds=0.2, instance_provisioning_timeout_seconds=4.0)
+    with server.client() as client:
+        began = time.monotonic()
+        accepted = create_instance(client, name="stuck")
+        job = wait_for_job(client, accepted["jobId"], timeout=15)
+        ended = time.monotonic() - began
+        metrics = client.get("/metrics").text
+
+    looks = _metric(metrics, 'jobs_processed_total{kind="instance.create",outcome="rescheduled"}')
+    assert job["state"] == "failed" and "did not finish within 4 s" in job["lastError"]
+    assert 4.0 <= ended < 5.5  # the last look is capped at the deadline, not half the wait past it
+    # Every 0.2 s that would be about 20 looks; growing with the wait: 0.2, 0.2, 0.3, 0.45, ... about 9.
+    assert 4 <= looks <= 12, looks
+
+
+def _metric(text: str, sample: str) -> float:
+    """The value of one Prometheus sample line (`name{labels} value`)."""
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " "))

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -141,8 +141,12 @@ async def test_a_job_cancelled_after_its_entry_was_delivered_is_acknowledged_unr
     job = await queue.enqueue("demo.recorded", {})
     # A worker read the entry and then died: the entry is delivered and pending, the job still `queued`.
     await queue.redis.client.xgroup_create(STREAM_KEY, CONSUMER_GROUP, id="0", mkstream=True)
-    delivered = await queue.redis.client.xreadgroup(CONSUMER_GROUP, "died", {STREAM_KEY: ">"}, count=1)
-    assert delivered and delivered[0][1][0][1] == {"job": job.id}
+    # redis-py types the reply for every protocol; ours is RESP2 with decoded strings: [[stream, [(id, fields)]]].
+    delivered = cast(
+        "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
+        await queue.redis.client.xreadgroup(CONSUMER_GROUP, "died", {STREAM_KEY: ">"}, count=1),
+    )
+    assert [fields for _stream, entries in delivered for _entry_id, fields in entries] == [{"job": job.id}]
 
     cancelled = await JobControl(queue, retention_seconds=60).cancel(job.id)
     recorder = Recorder()

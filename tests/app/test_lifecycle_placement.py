@@ -3,19 +3,28 @@ offer by region order, INSUFFICIENT_RESOURCE moves on, templates and registry au
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import pytest
 
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.metrics import Metrics
-from app.lifecycle.placement import NoCapacity, Offer, Placement, PlacementError, PlacementRequest
+from app.lifecycle.placement import BillingMode, NoCapacity, Offer, Placement, PlacementError, PlacementRequest
 from app.novita.models import CreateInstanceRequest
 from app.products.service import ProductService
 from tests.app.lifecycle_helpers import LifecycleEnv
 
 CREATE = "/gpu/instance/create"
+
+
+class LaunchArguments(TypedDict, total=False):
+    """The `resolve_launch` keywords the refusal cases set."""
+
+    template_id: str
+    image_url: str
+    image_auth: str
 
 
 def placement(env: LifecycleEnv, region_order: tuple[str, ...] = ()) -> Placement:
@@ -24,9 +33,14 @@ def placement(env: LifecycleEnv, region_order: tuple[str, ...] = ()) -> Placemen
     return Placement(catalog, env.novita, region_order=region_order)
 
 
-def request(gpu_name: str = "RTX 4090 24GB", **overrides: object) -> PlacementRequest:
-    values: dict[str, object] = {"gpu_name": gpu_name, "gpu_num": 1, "billing_mode": "onDemand", **overrides}
-    return PlacementRequest(**values)  # type: ignore[arg-type]
+def request(
+    gpu_name: str = "RTX 4090 24GB",
+    *,
+    gpu_num: int = 1,
+    billing_mode: BillingMode = "onDemand",
+    cluster_ids: Sequence[str] = (),
+) -> PlacementRequest:
+    return PlacementRequest(gpu_num=gpu_num, billing_mode=billing_mode, gpu_name=gpu_name, cluster_ids=cluster_ids)
 
 
 def build(name: str = "trainer-0123456789abcdef") -> Callable[[Offer], CreateInstanceRequest]:
@@ -140,7 +154,7 @@ async def test_templates_and_registry_auths_are_resolved_before_create(lifecycle
     ],
 )
 async def test_unresolvable_launch_specs_are_refused_with_the_reason(
-    lifecycle_env: LifecycleEnv, arguments: dict[str, str], problem: str
+    lifecycle_env: LifecycleEnv, arguments: LaunchArguments, problem: str
 ) -> None:
     with pytest.raises(PlacementError, match=problem):
         await placement(lifecycle_env).resolve_launch(**arguments)

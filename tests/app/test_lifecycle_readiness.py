@@ -186,12 +186,15 @@ async def test_the_readiness_job_still_succeeds_when_novita_comes_back_in_time(l
     assert stored is not None and stored.ready_at is not None and sink.types() == ["instance.ready"]
 
 
-def readiness_handlers(env: LifecycleEnv, sink: RecordingSink, **policy: float) -> InstanceJobHandlers:
+def readiness_handlers(
+    env: LifecycleEnv, sink: RecordingSink, *, max_wait_seconds: float, retry_interval_seconds: float
+) -> InstanceJobHandlers:
     """The instance job handlers on the real Valkey and the fake Novita, deciding deadlines by the manual clock."""
     settings = Settings(
         redis_url=env.redis_server.url,
         novita_api_key=env.fake.api_key,
-        **{f"readiness_{name}": value for name, value in policy.items()},
+        readiness_max_wait_seconds=max_wait_seconds,
+        readiness_retry_interval_seconds=retry_interval_seconds,
     )
     cache = Cache(env.redis_manager, Metrics())
     queue = JobQueue(env.redis_manager)

@@ -202,7 +202,8 @@ async def test_status_error_is_the_failure_signal(make_client: ClientFactory, no
     )
     instance = await client.get_instance(broken)
     assert instance.status == "pulling"  # there is no "failed" status ...
-    assert instance.failed and "failed to pull" in instance.status_error.message  # ... statusError says it
+    assert instance.failed and instance.status_error  # ... statusError says it
+    assert "failed to pull" in instance.status_error.message
 
     healthy = await client.create_instance(create_request("healthy"))
     assert not (await client.get_instance(healthy)).failed

@@ -57,6 +57,9 @@ OPERATIONS: dict[tuple[str, str], Call] = {
     ("get", "/api/instances/{instance_id}"): lambda c, ids, bad: c.get(
         f"/api/instances/{'bad id!' if bad else ids.instance}"
     ),
+    ("get", "/api/instances/{instance_id}/jobs"): lambda c, ids, bad: c.get(
+        f"/api/instances/{ids.instance}/jobs", params={"limit": 0} if bad else {}
+    ),
     ("post", "/api/instances/{instance_id}/start"): lambda c, ids, bad: c.post(
         f"/api/instances/{'bad id!' if bad else ids.instance}/start"
     ),
@@ -81,6 +84,14 @@ OPERATIONS: dict[tuple[str, str], Call] = {
     ),
     ("post", "/api/jobs/{job_id}/requeue"): lambda c, ids, bad: c.post(
         f"/api/jobs/{'bad id!' if bad else ids.job}/requeue"
+    ),
+    ("get", "/api/costs"): lambda c, ids, bad: c.get(
+        "/api/costs", params={"groupBy": "cluster"} if bad else {"groupBy": "day", "from": "2026-01-01"}
+    ),
+    ("get", "/api/budgets"): lambda c, ids, bad: c.get("/api/budgets"),
+    ("get", "/api/budgets/{team}"): lambda c, ids, bad: c.get(f"/api/budgets/{'bad team!' if bad else 'ml'}"),
+    ("put", "/api/budgets/{team}"): lambda c, ids, bad: c.put(
+        "/api/budgets/ml", json={"maxGpus": -1} if bad else {"maxGpus": 64, "maxSpendPerMonth": "5000"}
     ),
     # The original service's routes (app/compat).
     ("post", "/api/instances/start"): lambda c, ids, bad: c.post(
@@ -210,13 +221,14 @@ def test_every_status_an_operation_answers_is_declared(
                 "oversized body",
             )
     ledger.run(server, "state conflicts (the instance is being deleted)", real)  # the first run queued a delete
-    for scenario, fault in [
+    novita_faults: list[tuple[str, dict[str, Any]]] = [
         ("Novita failing", {"kind": "server_error"}),
         ("Novita timing out", {"kind": "timeout", "delaySeconds": 1.0}),
         ("Novita throttling", {"kind": "rate_limit", "retryAfter": 0}),
         ("Novita answering bare 404s", {"kind": "bare_404"}),
         ("Novita refusing our key", {"kind": "error", "status": 400, "reason": "INVALID_USER_TOKEN"}),
-    ]:
+    ]
+    for scenario, fault in novita_faults:
         fake_novita.clear_faults()
         forget_cached_novita_answers(redis_server)  # so that every operation that reads Novita calls it now
         fake_novita.add_faults({"path": "*", "count": None, **fault})

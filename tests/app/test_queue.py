@@ -119,6 +119,45 @@ async def test_retry_later_reschedules_without_using_up_attempts(kit: QueueKit, 
     assert time.monotonic() - started >= 3 * 0.15
 
 
+async def test_a_wake_that_finds_the_job_running_makes_its_next_poll_due_at_once(kit: QueueKit) -> None:
+    """The sync may bring a watching job's news while that job is between reading the old status and rescheduling
+    itself: the wake must not be lost, or the job would sleep through its whole (long) poll delay."""
+    queue = await kit.queue()
+    runs: list[float] = []
+    woken_mid_run = asyncio.Event()
+
+    async def watch(context: JobContext) -> dict[str, int]:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            await queue.wake([context.job.id])  # news arrives while this run still believes nothing changed
+            woken_mid_run.set()
+            raise RetryLater(30.0, reason="waiting for the sync")
+        return {"runs": len(runs)}
+
+    sleeper_runs: list[float] = []
+
+    async def sleeps(context: JobContext) -> None:
+        sleeper_runs.append(time.monotonic())
+        raise RetryLater(30.0, reason="nothing woke this one")
+
+    worker = kit.worker(queue, {"demo.watch": watch, "demo.sleep": sleeps}, "w1")
+    await worker.start()
+    job = await queue.enqueue("demo.watch", {})
+    unwoken = await queue.enqueue("demo.sleep", {})
+    await wait_for(lambda: _is(kit, queue, job.id, "succeeded"), timeout=5.0, what="the woken job to run again")
+    await wait_for(lambda: _is(kit, queue, unwoken.id, "scheduled"), what="the other job to reschedule")
+
+    assert woken_mid_run.is_set() and len(runs) == 2
+    assert runs[1] - runs[0] < 5.0  # not the 30 s it asked for
+    assert len(sleeper_runs) == 1  # a job nobody woke keeps its delay
+    await queue.wake([unwoken.id])  # a wake of a scheduled job makes it due now
+
+    async def ran_again() -> bool:
+        return len(sleeper_runs) == 2
+
+    await wait_for(ran_again, timeout=5.0, what="the scheduled job to run once more after its wake")
+
+
 async def test_delayed_job_waits_for_its_due_time(kit: QueueKit) -> None:
     queue = await kit.queue()
     ran_at: list[float] = []

@@ -58,4 +58,4 @@ def test_app_becomes_healthy_on_tls_valkey(api_server_factory: StartServer, redi
         health = client.get("/health")
     assert health.status_code == 200
     assert health.json()["services"]["redis"] == "up" and health.json()["status"] == "healthy"
-    assert redis_tls_server.password not in health.text
+    assert redis_tls_server.password and redis_tls_server.password not in health.text

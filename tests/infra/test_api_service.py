@@ -145,6 +145,8 @@ async def test_environment_follows_the_container_contract(stack: str) -> None:
         "AUTO_STOP_STARTUP_GRACE_SECONDS": "2700",
         "AUTO_STOP_DRY_RUN": "false",
         "MAX_INSTANCE_LIFETIME_SECONDS": "0",
+        "BUDGET_AUTO_STOP": "false",
+        "BUDGET_AUTO_STOP_DRY_RUN": "false",
         "SPOT_RECOVERY_ENABLED": "false",
         "SPOT_RECOVERY_MIN_INTERVAL_SECONDS": "14400",
         "WEBHOOK_ALLOW_PRIVATE_TARGETS": "false",

@@ -8,11 +8,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from playwright.sync_api import Browser, expect
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
 from app.jobs.queue import JobQueue
+from app.ui import views
 from tests.app.conftest import StartServer
 from tests.fakes.fixtures import FakeNovitaHandle
 from tests.ui.conftest import Dashboard
@@ -183,7 +185,9 @@ def test_a_form_without_the_session_csrf_token_is_refused(dashboard: Dashboard) 
         assert api.get(f"/api/instances/{instance_id}").json()["state"] in ("deleting", "deleted")
 
 
-def test_instances_filter_sort_and_page(dashboard: Dashboard, fake_novita: FakeNovitaHandle) -> None:
+def test_instances_filter_sort_and_page(
+    dashboard: Dashboard, fake_novita: FakeNovitaHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Thirty instances on the Novita account (made outside this service): the list shows them with our records.
     with httpx.Client(
         base_url=fake_novita.base_url, headers={"Authorization": f"Bearer {fake_novita.api_key}"}
@@ -228,6 +232,19 @@ def test_instances_filter_sort_and_page(dashboard: Dashboard, fake_novita: FakeN
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("alpha-01")
     expect(rows.first.locator(".badge")).to_have_text("stopped")
+
+    # Name order comes sorted from the index in Valkey, within a filter too.
+    dashboard.goto("/ui/instances?sort=name&name=beta&pageSize=10")
+    expect(page.locator("table.list caption")).to_contain_text("Instances 1–10 of 10")
+    assert [rows.nth(i).get_attribute("data-instance-name") for i in range(10)] == [
+        f"beta-{n:02d}" for n in range(0, 30, 3)
+    ]
+    # Price order sorts the newest SORT_WINDOW matching instances and says so.
+    monkeypatch.setattr(views, "SORT_WINDOW", 12)
+    dashboard.goto("/ui/instances?sort=price&pageSize=10&page=2")
+    expect(page.locator("table.list caption")).to_contain_text("Instances 11–12 of 12")
+    expect(page.locator("#sort-window")).to_contain_text("sorted by price among the newest 12 of 30")
+    expect(rows).to_have_count(2)
 
     bad = dashboard.goto("/ui/instances?status=sleeping")
     assert bad.status == 422
