@@ -75,12 +75,12 @@ async def list_budgets(budgets: Budgets, _caller: AdminCaller) -> list[BudgetVie
     return [await budgets.view(team) for team in await budgets.teams()]
 
 
-@budgets_router.get("/{team}", response_model=BudgetView, responses={404: problem("no team of this name for this key")})
+@budgets_router.get("/{team}", response_model=BudgetView, responses={404: problem("not this key's team")})
 async def get_budget(team: Team, budgets: Budgets, caller: ReadCaller) -> BudgetView:
     """One team's limits (its own, else the stack's defaults) and current use; `-`: no team. A team's keys read
     their own team's budget; another team's reads as unknown (404), as its instances do."""
     if not sees(caller, _team(team)):
-        raise NotFound(f"no team {team!r}")
+        raise NotFound("no budget of this team for this key")  # the same whether the team exists or not
     return await budgets.view(_team(team))
 
 

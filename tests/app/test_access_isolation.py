@@ -30,6 +30,7 @@ class Target:
     job: str
     name: str
     key: str = "0123456789abcdef"
+    team: str = "bravo"
 
 
 Call = Callable[[httpx.Client, Target], httpx.Response]
@@ -100,6 +101,15 @@ ROUTES: dict[tuple[str, str], tuple[Scope, Call, int]] = {
     ("post", "/api/keys"): ("admin", lambda c, t: c.post("/api/keys", json={"name": "x", "scope": "admin"}), 201),
     ("get", "/api/keys"): ("admin", lambda c, t: c.get("/api/keys"), 200),
     ("delete", "/api/keys/{key_id}"): ("admin", lambda c, t: c.delete(f"/api/keys/{t.key}"), 404),
+    ("get", "/api/instances/{instance_id}/jobs"): (
+        "read",
+        lambda c, t: c.get(f"/api/instances/{t.instance}/jobs"),
+        404,
+    ),
+    ("get", "/api/costs"): ("read", lambda c, t: c.get("/api/costs", params={"groupBy": "team"}), 200),
+    ("get", "/api/budgets"): ("admin", lambda c, t: c.get("/api/budgets"), 200),
+    ("get", "/api/budgets/{team}"): ("read", lambda c, t: c.get(f"/api/budgets/{t.team}"), 404),
+    ("put", "/api/budgets/{team}"): ("admin", lambda c, t: c.put(f"/api/budgets/{t.team}", json={"maxGpus": 4}), 200),
     ("post", "/debug/block-loop"): ("admin", lambda c, t: c.post("/debug/block-loop", params={"seconds": 30}), 200),
 }
 
@@ -138,7 +148,7 @@ def test_every_route_answers_another_teams_ids_and_each_scope_as_specified(
     assert keyed_routes(server) == set(ROUTES), "a new route: give it a scope and an isolation case in ROUTES"
     bravo = instances["bravo"]
     target = Target(instance=bravo["id"], job=bravo["lastJobId"], name=bravo["name"])
-    unknown = Target(instance="0123456789abcdef", job="no-such-job", name="nobody")
+    unknown = Target(instance="0123456789abcdef", job="no-such-job", name="nobody", team="nobody")
 
     for key_name, held in (("alpha:read", "read"), ("alpha:operate", "operate")):
         with server.client(key=keys[key_name]) as client:
@@ -151,7 +161,11 @@ def test_every_route_answers_another_teams_ids_and_each_scope_as_specified(
                     continue
                 assert answer.status_code == owner_status, (case, answer.text)
                 # Nothing of bravo's beyond what the caller sent (a 404 echoes the id it was asked for).
-                assert "bravo" not in answer.text and bravo["novitaInstanceId"] not in answer.text, (case, answer.text)
+                beyond_request = answer.text.replace(answer.request.url.path, "")  # the problem's `instance` echoes it
+                assert "bravo" not in beyond_request and bravo["novitaInstanceId"] not in answer.text, (
+                    case,
+                    answer.text,
+                )
                 assert owner_status == 404 or bravo["id"] not in answer.text, (case, answer.text)
                 if owner_status == 404:  # exactly what an id that exists nowhere gets: nothing confirms it exists
                     assert answer.headers["content-type"] == PROBLEM
