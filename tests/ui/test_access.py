@@ -39,6 +39,12 @@ UI_ROUTES: dict[tuple[str, str], tuple[Call, int, int]] = {
     ("post", "/ui/instances/{instance_id}/heartbeat"): (_post("/ui/instances/{id}/heartbeat"), 403, 404),
     ("post", "/ui/instances/{instance_id}/{action}"): (_post("/ui/instances/{id}/stop"), 403, 404),
     ("get", "/ui/jobs"): (lambda c, csrf, i, j: c.get("/ui/jobs", params={"id": j}), 200, 200),
+    ("get", "/ui/jobs/panel"): (lambda c, csrf, i, j: c.get("/ui/jobs/panel", params={"id": j}), 200, 200),
+    ("post", "/ui/jobs/{job_id}/{operation}"): (
+        lambda c, csrf, i, j: c.post(f"/ui/jobs/{j}/cancel", data={"csrf_token": csrf}),
+        403,
+        404,
+    ),
 }
 NOT_WALKED = {("get", "/ui/login"), ("post", "/ui/login"), ("post", "/ui/logout")}
 
