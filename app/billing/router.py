@@ -24,7 +24,8 @@ budgets_router = APIRouter(
 Costs = Annotated[CostService, Depends(provide(CostService))]
 Budgets = Annotated[BudgetService, Depends(provide(BudgetService))]
 # A team as the path names it; `-` is the bucket of instances without a team.
-Team = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+TEAM_PATTERN = r"^[A-Za-z0-9_.-]+$"
+Team = Annotated[str, Path(min_length=1, max_length=64, pattern=TEAM_PATTERN)]
 _INSTANT = "ISO date (midnight UTC) or datetime (UTC unless it names an offset)"
 
 
@@ -41,8 +42,9 @@ def _team(team: str) -> str | None:
     return None if team == NO_TEAM else team
 
 
-def _caller_team(request: Request) -> tuple[str | None, bool]:
-    """The caller's team and whether it sees every team (an admin, or any key until keys carry principals)."""
+def caller_team(request: Request) -> tuple[str | None, bool]:
+    """The caller's team and whether it sees every team (an admin, or any key until keys carry principals); the
+    dashboard's costs page asks the same."""
     principal = getattr(request.state, "principal", None)
     if principal is None or principal.is_admin:
         return None, True
@@ -69,7 +71,7 @@ async def get_costs(
     start = _instant(from_, "from", 0.0)
     if start >= end:
         raise ValidationFailed("from must be before to", field="query.to")
-    team, every_team = _caller_team(request)
+    team, every_team = caller_team(request)
     return await costs.report(group_by, start, end, team, any_team=every_team)
 
 
