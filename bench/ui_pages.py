@@ -2,7 +2,7 @@
 instances, and the Novita calls the pages cause.
 
 The fleet is 1,000 instances on the fake Novita, each with its record in Valkey (written through `InstanceStore`,
-as the create job would leave it, so the list index holds them all). List pages read the index: newest first and by
+as the create job would leave it, so the list index holds them all, with its price fixed and its cost meter open). List pages read the index: newest first and by
 name only the page's records; price, GPU and state orders the newest `SORT_WINDOW` matching records. Novita is
 listed only by the background sync, whether or not anyone looks, so its calls are counted with and without pages.
 
@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,7 @@ from bench.upstream import _forget_cache
 SECTION = "Dashboard pages at fleet size (server time from Server-Timing, keep-alive, one client)"
 TARGET_MS = 300.0
 PRODUCT_ID = "4090-us-ca-6"
+PRICE_PER_GPU_HOUR = Decimal("0.67")  # the fake's RTX 4090, on demand
 _TIMING = re.compile(r"app;dur=([0-9.]+)")
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -79,6 +81,7 @@ def seed_fleet(services: Services, count: int) -> list[str]:
                     gpu_num=1 + number % 2,
                     rootfs_size=60,
                     billing_mode="onDemand",
+                    price_per_hour=str(PRICE_PER_GPU_HOUR * (1 + number % 2)),  # fixed at create; the meter is open
                     image_url="docker.io/library/ubuntu:22.04",
                     ports=[PortSpec(port=8888, type="http")],
                     env_keys=["MODE"],
@@ -136,6 +139,8 @@ def pages(instance_id: str, instances: int) -> list[tuple[str, str]]:
         ("one instance's live panel (polled every 1 s)", f"/ui/instances/{instance_id}/panel"),
         ("create form", "/ui/instances/new"),
         ("jobs and dead letters", "/ui/jobs"),
+        ("costs by team and by day, last 14 days (every instance's meter open)", "/ui/costs"),
+        ("budgets and their use", "/ui/budgets"),
     ]
 
 

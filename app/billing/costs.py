@@ -95,9 +95,8 @@ class CostService:
         members = await self._redis.client.smembers(meter.OPEN_KEY)
         open_ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         found = [meter.Segment.from_json(raw) for raw in raws if isinstance(raw, (str, bytes))]
-        for instance_id in open_ids:
-            record = await self._store.get(instance_id)
-            if record is None or (not any_team and record.team != team):
+        for record in await self._store.get_many(open_ids):  # one round trip per batch, not one per instance
+            if not any_team and record.team != team:
                 continue
             running = meter.open_segment(record, now)
             if running is not None:

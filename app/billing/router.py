@@ -21,7 +21,8 @@ budgets_router = APIRouter(prefix="/api/budgets", tags=["budgets"], responses=AU
 Costs = Annotated[CostService, Depends(provide(CostService))]
 Budgets = Annotated[BudgetService, Depends(provide(BudgetService))]
 # A team as the path names it; `-` is the bucket of instances without a team.
-Team = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+TEAM_PATTERN = r"^[A-Za-z0-9_.-]+$"
+Team = Annotated[str, Path(min_length=1, max_length=64, pattern=TEAM_PATTERN)]
 _INSTANT = "ISO date (midnight UTC) or datetime (UTC unless it names an offset)"
 
 
@@ -38,8 +39,8 @@ def _team(team: str) -> str | None:
     return None if team == NO_TEAM else team
 
 
-def _caller_team(principal: Principal) -> tuple[str | None, bool]:
-    """The caller's team and whether it sees every team (an admin)."""
+def caller_team(principal: Principal) -> tuple[str | None, bool]:
+    """The caller's team and whether it sees every team (an admin); the dashboard's costs page asks the same."""
     if principal.is_admin:
         return None, True
     return principal.team, False
@@ -65,7 +66,7 @@ async def get_costs(
     start = _instant(from_, "from", 0.0)
     if start >= end:
         raise ValidationFailed("from must be before to", field="query.to")
-    team, every_team = _caller_team(caller)
+    team, every_team = caller_team(caller)
     return await costs.report(group_by, start, end, team, any_team=every_team)
 
 

@@ -143,6 +143,16 @@ class InstanceStore:
             raw = await self._client.get(_record_key(instance_id))
         return InstanceRecord.model_validate_json(raw) if raw is not None else None
 
+    async def get_many(self, instance_ids: list[str], batch: int = RECORD_BATCH) -> list[InstanceRecord]:
+        """The records that exist among `instance_ids`, in their order, `batch` per round trip."""
+        records: list[InstanceRecord] = []
+        for start in range(0, len(instance_ids), batch):
+            chunk = instance_ids[start : start + batch]
+            async with _valkey_errors():
+                raws = await self._client.mget([_record_key(i) for i in chunk])
+            records.extend(InstanceRecord.model_validate_json(raw) for raw in raws if raw is not None)
+        return records
+
     async def list_all(self) -> list[InstanceRecord]:
         """Every record, newest first (small fleets and tests; the automations walk `iter_records`)."""
         records = [record async for record in self.iter_records()]

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, cast
 from urllib.parse import urlencode
@@ -25,6 +26,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.access.auth import admit, check_scope
 from app.access.keys import KeyRing
+from app.billing.budgets import NO_TEAM, BudgetExceeded, BudgetService
+from app.billing.costs import CostService
+from app.billing.router import TEAM_PATTERN, caller_team
 from app.core.deps import Services, services_of
 from app.core.errors import AppError, ServiceUnavailable, ValidationFailed
 from app.fleet.actions import Action
@@ -38,8 +42,9 @@ from app.novita.errors import NovitaError
 from app.novita.problems import novita_error_to_app_error
 from app.products.service import ProductService, ProductView
 from app.ui import views
-from app.ui.forms import GENERAL, CreateForm, parse_create_form, read_form
+from app.ui.forms import GENERAL, FormState, parse_budget_form, parse_cost_range, parse_create_form, read_form
 from app.ui.sessions import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, SessionStore, UiSession, tokens_match
+from app.ui.spend import BudgetRow, cost_page
 
 STATIC_DIR = Path(__file__).parent / "static"
 FRAGMENT_HEADER = "x-dashboard-fragment"  # sent by dashboard.js when it polls a fragment
@@ -54,6 +59,7 @@ DONE_MESSAGES = {
     "heartbeat": "Heartbeat recorded: the idle auto-stop clock starts again",
     "cancel": "Job cancelled: it will not run",
     "requeue": "Job requeued: it runs again with a fresh attempt budget",
+    "budget": "Budget saved",
 }
 INSTANCE_JOBS_SHOWN = 25  # the API's `GET /api/instances/{id}/jobs` gives up to the 100 the queue keeps
 _SECURITY_HEADERS = {
@@ -72,6 +78,7 @@ templates.env.globals.update(
     when=views.when,
     duration=views.duration,
     usd=views.usd,
+    money=views.money,
     job_tone=views.job_tone,
     cancellable_states=CANCELLABLE_STATES,
     states=list(InstanceState),
@@ -371,11 +378,11 @@ async def create_page(request: Request, session: Session) -> Response:
     """The create form (for keys that may create)."""
     check_scope(session.principal, "operate")
     return await _create_form(
-        request, session, CreateForm(values={"gpuNum": "1", "rootfsSize": "60", "billingMode": "onDemand"})
+        request, session, FormState(values={"gpuNum": "1", "rootfsSize": "60", "billingMode": "onDemand"})
     )
 
 
-async def _create_form(request: Request, session: UiSession, form: CreateForm, status: int = 200) -> Response:
+async def _create_form(request: Request, session: UiSession, form: FormState, status: int = 200) -> Response:
     products = sorted(
         (await _products_by_id(_services(request))).values(),
         key=lambda product: (not product.available, product.name, product.regions),
@@ -403,6 +410,9 @@ async def create_instance(request: Request, session: Session, form: OperateForm)
     except ValidationFailed as error:
         shown.add_error(GENERAL, error.detail)
         return await _create_form(request, session, shown, status=422)
+    except BudgetExceeded as error:  # the API's 409, with its message: which limit, and the current figure
+        shown.add_error(GENERAL, error.detail)
+        return await _create_form(request, session, shown, status=error.status)
     return _redirect(f"/ui/instances/{accepted.instance.id}?done=create&job={accepted.job_id}")
 
 
@@ -556,3 +566,61 @@ async def job_control(request: Request, session: Session, _form: OperateForm, jo
         context = await _jobs_context(services, session, job_id)
         return _render(request, "jobs.html", error.status, session=session, error=error.detail, **context)
     return _redirect(f"/ui/jobs?{urlencode({'id': job_id, 'done': operation})}")
+
+
+# -- costs and budgets ---------------------------------------------------------------------------------------------
+
+
+@router.get("/costs")
+async def costs_page(
+    request: Request,
+    session: Session,
+    from_: Annotated[str, Query(alias="from", max_length=40)] = "",
+    to: Annotated[str, Query(max_length=40)] = "",
+) -> Response:
+    """Spend by team and by UTC day over a period (a chart and a table each), from the API's own cost reports; the
+    caller sees the teams `GET /api/costs` would show it."""
+    costs = _services(request).get(CostService)
+    start, end, shown = parse_cost_range(from_, to, datetime.fromtimestamp(costs.now(), UTC).date())
+    if shown.errors:
+        return _render(request, "costs.html", 422, session=session, form=shown, costs=None)
+    team, every_team = caller_team(session.principal)
+    by_team = await costs.report("team", start, end, team, any_team=every_team)
+    by_day = await costs.report("day", start, end, team, any_team=every_team)
+    return _render(request, "costs.html", session=session, form=shown, costs=cost_page(by_team, by_day))
+
+
+async def admin_session(session: Session) -> UiSession:
+    """A session whose key holds the `admin` scope, as the API's budget routes require (403 naming it otherwise)."""
+    check_scope(session.principal, "admin")
+    return session
+
+
+AdminSession = Annotated[UiSession, Depends(admin_session)]
+
+
+async def _budgets_page(
+    request: Request, session: UiSession, form: FormState, status: int = 200, done: str | None = None
+) -> Response:
+    budgets = _services(request).get(BudgetService)
+    rows = [BudgetRow.of(await budgets.view(team)) for team in await budgets.teams()]
+    return _render(request, "budgets.html", status, session=session, rows=rows, form=form, done=done)
+
+
+@router.get("/budgets")
+async def budgets_page(request: Request, session: AdminSession, done: str = "", team: str = "") -> Response:
+    """Every team's limits and current use (as `GET /api/budgets`), and the form that sets one."""
+    message = DONE_MESSAGES.get(done)
+    if message and re.fullmatch(TEAM_PATTERN, team):
+        message = f"{message} for {team}."
+    return await _budgets_page(request, session, FormState(values={"team": NO_TEAM}), done=message)
+
+
+@router.post("/budgets")
+async def set_budget(request: Request, session: AdminSession, form: Form) -> Response:
+    """Set a team's limits, as `PUT /api/budgets/{team}` does; the API's 422 messages go beside their fields."""
+    team, limits, shown = parse_budget_form(form)
+    if limits is None:
+        return await _budgets_page(request, session, shown, status=422)
+    await _services(request).get(BudgetService).set_limits(team, limits)
+    return _redirect(f"/ui/budgets?{urlencode({'done': 'budget', 'team': team or NO_TEAM})}")

@@ -1,4 +1,5 @@
-"""What the dashboard's pages show, computed from the services' views: prices per hour, sorting, paging, times."""
+"""What the dashboard's pages show, computed from the services' views: prices per hour, costs, sorting, paging,
+times."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
+from app.fleet import meter
 from app.fleet.schemas import InstanceState, InstanceView
 from app.products.service import ProductView
 
@@ -48,23 +51,51 @@ def usd(raw: float | None) -> str | None:
     return f"${raw / RAW_PRICE_UNITS_PER_USD:,.2f}"
 
 
+_SHOWN_QUANTUM = Decimal("0.0001")  # metered to the micro-dollar; 4 places on a page, so seconds of use still show
+
+
+def money(amount: Decimal | str | None) -> str | None:
+    """USD as a page shows it, with 2 to 4 decimal places: "0.67" -> "$0.67", "0.001862" -> "$0.0019",
+    "1234.5" -> "$1,234.50"; None when unknown."""
+    if amount is None or amount == "":
+        return None
+    text = f"{Decimal(amount).quantize(_SHOWN_QUANTUM, rounding=ROUND_HALF_EVEN):,.4f}"
+    while text.endswith("0") and len(text.rpartition(".")[2]) > 2:
+        text = text[:-1]
+    return f"${text}"
+
+
 @dataclass(frozen=True)
 class InstanceRow:
     """One instance as the list and the detail page show it."""
 
     view: InstanceView
-    price_per_hour: float | None  # raw units, for all its GPUs
+    price_per_hour: Decimal | None  # USD, for all its GPUs
     tone: str
     gpu: str | None  # e.g. "2 × RTX 4090 24GB"
 
     @property
     def price_label(self) -> str | None:
         """Dollars per hour, or None when not known (monthly billing, unknown product)."""
-        return usd(self.price_per_hour)
+        return money(self.price_per_hour)
+
+    @property
+    def price_estimated(self) -> bool:
+        """Whether the price is the catalogue's (the view carries none: an instance made elsewhere, or one whose
+        create Novita has not accepted yet) rather than the one fixed on the record."""
+        return self.price_per_hour is not None and self.view.price_per_hour is None
+
+    @property
+    def cost_label(self) -> str | None:
+        """What the instance cost so far (the meter's figure on the view), or None when not metered here."""
+        return money(self.view.cost_so_far)
 
 
-def hourly_price(view: InstanceView, products: dict[str, ProductView]) -> float | None:
-    """Price per hour of the instance's GPUs in its billing mode; None when the product or its price is unknown."""
+def hourly_price(view: InstanceView, products: dict[str, ProductView]) -> Decimal | None:
+    """Price per hour of the instance's GPUs in USD: the one the meter fixed on the record when the view carries
+    it, else the catalogue's in its billing mode; None when neither is known."""
+    if view.price_per_hour is not None:
+        return Decimal(view.price_per_hour)
     product = products.get(view.product_id or "")
     if product is None:
         return None
@@ -73,7 +104,7 @@ def hourly_price(view: InstanceView, products: dict[str, ProductView]) -> float 
         if view.billing_mode == "spot"
         else (product.on_demand_price if view.billing_mode in (None, "onDemand") else None)
     )
-    return per_gpu * (view.gpu_num or 1) if per_gpu else None
+    return meter.hourly_gpu_price(per_gpu, view.gpu_num or 1) if per_gpu else None
 
 
 def gpu_label(view: InstanceView, products: dict[str, ProductView]) -> str | None:
@@ -94,7 +125,7 @@ def rows(views: list[InstanceView], products: dict[str, ProductView]) -> list[In
 # The orders sorted here (newest and name come sorted from the index).
 _SORTS: dict[SortKey, Callable[[InstanceRow], Any]] = {
     "state": lambda row: (row.view.state.value, row.view.name.casefold()),
-    "price": lambda row: (row.price_per_hour is None, row.price_per_hour or 0.0),
+    "price": lambda row: (row.price_per_hour is None, row.price_per_hour or Decimal(0)),
     "gpu": lambda row: (row.gpu or "").casefold(),
 }
 

@@ -39,6 +39,9 @@ UI_ROUTES: dict[tuple[str, str], tuple[Call, int, int]] = {
     ("post", "/ui/instances/{instance_id}/heartbeat"): (_post("/ui/instances/{id}/heartbeat"), 403, 404),
     ("post", "/ui/instances/{instance_id}/{action}"): (_post("/ui/instances/{id}/stop"), 403, 404),
     ("get", "/ui/jobs"): (lambda c, csrf, i, j: c.get("/ui/jobs", params={"id": j}), 200, 200),
+    ("get", "/ui/costs"): (lambda c, csrf, i, j: c.get("/ui/costs"), 200, 200),
+    ("get", "/ui/budgets"): (lambda c, csrf, i, j: c.get("/ui/budgets"), 403, 403),
+    ("post", "/ui/budgets"): (_post("/ui/budgets"), 403, 403),
     ("get", "/ui/jobs/panel"): (lambda c, csrf, i, j: c.get("/ui/jobs/panel", params={"id": j}), 200, 200),
     ("post", "/ui/jobs/{job_id}/{operation}"): (
         lambda c, csrf, i, j: c.post(f"/ui/jobs/{j}/cancel", data={"csrf_token": csrf}),
@@ -77,7 +80,8 @@ def test_every_dashboard_route_follows_scopes_and_teams(api_server_factory: Star
                 assert answer.status_code == case[column], (method, path, column, answer.text[:300])
                 assert "theirs" not in answer.text, (method, path)  # bravo's instance never shows
                 if answer.status_code == 403:
-                    assert "this needs the &#39;operate&#39; scope" in answer.text, (method, path)
+                    needed = "admin" if path.startswith("/ui/budgets") else "operate"
+                    assert f"this needs the &#39;{needed}&#39; scope" in answer.text, (method, path)
             jobs = client.get("/ui/jobs", params={"id": other["lastJobId"]})
             assert f"No job with id <code>{other['lastJobId']}</code>" in jobs.text  # as if it did not exist
 
