@@ -53,6 +53,15 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[4])
 return {1, used + want}
 """
 
+# KEYS[1] the old team's reservation hash, KEYS[2] the new team's; ARGV[1] the record id. Moves a held reservation.
+_MOVE_SCRIPT = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], held)
+return 1
+"""
+
 
 def _team_key(team: str | None) -> str:
     return team or NO_TEAM
@@ -253,6 +262,14 @@ class BudgetService:
     async def release(self, team: str | None, record_id: str) -> None:
         """Give the record's GPUs back (its create or start was not accepted after all)."""
         await self._redis.client.hdel(_reservations_key(team), record_id)
+
+    async def move(self, from_team: str | None, to_team: str | None, record_id: str) -> None:
+        """Carry the record's GPUs to its new team when an admin reassigns it, atomically (an admin's reassignment may
+        take the new team past its cap: the next create or start of that team is refused until it is back under)."""
+        client = self._redis.client
+        moved = await client.eval(_MOVE_SCRIPT, 2, _reservations_key(from_team), _reservations_key(to_team), record_id)
+        if int(moved):
+            await client.sadd(_RESERVING_TEAMS_KEY, _team_key(to_team))
 
     async def release_stale(self, now: float | None = None) -> list[str]:
         """Drop reservations whose instance no longer holds GPUs, or whose record never got written (a process

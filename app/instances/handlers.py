@@ -25,7 +25,7 @@ from app.core.clock import SYSTEM_CLOCK, WallClock
 from app.core.config import Settings
 from app.fleet import meter
 from app.fleet.actions import ACTION_JOBS, CREATE_JOB, READINESS_JOB, Action
-from app.fleet.schemas import CreateInstanceRequest, InstanceRecord, InstanceState
+from app.fleet.schemas import BillingMode, CreateInstanceRequest, InstanceRecord, InstanceState
 from app.fleet.store import InstanceStore, RecordNotFound, instance_jobs_key
 from app.instances.service import InstanceService
 from app.jobs.queue import Job, JobContext, JobFailed, RetryLater
@@ -159,6 +159,10 @@ class InstanceJobHandlers:
             # unique name tells. Only then: a first attempt has nothing to find and saves Novita the listing.
             existing = await self._novita.find_instance_by_name(record.upstream_name)
             if existing is not None:
+                if existing.product_id:  # the offer's price was lost with the answer: the catalogue's, as created
+                    await self._fix_prices(
+                        record.id, record.gpu_num, record.billing_mode, existing.product_id, existing.cluster_id
+                    )
                 return await self._record_created(ctx, record.id, existing.id, existing.cluster_id, "found_existing")
 
         spec_data = await self._store.get_spec(record.id)
@@ -200,20 +204,32 @@ class InstanceJobHandlers:
         except NovitaAuthError as error:  # retrying with the same key cannot help: fail now, with the reason
             await self._fail(ctx, record.id, f"Novita refused this service's API key: {error}")
         await self._note_skipped(ctx, record.id, placed.skipped)
-        await self._fix_prices(record.id, spec, placed.offer)
+        offer = placed.offer
+        await self._fix_prices(
+            record.id, spec.gpu_num, spec.billing_mode, offer.product_id, offer.cluster_id, offer.price
+        )
         return await self._record_created(
             ctx, record.id, placed.novita_instance_id, placed.offer.cluster_id, "created", placed.offer.product_id
         )
 
-    async def _fix_prices(self, record_id: str, spec: CreateInstanceRequest, offer: Offer) -> None:
-        """Fix the instance's hourly prices from the offer Novita accepted (its meter bills at these from now on)."""
-        raw = offer.price if spec.billing_mode != "monthly" else None
+    async def _fix_prices(
+        self,
+        record_id: str,
+        gpu_num: int,
+        billing_mode: BillingMode,
+        product_id: str,
+        cluster_id: str | None,
+        offered: float | None = None,
+    ) -> None:
+        """Fix the instance's hourly prices from the offer Novita accepted, else from the catalogue (its meter bills
+        at these from now on)."""
+        raw = offered if billing_mode != "monthly" else None
         if raw is None:
             try:
-                raw = await self._products.price_per_gpu_hour(offer.product_id, offer.cluster_id, spec.billing_mode)
+                raw = await self._products.price_per_gpu_hour(product_id, cluster_id, billing_mode)
             except NovitaError:
                 raw = None  # the catalogue is unreachable: the meter counts seconds, priced at 0 (README: limits)
-        gpu_price = meter.hourly_gpu_price(raw, spec.gpu_num)
+        gpu_price = meter.hourly_gpu_price(raw, gpu_num)
 
         def fix(record: InstanceRecord) -> None:
             record.price_per_hour = str(gpu_price) if gpu_price is not None else None

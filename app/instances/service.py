@@ -319,7 +319,10 @@ class InstanceService:
     async def set_owner(self, instance_id: str, team: str | None) -> InstanceView:
         """Give the instance to `team` (None: unowned, admins only); the caller is an admin (the route checks)."""
 
+        previous: list[str | None] = []
+
         def reassign(current: InstanceRecord) -> None:
+            previous[:] = [current.team]
             if current.team != team:
                 current.add_event("owner_changed", detail=f"{current.team or 'none'} -> {team or 'none'}")
                 current.team = team
@@ -329,6 +332,8 @@ class InstanceService:
             record = await self._store.update(instance_id, reassign)
         except RecordNotFound:
             raise NotFound(f"no instance with id {instance_id!r}") from None
+        if self._budgets is not None and previous and previous[0] != team:
+            await self._budgets.move(previous[0], team, record.id)  # its GPUs now count against the new team
         return InstanceView.from_record(record, synced_at=await self._store.synced_at(record.id))
 
     async def forget_cached(self, novita_id: str | None) -> None:

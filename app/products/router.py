@@ -10,7 +10,8 @@ from app.access.auth import require_scope
 from app.core.deps import provide
 from app.core.openapi import AUTHENTICATED_RESPONSES, NOVITA_RESPONSES
 from app.core.schemas import ApiModel
-from app.products.service import BillingMode, ProductService, ProductView, RegionView
+from app.fleet.schemas import BillingMode
+from app.products.service import ProductService, ProductView, RegionView
 
 # Both operations call Novita on a cache miss: its failures are theirs to answer.
 router = APIRouter(

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.schemas import ApiModel
+from app.fleet.schemas import BillingMode
 from app.novita.client import NovitaClient
 from app.novita.models import Cluster, Product
-
-BillingMode = Literal["onDemand", "spot", "monthly"]
 
 # Cache keys; the instance list key lives with the instances.  Every key carries a TTL set by the Cache.
 _PRODUCTS_KEY = "products:{cluster}:{billing_mode}"

@@ -86,6 +86,21 @@ def test_a_create_or_start_beyond_the_gpu_cap_is_refused_and_a_stop_gives_gpus_b
         assert client.post(f"/api/instances/{first['id']}/start").status_code == 202
 
 
+def test_reassigning_an_instance_carries_its_gpus_to_the_new_team(api_server: ApiServer) -> None:
+    with api_server.client(key=api_server.new_key("alpha", "operate")) as alpha:
+        running = create_running(alpha, name="moving", gpuNum=2)
+    with api_server.client() as admin:
+        assert admin.get("/api/budgets/alpha").json()["gpusInUse"] == 2
+        assert admin.put("/api/budgets/bravo", json={"maxGpus": 2}).status_code == 200
+        moved = admin.put(f"/api/instances/{running['id']}/owner", json={"team": "bravo"})
+        assert moved.status_code == 200, moved.text
+        assert admin.get("/api/budgets/alpha").json()["gpusInUse"] == 0
+        assert admin.get("/api/budgets/bravo").json()["gpusInUse"] == 2
+    with api_server.client(key=api_server.new_key("bravo", "operate")) as bravo:
+        refused = bravo.post("/api/instances", json=create_body(name="one-more"))
+    assert refused.status_code == 409 and refused.json()["current"] == "2"  # the moved GPUs count for bravo now
+
+
 def test_the_stacks_default_applies_to_teams_without_limits(api_server_factory: StartServer) -> None:
     server = api_server_factory(budget_default_max_gpus=0, budget_default_max_spend_per_month=Decimal("100"))
     with server.client() as client:

@@ -122,6 +122,7 @@ def test_killed_during_the_create_call_the_job_completes_with_one_instance(
     assert [i["id"] for i in fake_novita.instances()] == [instance["novitaInstanceId"]]
     assert fake_novita.call_count("POST", CREATE_PATH) == 1  # found by its unique name, not created again
     assert "found_existing" in [e["action"] for e in instance["events"]]
+    assert instance["pricePerHour"] not in (None, "0")  # priced from the catalogue though the offer's answer was lost
 
 
 def test_killed_while_polling_the_job_completes(
