@@ -102,6 +102,15 @@ def _run_then_stop(server: ApiServer, fake_novita: FakeNovitaHandle, name: str) 
         fake_novita.set_step_seconds(0.2)
         assert api.post(f"/api/instances/{instance_id}/stop").status_code == 202
         _wait(lambda: api.get(f"/api/instances/{instance_id}").json()["state"] == "stopped", "stopped")
+
+        # The view reads Novita's live status, so it can say `stopped` a moment before the status sync writes the
+        # record and closes its meter: wait until the cost stops growing (storage is free on a 60 GB disk).
+        def cost_settled() -> bool:
+            before = api.get(f"/api/instances/{instance_id}").json()["costSoFar"]
+            time.sleep(0.3)
+            return bool(api.get(f"/api/instances/{instance_id}").json()["costSoFar"] == before)
+
+        _wait(cost_settled, "the meter to close")
     return instance_id
 
 
