@@ -35,7 +35,7 @@ from app.fleet.actions import Action
 from app.fleet.schemas import InstanceState, InstanceView
 from app.fleet.store import InstanceStore
 from app.instances.service import ACTION_ALLOWED_FROM, InstanceService
-from app.jobs.queue import CANCELLABLE_STATES, JobQueue
+from app.jobs.queue import CANCELLABLE_STATES, FAILED_JOBS_KEPT, Job, JobQueue
 from app.jobs.router import JobView, job_visible, visible_job
 from app.jobs.service import JobControl
 from app.novita.errors import NovitaError
@@ -61,6 +61,7 @@ DONE_MESSAGES = {
     "requeue": "Job requeued: it runs again with a fresh attempt budget",
     "budget": "Budget saved",
 }
+JOBS_LISTED = FAILED_JOBS_KEPT  # per list of the jobs page: running, failed, dead letters
 INSTANCE_JOBS_SHOWN = 25  # the API's `GET /api/instances/{id}/jobs` gives up to the 100 the queue keeps
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -514,8 +515,8 @@ def _checked_job_id(job_id: str, field: str) -> str:
 
 
 async def _jobs_context(services: Services, session: UiSession, job_id: str) -> dict[str, Any]:
-    """The job asked for by id (if any) and the dead letters the session's principal sees: what the jobs page shows
-    and refreshes. Another team's job reads as one that does not exist."""
+    """The job asked for by id (if any), and the running jobs, the failed ones and the dead letters the session's
+    principal sees: what the jobs page shows and refreshes. Another team's job reads as one that does not exist."""
     queue, records = services.get(JobQueue), services.get(InstanceStore)
     job, missing = None, False
     if job_id:
@@ -523,12 +524,18 @@ async def _jobs_context(services: Services, session: UiSession, job_id: str) -> 
         if found is not None and not await job_visible(found, records, session.principal):
             found = None
         job, missing = (JobView.of(found) if found else None), found is None
-    dead = [
-        JobView.of(item)
-        for item in await queue.dead_letters(100)
-        if await job_visible(item, records, session.principal)
-    ]
-    return {"job": job, "job_id": job_id, "missing": missing, "dead": dead}
+
+    async def visible(jobs: list[Job]) -> list[JobView]:
+        return [JobView.of(item) for item in jobs if await job_visible(item, records, session.principal)]
+
+    return {
+        "job": job,
+        "job_id": job_id,
+        "missing": missing,
+        "running": await visible(await queue.running(JOBS_LISTED)),
+        "failed": await visible(await queue.failed(JOBS_LISTED)),
+        "dead": await visible(await queue.dead_letters(JOBS_LISTED)),
+    }
 
 
 JobIdQuery = Annotated[str, Query(alias="id")]
@@ -536,7 +543,8 @@ JobIdQuery = Annotated[str, Query(alias="id")]
 
 @router.get("/jobs")
 async def jobs_page(request: Request, session: Session, job_id: JobIdQuery = "", done: str = "") -> Response:
-    """A job by id (`?id=`), and the dead letters, with cancel and requeue; the panel refreshes itself."""
+    """A job by id (`?id=`), the running and failed jobs and the dead letters, with cancel and requeue; the panel
+    refreshes itself."""
     context = await _jobs_context(_services(request), session, job_id.strip())
     return _render(request, "jobs.html", session=session, done=DONE_MESSAGES.get(done), **context)
 
