@@ -138,9 +138,10 @@ def pages(instance_id: str, instances: int) -> list[tuple[str, str]]:
         ("one instance", f"/ui/instances/{instance_id}"),
         ("one instance's live panel (polled every 1 s)", f"/ui/instances/{instance_id}/panel"),
         ("create form", "/ui/instances/new"),
-        ("jobs and dead letters", "/ui/jobs"),
+        ("jobs: running, failed and dead letters", "/ui/jobs"),
         ("costs by team and by day, last 14 days (every instance's meter open)", "/ui/costs"),
         ("budgets and their use", "/ui/budgets"),
+        ("API keys (admins)", "/ui/keys"),
     ]
 
 

@@ -29,8 +29,8 @@ Keys = Annotated[KeyRing, Depends(provide(KeyRing))]
 async def create_key(body: CreateKeyRequest, keys: Keys, _caller: AdminCaller) -> CreatedKey:
     """Create a key for a team with a scope (`read` < `operate` < `admin`); `key` is in this answer only. Only an
     admin key may have no team."""
-    if body.team is None and body.scope != "admin":
-        raise ValidationFailed(f"a '{body.scope}' key needs a team (only admin keys may have none)", field="body.team")
+    if (missing_team := body.missing_team()) is not None:
+        raise ValidationFailed(missing_team, field="body.team")
     stored, key = await keys.create(body.name, body.team, body.scope)
     return CreatedKey(**KeyView.of(stored).model_dump(), key=key)
 

@@ -21,6 +21,12 @@ class CreateKeyRequest(StrictRequestModel):
     team: TeamName | None = None
     scope: Scope
 
+    def missing_team(self) -> str | None:
+        """Why this key needs a team (a 422 on `team`), or None: only an admin key may have none."""
+        if self.team is None and self.scope != "admin":
+            return f"a '{self.scope}' key needs a team (only admin keys may have none)"
+        return None
+
 
 class KeyView(ApiModel):
     """A stored key as listed: never its key material."""

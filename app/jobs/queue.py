@@ -8,6 +8,9 @@ Layout (every key under `ngpu:`):
 - `ngpu:jobs:scheduled`  sorted set id -> due time: delayed jobs, retries with backoff and `RetryLater` polls. A Lua
                          script moves due ids to the stream atomically, so several replicas never double-promote.
 - `ngpu:jobs:dead`       sorted set id -> time: jobs that exhausted their attempts, listable.
+- `ngpu:jobs:failed`     sorted set id -> time: the newest `FAILED_JOBS_KEPT` jobs that failed permanently
+                         (`JobFailed`), written in the worker's transaction that marks the job failed; ids whose
+                         record has expired leave it when it is read.
 - `ngpu:job-lock:<id>`   per-job lock so one job never runs twice at the same time across replicas.
 - `ngpu:job-woken:<id>`  a wake (`JobQueue.wake`) that found the job running rather than scheduled: its next
                          `RetryLater` is due at once instead of after its delay, so no news is lost to that race.
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.errors import ServiceUnavailable
@@ -40,6 +44,7 @@ KEY_PREFIX = "ngpu:"
 STREAM_KEY = f"{KEY_PREFIX}jobs:stream"
 SCHEDULED_KEY = f"{KEY_PREFIX}jobs:scheduled"
 DEAD_KEY = f"{KEY_PREFIX}jobs:dead"
+FAILED_KEY = f"{KEY_PREFIX}jobs:failed"
 JOB_KEY_PREFIX = f"{KEY_PREFIX}job:"
 LOCK_KEY_PREFIX = f"{KEY_PREFIX}job-lock:"
 WOKEN_KEY_PREFIX = f"{KEY_PREFIX}job-woken:"
@@ -52,6 +57,8 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "dead", "cancelled"})
 CANCELLABLE_STATES = frozenset({"queued", "scheduled"})
 # How many of the newest jobs a list (`enqueue(listed_in=...)`) keeps; older ids leave it as new ones arrive.
 LISTED_JOBS_KEPT = 100
+# How many of the newest permanently failed jobs `ngpu:jobs:failed` keeps (their records expire with the retention).
+FAILED_JOBS_KEPT = 100
 
 # Create the job record and make it deliverable in one atomic step: either both exist or neither does. With a 4th
 # key, the job also joins that list (by its queue time), which is trimmed to its newest ARGV[4] ids in the same step.
@@ -324,6 +331,35 @@ class JobQueue:
         if gone:
             await self._redis.client.zrem(list_key, *gone)
         return [Job.from_record(record) for record in records if record]
+
+    async def failed(self, limit: int = FAILED_JOBS_KEPT) -> list[Job]:
+        """Jobs that failed permanently, most recent first (the newest `FAILED_JOBS_KEPT` at most)."""
+        return await self.listed(FAILED_KEY, limit)
+
+    async def running(self, limit: int = 100) -> list[Job]:
+        """Jobs a worker is running now, oldest delivery first: the consumer group's pending entries (delivered, not
+        yet acknowledged) whose job is in state `running`. An entry held by a worker that died stays pending until
+        it is reclaimed; its job shows here as running meanwhile, as its record says."""
+        client = self._redis.client
+        try:
+            pending = await client.xpending_range(STREAM_KEY, CONSUMER_GROUP, min="-", max="+", count=limit)
+        except ResponseError as error:
+            if "NOGROUP" in str(error):  # no worker has read the stream yet: nothing runs
+                return []
+            raise
+        if not pending:
+            return []
+        async with client.pipeline(transaction=False) as pipe:
+            for entry in pending:
+                pipe.xrange(STREAM_KEY, min=entry["message_id"], max=entry["message_id"])
+            entries = await pipe.execute()
+        job_ids = list(dict.fromkeys(found[0][1]["job"] for found in entries if found and "job" in found[0][1]))
+        async with client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(job_key(job_id))
+            records = await pipe.execute() if job_ids else []
+        jobs = [Job.from_record(text_hash(record)) for record in records if record]
+        return [job for job in jobs if job.state == "running"]
 
     async def depth(self) -> QueueStats:
         """Current counts; acknowledged entries are deleted, so the stream holds only waiting and pending ones."""

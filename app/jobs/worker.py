@@ -29,6 +29,8 @@ from app.core.redis import Lease
 from app.jobs.queue import (
     CONSUMER_GROUP,
     DEAD_KEY,
+    FAILED_JOBS_KEPT,
+    FAILED_KEY,
     LOCK_KEY_PREFIX,
     RESCHEDULE_SCRIPT,
     SCHEDULED_KEY,
@@ -309,6 +311,9 @@ class Worker:
         async with self._redis.client.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self._settings.job_retention_seconds)
+            if state == "failed":  # listed in the same step, so the jobs page's failed list misses none
+                pipe.zadd(FAILED_KEY, {job.id: time.time()})
+                pipe.zremrangebyrank(FAILED_KEY, 0, -(FAILED_JOBS_KEPT + 1))
             pipe.xack(STREAM_KEY, CONSUMER_GROUP, entry_id)
             pipe.xdel(STREAM_KEY, entry_id)
             await pipe.execute()

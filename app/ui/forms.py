@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 from fastapi import Request
 from pydantic import ValidationError
 
+from app.access.schemas import CreateKeyRequest
 from app.billing.budgets import NO_TEAM, BudgetLimits
 from app.billing.router import TEAM_PATTERN
 from app.fleet.schemas import CreateInstanceRequest
@@ -135,6 +136,23 @@ def parse_budget_form(form: dict[str, str]) -> tuple[str | None, BudgetLimits | 
     if shown.errors:
         return None, None, shown
     return (None if team == NO_TEAM else team), limits, shown
+
+
+def parse_key_form(form: dict[str, str]) -> tuple[CreateKeyRequest | None, FormState]:
+    """The key the form asks for, validated by `POST /api/keys`' own model and team rule (a blank team is none), or
+    None with the API's messages beside each field."""
+    shown = FormState(values={name: form.get(name, "").strip() for name in ("name", "team", "scope")})
+    body = {name: value for name, value in shown.values.items() if value}
+    try:
+        request = CreateKeyRequest.model_validate(body)
+    except ValidationError as error:
+        for item in error.errors():
+            shown.add_error(str(item["loc"][0]) if item["loc"] else GENERAL, _message(item["msg"]))
+        return None, shown
+    if (missing_team := request.missing_team()) is not None:
+        shown.add_error("team", missing_team)
+        return None, shown
+    return request, shown
 
 
 MAX_COST_DAYS = 366  # the chart's columns stay readable and a page's server time bounded

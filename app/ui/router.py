@@ -25,24 +25,33 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.access.auth import admit, check_scope
-from app.access.keys import KeyRing
+from app.access.keys import KeyRing, StoredKey
+from app.access.schemas import KeyView
 from app.billing.budgets import NO_TEAM, BudgetExceeded, BudgetService
 from app.billing.costs import CostService
 from app.billing.router import TEAM_PATTERN, caller_team
 from app.core.deps import Services, services_of
-from app.core.errors import AppError, ServiceUnavailable, ValidationFailed
+from app.core.errors import AppError, Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from app.fleet.actions import Action
 from app.fleet.schemas import InstanceState, InstanceView
 from app.fleet.store import InstanceStore
 from app.instances.service import ACTION_ALLOWED_FROM, InstanceService
-from app.jobs.queue import CANCELLABLE_STATES, JobQueue
+from app.jobs.queue import CANCELLABLE_STATES, FAILED_JOBS_KEPT, Job, JobQueue
 from app.jobs.router import JobView, job_visible, visible_job
 from app.jobs.service import JobControl
 from app.novita.errors import NovitaError
 from app.novita.problems import novita_error_to_app_error
 from app.products.service import ProductService, ProductView
 from app.ui import views
-from app.ui.forms import GENERAL, FormState, parse_budget_form, parse_cost_range, parse_create_form, read_form
+from app.ui.forms import (
+    GENERAL,
+    FormState,
+    parse_budget_form,
+    parse_cost_range,
+    parse_create_form,
+    parse_key_form,
+    read_form,
+)
 from app.ui.sessions import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, SessionStore, UiSession, tokens_match
 from app.ui.spend import BudgetRow, cost_page
 
@@ -50,6 +59,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 FRAGMENT_HEADER = "x-dashboard-fragment"  # sent by dashboard.js when it polls a fragment
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")  # as `DELETE /api/keys/{keyId}` takes it
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DONE_MESSAGES = {
     "create": "Create requested",
     "start": "Start requested",
@@ -60,7 +71,9 @@ DONE_MESSAGES = {
     "cancel": "Job cancelled: it will not run",
     "requeue": "Job requeued: it runs again with a fresh attempt budget",
     "budget": "Budget saved",
+    "revoke": "Key revoked: it is refused from the next request on",
 }
+JOBS_LISTED = FAILED_JOBS_KEPT  # per list of the jobs page: running, failed, dead letters
 INSTANCE_JOBS_SHOWN = 25  # the API's `GET /api/instances/{id}/jobs` gives up to the 100 the queue keeps
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -514,8 +527,8 @@ def _checked_job_id(job_id: str, field: str) -> str:
 
 
 async def _jobs_context(services: Services, session: UiSession, job_id: str) -> dict[str, Any]:
-    """The job asked for by id (if any) and the dead letters the session's principal sees: what the jobs page shows
-    and refreshes. Another team's job reads as one that does not exist."""
+    """The job asked for by id (if any), and the running jobs, the failed ones and the dead letters the session's
+    principal sees: what the jobs page shows and refreshes. Another team's job reads as one that does not exist."""
     queue, records = services.get(JobQueue), services.get(InstanceStore)
     job, missing = None, False
     if job_id:
@@ -523,12 +536,18 @@ async def _jobs_context(services: Services, session: UiSession, job_id: str) -> 
         if found is not None and not await job_visible(found, records, session.principal):
             found = None
         job, missing = (JobView.of(found) if found else None), found is None
-    dead = [
-        JobView.of(item)
-        for item in await queue.dead_letters(100)
-        if await job_visible(item, records, session.principal)
-    ]
-    return {"job": job, "job_id": job_id, "missing": missing, "dead": dead}
+
+    async def visible(jobs: list[Job]) -> list[JobView]:
+        return [JobView.of(item) for item in jobs if await job_visible(item, records, session.principal)]
+
+    return {
+        "job": job,
+        "job_id": job_id,
+        "missing": missing,
+        "running": await visible(await queue.running(JOBS_LISTED)),
+        "failed": await visible(await queue.failed(JOBS_LISTED)),
+        "dead": await visible(await queue.dead_letters(JOBS_LISTED)),
+    }
 
 
 JobIdQuery = Annotated[str, Query(alias="id")]
@@ -536,7 +555,8 @@ JobIdQuery = Annotated[str, Query(alias="id")]
 
 @router.get("/jobs")
 async def jobs_page(request: Request, session: Session, job_id: JobIdQuery = "", done: str = "") -> Response:
-    """A job by id (`?id=`), and the dead letters, with cancel and requeue; the panel refreshes itself."""
+    """A job by id (`?id=`), the running and failed jobs and the dead letters, with cancel and requeue; the panel
+    refreshes itself."""
     context = await _jobs_context(_services(request), session, job_id.strip())
     return _render(request, "jobs.html", session=session, done=DONE_MESSAGES.get(done), **context)
 
@@ -624,3 +644,63 @@ async def set_budget(request: Request, session: AdminSession, form: Form) -> Res
         return await _budgets_page(request, session, shown, status=422)
     await _services(request).get(BudgetService).set_limits(team, limits)
     return _redirect(f"/ui/budgets?{urlencode({'done': 'budget', 'team': team or NO_TEAM})}")
+
+
+# -- API keys (admins) -------------------------------------------------------------------------------------------
+
+
+async def _keys_page(
+    request: Request, session: UiSession, form: FormState, status: int = 200, done: str | None = None
+) -> Response:
+    keys = [KeyView.of(stored) for stored in await _services(request).get(KeyRing).list()]
+    return _render(request, "keys.html", status, session=session, keys=keys, form=form, done=done)
+
+
+@router.get("/keys")
+async def keys_page(request: Request, session: AdminSession, done: str = "", name: str = "") -> Response:
+    """The keys created through the API (as `GET /api/keys`: never their key material) and the form that creates
+    one."""
+    message = DONE_MESSAGES.get(done)
+    if message and _KEY_NAME.match(name):
+        message = f"{message} ({name})."
+    return await _keys_page(request, session, FormState(values={"scope": "read"}), done=message)
+
+
+@router.post("/keys")
+async def create_key(request: Request, session: AdminSession, form: Form) -> Response:
+    """Create a key as `POST /api/keys` does; the key is in this answer only (a page answering the POST: never in a
+    URL, never stored), with a copy button. The API's 422 and 409 messages go beside their fields."""
+    create, shown = parse_key_form(form)
+    if create is None:
+        return await _keys_page(request, session, shown, status=422)
+    try:
+        stored, key = await _services(request).get(KeyRing).create(create.name, create.team, create.scope)
+    except Conflict as error:
+        shown.add_error("name", error.detail)
+        return await _keys_page(request, session, shown, status=error.status)
+    return _render(request, "key_created.html", 201, session=session, created=KeyView.of(stored), key=key)
+
+
+async def _stored_key(keys: KeyRing, key_id: str) -> StoredKey:
+    if not _KEY_ID.match(key_id):
+        raise ValidationFailed("a key id is 16 hexadecimal digits", field="path.keyId")
+    found = next((stored for stored in await keys.list() if stored.id == key_id), None)
+    if found is None:
+        raise NotFound(f"no API key with id {key_id!r}")
+    return found
+
+
+@router.get("/keys/{key_id}/revoke")
+async def confirm_revoke_page(request: Request, session: AdminSession, key_id: str) -> Response:
+    """Ask before revoking, naming the key."""
+    stored = await _stored_key(_services(request).get(KeyRing), key_id)
+    return _render(request, "confirm_revoke.html", session=session, stored=KeyView.of(stored))
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(request: Request, session: AdminSession, _form: Form, key_id: str) -> Response:
+    """Revoke the key (after the confirmation page), as `DELETE /api/keys/{id}` does."""
+    keys = _services(request).get(KeyRing)
+    stored = await _stored_key(keys, key_id)
+    await keys.revoke(stored.id)
+    return _redirect(f"/ui/keys?{urlencode({'done': 'revoke', 'name': stored.name})}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import signal
@@ -15,7 +16,18 @@ from typing import Any
 import pytest
 
 from app.core.errors import ServiceUnavailable
-from app.jobs.queue import DEAD_KEY, SCHEDULED_KEY, STREAM_KEY, Job, JobContext, JobQueue, RetryLater, job_key
+from app.jobs.queue import (
+    DEAD_KEY,
+    FAILED_KEY,
+    SCHEDULED_KEY,
+    STREAM_KEY,
+    Job,
+    JobContext,
+    JobFailed,
+    JobQueue,
+    RetryLater,
+    job_key,
+)
 from tests.app.conftest import ApiServer, QueueKit, wait_for
 from tests.fixtures_redis import RedisServer
 
@@ -86,6 +98,47 @@ async def test_failing_job_is_retried_with_growing_backoff_then_dead_lettered(ki
     assert (await queue.depth()).dead == 1
     assert kit.metrics.jobs_processed.labels("demo.fail", "retried")._value.get() == 2
     assert kit.metrics.jobs_processed.labels("demo.fail", "dead")._value.get() == 1
+
+
+async def test_running_lists_the_jobs_a_worker_holds_and_failed_keeps_the_newest_failures(
+    kit: QueueKit, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.jobs.worker.FAILED_JOBS_KEPT", 3)  # the bound, small enough to pass here
+    queue = await kit.queue()
+    assert await queue.running() == [] and await queue.failed() == []  # no consumer group yet: nothing runs
+    release = asyncio.Event()
+
+    async def held(context: JobContext) -> None:
+        await release.wait()
+
+    async def refused(context: JobContext) -> None:
+        raise JobFailed(f"bad request {context.job.payload['n']}")
+
+    worker = kit.worker(queue, {"demo.held": held, "demo.refused": refused}, "w1")
+    await worker.start()
+    running = await queue.enqueue("demo.held", {})
+    waiting = await queue.enqueue("demo.held", {}, delay_seconds=600)
+    await wait_for(lambda: _is(kit, queue, running.id, "running"), what="the held job to run")
+    assert [job.id for job in await queue.running()] == [running.id]  # not the scheduled one
+
+    failed = []
+    for n in range(5):
+        job = await queue.enqueue("demo.refused", {"n": n})
+        await wait_for(functools.partial(_is, kit, queue, job.id, "failed"), what=f"failure {n}")
+        failed.append(job.id)
+    listed = await queue.failed()
+    assert [job.id for job in listed] == failed[:-4:-1]  # the newest 3, newest first
+    assert listed[0].last_error == "bad request 4"
+    with redis_server.client() as raw:
+        assert raw.zcard(FAILED_KEY) == 3  # trimmed where it is written, not only when read
+        raw.delete(job_key(failed[-1]))  # a record gone with the retention leaves the list when it is read
+    assert [job.id for job in await queue.failed()] == failed[-2:-4:-1]
+
+    release.set()
+    await wait_for(lambda: _is(kit, queue, running.id, "succeeded"), what="the held job to finish")
+    assert await queue.running() == []
+    still_waiting = await queue.get(waiting.id)
+    assert still_waiting is not None and still_waiting.state == "scheduled"
 
 
 async def test_retry_later_reschedules_without_using_up_attempts(kit: QueueKit, redis_server: RedisServer) -> None:

@@ -20,6 +20,7 @@ def _post(path: str) -> Call:
     return lambda c, csrf, instance, job: c.post(path.format(id=instance), data={"csrf_token": csrf})
 
 
+ADMIN_KEY_ID = "0123456789abcdef"  # a well-formed key id: the scope is refused before the key is looked up
 # Every route of /ui, called on another team's instance and job: the status a `read` key of team alpha gets, and the
 # one an `operate` key of alpha gets. Sign-in and sign-out are the same for every key (they are not walked).
 UI_ROUTES: dict[tuple[str, str], tuple[Call, int, int]] = {
@@ -42,6 +43,10 @@ UI_ROUTES: dict[tuple[str, str], tuple[Call, int, int]] = {
     ("get", "/ui/costs"): (lambda c, csrf, i, j: c.get("/ui/costs"), 200, 200),
     ("get", "/ui/budgets"): (lambda c, csrf, i, j: c.get("/ui/budgets"), 403, 403),
     ("post", "/ui/budgets"): (_post("/ui/budgets"), 403, 403),
+    ("get", "/ui/keys"): (lambda c, csrf, i, j: c.get("/ui/keys"), 403, 403),
+    ("post", "/ui/keys"): (_post("/ui/keys"), 403, 403),
+    ("get", "/ui/keys/{key_id}/revoke"): (lambda c, csrf, i, j: c.get(f"/ui/keys/{ADMIN_KEY_ID}/revoke"), 403, 403),
+    ("post", "/ui/keys/{key_id}/revoke"): (_post(f"/ui/keys/{ADMIN_KEY_ID}/revoke"), 403, 403),
     ("get", "/ui/jobs/panel"): (lambda c, csrf, i, j: c.get("/ui/jobs/panel", params={"id": j}), 200, 200),
     ("post", "/ui/jobs/{job_id}/{operation}"): (
         lambda c, csrf, i, j: c.post(f"/ui/jobs/{j}/cancel", data={"csrf_token": csrf}),
@@ -80,7 +85,7 @@ def test_every_dashboard_route_follows_scopes_and_teams(api_server_factory: Star
                 assert answer.status_code == case[column], (method, path, column, answer.text[:300])
                 assert "theirs" not in answer.text, (method, path)  # bravo's instance never shows
                 if answer.status_code == 403:
-                    needed = "admin" if path.startswith("/ui/budgets") else "operate"
+                    needed = "admin" if path.startswith(("/ui/budgets", "/ui/keys")) else "operate"
                     assert f"this needs the &#39;{needed}&#39; scope" in answer.text, (method, path)
             jobs = client.get("/ui/jobs", params={"id": other["lastJobId"]})
             assert f"No job with id <code>{other['lastJobId']}</code>" in jobs.text  # as if it did not exist
@@ -96,3 +101,4 @@ def test_every_dashboard_route_follows_scopes_and_teams(api_server_factory: Star
     assert "only read" in read_page.text
     assert f'action="/ui/instances/{own["id"]}/stop"' in operate_page.text
     assert "ours" in listing.text and 'href="/ui/instances/new"' not in listing.text
+    assert 'href="/ui/keys"' not in listing.text and 'href="/ui/budgets"' not in listing.text  # admin pages unlinked

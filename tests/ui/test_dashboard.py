@@ -270,7 +270,7 @@ def test_jobs_page_shows_a_job_and_the_dead_letters(api_server_factory: StartSer
         page.get_by_label("API key").fill(server.api_key)
         page.get_by_role("button", name="Sign in").click()
         page.goto("/ui/jobs")
-        table = page.locator("table.list")
+        table = page.locator("#dead-letters")
         expect(table).to_contain_text(dead["id"])
         expect(table).to_contain_text("no handler registered for job kind 'report.unknown'")
         page.get_by_label("Job id").fill(dead["id"])

@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, expect
 
 from app.core.config import Settings
 from app.core.redis import RedisManager
-from app.jobs.queue import JobContext, JobQueue
+from app.jobs.queue import JobContext, JobFailed, JobQueue
 from tests.app.conftest import ApiServer, StartServer
 from tests.app.instances_client import create_running, wait_for_job
 from tests.ui.conftest import TIMEOUT_MS, Dashboard
@@ -40,13 +40,13 @@ class FlakyReport:
         return {"ok": True}
 
 
-def _enqueue(settings: Settings, delay_seconds: float = 0.0) -> str:
-    """Queue a job of KIND from a thread of its own (the sync Playwright driver runs an event loop in this one)."""
+def _enqueue(settings: Settings, delay_seconds: float = 0.0, kind: str = KIND) -> str:
+    """Queue a job of `kind` from a thread of its own (the sync Playwright driver runs an event loop in this one)."""
 
     async def enqueue() -> str:
         redis = RedisManager(settings)
         try:
-            return (await JobQueue(redis).enqueue(KIND, {}, delay_seconds=delay_seconds)).id
+            return (await JobQueue(redis).enqueue(kind, {}, delay_seconds=delay_seconds)).id
         finally:
             await redis.close()
 
@@ -195,3 +195,50 @@ def test_an_instance_page_lists_all_its_jobs_and_a_new_one_appears_live(dashboar
     dashboard.screenshot("instance-jobs")
     rows.first.get_by_role("link", name="instance.stop").click()
     expect(page.locator("#job-heading")).to_contain_text(stop["jobId"])
+
+
+REFUSED_KIND = "report.refused"
+
+
+async def _refuse(context: JobContext) -> None:
+    raise JobFailed("the report asks for a month that has not happened")
+
+
+def test_jobs_page_lists_running_and_failed_jobs_live_and_only_to_whom_sees_them(
+    api_server_factory: StartServer, browser: Browser
+) -> None:
+    server = api_server_factory()
+    report = FlakyReport()
+    report.failing = False  # runs until released
+    server.container.worker.register(KIND, report)
+    server.container.worker.register(REFUSED_KIND, _refuse)
+    running_id = _enqueue(server.settings)
+    failed_id = _enqueue(server.settings, kind=REFUSED_KIND)
+    _wait_for_job_state(server, running_id, "running")
+    _wait_for_job_state(server, failed_id, "failed")
+    with _board(server, browser) as board:
+        page = board.page
+        board.goto("/ui/jobs")
+        running_row = page.locator(f'#running-jobs tr[data-job-id="{running_id}"]')
+        expect(running_row).to_contain_text(KIND)
+        failed_row = page.locator(f'#failed-jobs tr[data-job-id="{failed_id}"]')
+        expect(failed_row).to_contain_text("the report asks for a month that has not happened")
+        board.assert_accessible("jobs, running and failed")
+        page.evaluate("window.notReloaded = true")
+        report.release.set()  # the panel's polling sees it finish without a reload
+        expect(page.locator("#running-jobs tbody tr")).to_have_text("None.")
+        assert page.evaluate("window.notReloaded === true"), "the page was reloaded instead of updated"
+        failed_row.get_by_role("link", name=failed_id).click()
+        expect(page.locator("#job-state")).to_have_text("failed")
+
+    # Jobs of no instance are for admins only: a team's key sees neither list's entries (as with dead letters).
+    report.release.clear()
+    held_id = _enqueue(server.settings)
+    _wait_for_job_state(server, held_id, "running")
+    reader = server.dashboard(server.new_key("alpha", "read"))
+    try:
+        panel = reader.get("/ui/jobs/panel").text
+    finally:
+        reader.close()
+        report.release.set()
+    assert 'id="running-jobs"' in panel and held_id not in panel and failed_id not in panel
