@@ -20,17 +20,14 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import SecretStr
-from redis.exceptions import RedisError
 
 from app.access.principal import Principal, Scope
-from app.core.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
-from app.core.redis import RedisManager
+from app.core.errors import Conflict, NotFound, Unauthorized
+from app.core.redis import RedisManager, valkey_errors
 
 _PREFIX = "ngpu:access:"
 KEYS_KEY = f"{_PREFIX}keys"
@@ -42,14 +39,6 @@ ANONYMOUS = Principal(name="anonymous", team=None, scope="admin")
 
 def _lookup_key(digest: str) -> str:
     return f"{_PREFIX}key:{digest}"
-
-
-@asynccontextmanager
-async def _valkey_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise ServiceUnavailable(f"Valkey is unavailable ({type(exc).__name__})") from exc
 
 
 @dataclass(frozen=True)
@@ -116,7 +105,7 @@ class KeyRing:
         bootstrap = self._bootstrap.get(digest)
         if bootstrap is not None:
             return bootstrap
-        async with _valkey_errors():
+        async with valkey_errors():
             raw = await self._redis.client.get(_lookup_key(digest))
         return StoredKey.from_json(raw).principal() if raw is not None else None
 
@@ -127,7 +116,7 @@ class KeyRing:
         stored = StoredKey(id=secrets.token_hex(8), name=name, team=team, scope=scope, created_at=time.time())
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         digest = self.digest(key)
-        async with _valkey_errors():
+        async with valkey_errors():
             if not await self._redis.client.hsetnx(NAMES_KEY, name, stored.id):
                 raise Conflict(f"a key named {name!r} exists: revoke it first, or choose another name")
             async with self._redis.client.pipeline(transaction=True) as pipe:
@@ -138,13 +127,13 @@ class KeyRing:
 
     async def list(self) -> list[StoredKey]:
         """Every stored key, oldest first (the bootstrap keys are in the stack's config, not here)."""
-        async with _valkey_errors():
+        async with valkey_errors():
             raws = await self._redis.client.hvals(KEYS_KEY)
         return sorted((StoredKey.from_json(raw) for raw in raws), key=lambda key: (key.created_at, key.id))
 
     async def revoke(self, key_id: str) -> None:
         """Delete the key: the next request presenting it, on any replica, is a 401; `NotFound` if unknown."""
-        async with _valkey_errors():
+        async with valkey_errors():
             raw = await self._redis.client.hget(KEYS_KEY, key_id)
             if raw is None:
                 raise NotFound(f"no API key with id {key_id!r}")

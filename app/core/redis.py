@@ -7,14 +7,16 @@ import contextlib
 import logging
 import random
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from app.core.config import Settings
+from app.core.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,18 @@ class RedisManager:
         for client in (self._client, self._blocking_client):
             with contextlib.suppress(RedisError, OSError):  # closing: nothing left to do about a dead connection
                 await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def valkey_errors() -> AsyncIterator[None]:
+    """Turn a Valkey failure inside the block into `ServiceUnavailable` (503, never a 500); a `WatchError` goes
+    through untouched, for the optimistic transaction that retries on it."""
+    try:
+        yield
+    except WatchError:
+        raise
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable(f"Valkey is unavailable ({type(exc).__name__})") from exc
 
 
 # Every client here decodes answers (decode_responses=True), so Valkey answers text; redis-py's types cannot know that.

@@ -21,17 +21,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from app.core.clock import SYSTEM_CLOCK, WallClock
-from app.core.errors import ServiceUnavailable
-from app.core.redis import Lease, RedisManager
+from app.core.redis import Lease, RedisManager, valkey_errors
 from app.fleet import index, meter
 from app.fleet.schemas import InstanceRecord, InstanceState
 
@@ -67,16 +65,6 @@ def _text(value: object) -> str:
 
 class RecordNotFound(LookupError):
     """The record does not exist (any more)."""
-
-
-@asynccontextmanager
-async def _valkey_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except WatchError:
-        raise
-    except (RedisError, OSError) as exc:
-        raise ServiceUnavailable(f"Valkey is unavailable ({type(exc).__name__})") from exc
 
 
 @dataclass(frozen=True)
@@ -123,7 +111,7 @@ class InstanceStore:
 
     async def create(self, record: InstanceRecord, spec: dict[str, Any]) -> bool:
         """Write a new record, its create spec and its index entries at once; False if the record already exists."""
-        async with _valkey_errors():
+        async with valkey_errors():
             if await self._client.exists(_record_key(record.id)):
                 return False
             meter.advance(record, self._clock())  # opens the meter (billed at once for an adopted running instance)
@@ -139,7 +127,7 @@ class InstanceStore:
 
     async def get(self, instance_id: str) -> InstanceRecord | None:
         """The record, or None."""
-        async with _valkey_errors():
+        async with valkey_errors():
             raw = await self._client.get(_record_key(instance_id))
         return InstanceRecord.model_validate_json(raw) if raw is not None else None
 
@@ -148,7 +136,7 @@ class InstanceStore:
         records: list[InstanceRecord] = []
         for start in range(0, len(instance_ids), batch):
             chunk = instance_ids[start : start + batch]
-            async with _valkey_errors():
+            async with valkey_errors():
                 raws = await self._client.mget([_record_key(i) for i in chunk])
             records.extend(InstanceRecord.model_validate_json(raw) for raw in raws if raw is not None)
         return records
@@ -162,7 +150,7 @@ class InstanceStore:
         """Every record, oldest first, `batch` per round trip, so that memory stays bounded whatever the fleet size."""
         start = 0
         while True:
-            async with _valkey_errors():
+            async with valkey_errors():
                 members = [_text(m) for m in await self._client.zrange(index.ALL_KEY, start, start + batch - 1)]
                 ids = [m for m in members if not index.is_external(m)]
                 raws = await self._client.mget([_record_key(i) for i in ids]) if ids else []
@@ -187,7 +175,7 @@ class InstanceStore:
         the next).
         """
         key = _record_key(instance_id)
-        async with _valkey_errors(), self._client.pipeline(transaction=True) as pipe:
+        async with valkey_errors(), self._client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
@@ -243,7 +231,7 @@ class InstanceStore:
             set_key = index.team_key(team, state)
         else:
             set_key = index.state_key(state) if state is not None else index.ALL_KEY
-        async with _valkey_errors():
+        async with valkey_errors():
             answer = await self._client.eval(
                 index.PAGE_SCRIPT,
                 3,
@@ -288,41 +276,41 @@ class InstanceStore:
 
     async def synced_at(self, instance_id: str) -> float | None:
         """When the background sync last saw the instance on Novita (the start of that sync's listing)."""
-        async with _valkey_errors():
+        async with valkey_errors():
             value = await self._client.hget(index.SYNCED_AT_KEY, instance_id)
         return float(value) if value is not None else None
 
     async def mark_synced(self, members: Iterable[str], at: float) -> None:
         """Note that one sync, whose listing began at `at`, saw these members on Novita."""
         pending = list(members)
-        async with _valkey_errors():
+        async with valkey_errors():
             for start in range(0, len(pending), RECORD_BATCH):
                 chunk = pending[start : start + RECORD_BATCH]
                 await self._client.hset(index.SYNCED_AT_KEY, mapping=dict.fromkeys(chunk, repr(at)))
 
     async def request_sync(self) -> None:
         """Ask for a background sync before its period ends (a job is waiting for news of its instance)."""
-        async with _valkey_errors():
+        async with valkey_errors():
             await self._client.set(index.SYNC_WANTED_KEY, "1", ex=60)
 
     async def take_sync_request(self) -> bool:
         """Whether a sync was asked for since the last one started (and clear the request)."""
-        async with _valkey_errors():
+        async with valkey_errors():
             return await self._client.getdel(index.SYNC_WANTED_KEY) is not None
 
     async def sync_status(self) -> dict[str, str]:
         """What the background sync last reported (`write_sync_status`), empty before the first one."""
-        async with _valkey_errors():
+        async with valkey_errors():
             return {_text(k): _text(v) for k, v in (await self._client.hgetall(index.SYNC_STATUS_KEY)).items()}
 
     async def write_sync_status(self, fields: dict[str, str | float | int]) -> None:
         """Record the sync's progress for `/health` and the lists' `novitaSynced` (shared by every replica)."""
-        async with _valkey_errors():
+        async with valkey_errors():
             await self._client.hset(index.SYNC_STATUS_KEY, mapping={k: str(v) for k, v in fields.items()})
 
     async def put_externals(self, views: dict[str, dict[str, Any]], scores: dict[str, float]) -> None:
         """Replace the views of instances made outside this service (by Novita id); unlisted ones leave the index."""
-        async with _valkey_errors():
+        async with valkey_errors():
             known = {_text(m) for m in await self._client.smembers(index.EXTERNALS_KEY)}
             current = {index.external_member(novita_id) for novita_id in views}
             async with self._client.pipeline(transaction=True) as pipe:
@@ -346,7 +334,7 @@ class InstanceStore:
 
     async def prune_expired(self, now: float) -> int:
         """Drop the index entries of deleted records whose retention ended; returns how many."""
-        async with _valkey_errors():
+        async with valkey_errors():
             expired = [_text(m) for m in await self._client.zrangebyscore(index.EXPIRING_KEY, "-inf", repr(now))]
             alive = await self._client.mget([_record_key(m) for m in expired]) if expired else []
         gone = [m for m, raw in zip(expired, alive, strict=True) if raw is None]
@@ -360,7 +348,7 @@ class InstanceStore:
         One replica builds it under a lease, `RECORD_BATCH` records per round trip (memory stays bounded); the
         others wait for it. Returns the number of records indexed here (0 when the index was already there).
         """
-        async with _valkey_errors():
+        async with valkey_errors():
             while await self._client.get(index.VERSION_KEY) != index.INDEX_VERSION:
                 lease = Lease(self._client, index.BUILD_LEASE_KEY, lease_seconds)
                 if not await lease.acquire():
@@ -397,9 +385,9 @@ class InstanceStore:
         return indexed
 
     async def _unindex(self, members: list[str]) -> None:
-        async with _valkey_errors():
+        async with valkey_errors():
             teams = await self._client.hmget(index.TEAMS_KEY, members)
-        async with _valkey_errors(), self._client.pipeline(transaction=True) as pipe:
+        async with valkey_errors(), self._client.pipeline(transaction=True) as pipe:
             for member, team in zip(members, teams, strict=True):
                 if team is not None:
                     _unindex_team(pipe, member, None, _text(team))
@@ -419,18 +407,18 @@ class InstanceStore:
 
     async def get_spec(self, instance_id: str) -> dict[str, Any] | None:
         """The create spec (with env values), or None once the instance exists on Novita."""
-        async with _valkey_errors():
+        async with valkey_errors():
             raw = await self._client.get(_spec_key(instance_id))
         return json.loads(raw) if raw is not None else None
 
     async def drop_spec(self, instance_id: str) -> None:
         """Forget the create spec (and the secret env values in it)."""
-        async with _valkey_errors():
+        async with valkey_errors():
             await self._client.delete(_spec_key(instance_id))
 
     async def claim_idempotency_key(self, key: str, entry: dict[str, str], ttl_seconds: int) -> dict[str, str] | None:
         """Store `entry` under `key` unless the key is taken (SET NX); return the existing entry if it was taken."""
-        async with _valkey_errors():
+        async with valkey_errors():
             if await self._client.set(_idempotency_key(key), json.dumps(entry), nx=True, ex=ttl_seconds):
                 return None
             raw = await self._client.get(_idempotency_key(key))
