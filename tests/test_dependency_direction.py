@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Bottom first. Packages on one line are peers and must not import each other.
 APP_LAYERS: list[set[str]] = [
-    {"core"},  # config, logging, Valkey, errors -> problem+json, auth, metrics: no domain knowledge
+    {"core"},  # config, logging, Valkey, errors -> problem+json, rate limits, metrics: no domain knowledge
     {"novita"},  # the one client of Novita's API
     {"access"},  # who is asking: API keys as principals (name, team, scopes)
     {"fleet"},  # the instance model: records, states, index, store, views, the cost meter
