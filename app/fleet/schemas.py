@@ -461,19 +461,25 @@ class InstanceView(ApiModel):
         from app.fleet import meter  # the meter reads records: imported here, where both exist
 
         at = time.time() if now is None else now
-        fields = record.model_dump(exclude={"price_per_hour", "billed_seconds"})
         billed = dict(record.billed_seconds)
         running = meter.open_segment(record, at)
         if running is not None:
             billed[running.state.value] = billed.get(running.state.value, 0.0) + running.seconds
-        return cls(
+        # Not validated again: the record was validated when read and the shared fields have the same types (a test
+        # holds the two models to that). A page of 100 views cost twice as much CPU through `model_dump` and `cls()`.
+        return cls.model_construct(
             managed=True,
             synced_at=synced_at,
-            price_per_hour=record.price_per_hour,
             cost_so_far=meter.shown(meter.cost_so_far(record, at)),
             billed_seconds=billed,
-            **fields,
+            **{name: getattr(record, name) for name in VIEW_FIELDS_FROM_RECORD},
         )
+
+
+# The record fields a view shows as they are (billed seconds are shown with the open interval added).
+VIEW_FIELDS_FROM_RECORD = tuple(
+    name for name in InstanceView.model_fields if name in InstanceRecord.model_fields and name != "billed_seconds"
+)
 
 
 class HeartbeatView(ApiModel):
