@@ -17,6 +17,7 @@ Every Valkey failure surfaces as `ServiceUnavailable` (503), never as a 500.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -40,6 +41,9 @@ _PREFIX = "ngpu:"
 RECORD_BATCH = 500
 # A deleted instance's record stays readable this long (to answer "what happened to it"), then expires.
 DELETED_RECORD_RETENTION_SECONDS = 7 * 24 * 3600
+# Records kept parsed for list pages (about 5 KB each): the pages people read, a few thousand records, while the
+# automations' walks over every record parse theirs anew and so never evict these.
+PARSED_PAGE_RECORDS = 2048
 
 
 def _record_key(instance_id: str) -> str:
@@ -63,6 +67,15 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@functools.lru_cache(maxsize=PARSED_PAGE_RECORDS)
+def _parsed_for_page(raw: str) -> InstanceRecord:
+    """A record of a list page, parsed once per stored version: the first pages are read over and over while their
+    records rarely change, and parsing them was a fifth of a list request's CPU at 10,000 instances. Keyed by the
+    stored JSON itself, so a changed record is parsed again. Shared between requests: `IndexPage.records` are read
+    only."""
+    return InstanceRecord.model_validate_json(raw)
+
+
 class RecordNotFound(LookupError):
     """The record does not exist (any more)."""
 
@@ -72,7 +85,7 @@ class IndexPage:
     """One page read from the index: the filter's total, and per member its record (or external view) and sync time."""
 
     total: int
-    records: list[InstanceRecord]
+    records: list[InstanceRecord]  # shared with other pages (parsed once per stored version): never modify them
     externals: list[dict[str, Any]]
     members: list[str]  # page order; each is a record id or an `ext:` member
     scores: list[float]
@@ -257,7 +270,7 @@ class InstanceStore:
                 pipe.hmget(index.SYNCED_AT_KEY, members or ["none"])
                 pipe.hgetall(index.SYNC_STATUS_KEY)
                 raw_records, raw_externals, synced, sync_status = await pipe.execute()
-        records = [InstanceRecord.model_validate_json(raw) for raw in raw_records[: len(ids)] if raw is not None]
+        records = [_parsed_for_page(raw) for raw in raw_records[: len(ids)] if raw is not None]
         externals = [json.loads(raw) for raw in raw_externals[: len(external_ids)] if raw is not None]
         found = {r.id for r in records} | {index.external_member(e["novitaInstanceId"]) for e in externals}
         gone = [m for m in members if m not in found]

@@ -1,6 +1,6 @@
-"""The instance view is built from a stored record without validating it again (lists build up to 100 per
-request): every value it takes from the record must be of the type the view declares (the serializer refuses any
-other with `warnings="error"`), and the view must come out exactly as the validated way would build it."""
+"""The instance view is built from a stored record's own values (its nested models taken as they are; lists build up
+to 100 views per request): every value must come out of the type the view declares (the serializer refuses any other
+with `warnings="error"`), and the view exactly as one validated from the record's JSON form."""
 
 from __future__ import annotations
 

@@ -99,6 +99,26 @@ async def test_filters_pages_and_counts_agree_with_a_brute_force_scan(lifecycle_
             assert by_offset == expected and walked == expected and total == len(expected), (state, name)
 
 
+async def test_a_page_shows_each_records_latest_write_though_pages_keep_records_parsed(
+    lifecycle_env: LifecycleEnv,
+) -> None:
+    env = lifecycle_env
+    record = make_record(novita_instance_id="nv1", novita_status="pulling", created_at=BASE_TIME)
+    assert await env.store.create(record, {})
+    first = await env.store.page(state=None, name=None, offset=0, count=10)
+    again = await env.store.page(state=None, name=None, offset=0, count=10)
+    assert first.records[0] is again.records[0]  # parsed once while unchanged
+
+    def to_running(current: InstanceRecord) -> None:
+        current.apply_novita("running", None)
+        current.name = "renamed"
+
+    await env.store.update(record.id, to_running)
+    latest = (await env.store.page(state=None, name=None, offset=0, count=10)).records[0]
+    assert (latest.state, latest.name) == (InstanceState.RUNNING, "renamed")
+    assert (first.records[0].state, first.records[0].name) == (InstanceState.PROVISIONING, "trainer")
+
+
 async def test_cursor_pages_stay_complete_and_stable_under_concurrent_creates_and_deletes(
     lifecycle_env: LifecycleEnv,
 ) -> None:
