@@ -18,6 +18,10 @@ class RecordStore(Protocol):
         """The record, or None."""
         ...
 
+    async def get_many(self, instance_ids: list[str], batch: int = ...) -> list[InstanceRecord]:
+        """The records that exist among `instance_ids`, in their order, `batch` per round trip."""
+        ...
+
     async def list_all(self) -> list[InstanceRecord]:
         """Every record, newest first."""
         ...

@@ -12,6 +12,7 @@ import hmac
 import json
 import time
 from decimal import Decimal
+from unittest.mock import patch
 
 from app.billing.budgets import (
     STALE_RESERVATION_SECONDS,
@@ -308,11 +309,17 @@ async def test_the_guard_checkpoints_only_intervals_open_for_over_an_hour(lifecy
         lifecycle_env.clock,
     )
     record = await kit.running("ml")  # 1.00 USD an hour
+    others = [await kit.running("ops", name=f"other-{n}") for n in range(2)]
+    await lifecycle_env.redis.sadd(meter.OPEN_KEY, "0000expired0000")  # its record expired with the meter open
     lifecycle_env.clock.advance(3599)
     await guard.checkpoint_meters()
     assert closed == []
     lifecycle_env.clock.advance(1)
-    await guard.checkpoint_meters()
-    assert [(s.instance_id, s.seconds, s.cost()) for s in closed] == [(record.id, 3600.0, Decimal(1))]
+    with patch("app.lifecycle.budget_guard.METER_READ_BATCH", 2):  # the open ids span batches
+        await guard.checkpoint_meters()
+    assert sorted((s.instance_id, s.seconds, s.cost()) for s in closed) == sorted(
+        (each.id, 3600.0, Decimal(1)) for each in [record, *others]
+    )
+    assert not await lifecycle_env.redis.sismember(meter.OPEN_KEY, "0000expired0000")
     lifecycle_env.clock.advance(1800)
     assert await kit.costs.spend("ml", 0) == Decimal("1.5")  # the closed hour and the half hour open since
