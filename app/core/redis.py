@@ -44,6 +44,16 @@ class Lease:
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         self._token = secrets.token_hex(16)
 
+    @property
+    def token(self) -> str:
+        """What the key holds while the lease is ours (for a script that takes the lease as part of a larger step)."""
+        return self._token
+
+    @property
+    def ttl_ms(self) -> int:
+        """The lease's time to live in milliseconds."""
+        return self._ttl_ms
+
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it; True when we now hold it."""
         return bool(await self._redis.set(self.key, self._token, nx=True, px=self._ttl_ms))

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.config import Settings
 from app.core.metrics import Metrics
-from app.core.redis import Lease
+from app.core.redis import Lease, texts
 from app.jobs.queue import (
     CONSUMER_GROUP,
     DEAD_KEY,
@@ -35,7 +35,6 @@ from app.jobs.queue import (
     RESCHEDULE_SCRIPT,
     SCHEDULED_KEY,
     STREAM_KEY,
-    TERMINAL_STATES,
     WOKEN_KEY_PREFIX,
     Handler,
     Job,
@@ -52,14 +51,18 @@ _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # What XREADGROUP answers on our decoding client: [(stream, [(entry id, fields)])].
 _StreamRead = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
-# Begin an attempt only while the job may run (queued, or running under a worker that died): atomic against a cancel,
-# which changes only queued or scheduled jobs. Returns the attempt number, or -1 when the job must not run.
-_START_ATTEMPT_SCRIPT = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return -1 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', ARGV[1])
-return attempts
+# Take the job's lock and begin an attempt, in one step (one round trip where a lock, a read and a start took three:
+# a create takes several steps, and a burst of them is bound by the API's one core). The attempt begins only while
+# the job may run (queued, or running under a worker that died): atomic against a cancel, which changes only queued or
+# scheduled jobs. Answers {} when another worker holds the lock; {state} ('' for no job) when the job must not run,
+# the lock then being ours to release; else the job's fields, its state running and the attempt counted.
+_CLAIM_SCRIPT = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {} end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= 'queued' and state ~= 'running' then return {state or ''} end
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('HSET', KEYS[2], 'state', 'running', 'updated_at', ARGV[3])
+return redis.call('HGETALL', KEYS[2])
 """
 
 # How long the best-effort bookkeeping of an interrupted job may delay shutdown.
@@ -215,14 +218,18 @@ class Worker:
             await self._acknowledge(entry_id)
             return
         lock = Lease(client, f"{LOCK_KEY_PREFIX}{job_id}", self._settings.job_visibility_timeout_seconds)
-        if not await lock.acquire():
+        claimed = texts(
+            await client.eval(_CLAIM_SCRIPT, 2, lock.key, job_key(job_id), lock.token, lock.ttl_ms, repr(time.time()))
+        )
+        if not claimed:
             return  # another worker is running it and will acknowledge this entry when done
         try:
-            job = await self._queue.get(job_id)
-            if job is None or job.state in TERMINAL_STATES or job.state == "scheduled":
-                await self._acknowledge(entry_id)  # a duplicate delivery of a job already settled or rescheduled
+            if len(claimed) == 1:  # a duplicate delivery of a job settled, rescheduled or cancelled: it must not run
+                await self._acknowledge(entry_id)
+                if claimed[0] == "cancelled":
+                    logger.info("job not started: it was cancelled", extra={"jobId": job_id})
                 return
-            await self._run(entry_id, job, lock)
+            await self._run(entry_id, Job.from_record(dict(zip(claimed[0::2], claimed[1::2], strict=True))), lock)
         finally:
             try:
                 async with asyncio.timeout(_INTERRUPT_BOOKKEEPING_SECONDS):
@@ -231,12 +238,7 @@ class Worker:
                 pass  # the lock expires by itself
 
     async def _run(self, entry_id: str, job: Job, lock: Lease) -> None:
-        attempt = await self._redis.client.eval(_START_ATTEMPT_SCRIPT, 1, job_key(job.id), repr(time.time()))
-        if attempt < 0:
-            await self._acknowledge(entry_id)  # cancelled (or settled) since it was read: it must not run
-            logger.info("job not started: it was cancelled", extra={"jobId": job.id, "kind": job.kind})
-            return
-        job.attempts, job.state = int(attempt), "running"
+        """Run an attempt the claim began (`job` as it began: running, its attempts counted)."""
         if job.attempts > self._settings.job_max_attempts:
             # Only reachable when earlier attempts never recorded an outcome: the job keeps killing its worker.
             await self._bury(entry_id, job, job.last_error or "the worker stopped during every attempt")
