@@ -287,6 +287,15 @@ class InstanceStore:
             sync_status={_text(k): _text(v) for k, v in sync_status.items()},
         )
 
+    async def get_synced(self, instance_id: str) -> tuple[InstanceRecord | None, float | None]:
+        """The record and when the background sync last saw it (`get` and `synced_at`), in one round trip."""
+        async with valkey_errors(), self._client.pipeline(transaction=False) as pipe:
+            pipe.get(_record_key(instance_id))
+            pipe.hget(index.SYNCED_AT_KEY, instance_id)
+            raw, synced = await pipe.execute()
+        record = InstanceRecord.model_validate_json(raw) if raw is not None else None
+        return record, float(synced) if synced is not None else None
+
     async def synced_at(self, instance_id: str) -> float | None:
         """When the background sync last saw the instance on Novita (the start of that sync's listing)."""
         async with valkey_errors():

@@ -149,6 +149,8 @@ class InstanceJobHandlers:
                 record = await self._create_upstream(ctx, record)
             except _NOVITA_OUTAGE as error:  # safe to come back: a create that may have been sent looks its name up
                 await self._wait_for_novita(ctx, record, "create", error)
+            if record.novita_instance_id is not None:  # created just now: no sync can have seen it, so no look
+                await self._wait_for_sync(ctx, record, "create", _issued_at(record, "create", ctx.job.id))
         if record.novita_instance_id is None:
             return _Outcome(record.id, record.state, None, "deleted before it was created").as_result()
         return await self._settle(ctx, record, "create")
@@ -159,11 +161,14 @@ class InstanceJobHandlers:
             # unique name tells. Only then: a first attempt has nothing to find and saves Novita the listing.
             existing = await self._novita.find_instance_by_name(record.upstream_name)
             if existing is not None:
+                prices = None
                 if existing.product_id:  # the offer's price was lost with the answer: the catalogue's, as created
-                    await self._fix_prices(
-                        record.id, record.gpu_num, record.billing_mode, existing.product_id, existing.cluster_id
+                    prices = await self._prices(
+                        record.gpu_num, record.billing_mode, existing.product_id, existing.cluster_id
                     )
-                return await self._record_created(ctx, record.id, existing.id, existing.cluster_id, "found_existing")
+                return await self._record_created(
+                    ctx, record.id, existing.id, existing.cluster_id, "found_existing", prices=prices
+                )
 
         spec_data = await self._store.get_spec(record.id)
         if spec_data is None:
@@ -205,24 +210,21 @@ class InstanceJobHandlers:
             await self._fail(ctx, record.id, f"Novita refused this service's API key: {error}")
         await self._note_skipped(ctx, record.id, placed.skipped)
         offer = placed.offer
-        await self._fix_prices(
-            record.id, spec.gpu_num, spec.billing_mode, offer.product_id, offer.cluster_id, offer.price
-        )
+        prices = await self._prices(spec.gpu_num, spec.billing_mode, offer.product_id, offer.cluster_id, offer.price)
         return await self._record_created(
-            ctx, record.id, placed.novita_instance_id, placed.offer.cluster_id, "created", placed.offer.product_id
+            ctx, record.id, placed.novita_instance_id, offer.cluster_id, "created", offer.product_id, prices=prices
         )
 
-    async def _fix_prices(
+    async def _prices(
         self,
-        record_id: str,
         gpu_num: int,
         billing_mode: BillingMode,
         product_id: str,
         cluster_id: str | None,
         offered: float | None = None,
-    ) -> None:
-        """Fix the instance's hourly prices from the offer Novita accepted, else from the catalogue (its meter bills
-        at these from now on)."""
+    ) -> RecordChange:
+        """The change that fixes the instance's hourly prices from the offer Novita accepted, else from the catalogue
+        (its meter bills at these from the moment the record holds its Novita id)."""
         raw = offered if billing_mode != "monthly" else None
         if raw is None:
             try:
@@ -235,7 +237,7 @@ class InstanceJobHandlers:
             record.price_per_hour = str(gpu_price) if gpu_price is not None else None
             record.storage_price_per_hour = str(meter.hourly_storage_price(record.rootfs_size))
 
-        await self._store.update(record_id, fix)
+        return fix
 
     async def _note_skipped(self, ctx: JobContext, record_id: str, skipped: list[Skipped]) -> None:
         """One event per cluster passed over (`no_product` or `insufficient_resource`, detail: the cluster)."""
@@ -250,8 +252,12 @@ class InstanceJobHandlers:
         cluster_id: str | None,
         how: str,
         product_id: str | None = None,
+        *,
+        prices: RecordChange | None,
     ) -> InstanceRecord:
         def remember(record: InstanceRecord) -> None:
+            if prices is not None:  # in the same write, so the meter never runs on an instance without its price
+                prices(record)
             record.novita_instance_id = novita_id
             record.cluster_id = cluster_id or record.cluster_id
             record.product_id = product_id or record.product_id
@@ -350,15 +356,12 @@ class InstanceJobHandlers:
         Only a sync whose listing began after this job issued its operation counts, so a status from before the
         operation (a restart's `running`) never ends the job early.
         """
-        record = await self._store.get(record.id) or record
-        synced_at = await self._store.synced_at(record.id)
+        current, synced_at = await self._store.get_synced(record.id)
+        record = current or record
         status, error_text = record.novita_status, record.status_error
         issued_at = _issued_at(record, operation, ctx.job.id)
         if synced_at is None or synced_at < issued_at or status is None:
-            if time.time() >= self._deadline(ctx):
-                await self._timeout(ctx, record, operation, f"no sync has seen the {operation} on Novita yet")
-            await self._store.request_sync()  # the sync wakes this job when it brings news of the instance
-            raise RetryLater(self._watch_delay(ctx, issued_at), f"{operation}: waiting for the sync")
+            await self._wait_for_sync(ctx, record, operation, issued_at)
         if status in _SETTLED_STATUSES[operation]:
             if status == "running" and self._settings.readiness_enabled:
                 # Its own job, so that this one reports `running` now; the same id whichever replica gets here.
@@ -379,6 +382,15 @@ class InstanceJobHandlers:
             await self._timeout(ctx, record, operation, f"still {status}")
         await self._store.request_sync()
         raise RetryLater(self._watch_delay(ctx, issued_at), f"{operation}: Novita status {status}")
+
+    async def _wait_for_sync(
+        self, ctx: JobContext, record: InstanceRecord, operation: str, issued_at: float
+    ) -> NoReturn:
+        """No sync has seen the operation yet: ask for one and come back (always raises)."""
+        if time.time() >= self._deadline(ctx):
+            await self._timeout(ctx, record, operation, f"no sync has seen the {operation} on Novita yet")
+        await self._store.request_sync()  # the sync wakes this job when it brings news of the instance
+        raise RetryLater(self._watch_delay(ctx, issued_at), f"{operation}: waiting for the sync")
 
     def _watch_delay(self, ctx: JobContext, issued_at: float) -> float:
         """When a watching job looks again. The sync wakes it when it brings news of the instance (`queue.wake`), so
