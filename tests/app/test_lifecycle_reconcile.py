@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from app.fleet.schemas import InstanceState
+from app.fleet.schemas import InstanceRecord, InstanceState
 from app.lifecycle.activity import ActivityStore
 from app.lifecycle.reconcile import Reconciler, parse_upstream_name
 from app.novita.errors import NovitaCreateOutcomeUnknown, NovitaError
@@ -189,3 +189,34 @@ async def test_a_new_novita_error_is_taken_but_our_own_failure_reason_is_kept(li
     assert kept is not None and kept.status_error == "create did not finish within 1800 s"
     failed = await env.store.get(theirs.id)
     assert failed is not None and failed.state == InstanceState.FAILED and failed.status_error == "image not found"
+
+
+async def test_a_pages_news_wakes_its_jobs_and_marks_it_synced_before_the_next_page_is_read(
+    lifecycle_env: LifecycleEnv,
+) -> None:
+    env, sink = lifecycle_env, RecordingSink()
+    records = [await managed_instance(env, status="pulling", name=f"box-{n}") for n in range(3)]
+    for position, record in enumerate(records):
+        assert record.novita_instance_id is not None
+        env.fake.set_state(record.novita_instance_id, status="running", frozen=True)
+
+        def watched_by(current: InstanceRecord, job: str = f"job-{position}") -> None:
+            current.last_job_id = job
+
+        await env.store.update(record.id, watched_by)
+    env.fake.configure(pageCap=1, pageBase=0)  # one instance per page, in creation order
+    woken: list[tuple[list[str], int, float | None]] = []
+
+    async def wake(job_ids: list[str]) -> None:
+        if job_ids:
+            listings = env.fake.call_count("GET", "/gpu/instances")
+            woken.append((job_ids, listings, await env.store.synced_at(records[int(job_ids[0][-1])].id)))
+
+    listed_at = env.clock()
+    pass_ = Reconciler(
+        env.novita, env.store, env.redis, ActivityStore(env.redis), sink, wake_jobs=wake, clock=env.clock
+    )
+    assert await pass_.run() is not None
+
+    # Each job was woken right after its own page (the listing had read pages 0..n), its instance already synced.
+    assert woken == [(["job-0"], 1, listed_at), (["job-1"], 2, listed_at), (["job-2"], 3, listed_at)]
