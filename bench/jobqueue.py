@@ -30,7 +30,7 @@ from bench.report import Report, Row, ms, ratio
 from bench.services import Services
 
 SECTION = "Job queue (no-op handler, worker concurrency 4, same redis-server)"
-CONCURRENCY = 4  # the app's default JOB_CONCURRENCY
+CONCURRENCY = 4  # consumers here (the app's JOB_CONCURRENCY is 8 since the fleet-scale runs: docs/performance.md)
 PRODUCERS = 8
 PACE_SECONDS = 0.01
 _WAIT_SLACK_SECONDS = 60.0

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     job_scheduler_interval_seconds: float = Field(0.5, gt=0)
     job_retry_base_seconds: float = Field(2.0, gt=0)
     job_retry_max_seconds: float = Field(300.0, gt=0)
-    job_concurrency: int = Field(4, ge=1)
+    job_concurrency: int = Field(8, ge=1)
     job_retention_seconds: int = Field(7 * 86400, gt=0)
 
     # Cache and instance lifecycle (used by app/products and app/instances).

@@ -142,7 +142,7 @@ KEYS: dict[str, ConfigKey] = {
         [],
         "CORS_ALLOW_ORIGINS: browser origins allowed by CORS, e.g. https://app.example.com; empty = no CORS",
     ),
-    "jobConcurrency": ConfigKey("integer", 4, "JOB_CONCURRENCY: jobs one API container runs at once"),
+    "jobConcurrency": ConfigKey("integer", 8, "JOB_CONCURRENCY: jobs one API container runs at once"),
     "jobMaxAttempts": ConfigKey("integer", 5, "JOB_MAX_ATTEMPTS: attempts of a job before it becomes a dead letter"),
     "jobVisibilityTimeoutSeconds": ConfigKey(
         "integer", 20, "JOB_VISIBILITY_TIMEOUT_SECONDS: a crashed container's jobs are taken over after this long"

@@ -133,7 +133,7 @@ async def test_environment_follows_the_container_contract(stack: str) -> None:
         "MAX_REQUEST_BODY_BYTES": "1048576",
         "RATE_LIMIT_REQUESTS": "600",
         "RATE_LIMIT_WINDOW_SECONDS": "60",
-        "JOB_CONCURRENCY": "4",
+        "JOB_CONCURRENCY": "8",
         "JOB_MAX_ATTEMPTS": "5",
         "JOB_VISIBILITY_TIMEOUT_SECONDS": "20",
         "SHUTDOWN_GRACE_SECONDS": "10",

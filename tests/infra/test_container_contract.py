@@ -144,7 +144,7 @@ PASS_THROUGH = [
         "CORS_ALLOW_ORIGINS",
         "https://app.example.com,http://localhost:5173",
     ),
-    ("jobConcurrency", "8", "JOB_CONCURRENCY", "8"),
+    ("jobConcurrency", "12", "JOB_CONCURRENCY", "12"),
     ("jobMaxAttempts", "3", "JOB_MAX_ATTEMPTS", "3"),
     ("jobVisibilityTimeoutSeconds", "45", "JOB_VISIBILITY_TIMEOUT_SECONDS", "45"),
     ("shutdownGraceSeconds", "25", "SHUTDOWN_GRACE_SECONDS", "25"),
@@ -232,7 +232,7 @@ async def test_the_app_accepts_everything_the_program_passes(monkeypatch: pytest
     assert settings.placement_regions == ["us-ca-6", "as-sgp-2"]
     assert settings.cors_origins == ["https://app.example.com", "http://localhost:5173"]
     assert (settings.job_concurrency, settings.auto_stop_dry_run, settings.max_instance_lifetime_seconds) == (
-        8,
+        12,
         True,
         86400,
     )
