@@ -127,16 +127,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return state
 """
 
-# Put a dead job back in the stream with a fresh attempt budget: returns the state it had ('' when no such job).
+# Put a dead job back in the stream with a fresh attempt budget. Answers {the state it had} ('' when no such job),
+# followed, when it was dead, by the job's fields as requeued: a worker may take it the moment it is in the stream,
+# so a read after this script could already see it running.
 _REQUEUE_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return '' end
-if state ~= 'dead' then return state end
+if not state then return {''} end
+if state ~= 'dead' then return {state} end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', '0', 'updated_at', ARGV[2], 'requeued_at', ARGV[2])
 redis.call('PERSIST', KEYS[1])
+local requeued = redis.call('HGETALL', KEYS[1])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
-return state
+table.insert(requeued, 1, state)
+return requeued
 """
 
 
@@ -304,12 +308,17 @@ class JobQueue:
         )
         return state or None
 
-    async def requeue(self, job_id: str) -> str | None:
-        """Queue a dead job again with its attempts reset; returns the state it had, None if it does not exist."""
-        state = await self._redis.client.eval(
-            _REQUEUE_SCRIPT, 3, job_key(job_id), DEAD_KEY, STREAM_KEY, job_id, repr(time.time())
+    async def requeue(self, job_id: str) -> tuple[str | None, Job | None]:
+        """Queue a dead job again with its attempts reset; returns the state it had (None if it does not exist) and,
+        when it was dead, the job as requeued."""
+        answer = texts(
+            await self._redis.client.eval(
+                _REQUEUE_SCRIPT, 3, job_key(job_id), DEAD_KEY, STREAM_KEY, job_id, repr(time.time())
+            )
         )
-        return state or None
+        state, fields = answer[0], answer[1:]
+        requeued = Job.from_record(dict(zip(fields[0::2], fields[1::2], strict=True))) if fields else None
+        return state or None, requeued
 
     async def dead_letters(self, limit: int = 100) -> list[Job]:
         """Dead jobs, most recent first."""

@@ -46,14 +46,14 @@ class JobControl:
 
     async def requeue(self, job_id: str) -> Job:
         """Queue a dead-lettered job again with a fresh attempt budget: 404 when unknown, 409 when it is not dead."""
-        previous = await self._queue.requeue(job_id)
+        previous, job = await self._queue.requeue(job_id)
         if previous is None:
             raise NotFound(f"no job with id '{job_id}'")
         if previous != "dead":
             raise Conflict(f"job '{job_id}' is {previous}: only a dead-lettered job can be requeued")
-        job = await self._get(job_id)
+        assert job is not None  # the script answers the job whenever it was dead
         logger.info("dead job requeued", extra={"jobId": job.id, "kind": job.kind})
-        return job
+        return job  # as requeued: a worker may already be running it
 
     async def _get(self, job_id: str) -> Job:
         job = await self._queue.get(job_id)
