@@ -87,6 +87,8 @@ def _every_stored_text(valkey: redis.Redis) -> Iterator[tuple[str, bytes]]:
     """Every key name and every value under the app's prefix, whatever the type."""
     for key in valkey.scan_iter(match="ngpu:*"):
         kind = valkey.type(key)
+        if kind == b"none":
+            continue  # gone since the scan listed it (a job's lock, say): it stores nothing now
         yield key.decode(), key
         values: list[Any]
         if kind == b"string":
